@@ -7,6 +7,8 @@
 //! - [`telemetry`]: `tracing` set-up; human output on a terminal, JSON lines otherwise (ECS, Lambda).
 //! - [`shutdown`]: SIGTERM and SIGINT cancel one [`tokio_util::sync::CancellationToken`]; a second signal
 //!   resolves a future that the binary's `main` turns into an immediate exit.
+//! - [`version`]: the last-writer-wins item convention (`rep_version` hybrid logical clock, `rep_origin`,
+//!   tombstones) shared by the replicator and the sample app.
 //! - `test_support` (feature `test-support`): what integration tests need to use the local AWS.
 //!
 //! # Invariants
@@ -17,6 +19,7 @@
 pub mod aws;
 pub mod shutdown;
 pub mod telemetry;
+pub mod version;
 
 #[cfg(feature = "test-support")]
 pub mod test_support;

@@ -1,0 +1,440 @@
+//! From a batch of stream changes to the writes that reproduce them on the target.
+//!
+//! Per batch: decide each change (write or skip, by mode), then keep only the last write per key. A
+//! write "covers" every record of its key in the batch: they all count as applied once it succeeds.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use tworegion_common::version::{Version, VersionAttributes};
+
+use super::target::{Condition, Write};
+use crate::config::Mode;
+use crate::item::{Item, key_string};
+use crate::stream::{Change, EventKind};
+
+/// Why a change needs no write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    /// lww: the write came from another region (it was replicated in): loop prevention.
+    ReplicatedIn,
+    /// lww: a deletion by DynamoDB's TTL process; each region expires its own tombstones.
+    TtlDelete,
+}
+
+impl SkipReason {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            SkipReason::ReplicatedIn => "replicated_in",
+            SkipReason::TtlDelete => "ttl_delete",
+        }
+    }
+}
+
+/// A change that cannot be turned into a write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("record {seq} for key {key}: {problem}")]
+pub struct PlanError {
+    /// The record's sequence number.
+    pub seq: String,
+    /// The item's key.
+    pub key: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// What the plan needs to know besides the changes.
+#[derive(Debug, Clone)]
+pub struct PlanContext {
+    /// One-way or lww.
+    pub mode: Mode,
+    /// The source table's region: the origin of local writes.
+    pub source_region: String,
+    /// The convention's attribute names.
+    pub attributes: VersionAttributes,
+}
+
+/// One write and the batch positions it covers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedWrite {
+    /// The item's key, for logs.
+    pub key: String,
+    /// The write.
+    pub write: Write,
+    /// Indexes into the batch of every record this write settles.
+    pub covers: Vec<usize>,
+    /// The version's wall-clock milliseconds (lww), for the exact lag figure.
+    pub version_millis: Option<u64>,
+}
+
+/// The writes for a batch, and what needs none.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// Writes, one per key, in the order of each key's last change.
+    pub writes: Vec<PlannedWrite>,
+    /// Records that need no write, with the reason.
+    pub skipped: Vec<(usize, SkipReason)>,
+    /// lww: records without a version, given the documented fallback.
+    pub unversioned: usize,
+}
+
+enum Decision {
+    Write(Write, Option<u64>),
+    Skip(SkipReason),
+}
+
+/// The fallback version of a record without one: its ApproximateCreationDateTime in milliseconds,
+/// counter 0, and the source region as origin.
+pub fn fallback_version(change: &Change) -> Version {
+    let millis = change.created_at.map(|s| (s * 1000.0) as u64).unwrap_or(0);
+    Version::from_millis(millis)
+}
+
+impl PlanContext {
+    fn error(&self, change: &Change, problem: impl Into<String>) -> PlanError {
+        PlanError {
+            seq: change.seq.to_string(),
+            key: key_string(&change.keys),
+            problem: problem.into(),
+        }
+    }
+
+    /// The `(version, origin)` of an image, or `None` when it has no version. A version that is not a
+    /// non-negative integer, or an origin that is not a string, is an error.
+    fn stamp(
+        &self,
+        change: &Change,
+        image: &Item,
+    ) -> Result<Option<(Version, Option<String>)>, PlanError> {
+        let a = &self.attributes;
+        let origin = match image.get(&a.origin) {
+            None => None,
+            Some(AttributeValue::S(s)) => Some(s.clone()),
+            Some(other) => {
+                return Err(self.error(change, format!("{} is {other:?}, not a string", a.origin)));
+            }
+        };
+        match image.get(&a.version) {
+            None => Ok(None),
+            Some(AttributeValue::N(n)) => match Version::parse(n) {
+                Some(v) => Ok(Some((v, origin))),
+                None => Err(self.error(
+                    change,
+                    format!("{} is {n:?}, not a non-negative integer", a.version),
+                )),
+            },
+            Some(other) => {
+                Err(self.error(change, format!("{} is {other:?}, not a number", a.version)))
+            }
+        }
+    }
+
+    fn decide(&self, change: &Change, unversioned: &mut usize) -> Result<Decision, PlanError> {
+        match (self.mode, change.kind) {
+            (Mode::OneWay, EventKind::Insert | EventKind::Modify) => {
+                let item = change.new_image.clone().ok_or_else(|| {
+                    self.error(
+                        change,
+                        "no new image: the stream must be NEW_IMAGE or NEW_AND_OLD_IMAGES",
+                    )
+                })?;
+                Ok(Decision::Write(
+                    Write::Put {
+                        item,
+                        condition: None,
+                    },
+                    None,
+                ))
+            }
+            (Mode::OneWay, EventKind::Remove) => Ok(Decision::Write(
+                Write::Delete {
+                    key: change.keys.clone(),
+                    condition: None,
+                },
+                None,
+            )),
+            (Mode::Lww, EventKind::Insert | EventKind::Modify) => {
+                let mut item = change.new_image.clone().ok_or_else(|| {
+                    self.error(
+                        change,
+                        "no new image: lww mode needs a NEW_AND_OLD_IMAGES stream",
+                    )
+                })?;
+                let (version, origin) = match self.stamp(change, &item)? {
+                    Some((version, origin)) => (version, origin),
+                    None => {
+                        *unversioned += 1;
+                        (fallback_version(change), None)
+                    }
+                };
+                let origin = match origin {
+                    Some(o) if o != self.source_region => {
+                        return Ok(Decision::Skip(SkipReason::ReplicatedIn));
+                    }
+                    Some(o) => o,
+                    None => self.source_region.clone(),
+                };
+                // Stamp what the fallback assumed, so the copy is not replicated back as a local write.
+                item.insert(
+                    self.attributes.version.clone(),
+                    AttributeValue::N(version.to_string()),
+                );
+                item.insert(
+                    self.attributes.origin.clone(),
+                    AttributeValue::S(origin.clone()),
+                );
+                Ok(Decision::Write(
+                    Write::Put {
+                        item,
+                        condition: Some(Condition::Newer { version, origin }),
+                    },
+                    Some(version.millis()),
+                ))
+            }
+            (Mode::Lww, EventKind::Remove) => {
+                if change.by_ttl {
+                    return Ok(Decision::Skip(SkipReason::TtlDelete));
+                }
+                // A hard delete: applied whatever the deleted version's origin, unless the target holds
+                // something newer. Its echo finds nothing to delete and emits no record, so it ends there.
+                let version = match change.old_image.as_ref() {
+                    Some(old) => match self.stamp(change, old)? {
+                        Some((v, _)) => v,
+                        None => {
+                            *unversioned += 1;
+                            fallback_version(change)
+                        }
+                    },
+                    None => {
+                        *unversioned += 1;
+                        fallback_version(change)
+                    }
+                };
+                Ok(Decision::Write(
+                    Write::Delete {
+                        key: change.keys.clone(),
+                        condition: Some(Condition::NotNewerThan { version }),
+                    },
+                    Some(version.millis()),
+                ))
+            }
+        }
+    }
+
+    /// Plans a batch. An error names the first record that cannot be applied.
+    pub fn plan(&self, changes: &[Change]) -> Result<Plan, PlanError> {
+        let mut plan = Plan::default();
+        let mut by_key: HashMap<String, usize> = HashMap::new();
+        for (index, change) in changes.iter().enumerate() {
+            match self.decide(change, &mut plan.unversioned)? {
+                Decision::Skip(reason) => plan.skipped.push((index, reason)),
+                Decision::Write(write, version_millis) => {
+                    let key = key_string(&change.keys);
+                    match by_key.get(&key) {
+                        Some(&slot) => {
+                            let earlier = &mut plan.writes[slot];
+                            earlier.write = write;
+                            earlier.covers.push(index);
+                            earlier.version_millis = version_millis;
+                        }
+                        None => {
+                            by_key.insert(key.clone(), plan.writes.len());
+                            plan.writes.push(PlannedWrite {
+                                key,
+                                write,
+                                covers: vec![index],
+                                version_millis,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::SeqNo;
+
+    fn s(v: &str) -> AttributeValue {
+        AttributeValue::S(v.to_owned())
+    }
+    fn n(v: u64) -> AttributeValue {
+        AttributeValue::N(v.to_string())
+    }
+    fn key(id: &str) -> Item {
+        [("id".to_owned(), s(id))].into()
+    }
+    fn item(id: &str, version: Option<u64>, origin: Option<&str>) -> Item {
+        let mut i = key(id);
+        i.insert("text".into(), s("t"));
+        if let Some(v) = version {
+            i.insert("rep_version".into(), n(v));
+        }
+        if let Some(o) = origin {
+            i.insert("rep_origin".into(), s(o));
+        }
+        i
+    }
+    fn change(seq: u64, kind: EventKind, id: &str, new: Option<Item>, old: Option<Item>) -> Change {
+        Change {
+            seq: SeqNo::parse(&seq.to_string()).unwrap(),
+            kind,
+            keys: key(id),
+            new_image: new,
+            old_image: old,
+            created_at: Some(1_700_000_000.0),
+            by_ttl: false,
+        }
+    }
+    fn ctx(mode: Mode) -> PlanContext {
+        PlanContext {
+            mode,
+            source_region: "us-east-1".into(),
+            attributes: VersionAttributes::default(),
+        }
+    }
+
+    #[test]
+    fn one_way_keeps_the_last_change_per_key_and_covers_all_its_records() {
+        let batch = vec![
+            change(1, EventKind::Insert, "a", Some(item("a", None, None)), None),
+            change(2, EventKind::Insert, "b", Some(item("b", None, None)), None),
+            change(
+                3,
+                EventKind::Modify,
+                "a",
+                Some(item("a", Some(1), None)),
+                None,
+            ),
+            change(4, EventKind::Remove, "b", None, Some(item("b", None, None))),
+        ];
+        let plan = ctx(Mode::OneWay).plan(&batch).unwrap();
+        assert_eq!(plan.writes.len(), 2);
+        assert_eq!(plan.writes[0].covers, vec![0, 2]);
+        assert_eq!(
+            plan.writes[0].write,
+            Write::Put {
+                item: item("a", Some(1), None),
+                condition: None
+            }
+        );
+        assert_eq!(plan.writes[1].covers, vec![1, 3]);
+        assert_eq!(
+            plan.writes[1].write,
+            Write::Delete {
+                key: key("b"),
+                condition: None
+            }
+        );
+    }
+
+    #[test]
+    fn lww_skips_replicated_in_and_ttl_records_and_conditions_the_rest() {
+        let mut ttl = change(
+            3,
+            EventKind::Remove,
+            "c",
+            None,
+            Some(item("c", Some(5), Some("us-east-1"))),
+        );
+        ttl.by_ttl = true;
+        let batch = vec![
+            change(
+                1,
+                EventKind::Insert,
+                "a",
+                Some(item("a", Some(10), Some("us-east-1"))),
+                None,
+            ),
+            change(
+                2,
+                EventKind::Insert,
+                "b",
+                Some(item("b", Some(11), Some("us-west-2"))),
+                None,
+            ),
+            ttl,
+            change(
+                4,
+                EventKind::Remove,
+                "d",
+                None,
+                Some(item("d", Some(7), Some("us-west-2"))),
+            ),
+        ];
+        let plan = ctx(Mode::Lww).plan(&batch).unwrap();
+        assert_eq!(
+            plan.skipped,
+            vec![(1, SkipReason::ReplicatedIn), (2, SkipReason::TtlDelete)]
+        );
+        assert_eq!(plan.writes.len(), 2);
+        assert_eq!(
+            plan.writes[0].write,
+            Write::Put {
+                item: item("a", Some(10), Some("us-east-1")),
+                condition: Some(Condition::Newer {
+                    version: Version(10),
+                    origin: "us-east-1".into()
+                })
+            }
+        );
+        // A hard delete is applied whatever the deleted version's origin, unless the target is newer.
+        assert_eq!(
+            plan.writes[1].write,
+            Write::Delete {
+                key: key("d"),
+                condition: Some(Condition::NotNewerThan {
+                    version: Version(7)
+                })
+            }
+        );
+        assert_eq!(plan.unversioned, 0);
+    }
+
+    #[test]
+    fn lww_fallback_for_unversioned_records_is_stamped_and_counted() {
+        let batch = vec![change(
+            1,
+            EventKind::Insert,
+            "a",
+            Some(item("a", None, None)),
+            None,
+        )];
+        let plan = ctx(Mode::Lww).plan(&batch).unwrap();
+        assert_eq!(plan.unversioned, 1);
+        let expected_version = Version::from_millis(1_700_000_000_000);
+        let mut stamped = item("a", Some(expected_version.0), Some("us-east-1"));
+        stamped.insert("text".into(), s("t"));
+        assert_eq!(
+            plan.writes[0].write,
+            Write::Put {
+                item: stamped,
+                condition: Some(Condition::Newer {
+                    version: expected_version,
+                    origin: "us-east-1".into()
+                })
+            }
+        );
+    }
+
+    #[test]
+    fn bad_versions_are_errors_naming_record_key_and_problem() {
+        let mut bad = item("a", None, Some("us-east-1"));
+        bad.insert("rep_version".into(), s("seven"));
+        let err = ctx(Mode::Lww)
+            .plan(&[change(9, EventKind::Insert, "a", Some(bad), None)])
+            .unwrap_err();
+        assert_eq!(err.seq, "9");
+        assert_eq!(err.key, "id=S:a");
+        assert!(err.problem.contains("rep_version"), "{err}");
+        let err = ctx(Mode::OneWay)
+            .plan(&[change(1, EventKind::Modify, "a", None, None)])
+            .unwrap_err();
+        assert!(err.problem.contains("no new image"));
+    }
+}

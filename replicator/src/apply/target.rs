@@ -1,0 +1,267 @@
+//! The target table seam.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::AttributeValue;
+use tworegion_common::version::{Version, VersionAttributes, compare_writes};
+
+use crate::error::{AwsFailure, ErrorClass};
+use crate::item::{Item, key_string};
+
+/// The condition under which a write applies (last-writer-wins); `None` on a write means always.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// Put only if the target item is absent, or has a lower version, or the same version and a lower
+    /// origin.
+    Newer {
+        /// The incoming version.
+        version: Version,
+        /// The incoming origin.
+        origin: String,
+    },
+    /// Delete only if the target's version is not newer than this one.
+    NotNewerThan {
+        /// The removed item's version.
+        version: Version,
+    },
+}
+
+/// One write to the target.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Put a whole item.
+    Put {
+        /// The item.
+        item: Item,
+        /// When it applies.
+        condition: Option<Condition>,
+    },
+    /// Delete by key.
+    Delete {
+        /// The key.
+        key: Item,
+        /// When it applies.
+        condition: Option<Condition>,
+    },
+}
+
+/// How a write ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The target changed (or already equalled the write).
+    Applied,
+    /// The condition failed: the target holds something newer. An answer, not an error.
+    Conflict,
+}
+
+/// The table changes are written to.
+pub trait TargetTable: Send + Sync + 'static {
+    /// Performs one write.
+    fn write(&self, write: &Write) -> impl Future<Output = Result<Outcome, AwsFailure>> + Send;
+}
+
+/// The target on DynamoDB.
+#[derive(Debug, Clone)]
+pub struct AwsTarget {
+    client: Client,
+    table: String,
+    attributes: VersionAttributes,
+}
+
+impl AwsTarget {
+    /// Writes to `table` through `client`, with the convention's attribute names.
+    pub fn new(client: Client, table: String, attributes: VersionAttributes) -> AwsTarget {
+        AwsTarget {
+            client,
+            table,
+            attributes,
+        }
+    }
+}
+
+/// A condition as a DynamoDB expression with its names and values.
+pub struct Expression {
+    /// The condition expression.
+    pub text: &'static str,
+    /// `#v`, `#o` to attribute names.
+    pub names: HashMap<String, String>,
+    /// `:v`, `:o` to values.
+    pub values: HashMap<String, AttributeValue>,
+}
+
+/// Renders a condition with the configured attribute names. One conditional write: never read-then-write.
+pub fn expression(condition: &Condition, attributes: &VersionAttributes) -> Expression {
+    match condition {
+        Condition::Newer { version, origin } => Expression {
+            text: "attribute_not_exists(#v) OR #v < :v OR (#v = :v AND #o < :o)",
+            names: [
+                ("#v".to_owned(), attributes.version.clone()),
+                ("#o".to_owned(), attributes.origin.clone()),
+            ]
+            .into(),
+            values: [
+                (":v".to_owned(), AttributeValue::N(version.to_string())),
+                (":o".to_owned(), AttributeValue::S(origin.clone())),
+            ]
+            .into(),
+        },
+        Condition::NotNewerThan { version } => Expression {
+            text: "attribute_not_exists(#v) OR #v <= :v",
+            names: [("#v".to_owned(), attributes.version.clone())].into(),
+            values: [(":v".to_owned(), AttributeValue::N(version.to_string()))].into(),
+        },
+    }
+}
+
+fn outcome<T, E>(
+    result: Result<
+        T,
+        aws_sdk_dynamodb::error::SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+    >,
+) -> Result<Outcome, AwsFailure>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match result {
+        Ok(_) => Ok(Outcome::Applied),
+        Err(error) => {
+            let failure = AwsFailure::from_sdk(&error);
+            if failure.class == ErrorClass::Conflict {
+                Ok(Outcome::Conflict)
+            } else {
+                Err(failure)
+            }
+        }
+    }
+}
+
+impl TargetTable for AwsTarget {
+    async fn write(&self, write: &Write) -> Result<Outcome, AwsFailure> {
+        match write {
+            Write::Put { item, condition } => {
+                let mut request = self
+                    .client
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(item.clone()));
+                if let Some(condition) = condition {
+                    let e = expression(condition, &self.attributes);
+                    request = request
+                        .condition_expression(e.text)
+                        .set_expression_attribute_names(Some(e.names))
+                        .set_expression_attribute_values(Some(e.values));
+                }
+                outcome(request.send().await)
+            }
+            Write::Delete { key, condition } => {
+                let mut request = self
+                    .client
+                    .delete_item()
+                    .table_name(&self.table)
+                    .set_key(Some(key.clone()));
+                if let Some(condition) = condition {
+                    let e = expression(condition, &self.attributes);
+                    request = request
+                        .condition_expression(e.text)
+                        .set_expression_attribute_names(Some(e.names))
+                        .set_expression_attribute_values(Some(e.values));
+                }
+                outcome(request.send().await)
+            }
+        }
+    }
+}
+
+/// An in-memory target with the same conditional semantics, for tests.
+#[derive(Debug)]
+pub struct MemoryTarget {
+    key_names: Vec<String>,
+    attributes: VersionAttributes,
+    items: Mutex<HashMap<String, Item>>,
+    writes: Mutex<usize>,
+}
+
+impl MemoryTarget {
+    /// An empty table with these key attribute names.
+    pub fn new(key_names: &[&str], attributes: VersionAttributes) -> MemoryTarget {
+        MemoryTarget {
+            key_names: key_names.iter().map(|s| (*s).to_owned()).collect(),
+            attributes,
+            items: Mutex::new(HashMap::new()),
+            writes: Mutex::new(0),
+        }
+    }
+
+    /// The items, by key string.
+    pub fn items(&self) -> HashMap<String, Item> {
+        self.items.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Writes attempted so far.
+    pub fn writes(&self) -> usize {
+        *self.writes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stored_version(&self, item: Option<&Item>) -> Option<(Version, String)> {
+        let item = item?;
+        let version = match item.get(&self.attributes.version)? {
+            AttributeValue::N(n) => Version::parse(n)?,
+            _ => return None,
+        };
+        let origin = match item.get(&self.attributes.origin) {
+            Some(AttributeValue::S(s)) => s.clone(),
+            _ => String::new(),
+        };
+        Some((version, origin))
+    }
+
+    fn holds(&self, condition: &Option<Condition>, current: Option<&Item>) -> bool {
+        let Some(condition) = condition else {
+            return true;
+        };
+        let Some((version, origin)) = self.stored_version(current) else {
+            return true;
+        };
+        match condition {
+            Condition::Newer {
+                version: v,
+                origin: o,
+            } => compare_writes((*v, o), (version, &origin)).is_gt(),
+            Condition::NotNewerThan { version: v } => version <= *v,
+        }
+    }
+}
+
+impl TargetTable for MemoryTarget {
+    async fn write(&self, write: &Write) -> Result<Outcome, AwsFailure> {
+        *self.writes.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        match write {
+            Write::Put { item, condition } => {
+                let key = crate::item::project_key(item, &self.key_names).ok_or_else(|| {
+                    AwsFailure::synthetic(
+                        ErrorClass::Fatal,
+                        "validation",
+                        "item lacks a key attribute",
+                    )
+                })?;
+                let key = key_string(&key);
+                if !self.holds(condition, items.get(&key)) {
+                    return Ok(Outcome::Conflict);
+                }
+                items.insert(key, item.clone());
+            }
+            Write::Delete { key, condition } => {
+                let key = key_string(key);
+                if !self.holds(condition, items.get(&key)) {
+                    return Ok(Outcome::Conflict);
+                }
+                items.remove(&key);
+            }
+        }
+        Ok(Outcome::Applied)
+    }
+}

@@ -1,0 +1,480 @@
+//! Command-line arguments and the validated configuration they become.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tworegion_common::aws::parse_region;
+use tworegion_common::version::VersionAttributes;
+
+/// How changes are applied to the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Active-passive: the target mirrors the source; puts and deletes are applied as they come.
+    OneWay,
+    /// Active-active: conditional writes by `(rep_version, rep_origin)`, loop prevention, tombstones.
+    Lww,
+}
+
+/// Where a shard that has no checkpoint yet starts (root shards only; children of a finished parent
+/// always start at the trim horizon).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StartPosition {
+    /// The oldest record still in the stream (up to 24 hours back).
+    TrimHorizon,
+    /// Only changes made after the replicator starts.
+    Latest,
+}
+
+/// `replicator run` flags. Every flag can also be given as `REPLICATOR_<FLAG>`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// Region of the table whose stream is read.
+    #[arg(long, env = "REPLICATOR_SOURCE_REGION")]
+    pub source_region: String,
+    /// Table whose stream is read (it needs a NEW_AND_OLD_IMAGES stream; one-way mode accepts NEW_IMAGE).
+    #[arg(long, env = "REPLICATOR_SOURCE_TABLE")]
+    pub source_table: String,
+    /// Region of the table that changes are written to.
+    #[arg(long, env = "REPLICATOR_TARGET_REGION")]
+    pub target_region: String,
+    /// Table that changes are written to; it must have the source's key schema.
+    #[arg(long, env = "REPLICATOR_TARGET_TABLE")]
+    pub target_table: String,
+    /// one-way (active-passive) or lww (last-writer-wins both ways, active-active).
+    #[arg(long, env = "REPLICATOR_MODE", value_enum)]
+    pub mode: Mode,
+    /// Table that holds the shard leases and checkpoints; created (on-demand billing) if missing.
+    #[arg(
+        long,
+        env = "REPLICATOR_LEASE_TABLE",
+        default_value = "tworegion-replicator-leases"
+    )]
+    pub lease_table: String,
+    /// Region of the lease table [default: the target region].
+    #[arg(long, env = "REPLICATOR_LEASE_REGION")]
+    pub lease_region: Option<String>,
+    /// This worker's name in the lease table [default: <hostname>-<pid>].
+    #[arg(long, env = "REPLICATOR_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "REPLICATOR_METRICS_ADDR", default_value = "0.0.0.0:9464")]
+    pub metrics_addr: String,
+    /// Where shards without a checkpoint start.
+    #[arg(
+        long,
+        env = "REPLICATOR_START_POSITION",
+        value_enum,
+        default_value = "trim-horizon"
+    )]
+    pub start_position: StartPosition,
+    /// Name of the version attribute (lww mode).
+    #[arg(
+        long,
+        env = "REPLICATOR_VERSION_ATTRIBUTE",
+        default_value = "rep_version"
+    )]
+    pub version_attribute: String,
+    /// Name of the origin-region attribute (lww mode).
+    #[arg(
+        long,
+        env = "REPLICATOR_ORIGIN_ATTRIBUTE",
+        default_value = "rep_origin"
+    )]
+    pub origin_attribute: String,
+    /// Name of the tombstone flag attribute (lww mode).
+    #[arg(
+        long,
+        env = "REPLICATOR_DELETED_ATTRIBUTE",
+        default_value = "rep_deleted"
+    )]
+    pub deleted_attribute: String,
+    /// Name of the tombstone TTL attribute (lww mode).
+    #[arg(
+        long,
+        env = "REPLICATOR_EXPIRES_ATTRIBUTE",
+        default_value = "rep_expires"
+    )]
+    pub expires_attribute: String,
+    /// Records per GetRecords call (1 to 1000).
+    #[arg(long, env = "REPLICATOR_BATCH_SIZE", default_value_t = 1000)]
+    pub batch_size: i32,
+    /// Writes in flight at once, over all shards.
+    #[arg(long, env = "REPLICATOR_MAX_IN_FLIGHT", default_value_t = 64)]
+    pub max_in_flight: usize,
+    /// Writes in flight at once for one shard.
+    #[arg(long, env = "REPLICATOR_SHARD_CONCURRENCY", default_value_t = 16)]
+    pub shard_concurrency: usize,
+    /// Pause after a read that returned nothing (for example 500ms, 1s).
+    #[arg(long, env = "REPLICATOR_IDLE_POLL", default_value = "1s", value_parser = parse_duration)]
+    pub idle_poll: Duration,
+    /// How often to list the stream's shards to find new ones.
+    #[arg(long, env = "REPLICATOR_SHARD_SYNC_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub shard_sync_interval: Duration,
+    /// How long a lease lives without renewal; renewals happen every third of it.
+    #[arg(long, env = "REPLICATOR_LEASE_DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// Longest pause between retries of a throttled or failed call.
+    #[arg(long, env = "REPLICATOR_MAX_BACKOFF", default_value = "5s", value_parser = parse_duration)]
+    pub max_backoff: Duration,
+    /// Time allowed for a graceful stop after SIGTERM (below ECS's 30 s stop timeout).
+    #[arg(long, env = "REPLICATOR_SHUTDOWN_DEADLINE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_deadline: Duration,
+}
+
+/// Parses `250ms`, `2s`, `1.5s`, `3m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("{text:?} has no unit: write it like 500ms, 10s or 2m"))?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| {
+        format!("{text:?} does not start with a number: write it like 500ms, 10s or 2m")
+    })?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}: use ms, s or m"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// A table in a region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRef {
+    /// The region.
+    pub region: String,
+    /// The table name.
+    pub table: String,
+}
+
+impl std::fmt::Display for TableRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.region, self.table)
+    }
+}
+
+/// Tuning knobs, all with defaults.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Records per GetRecords call.
+    pub batch_size: i32,
+    /// Writes in flight over all shards.
+    pub max_in_flight: usize,
+    /// Writes in flight per shard.
+    pub shard_concurrency: usize,
+    /// Pause after an empty read.
+    pub idle_poll: Duration,
+    /// Interval between shard listings.
+    pub shard_sync_interval: Duration,
+    /// Lease lifetime without renewal.
+    pub lease_duration: Duration,
+    /// Cap on retry backoff.
+    pub max_backoff: Duration,
+    /// Graceful-stop deadline.
+    pub shutdown_deadline: Duration,
+}
+
+impl Tuning {
+    /// How often held leases are renewed and the lease table is scanned.
+    pub fn lease_interval(&self) -> Duration {
+        self.lease_duration / 3
+    }
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            batch_size: 1000,
+            max_in_flight: 64,
+            shard_concurrency: 16,
+            idle_poll: Duration::from_secs(1),
+            shard_sync_interval: Duration::from_secs(30),
+            lease_duration: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(5),
+            shutdown_deadline: Duration::from_secs(20),
+        }
+    }
+}
+
+/// The validated configuration of `replicator run`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The table whose stream is read.
+    pub source: TableRef,
+    /// The table written to.
+    pub target: TableRef,
+    /// How changes are applied.
+    pub mode: Mode,
+    /// The lease table.
+    pub lease: TableRef,
+    /// This worker's name.
+    pub worker_id: String,
+    /// Where /metrics, /healthz, /readyz listen.
+    pub metrics_addr: SocketAddr,
+    /// Where new root shards start.
+    pub start_position: StartPosition,
+    /// The lww convention's attribute names.
+    pub attributes: VersionAttributes,
+    /// Tuning knobs.
+    pub tuning: Tuning,
+}
+
+/// A flag whose value cannot work.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("--{flag}: {problem}")]
+pub struct ConfigError {
+    /// The flag, without dashes.
+    pub flag: &'static str,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+fn bad(flag: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        flag,
+        problem: problem.into(),
+    }
+}
+
+fn table_name(flag: &'static str, name: &str) -> Result<String, ConfigError> {
+    let valid = (3..=255).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err(bad(
+            flag,
+            format!(
+                "{name:?} is not a DynamoDB table name (3 to 255 characters: a-z, A-Z, 0-9, '_', '-', '.')"
+            ),
+        ))
+    }
+}
+
+fn region(flag: &'static str, name: &str) -> Result<String, ConfigError> {
+    parse_region(name)
+        .map(|r| r.as_ref().to_owned())
+        .map_err(|e| bad(flag, e.to_string()))
+}
+
+fn attribute(flag: &'static str, name: &str) -> Result<String, ConfigError> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(bad(flag, "an attribute name must have 1 to 255 characters"));
+    }
+    Ok(name.to_owned())
+}
+
+impl RunArgs {
+    /// Validates the flags into a [`Config`]. `default_worker_id` is used when `--worker-id` is absent.
+    pub fn into_config(self, default_worker_id: String) -> Result<Config, ConfigError> {
+        let source = TableRef {
+            region: region("source-region", &self.source_region)?,
+            table: table_name("source-table", &self.source_table)?,
+        };
+        let target = TableRef {
+            region: region("target-region", &self.target_region)?,
+            table: table_name("target-table", &self.target_table)?,
+        };
+        if source == target {
+            return Err(bad(
+                "target-table",
+                format!(
+                    "the target is the source ({source}); replicate to another region or table"
+                ),
+            ));
+        }
+        let lease = TableRef {
+            region: match &self.lease_region {
+                Some(r) => region("lease-region", r)?,
+                None => target.region.clone(),
+            },
+            table: table_name("lease-table", &self.lease_table)?,
+        };
+        let worker_id = self.worker_id.unwrap_or(default_worker_id);
+        if worker_id.is_empty() || worker_id.len() > 256 {
+            return Err(bad("worker-id", "must have 1 to 256 characters"));
+        }
+        let metrics_addr = self.metrics_addr.parse().map_err(|_| {
+            bad(
+                "metrics-addr",
+                format!(
+                    "{:?} is not an address like 0.0.0.0:9464 or 127.0.0.1:0",
+                    self.metrics_addr
+                ),
+            )
+        })?;
+        let attributes = VersionAttributes {
+            version: attribute("version-attribute", &self.version_attribute)?,
+            origin: attribute("origin-attribute", &self.origin_attribute)?,
+            deleted: attribute("deleted-attribute", &self.deleted_attribute)?,
+            expires: attribute("expires-attribute", &self.expires_attribute)?,
+        };
+        let names = [
+            &attributes.version,
+            &attributes.origin,
+            &attributes.deleted,
+            &attributes.expires,
+        ];
+        for (i, a) in names.iter().enumerate() {
+            if names[..i].contains(a) {
+                return Err(bad(
+                    "origin-attribute",
+                    format!(
+                        "the convention's four attribute names must differ; {a:?} is used twice"
+                    ),
+                ));
+            }
+        }
+        if !(1..=1000).contains(&self.batch_size) {
+            return Err(bad(
+                "batch-size",
+                format!(
+                    "{} is outside 1..=1000 (GetRecords' limit)",
+                    self.batch_size
+                ),
+            ));
+        }
+        if self.max_in_flight == 0 {
+            return Err(bad("max-in-flight", "must be at least 1"));
+        }
+        if self.shard_concurrency == 0 {
+            return Err(bad("shard-concurrency", "must be at least 1"));
+        }
+        if self.lease_duration < std::time::Duration::from_secs(1) {
+            return Err(bad(
+                "lease-duration",
+                "must be at least 1s (renewals happen every third of it)",
+            ));
+        }
+        if self.shutdown_deadline.is_zero() {
+            return Err(bad("shutdown-deadline", "must be above 0s"));
+        }
+        Ok(Config {
+            source,
+            target,
+            mode: self.mode,
+            lease,
+            worker_id,
+            metrics_addr,
+            start_position: self.start_position,
+            attributes,
+            tuning: Tuning {
+                batch_size: self.batch_size,
+                max_in_flight: self.max_in_flight,
+                shard_concurrency: self.shard_concurrency,
+                idle_poll: self.idle_poll,
+                shard_sync_interval: self.shard_sync_interval,
+                lease_duration: self.lease_duration,
+                max_backoff: self.max_backoff,
+                shutdown_deadline: self.shutdown_deadline,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn args(extra: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec![
+            "replicator",
+            "--source-region",
+            "us-east-1",
+            "--source-table",
+            "todos",
+            "--target-region",
+            "us-west-2",
+            "--target-table",
+            "todos",
+            "--mode",
+            "lww",
+        ];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv)
+            .expect("flags parse")
+            .run
+            .into_config("w1".into())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = args(&[]).unwrap();
+        assert_eq!(
+            c.lease.region, "us-west-2",
+            "the lease table lives in the target region"
+        );
+        assert_eq!(c.lease.table, "tworegion-replicator-leases");
+        assert_eq!(c.worker_id, "w1");
+        assert_eq!(c.tuning.lease_duration, Duration::from_secs(10));
+        assert_eq!(c.tuning.shutdown_deadline, Duration::from_secs(20));
+        assert_eq!(c.attributes, VersionAttributes::default());
+        assert_eq!(c.start_position, StartPosition::TrimHorizon);
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--batch-size", "0"], "batch-size"),
+            (&["--batch-size", "1001"], "batch-size"),
+            (&["--lease-region", "mars"], "lease-region"),
+            (&["--metrics-addr", "nowhere"], "metrics-addr"),
+            (&["--lease-table", "x"], "lease-table"),
+            (&["--lease-duration", "100ms"], "lease-duration"),
+            (&["--max-in-flight", "0"], "max-in-flight"),
+            (&["--origin-attribute", "rep_version"], "origin-attribute"),
+        ];
+        for (extra, flag) in cases {
+            let err = args(extra).unwrap_err();
+            assert_eq!(err.flag, *flag, "{extra:?}: {err}");
+            assert!(err.to_string().starts_with(&format!("--{flag}: ")));
+        }
+    }
+
+    #[test]
+    fn same_source_and_target_is_refused() {
+        let err = Cli::try_parse_from([
+            "r",
+            "--source-region",
+            "us-east-1",
+            "--source-table",
+            "t1",
+            "--target-region",
+            "us-east-1",
+            "--target-table",
+            "t1",
+            "--mode",
+            "one-way",
+        ])
+        .unwrap()
+        .run
+        .into_config("w".into())
+        .unwrap_err();
+        assert_eq!(err.flag, "target-table");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("10").unwrap_err().contains("no unit"));
+        assert!(parse_duration("10h").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("s").is_err());
+    }
+}

@@ -1,0 +1,345 @@
+//! The lease loop: find shards, take and balance leases, renew them, start and stop shard tasks.
+//!
+//! ```text
+//! every lease interval (a third of the lease duration), or when a shard ends:
+//!     renew every held lease                  lost -> stop its shard task
+//!     list shards (periodically, and after a shard ended) and create leases for new ones
+//!     list leases; note whose counters moved (a lease unchanged for a full duration is expired)
+//!     share = ceil(unfinished leases / live workers)
+//!     while held < share: take a free or expired lease whose parents are finished
+//!     if none and a worker holds more than the share: ask it to hand one over
+//!     a held lease that another worker asked for: stop its task, then release it
+//! on shutdown: stop every task (they finish in-flight writes and checkpoint), release every lease
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::target::TargetTable;
+use crate::lease::{Lease, LeaseError, LeaseStore};
+use crate::stream::StreamSource;
+use crate::worker::{Engine, Held, ShardExit};
+
+struct Observation {
+    counter: u64,
+    since: Instant,
+}
+
+struct Running {
+    held: Arc<Held>,
+    /// The task ended and the shard is halted: keep the lease (so no one skips the problem), renew it.
+    halted: bool,
+    /// Another worker asked for it: release once the task has stopped.
+    handing_off: bool,
+}
+
+/// Runs the lease loop until `shutdown` is cancelled and every lease is released.
+pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
+    engine: Arc<Engine<S, T, L>>,
+    shutdown: CancellationToken,
+) {
+    let me = engine.worker_id.clone();
+    let duration = engine.tuning.lease_duration;
+    let mut running: HashMap<String, Running> = HashMap::new();
+    let mut tasks: JoinSet<(String, ShardExit)> = JoinSet::new();
+    let mut observed: HashMap<String, Observation> = HashMap::new();
+    let (ended_tx, mut ended_rx) = mpsc::channel::<()>(16);
+    let mut next_discovery = Instant::now();
+    let mut first = true;
+
+    loop {
+        if !first {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(engine.tuning.lease_interval()) => {}
+                Some(()) = ended_rx.recv() => next_discovery = Instant::now(),
+                Some(joined) = tasks.join_next() => {
+                    handle_exit(&engine, &mut running, joined, &ended_tx).await;
+                    continue;
+                }
+            }
+        }
+        first = false;
+        while let Some(joined) = tasks.try_join_next() {
+            handle_exit(&engine, &mut running, joined, &ended_tx).await;
+        }
+
+        // Renew.
+        let mut renew_ok = true;
+        let mut lost = Vec::new();
+        for (shard, run) in &mut running {
+            let expires = crate::worker::now_millis() + duration.as_millis() as u64;
+            let leases = &engine.leases;
+            match run
+                .held
+                .change(|lease| async move { leases.renew(&lease, expires).await })
+                .await
+            {
+                Ok(lease) => {
+                    if let Some(to) = lease.handoff_to.as_deref().filter(|to| *to != me)
+                        && !run.handing_off
+                        && !run.halted
+                    {
+                        tracing::info!(shard_id = %shard, to, "Handing the lease over to balance load.");
+                        run.handing_off = true;
+                        run.held.stop.cancel();
+                    }
+                }
+                Err(LeaseError::Lost { .. }) => {
+                    engine.metrics.lease_change("lost");
+                    tracing::warn!(shard_id = %shard, "Lease lost to another worker; stopping the shard.");
+                    lost.push(shard.clone());
+                }
+                Err(error) => {
+                    renew_ok = false;
+                    engine.metrics.error(error.kind());
+                    tracing::warn!(shard_id = %shard, error = %error, "Lease renewal failed; retrying.");
+                }
+            }
+        }
+        for shard in lost {
+            if let Some(run) = running.remove(&shard) {
+                run.held.stop.cancel();
+            }
+        }
+
+        // Discover shards.
+        if Instant::now() >= next_discovery {
+            match discover(&engine).await {
+                Ok(()) => next_discovery = Instant::now() + engine.tuning.shard_sync_interval,
+                Err(error) => {
+                    engine.metrics.error(error.kind());
+                    tracing::warn!(error = %error, "Listing shards failed; retrying.");
+                }
+            }
+        }
+
+        // Observe, take, balance.
+        let leases = match engine.leases.list().await {
+            Ok(leases) => leases,
+            Err(error) => {
+                engine.metrics.error(error.kind());
+                tracing::warn!(error = %error, "Listing leases failed; retrying.");
+                continue;
+            }
+        };
+        if renew_ok {
+            engine.health.lease_synced();
+        }
+        let now = Instant::now();
+        for lease in &leases {
+            let entry = observed.entry(lease.shard.clone()).or_insert(Observation {
+                counter: lease.counter,
+                since: now,
+            });
+            if entry.counter != lease.counter {
+                *entry = Observation {
+                    counter: lease.counter,
+                    since: now,
+                };
+            }
+        }
+        let expired = |lease: &Lease| {
+            lease.owner.is_some()
+                && observed
+                    .get(&lease.shard)
+                    .is_some_and(|o| o.counter == lease.counter && o.since.elapsed() >= duration)
+        };
+        let by_shard: HashMap<&str, &Lease> =
+            leases.iter().map(|l| (l.shard.as_str(), l)).collect();
+        let parents_done = |lease: &Lease| {
+            lease.parents.iter().all(|p| {
+                by_shard
+                    .get(p.as_str())
+                    .is_none_or(|parent| parent.finished)
+            })
+        };
+        let unfinished: Vec<&Lease> = leases.iter().filter(|l| !l.finished).collect();
+        let mut workers: HashSet<&str> = unfinished
+            .iter()
+            .filter(|l| !expired(l))
+            .filter_map(|l| l.owner.as_deref())
+            .collect();
+        workers.insert(&me);
+        let share = unfinished.len().div_ceil(workers.len());
+        let mut candidates: Vec<&Lease> = unfinished
+            .iter()
+            .copied()
+            .filter(|l| !running.contains_key(&l.shard))
+            .filter(|l| l.owner.is_none() || l.owner.as_deref() == Some(me.as_str()) || expired(l))
+            .filter(|l| parents_done(l))
+            .collect();
+        candidates.sort_by_key(|l| (l.owner.is_some(), l.shard.clone()));
+        let mut took_any = false;
+        for lease in candidates {
+            if running.len() >= share || shutdown.is_cancelled() {
+                break;
+            }
+            let expires = crate::worker::now_millis() + duration.as_millis() as u64;
+            match engine.leases.take(lease, &me, expires).await {
+                Ok(taken) => {
+                    took_any = true;
+                    engine.metrics.lease_change("taken");
+                    tracing::info!(shard_id = %taken.shard, previous_owner = ?lease.owner, "Lease taken.");
+                    let held = Arc::new(Held::new(
+                        taken.clone(),
+                        shutdown.child_token(),
+                        Instant::now(),
+                    ));
+                    running.insert(
+                        taken.shard.clone(),
+                        Running {
+                            held: held.clone(),
+                            halted: false,
+                            handing_off: false,
+                        },
+                    );
+                    let engine = engine.clone();
+                    tasks.spawn(async move {
+                        let exit = engine.run_shard(held).await;
+                        (taken.shard, exit)
+                    });
+                }
+                Err(LeaseError::Lost { .. }) => {} // someone else was quicker
+                Err(error) => {
+                    engine.metrics.error(error.kind());
+                    tracing::warn!(shard_id = %lease.shard, error = %error, "Taking a lease failed.");
+                }
+            }
+        }
+        if !took_any && running.len() < share {
+            // Ask the busiest worker for one lease, if it holds more than its share.
+            let mut counts: HashMap<&str, Vec<&Lease>> = HashMap::new();
+            for lease in &unfinished {
+                if let Some(owner) = lease.owner.as_deref()
+                    && owner != me
+                    && !expired(lease)
+                {
+                    counts.entry(owner).or_default().push(lease);
+                }
+            }
+            if let Some((owner, owned)) = counts.into_iter().max_by_key(|(_, v)| v.len())
+                && owned.len() > share
+                && owned.iter().all(|l| l.handoff_to.is_none())
+                && let Some(lease) = owned.iter().find(|l| parents_done(l))
+            {
+                match engine.leases.request_handoff(lease, &me).await {
+                    Ok(()) => {
+                        engine.metrics.lease_change("handoff_requested");
+                        tracing::info!(shard_id = %lease.shard, owner, "Asked for a lease to balance load.");
+                    }
+                    Err(error) => tracing::debug!(error = %error, "Hand-off request lost a race."),
+                }
+            }
+        }
+        engine.metrics.shards_owned.set(running.len() as i64);
+    }
+
+    // Shutdown: tasks were cancelled with the shutdown token; wait for their final checkpoints.
+    tracing::info!(shards = running.len(), "Stopping shard tasks.");
+    while let Some(joined) = tasks.join_next().await {
+        handle_exit(&engine, &mut running, joined, &ended_tx).await;
+    }
+    for (shard, run) in running.drain() {
+        release(&engine, &shard, &run.held).await;
+    }
+    engine.metrics.shards_owned.set(0);
+}
+
+async fn release<S: StreamSource, T: TargetTable, L: LeaseStore>(
+    engine: &Engine<S, T, L>,
+    shard: &str,
+    held: &Held,
+) {
+    let lease = held.lease().await;
+    match engine.leases.release(&lease).await {
+        Ok(()) => {
+            engine.metrics.lease_change("released");
+            tracing::info!(shard_id = %shard, "Lease released.");
+        }
+        Err(error) => {
+            engine.metrics.error(error.kind());
+            tracing::warn!(shard_id = %shard, error = %error, "Releasing the lease failed; it will expire.");
+        }
+    }
+}
+
+async fn handle_exit<S: StreamSource, T: TargetTable, L: LeaseStore>(
+    engine: &Engine<S, T, L>,
+    running: &mut HashMap<String, Running>,
+    joined: Result<(String, ShardExit), tokio::task::JoinError>,
+    ended: &mpsc::Sender<()>,
+) {
+    let (shard, exit) = match joined {
+        Ok(done) => done,
+        Err(error) => {
+            // A panic in a shard task is a bug; its lease stays held until the process exits and then
+            // expires, so the shard is retried by another worker from its checkpoint.
+            tracing::error!(error = %error, "A shard task panicked.");
+            engine.health.shard_stopped();
+            return;
+        }
+    };
+    match exit {
+        ShardExit::Finished => {
+            if let Some(run) = running.remove(&shard) {
+                release(engine, &shard, &run.held).await;
+            }
+            let _ = ended.try_send(());
+        }
+        ShardExit::Stopped => {
+            if let Some(run) = running.remove(&shard) {
+                release(engine, &shard, &run.held).await;
+            }
+        }
+        ShardExit::LeaseLost => {
+            running.remove(&shard);
+        }
+        ShardExit::Halted => {
+            if let Some(run) = running.get_mut(&shard) {
+                run.halted = true;
+            }
+        }
+    }
+}
+
+async fn discover<S: StreamSource, T: TargetTable, L: LeaseStore>(
+    engine: &Engine<S, T, L>,
+) -> Result<(), crate::stream::StreamError> {
+    let shards = engine.source.shards().await?;
+    let ids: HashSet<&str> = shards.iter().map(|s| s.id.as_str()).collect();
+    let known: HashSet<String> = match engine.leases.list().await {
+        Ok(leases) => leases.into_iter().map(|l| l.shard).collect(),
+        Err(error) => {
+            engine.metrics.error(error.kind());
+            return Ok(());
+        }
+    };
+    for shard in &shards {
+        if known.contains(&shard.id) {
+            continue;
+        }
+        let parents: Vec<String> = shard
+            .parent
+            .iter()
+            .filter(|p| ids.contains(p.as_str()) || known.contains(*p))
+            .cloned()
+            .collect();
+        match engine.leases.create(&shard.id, &parents).await {
+            Ok(true) => {
+                tracing::info!(shard_id = %shard.id, parents = ?parents, "New shard found.")
+            }
+            Ok(false) => {}
+            Err(error) => {
+                engine.metrics.error(error.kind());
+                tracing::warn!(shard_id = %shard.id, error = %error, "Creating a lease failed.");
+            }
+        }
+    }
+    Ok(())
+}

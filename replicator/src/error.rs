@@ -1,0 +1,151 @@
+//! The one place that decides what an AWS error means: retry it, take it as an answer, or give up.
+
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+/// What a caller should do about a failed AWS call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Throttling, timeouts, dispatch failures, 5xx: retry with backoff.
+    Retryable,
+    /// A conditional check failed: an answer ("the target already has something newer"), not a failure.
+    Conflict,
+    /// Validation, access denied, missing resources: retrying will not help; an operator must act.
+    Fatal,
+}
+
+/// A failed AWS call, classified.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct AwsFailure {
+    /// What to do about it.
+    pub class: ErrorClass,
+    /// Short, low-cardinality name for metrics (`throttled`, `timeout`, `validation`, ...).
+    pub kind: &'static str,
+    /// The service's error code, if it gave one.
+    pub code: Option<String>,
+    /// The full message, for logs.
+    pub message: String,
+}
+
+const THROTTLING: &[&str] = &[
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "LimitExceededException",
+    "TooManyRequestsException",
+];
+const TRANSIENT: &[&str] = &[
+    "InternalServerError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "TransactionConflictException",
+];
+
+/// Classifies an error code and HTTP status from a service response.
+pub fn classify_code(code: Option<&str>, status: Option<u16>) -> (ErrorClass, &'static str) {
+    match code {
+        Some("ConditionalCheckFailedException") => (ErrorClass::Conflict, "conditional_check"),
+        Some(c) if THROTTLING.contains(&c) => (ErrorClass::Retryable, "throttled"),
+        Some(c) if TRANSIENT.contains(&c) => (ErrorClass::Retryable, "server"),
+        Some("ValidationException") => (ErrorClass::Fatal, "validation"),
+        Some("ResourceNotFoundException") => (ErrorClass::Fatal, "not_found"),
+        Some(
+            "AccessDeniedException"
+            | "UnrecognizedClientException"
+            | "InvalidSignatureException"
+            | "ExpiredTokenException",
+        ) => (ErrorClass::Fatal, "access_denied"),
+        _ => match status {
+            Some(s) if s >= 500 => (ErrorClass::Retryable, "server"),
+            Some(429) => (ErrorClass::Retryable, "throttled"),
+            _ => (ErrorClass::Fatal, "other"),
+        },
+    }
+}
+
+impl AwsFailure {
+    /// Classifies an error from any SDK operation.
+    pub fn from_sdk<E>(error: &SdkError<E, HttpResponse>) -> AwsFailure
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let message = DisplayErrorContext(error).to_string();
+        let (class, kind, code) = match error {
+            SdkError::TimeoutError(_) => (ErrorClass::Retryable, "timeout", None),
+            SdkError::DispatchFailure(_) => (ErrorClass::Retryable, "dispatch", None),
+            SdkError::ResponseError(_) => (ErrorClass::Retryable, "response", None),
+            SdkError::ConstructionFailure(_) => (ErrorClass::Fatal, "construction", None),
+            SdkError::ServiceError(service) => {
+                let code = service.err().code().map(str::to_owned);
+                let status = Some(service.raw().status().as_u16());
+                let (class, kind) = classify_code(code.as_deref(), status);
+                (class, kind, code)
+            }
+            _ => (ErrorClass::Fatal, "other", None),
+        };
+        AwsFailure {
+            class,
+            kind,
+            code,
+            message,
+        }
+    }
+
+    /// A failure made up by an in-process model (tests, the simulator).
+    pub fn synthetic(class: ErrorClass, kind: &'static str, message: impl Into<String>) -> Self {
+        AwsFailure {
+            class,
+            kind,
+            code: None,
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_codes() {
+        let c = |code, status| classify_code(code, status);
+        assert_eq!(
+            c(Some("ConditionalCheckFailedException"), Some(400)),
+            (ErrorClass::Conflict, "conditional_check")
+        );
+        for code in THROTTLING {
+            assert_eq!(
+                c(Some(code), Some(400)),
+                (ErrorClass::Retryable, "throttled")
+            );
+        }
+        assert_eq!(
+            c(Some("InternalServerError"), Some(500)),
+            (ErrorClass::Retryable, "server")
+        );
+        assert_eq!(
+            c(Some("ValidationException"), Some(400)),
+            (ErrorClass::Fatal, "validation")
+        );
+        assert_eq!(
+            c(Some("AccessDeniedException"), Some(400)),
+            (ErrorClass::Fatal, "access_denied")
+        );
+        assert_eq!(
+            c(Some("ResourceNotFoundException"), Some(400)),
+            (ErrorClass::Fatal, "not_found")
+        );
+        assert_eq!(c(None, Some(503)), (ErrorClass::Retryable, "server"));
+        assert_eq!(
+            c(None, Some(500)),
+            (ErrorClass::Retryable, "server"),
+            "moto's HTML 500"
+        );
+        assert_eq!(c(None, Some(429)), (ErrorClass::Retryable, "throttled"));
+        assert_eq!(
+            c(Some("SomethingNew"), Some(400)),
+            (ErrorClass::Fatal, "other")
+        );
+    }
+}

@@ -1,0 +1,73 @@
+//! Items as the target table's SDK sees them, and the key of an item as a comparable value.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+
+/// An item: attribute name to value, in the DynamoDB SDK's types.
+pub type Item = HashMap<String, AttributeValue>;
+
+/// The key of an item as a canonical string (names sorted, values typed), for grouping changes per key
+/// and for log messages. Never used as a metric label.
+pub fn key_string(keys: &Item) -> String {
+    let mut names: Vec<&String> = keys.keys().collect();
+    names.sort();
+    let mut out = String::new();
+    for (i, name) in names.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(name);
+        out.push('=');
+        match &keys[name] {
+            AttributeValue::S(s) => {
+                out.push_str("S:");
+                out.push_str(s);
+            }
+            AttributeValue::N(n) => {
+                out.push_str("N:");
+                out.push_str(n);
+            }
+            AttributeValue::B(b) => {
+                out.push_str("B:");
+                for byte in b.as_ref() {
+                    out.push_str(&format!("{byte:02x}"));
+                }
+            }
+            other => out.push_str(&format!("{other:?}")),
+        }
+    }
+    out
+}
+
+/// The attributes of `image` named in `key_names`, or `None` if one is missing.
+pub fn project_key(image: &Item, key_names: &[String]) -> Option<Item> {
+    key_names
+        .iter()
+        .map(|name| image.get(name).map(|v| (name.clone(), v.clone())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_strings_are_canonical_and_typed() {
+        let a: Item = [
+            ("pk".to_owned(), AttributeValue::S("x".into())),
+            ("sk".to_owned(), AttributeValue::N("1".into())),
+        ]
+        .into();
+        let b: Item = [
+            ("sk".to_owned(), AttributeValue::N("1".into())),
+            ("pk".to_owned(), AttributeValue::S("x".into())),
+        ]
+        .into();
+        assert_eq!(key_string(&a), key_string(&b));
+        assert_eq!(key_string(&a), "pk=S:x,sk=N:1");
+        let c: Item = [("pk".to_owned(), AttributeValue::N("x".into()))].into();
+        let d: Item = [("pk".to_owned(), AttributeValue::S("x".into()))].into();
+        assert_ne!(key_string(&c), key_string(&d));
+    }
+}

@@ -1,0 +1,426 @@
+//! The lease table on DynamoDB: partition key `path` (the source stream ARN and the target table),
+//! sort key `shard`.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
+    ScalarAttributeType, TableStatus,
+};
+
+use super::{Lease, LeaseError, LeaseStore};
+use crate::error::{AwsFailure, ErrorClass};
+use crate::stream::SeqNo;
+
+const PATH: &str = "path";
+const SHARD: &str = "shard";
+
+/// The lease table of one path, on DynamoDB.
+#[derive(Debug, Clone)]
+pub struct DynamoLeases {
+    client: Client,
+    table: String,
+    path: String,
+}
+
+impl DynamoLeases {
+    /// Leases of `path` in `table`.
+    pub fn new(client: Client, table: String, path: String) -> DynamoLeases {
+        DynamoLeases {
+            client,
+            table,
+            path,
+        }
+    }
+}
+
+/// A lease-table problem found at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseTableError {
+    /// The table exists with another key schema.
+    #[error(
+        "lease table {table} exists but its key schema is not (path: S HASH, shard: S RANGE); use another --lease-table"
+    )]
+    WrongSchema {
+        /// The table.
+        table: String,
+    },
+    /// Creating or describing failed.
+    #[error("lease table {table}: {source}")]
+    Aws {
+        /// The table.
+        table: String,
+        /// What failed.
+        source: AwsFailure,
+    },
+    /// The table did not become active in time.
+    #[error("lease table {table} did not become ACTIVE within 60 s")]
+    NotActive {
+        /// The table.
+        table: String,
+    },
+}
+
+/// Makes sure the lease table exists with the right key schema, creating it (on-demand) if missing.
+pub async fn ensure_table(client: &Client, table: &str) -> Result<(), LeaseTableError> {
+    let aws = |source: AwsFailure| LeaseTableError::Aws {
+        table: table.to_owned(),
+        source,
+    };
+    match client.describe_table().table_name(table).send().await {
+        Ok(out) => {
+            let schema: Vec<(String, KeyType)> = out
+                .table()
+                .map(|t| t.key_schema())
+                .unwrap_or_default()
+                .iter()
+                .map(|k| (k.attribute_name().to_owned(), k.key_type().clone()))
+                .collect();
+            let expected = vec![
+                (PATH.to_owned(), KeyType::Hash),
+                (SHARD.to_owned(), KeyType::Range),
+            ];
+            if schema != expected {
+                return Err(LeaseTableError::WrongSchema {
+                    table: table.to_owned(),
+                });
+            }
+        }
+        Err(error) => {
+            let failure = AwsFailure::from_sdk(&error);
+            if failure.kind != "not_found" {
+                return Err(aws(failure));
+            }
+            tracing::info!(table, "Creating the lease table (on-demand billing).");
+            let attr = |name: &str| {
+                AttributeDefinition::builder()
+                    .attribute_name(name)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+            };
+            let key = |name: &str, kind| {
+                KeySchemaElement::builder()
+                    .attribute_name(name)
+                    .key_type(kind)
+                    .build()
+            };
+            let built = (|| {
+                Ok::<_, aws_sdk_dynamodb::error::BuildError>((
+                    vec![attr(PATH)?, attr(SHARD)?],
+                    vec![key(PATH, KeyType::Hash)?, key(SHARD, KeyType::Range)?],
+                ))
+            })()
+            .map_err(|e| {
+                aws(AwsFailure::synthetic(
+                    ErrorClass::Fatal,
+                    "construction",
+                    e.to_string(),
+                ))
+            })?;
+            let created = client
+                .create_table()
+                .table_name(table)
+                .set_attribute_definitions(Some(built.0))
+                .set_key_schema(Some(built.1))
+                .billing_mode(BillingMode::PayPerRequest)
+                .send()
+                .await;
+            if let Err(error) = created {
+                let failure = AwsFailure::from_sdk(&error);
+                // Another worker created it at the same moment: fine.
+                if failure.code.as_deref() != Some("ResourceInUseException") {
+                    return Err(aws(failure));
+                }
+            }
+        }
+    }
+    for _ in 0..120 {
+        let out = client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|e| aws(AwsFailure::from_sdk(&e)))?;
+        if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    Err(LeaseTableError::NotActive {
+        table: table.to_owned(),
+    })
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+fn n(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn decode(item: &HashMap<String, AttributeValue>) -> Option<Lease> {
+    let text = |name: &str| match item.get(name) {
+        Some(AttributeValue::S(v)) => Some(v.clone()),
+        _ => None,
+    };
+    let number = |name: &str| match item.get(name) {
+        Some(AttributeValue::N(v)) => v.parse::<u64>().ok(),
+        _ => None,
+    };
+    Some(Lease {
+        shard: text(SHARD)?,
+        owner: text("owner"),
+        counter: number("counter").unwrap_or(0),
+        checkpoint: text("checkpoint").and_then(|c| SeqNo::parse(&c)),
+        parents: match item.get("parents") {
+            Some(AttributeValue::L(list)) => list
+                .iter()
+                .filter_map(|v| match v {
+                    AttributeValue::S(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        },
+        finished: matches!(item.get("finished"), Some(AttributeValue::Bool(true))),
+        handoff_to: text("handoff_to"),
+        expires_ms: number("expires").unwrap_or(0),
+    })
+}
+
+impl DynamoLeases {
+    fn key(&self, shard: &str) -> HashMap<String, AttributeValue> {
+        [
+            (PATH.to_owned(), s(&self.path)),
+            (SHARD.to_owned(), s(shard)),
+        ]
+        .into()
+    }
+
+    /// One conditional UpdateItem; a failed condition is `Lost`.
+    async fn update(
+        &self,
+        lease: &Lease,
+        update: &str,
+        condition: &str,
+        mut values: HashMap<String, AttributeValue>,
+    ) -> Result<Lease, LeaseError> {
+        values.insert(":one".to_owned(), n(1));
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(self.key(&lease.shard)))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names_used(&[update, condition])))
+            .set_expression_attribute_values(Some(values))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match out {
+            Ok(out) => out.attributes().and_then(decode).ok_or_else(|| {
+                LeaseError::Aws(AwsFailure::synthetic(
+                    ErrorClass::Fatal,
+                    "lease_row",
+                    format!("lease row for shard {} is malformed", lease.shard),
+                ))
+            }),
+            Err(error) => {
+                let failure = AwsFailure::from_sdk(&error);
+                if failure.class == ErrorClass::Conflict {
+                    Err(LeaseError::Lost {
+                        shard: lease.shard.clone(),
+                        counter: lease.counter,
+                    })
+                } else {
+                    Err(LeaseError::Aws(failure))
+                }
+            }
+        }
+    }
+
+    fn held_values(held: &Lease) -> HashMap<String, AttributeValue> {
+        [
+            (
+                ":me".to_owned(),
+                s(held.owner.as_deref().unwrap_or_default()),
+            ),
+            (":c".to_owned(), n(held.counter)),
+        ]
+        .into()
+    }
+}
+
+/// Placeholders for the lease attributes (several are DynamoDB reserved words); only those an expression
+/// uses may be sent.
+fn names_used(expressions: &[&str]) -> HashMap<String, String> {
+    const NAMES: &[(&str, &str)] = &[
+        ("#c", "counter"),
+        ("#o", "owner"),
+        ("#e", "expires"),
+        ("#k", "checkpoint"),
+        ("#f", "finished"),
+        ("#h", "handoff_to"),
+    ];
+    NAMES
+        .iter()
+        .filter(|(placeholder, _)| expressions.iter().any(|e| e.contains(placeholder)))
+        .map(|(p, name)| ((*p).to_owned(), (*name).to_owned()))
+        .collect()
+}
+
+const HELD: &str = "#o = :me AND #c = :c";
+
+impl LeaseStore for DynamoLeases {
+    async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
+        let mut leases = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#p = :p")
+                .expression_attribute_names("#p", PATH)
+                .expression_attribute_values(":p", s(&self.path))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| LeaseError::Aws(AwsFailure::from_sdk(&e)))?;
+            leases.extend(out.items().iter().filter_map(decode));
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(leases),
+            }
+        }
+    }
+
+    async fn create(&self, shard: &str, parents: &[String]) -> Result<bool, LeaseError> {
+        let mut item = self.key(shard);
+        item.insert("counter".to_owned(), n(0));
+        item.insert("finished".to_owned(), AttributeValue::Bool(false));
+        item.insert(
+            "parents".to_owned(),
+            AttributeValue::L(parents.iter().map(|p| s(p)).collect()),
+        );
+        let out = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(#s)")
+            .expression_attribute_names("#s", SHARD)
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(true),
+            Err(error) => {
+                let failure = AwsFailure::from_sdk(&error);
+                if failure.class == ErrorClass::Conflict {
+                    Ok(false)
+                } else {
+                    Err(LeaseError::Aws(failure))
+                }
+            }
+        }
+    }
+
+    async fn take(
+        &self,
+        observed: &Lease,
+        worker: &str,
+        expires_ms: u64,
+    ) -> Result<Lease, LeaseError> {
+        let values = [
+            (":w".to_owned(), s(worker)),
+            (":c".to_owned(), n(observed.counter)),
+            (":e".to_owned(), n(expires_ms)),
+        ]
+        .into();
+        self.update(
+            observed,
+            "SET #o = :w, #e = :e, #c = #c + :one REMOVE #h",
+            "#c = :c",
+            values,
+        )
+        .await
+    }
+
+    async fn renew(&self, held: &Lease, expires_ms: u64) -> Result<Lease, LeaseError> {
+        let mut values = Self::held_values(held);
+        values.insert(":e".to_owned(), n(expires_ms));
+        self.update(held, "SET #e = :e, #c = #c + :one", HELD, values)
+            .await
+    }
+
+    async fn checkpoint(
+        &self,
+        held: &Lease,
+        seq: Option<&SeqNo>,
+        finished: bool,
+        expires_ms: u64,
+    ) -> Result<Lease, LeaseError> {
+        let mut values = Self::held_values(held);
+        values.insert(":e".to_owned(), n(expires_ms));
+        values.insert(":f".to_owned(), AttributeValue::Bool(finished));
+        let update = match seq {
+            Some(seq) => {
+                values.insert(":s".to_owned(), s(seq.as_str()));
+                "SET #k = :s, #f = :f, #e = :e, #c = #c + :one"
+            }
+            None => "SET #f = :f, #e = :e, #c = #c + :one",
+        };
+        self.update(held, update, HELD, values).await
+    }
+
+    async fn release(&self, held: &Lease) -> Result<(), LeaseError> {
+        self.update(
+            held,
+            "SET #c = #c + :one REMOVE #o, #h",
+            HELD,
+            Self::held_values(held),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn request_handoff(&self, observed: &Lease, worker: &str) -> Result<(), LeaseError> {
+        let values = [
+            (
+                ":me".to_owned(),
+                s(observed.owner.as_deref().unwrap_or_default()),
+            ),
+            (":w".to_owned(), s(worker)),
+        ]
+        .into();
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(self.key(&observed.shard)))
+            .update_expression("SET #h = :w")
+            .condition_expression("#o = :me")
+            .set_expression_attribute_names(Some(names_used(&["SET #h = :w", "#o = :me"])))
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                let failure = AwsFailure::from_sdk(&error);
+                if failure.class == ErrorClass::Conflict {
+                    Err(LeaseError::Lost {
+                        shard: observed.shard.clone(),
+                        counter: observed.counter,
+                    })
+                } else {
+                    Err(LeaseError::Aws(failure))
+                }
+            }
+        }
+    }
+}

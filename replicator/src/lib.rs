@@ -1,0 +1,155 @@
+//! The replicator: reads a DynamoDB table's stream in one region and applies every change to a table in
+//! another region, one-way (active-passive) or last-writer-wins both ways (active-active).
+//!
+//! # Layout
+//! - `config`: flags and their validation into a [`config::Config`].
+//! - `startup`: checks of the source stream, the target's key schema and the lease table.
+//! - `stream/`: the [`stream::StreamSource`] seam (DynamoDB Streams, in-memory), record decoding.
+//! - `apply/`: write plans (skip rules, last change per key, conflict conditions), the target seam,
+//!   the checkpoint watermark, retries.
+//! - `lease/`: the lease table seam (DynamoDB, in-memory): ownership, counters, checkpoints.
+//! - `worker`: one shard's read-apply-checkpoint loop. `coordinator`: the lease loop.
+//! - `metrics`: every metric, `/metrics`, `/healthz`, `/readyz`. `error`: AWS error classification.
+//!
+//! # Invariants
+//! - A checkpoint names a sequence number only when every record up to it has been applied (or
+//!   settled: skipped by rule, or lost a last-writer-wins condition).
+//! - Checkpoints are fenced by the lease counter: a worker that lost its lease cannot move them.
+//! - A parent shard is finished before any child starts; a record that cannot be applied, or a
+//!   trimmed gap, stops its shard loudly. Nothing is skipped silently.
+//! - Every write is safe to replay: one-way writes are idempotent per key in stream order; lww
+//!   writes are conditional on `(rep_version, rep_origin)`.
+
+pub mod apply;
+pub mod config;
+pub mod coordinator;
+pub mod error;
+pub mod item;
+pub mod lease;
+pub mod metrics;
+pub mod startup;
+pub mod stream;
+pub mod worker;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tworegion_common::aws::{AwsOptions, parse_region, sdk_config};
+
+use crate::apply::plan::PlanContext;
+use crate::apply::target::AwsTarget;
+use crate::config::Config;
+use crate::lease::dynamo::{DynamoLeases, LeaseTableError, ensure_table};
+use crate::metrics::{Health, Metrics};
+use crate::stream::aws::AwsStream;
+use crate::worker::Engine;
+
+/// Why `run` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A start-up check failed.
+    #[error(transparent)]
+    Startup(#[from] startup::StartupError),
+    /// The lease table cannot be used.
+    #[error(transparent)]
+    LeaseTable(#[from] LeaseTableError),
+    /// The metrics address cannot be bound.
+    #[error("--metrics-addr {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Shutdown took longer than the deadline; unreleased leases will expire.
+    #[error(
+        "graceful shutdown did not finish within {0:?}; unreleased leases will expire and be taken over"
+    )]
+    ShutdownDeadline(std::time::Duration),
+    /// A region name was invalid.
+    #[error(transparent)]
+    Region(#[from] tworegion_common::aws::InvalidRegion),
+}
+
+/// Runs the replicator until `shutdown` is cancelled, then stops gracefully within the deadline.
+pub async fn run(
+    config: Config,
+    aws: AwsOptions,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let source_sdk = sdk_config(parse_region(&config.source.region)?, &aws).await;
+    let target_sdk = sdk_config(parse_region(&config.target.region)?, &aws).await;
+    let lease_sdk = sdk_config(parse_region(&config.lease.region)?, &aws).await;
+    let source_ddb = aws_sdk_dynamodb::Client::new(&source_sdk);
+    let streams = aws_sdk_dynamodbstreams::Client::new(&source_sdk);
+    let target_ddb = aws_sdk_dynamodb::Client::new(&target_sdk);
+    let lease_ddb = aws_sdk_dynamodb::Client::new(&lease_sdk);
+
+    let checked = startup::check(&config, &source_ddb, &streams, &target_ddb).await?;
+    ensure_table(&lease_ddb, &config.lease.table).await?;
+
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::new(config.tuning.lease_interval()));
+    let http_stop = CancellationToken::new();
+    let (bound, http) = metrics::serve(
+        config.metrics_addr,
+        metrics.clone(),
+        health.clone(),
+        http_stop.clone(),
+    )
+    .await
+    .map_err(|source| RunError::Metrics {
+        addr: config.metrics_addr,
+        source,
+    })?;
+    let path = format!("{}>{}", checked.stream_arn, config.target);
+    tracing::info!(
+        source = %config.source, target = %config.target, mode = ?config.mode, worker_id = %config.worker_id,
+        lease_table = %config.lease, stream_arn = %checked.stream_arn, metrics_addr = %bound,
+        "Replicator started."
+    );
+    let engine = Arc::new(Engine {
+        source: Arc::new(AwsStream::new(streams, checked.stream_arn.clone())),
+        target: Arc::new(AwsTarget::new(
+            target_ddb,
+            config.target.table.clone(),
+            config.attributes.clone(),
+        )),
+        leases: Arc::new(DynamoLeases::new(
+            lease_ddb,
+            config.lease.table.clone(),
+            path,
+        )),
+        plan: PlanContext {
+            mode: config.mode,
+            source_region: config.source.region.clone(),
+            attributes: config.attributes.clone(),
+        },
+        target_name: config.target.to_string(),
+        worker_id: config.worker_id.clone(),
+        start_position: config.start_position,
+        tuning: config.tuning.clone(),
+        metrics,
+        health,
+        in_flight: Arc::new(Semaphore::new(config.tuning.max_in_flight)),
+        jitter_seed: AtomicU64::new(0),
+    });
+    let mut lease_loop = tokio::spawn(coordinator::run(engine, shutdown.clone()));
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = &mut lease_loop => {}
+    }
+    tracing::info!(deadline = ?config.tuning.shutdown_deadline, "Stopping: finishing in-flight writes, checkpointing, releasing leases.");
+    let finished = tokio::time::timeout(config.tuning.shutdown_deadline, &mut lease_loop).await;
+    http_stop.cancel();
+    let _ = http.await;
+    match finished {
+        Ok(_) => {
+            tracing::info!("Replicator stopped.");
+            Ok(())
+        }
+        Err(_) => Err(RunError::ShutdownDeadline(config.tuning.shutdown_deadline)),
+    }
+}

@@ -1,0 +1,353 @@
+//! Every metric the replicator exposes (defined here and nowhere else), the health state, and the HTTP
+//! endpoints `/metrics`, `/healthz` and `/readyz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// One low-cardinality label.
+pub type Label = [(&'static str, &'static str); 1];
+
+/// The replicator's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Stream records read.
+    pub records_read: Counter,
+    /// Records applied to the target (including those settled by a later write of the same key).
+    pub records_applied: Counter,
+    /// Records that needed no write, by reason.
+    pub records_skipped: Family<Label, Counter>,
+    /// Writes that lost the last-writer-wins condition.
+    pub conflicts: Counter,
+    /// Errors, by kind (retried ones included).
+    pub errors: Family<Label, Counter>,
+    /// Replication lag in seconds, by how it was measured (`stream`: now minus ApproximateCreationDateTime;
+    /// `version`: now minus the version's milliseconds, lww only).
+    pub lag: Family<Label, Histogram>,
+    /// Shards this worker holds.
+    pub shards_owned: Gauge,
+    /// Shards stopped until an operator acts.
+    pub shards_stopped: Gauge,
+    /// Lease changes, by change (`taken`, `released`, `lost`, `handoff`).
+    pub lease_changes: Family<Label, Counter>,
+    /// Checkpoints written.
+    pub checkpoints: Counter,
+    /// Trimmed gaps found (changes lost before they were read).
+    pub gaps: Counter,
+    /// lww records without a version that got the fallback.
+    pub unversioned: Counter,
+}
+
+fn lag_histogram() -> Histogram {
+    Histogram::new([
+        0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+    ])
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("replicator");
+        let m = Metrics {
+            registry: Registry::default(),
+            records_read: Counter::default(),
+            records_applied: Counter::default(),
+            records_skipped: Family::default(),
+            conflicts: Counter::default(),
+            errors: Family::default(),
+            lag: Family::new_with_constructor(lag_histogram),
+            shards_owned: Gauge::default(),
+            shards_stopped: Gauge::default(),
+            lease_changes: Family::default(),
+            checkpoints: Counter::default(),
+            gaps: Counter::default(),
+            unversioned: Counter::default(),
+        };
+        registry.register(
+            "records_read",
+            "Stream records read",
+            m.records_read.clone(),
+        );
+        registry.register(
+            "records_applied",
+            "Stream records applied to the target",
+            m.records_applied.clone(),
+        );
+        registry.register(
+            "records_skipped",
+            "Stream records that needed no write, by reason",
+            m.records_skipped.clone(),
+        );
+        registry.register(
+            "conflicts",
+            "Writes that lost the last-writer-wins condition",
+            m.conflicts.clone(),
+        );
+        registry.register(
+            "errors",
+            "Errors by kind, retried ones included",
+            m.errors.clone(),
+        );
+        registry.register(
+            "replication_lag_seconds",
+            "Seconds from the source write to its application",
+            m.lag.clone(),
+        );
+        registry.register(
+            "shards_owned",
+            "Shards this worker holds a lease on",
+            m.shards_owned.clone(),
+        );
+        registry.register(
+            "shards_stopped",
+            "Shards stopped until an operator acts",
+            m.shards_stopped.clone(),
+        );
+        registry.register(
+            "lease_changes",
+            "Lease changes by kind",
+            m.lease_changes.clone(),
+        );
+        registry.register(
+            "checkpoints_written",
+            "Checkpoints written to the lease table",
+            m.checkpoints.clone(),
+        );
+        registry.register(
+            "gaps",
+            "Trimmed gaps: stream records lost before they were read",
+            m.gaps.clone(),
+        );
+        registry.register(
+            "records_unversioned",
+            "lww records without a version (fallback applied)",
+            m.unversioned.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// Counts an error of `kind`.
+    pub fn error(&self, kind: &'static str) {
+        self.errors.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    /// Counts a lease change.
+    pub fn lease_change(&self, change: &'static str) {
+        self.lease_changes
+            .get_or_create(&[("change", change)])
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// What `/readyz` reports.
+#[derive(Debug)]
+pub struct Health {
+    stopped: AtomicI64,
+    last_lease_sync: Mutex<Option<Instant>>,
+    lease_interval: Duration,
+}
+
+impl Health {
+    /// Health for a worker whose lease loop runs every `lease_interval`.
+    pub fn new(lease_interval: Duration) -> Health {
+        Health {
+            stopped: AtomicI64::new(0),
+            last_lease_sync: Mutex::new(None),
+            lease_interval,
+        }
+    }
+
+    /// The lease loop renewed and listed leases successfully.
+    pub fn lease_synced(&self) {
+        *self
+            .last_lease_sync
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// A shard stopped (gap or unappliable record).
+    pub fn shard_stopped(&self) {
+        self.stopped.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Ready: the lease loop is current (synced within three intervals) and no shard is stopped.
+    pub fn ready(&self) -> Result<(), String> {
+        let stopped = self.stopped.load(Ordering::SeqCst);
+        if stopped > 0 {
+            return Err(format!("{stopped} shard(s) stopped; see the ERROR logs"));
+        }
+        match *self
+            .last_lease_sync
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            None => Err("the lease table has not been read yet".to_owned()),
+            Some(at) if at.elapsed() > self.lease_interval * 3 => Err(format!(
+                "leases not renewed for {:.1}s",
+                at.elapsed().as_secs_f64()
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+}
+
+async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
+    match state.health.ready() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+    }
+}
+
+/// Binds `addr` and serves the endpoints until `stop` is cancelled. Returns the bound address (useful
+/// with port 0) and the server task.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(AppState { metrics, health });
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    Ok((bound, task))
+}
+
+/// `replicator healthcheck`: GET /healthz on `addr` (0.0.0.0 becomes 127.0.0.1); true on a 200.
+pub async fn check_health(addr: SocketAddr) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let target = if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(target).await?;
+        stream
+            .write_all(format!("GET /healthz HTTP/1.0\r\nHost: {target}\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(3), exchange)
+        .await
+        .map_err(|_| format!("no answer from {target} within 3 s"))?
+        .map_err(|e| format!("{target}: {e}"))?;
+    let status_line = String::from_utf8_lossy(&response);
+    let status_line = status_line.lines().next().unwrap_or_default();
+    if status_line.split_whitespace().nth(1) == Some("200") {
+        Ok(())
+    } else {
+        Err(format!("{target} answered {status_line:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_names() {
+        let m = Metrics::default();
+        m.records_read.inc_by(3);
+        m.error("throttled");
+        m.lag.get_or_create(&[("source", "version")]).observe(0.2);
+        let text = m.render();
+        assert!(text.contains("replicator_records_read_total 3"), "{text}");
+        assert!(
+            text.contains("replicator_errors_total{kind=\"throttled\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "replicator_replication_lag_seconds_bucket{le=\"0.25\",source=\"version\"} 1"
+            ),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn endpoints_answer_and_readiness_follows_health() {
+        let metrics = Arc::new(Metrics::default());
+        let health = Arc::new(Health::new(Duration::from_secs(1)));
+        let stop = CancellationToken::new();
+        let (addr, task) = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            metrics,
+            health.clone(),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        check_health(addr).await.unwrap();
+        assert!(
+            health.ready().is_err(),
+            "not ready before the first lease sync"
+        );
+        health.lease_synced();
+        assert!(health.ready().is_ok());
+        health.shard_stopped();
+        assert!(health.ready().unwrap_err().contains("stopped"));
+        stop.cancel();
+        task.await.unwrap().unwrap();
+        assert!(check_health(addr).await.is_err(), "closed after stop");
+    }
+}

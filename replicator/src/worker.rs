@@ -1,0 +1,458 @@
+//! One shard, read and applied by the worker that holds its lease.
+//!
+//! ```text
+//! start = checkpoint ? AFTER(checkpoint) : (root ? --start-position : TRIM_HORIZON)
+//! loop until told to stop:
+//!     page = GetRecords(iterator)          expired -> re-seek AFTER(last applied); trimmed -> gap, stop shard
+//!     plan = last write per key, skips     a record that cannot be planned -> stop shard
+//!     apply writes concurrently (bounded), retry retryable failures; a fatal one -> stop shard
+//!     checkpoint the watermark (every record up to it settled), fenced by the lease counter
+//!     no next iterator -> shard ended: checkpoint finished, create the children's leases, exit
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::{Mutex, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::plan::PlanContext;
+use crate::apply::retry::{GaveUp, RetryPolicy};
+use crate::apply::target::{Outcome, TargetTable};
+use crate::apply::watermark::Watermark;
+use crate::config::{StartPosition, Tuning};
+use crate::error::ErrorClass;
+use crate::lease::{Lease, LeaseError, LeaseStore};
+use crate::metrics::{Health, Metrics};
+use crate::stream::{Change, SeqNo, StartAt, StreamError, StreamSource};
+
+/// What the workers of one process share.
+pub struct Engine<S, T, L> {
+    /// The source stream.
+    pub source: Arc<S>,
+    /// The target table.
+    pub target: Arc<T>,
+    /// The lease table.
+    pub leases: Arc<L>,
+    /// How changes become writes.
+    pub plan: PlanContext,
+    /// The target table's name, for logs.
+    pub target_name: String,
+    /// This worker.
+    pub worker_id: String,
+    /// Where new root shards start.
+    pub start_position: StartPosition,
+    /// Knobs.
+    pub tuning: Tuning,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Readiness.
+    pub health: Arc<Health>,
+    /// Writes in flight over all shards.
+    pub in_flight: Arc<Semaphore>,
+    /// Seeds retry jitter.
+    pub jitter_seed: AtomicU64,
+}
+
+/// A lease this worker holds, shared by the shard task (checkpoints) and the lease loop (renewals).
+#[derive(Debug)]
+pub struct Held {
+    lease: Mutex<Lease>,
+    renewed_at: std::sync::Mutex<Instant>,
+    /// Cancelled to make the shard task stop reading (shutdown, hand-off, lease lost).
+    pub stop: CancellationToken,
+}
+
+impl Held {
+    /// A freshly taken lease.
+    pub fn new(lease: Lease, stop: CancellationToken, renewed_at: Instant) -> Held {
+        Held {
+            lease: Mutex::new(lease),
+            renewed_at: std::sync::Mutex::new(renewed_at),
+            stop,
+        }
+    }
+
+    /// A copy of the lease as last written.
+    pub async fn lease(&self) -> Lease {
+        self.lease.lock().await.clone()
+    }
+
+    /// True while the last renewal is recent enough that no other worker may have taken the lease:
+    /// younger than three quarters of the lease duration.
+    pub fn valid(&self, duration: Duration) -> bool {
+        self.renewed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+            < duration * 3 / 4
+    }
+
+    /// Applies a conditional change to the lease under its lock, keeping the new counter.
+    pub async fn change<F, Fut>(&self, op: F) -> Result<Lease, LeaseError>
+    where
+        F: FnOnce(Lease) -> Fut,
+        Fut: std::future::Future<Output = Result<Lease, LeaseError>>,
+    {
+        let mut lease = self.lease.lock().await;
+        let sent_at = Instant::now();
+        let result = op(lease.clone()).await;
+        match &result {
+            Ok(updated) => {
+                *lease = updated.clone();
+                *self.renewed_at.lock().unwrap_or_else(|p| p.into_inner()) = sent_at;
+            }
+            Err(LeaseError::Lost { .. }) => self.stop.cancel(),
+            Err(_) => {}
+        }
+        result
+    }
+}
+
+/// How a shard task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardExit {
+    /// Read to its end and applied; children's leases exist.
+    Finished,
+    /// Told to stop (shutdown or hand-off); the checkpoint covers everything applied.
+    Stopped,
+    /// The lease was lost to another worker.
+    LeaseLost,
+    /// A gap or a record that cannot be applied: the shard stays stopped until an operator acts.
+    Halted,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
+    tworegion_common::version::system_millis()
+}
+
+impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
+    fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            min: Duration::from_millis(50),
+            max: self.tuning.max_backoff,
+        }
+    }
+
+    fn expires(&self) -> u64 {
+        now_millis() + u64::try_from(self.tuning.lease_duration.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn halt(&self) -> ShardExit {
+        self.metrics.shards_stopped.inc();
+        self.health.shard_stopped();
+        ShardExit::Halted
+    }
+
+    async fn checkpoint(
+        &self,
+        held: &Held,
+        seq: Option<&SeqNo>,
+        finished: bool,
+    ) -> Result<(), ShardExit> {
+        let expires = self.expires();
+        let result = held
+            .change(
+                |lease| async move { self.leases.checkpoint(&lease, seq, finished, expires).await },
+            )
+            .await;
+        match result {
+            Ok(_) => {
+                self.metrics.checkpoints.inc();
+                Ok(())
+            }
+            Err(LeaseError::Lost { shard, .. }) => {
+                self.metrics.lease_change("lost");
+                tracing::warn!(shard_id = %shard, "Lease lost; this worker stops the shard.");
+                Err(ShardExit::LeaseLost)
+            }
+            Err(error) => {
+                // The next checkpoint or renewal will try again; nothing is lost by waiting.
+                self.metrics.error(error.kind());
+                tracing::warn!(error = %error, "Checkpoint failed; it will be retried with the next one.");
+                Ok(())
+            }
+        }
+    }
+
+    async fn seek(
+        &self,
+        shard: &str,
+        at: &StartAt,
+        stop: &CancellationToken,
+    ) -> Result<String, ShardExit> {
+        loop {
+            if stop.is_cancelled() {
+                return Err(ShardExit::Stopped);
+            }
+            match self.source.iterator(shard, at).await {
+                Ok(iterator) => return Ok(iterator),
+                Err(error) => {
+                    if let Some(exit) = self.stream_failure(shard, at, &error, stop).await {
+                        return Err(exit);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles a failed stream call: `None` to try again (after a pause), or how the shard ends.
+    async fn stream_failure(
+        &self,
+        shard: &str,
+        at: &StartAt,
+        error: &StreamError,
+        stop: &CancellationToken,
+    ) -> Option<ShardExit> {
+        self.metrics.error(error.kind());
+        match error {
+            StreamError::Trimmed(detail) => {
+                self.metrics.gaps.inc();
+                tracing::error!(
+                    shard_id = %shard, from = %at, error = %detail,
+                    "Trimmed gap: records after this position were removed from the stream before they \
+                     were replicated. The shard is stopped; see docs/replicator.md (Gaps) to resume."
+                );
+                Some(self.halt())
+            }
+            StreamError::Decode(detail) => {
+                tracing::error!(shard_id = %shard, from = %at, error = %detail, "Undecodable stream record; the shard is stopped.");
+                Some(self.halt())
+            }
+            StreamError::Aws(failure) if failure.class == ErrorClass::Fatal => {
+                tracing::error!(shard_id = %shard, error = %failure, "Reading the stream failed; the shard is stopped.");
+                Some(self.halt())
+            }
+            StreamError::ExpiredIterator | StreamError::Aws(_) => {
+                tracing::warn!(shard_id = %shard, error = %error, "Stream read failed; retrying.");
+                tokio::select! {
+                    _ = stop.cancelled() => Some(ShardExit::Stopped),
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => None,
+                }
+            }
+        }
+    }
+
+    /// Reads and applies one shard until it ends or the worker is told to stop.
+    pub async fn run_shard(&self, held: Arc<Held>) -> ShardExit {
+        let lease = held.lease().await;
+        let shard = lease.shard.clone();
+        let stop = held.stop.clone();
+        let mut last = lease.checkpoint.clone();
+        let start = match &last {
+            Some(seq) => StartAt::After(seq.clone()),
+            None if lease.parents.is_empty() => match self.start_position {
+                StartPosition::TrimHorizon => StartAt::TrimHorizon,
+                StartPosition::Latest => StartAt::Latest,
+            },
+            None => StartAt::TrimHorizon,
+        };
+        tracing::info!(shard_id = %shard, from = %start, "Shard started.");
+        let mut iterator = match self.seek(&shard, &start, &stop).await {
+            Ok(it) => it,
+            Err(exit) => return exit,
+        };
+        loop {
+            if stop.is_cancelled() {
+                return ShardExit::Stopped;
+            }
+            if !held.valid(self.tuning.lease_duration) {
+                // Not renewed recently: another worker may take over soon, so apply nothing.
+                tokio::select! {
+                    _ = stop.cancelled() => return ShardExit::Stopped,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                }
+            }
+            let page = match self.source.read(&iterator, self.tuning.batch_size).await {
+                Ok(page) => page,
+                Err(StreamError::ExpiredIterator) => {
+                    self.metrics.error("expired_iterator");
+                    let at = last
+                        .clone()
+                        .map(StartAt::After)
+                        .unwrap_or_else(|| start.clone());
+                    tracing::info!(shard_id = %shard, from = %at, "Iterator expired; seeking again.");
+                    match self.seek(&shard, &at, &stop).await {
+                        Ok(it) => {
+                            iterator = it;
+                            continue;
+                        }
+                        Err(exit) => return exit,
+                    }
+                }
+                Err(error) => {
+                    let at = last
+                        .clone()
+                        .map(StartAt::After)
+                        .unwrap_or_else(|| start.clone());
+                    match self.stream_failure(&shard, &at, &error, &stop).await {
+                        Some(exit) => return exit,
+                        None => continue,
+                    }
+                }
+            };
+            let count = page.changes.len();
+            if count > 0 {
+                self.metrics.records_read.inc_by(count as u64);
+                let (applied_to, halted) = self.apply_batch(&shard, &page.changes, &stop).await;
+                if let Some(seq) = applied_to {
+                    if let Err(exit) = self.checkpoint(&held, Some(&seq), false).await {
+                        return exit;
+                    }
+                    last = Some(seq);
+                }
+                if halted {
+                    return self.halt();
+                }
+                if last.as_ref() != page.changes.last().map(|c| &c.seq) {
+                    // Told to stop mid-batch: the checkpoint covers what was applied.
+                    return ShardExit::Stopped;
+                }
+            }
+            match page.next {
+                Some(next) => iterator = next,
+                None => return self.end_shard(&held, &shard, last.as_ref()).await,
+            }
+            if count == 0 {
+                tokio::select! {
+                    _ = stop.cancelled() => return ShardExit::Stopped,
+                    _ = tokio::time::sleep(self.tuning.idle_poll) => {}
+                }
+            }
+        }
+    }
+
+    async fn end_shard(&self, held: &Held, shard: &str, last: Option<&SeqNo>) -> ShardExit {
+        if let Err(exit) = self.checkpoint(held, last, true).await {
+            return exit;
+        }
+        tracing::info!(shard_id = %shard, "Shard ended and fully applied.");
+        // Make the children's leases now, so no one waits for the next periodic listing.
+        let stop = held.stop.clone();
+        loop {
+            match self.source.children(shard).await {
+                Ok(children) => {
+                    for child in children {
+                        if let Err(error) = self.leases.create(&child.id, &[shard.to_owned()]).await
+                        {
+                            self.metrics.error(error.kind());
+                            tracing::warn!(shard_id = %child.id, error = %error, "Could not create a child lease; the next shard listing will.");
+                        }
+                    }
+                    return ShardExit::Finished;
+                }
+                Err(error) => {
+                    self.metrics.error(error.kind());
+                    tracing::warn!(shard_id = %shard, error = %error, "Listing child shards failed; retrying.");
+                    tokio::select! {
+                        _ = stop.cancelled() => return ShardExit::Finished,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies a batch. Returns the new watermark (if it moved) and whether the shard must halt.
+    pub async fn apply_batch(
+        &self,
+        shard: &str,
+        changes: &[Change],
+        stop: &CancellationToken,
+    ) -> (Option<SeqNo>, bool) {
+        let mut watermark = Watermark::new(changes.iter().map(|c| c.seq.clone()).collect());
+        let plan = match self.plan.plan(changes) {
+            Ok(plan) => plan,
+            Err(error) => {
+                self.metrics.error("unappliable_record");
+                tracing::error!(
+                    shard_id = %shard, table = %self.target_name, key = %error.key, seq = %error.seq,
+                    error = %error.problem, "A record cannot be applied; the shard is stopped."
+                );
+                return (None, true);
+            }
+        };
+        for (index, reason) in &plan.skipped {
+            self.metrics
+                .records_skipped
+                .get_or_create(&[("reason", reason.label())])
+                .inc();
+            watermark.settle(&[*index]);
+        }
+        if plan.unversioned > 0 {
+            self.metrics.unversioned.inc_by(plan.unversioned as u64);
+        }
+        let batch_stop = stop.child_token();
+        let retry = self.retry();
+        let writes = futures::stream::iter(plan.writes)
+            .map(|planned| {
+                let batch_stop = batch_stop.clone();
+                let seed = self.jitter_seed.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    if batch_stop.is_cancelled() {
+                        return (planned, Err(GaveUp::Stopped));
+                    }
+                    let Ok(_permit) = self.in_flight.acquire().await else {
+                        return (planned, Err(GaveUp::Stopped));
+                    };
+                    let result = retry
+                        .run(
+                            &batch_stop,
+                            seed,
+                            |f| self.metrics.error(f.kind),
+                            || self.target.write(&planned.write),
+                        )
+                        .await;
+                    (planned, result)
+                }
+            })
+            .buffer_unordered(self.tuning.shard_concurrency);
+        tokio::pin!(writes);
+        let mut halted = false;
+        let mut newest_version_millis = None;
+        while let Some((planned, result)) = writes.next().await {
+            match result {
+                Ok(outcome) => {
+                    if outcome == Outcome::Conflict {
+                        self.metrics.conflicts.inc();
+                    }
+                    self.metrics
+                        .records_applied
+                        .inc_by(planned.covers.len() as u64);
+                    newest_version_millis = newest_version_millis.max(planned.version_millis);
+                    watermark.settle(&planned.covers);
+                }
+                Err(GaveUp::Stopped) => {}
+                Err(GaveUp::Fatal(failure)) => {
+                    self.metrics.error(failure.kind);
+                    tracing::error!(
+                        shard_id = %shard, table = %self.target_name, key = %planned.key, error = %failure,
+                        "A record cannot be applied; the shard is stopped."
+                    );
+                    halted = true;
+                    batch_stop.cancel();
+                }
+            }
+        }
+        let now = now_millis();
+        if let Some(created) = changes.last().and_then(|c| c.created_at) {
+            let lag = (now as f64 / 1000.0 - created).max(0.0);
+            self.metrics
+                .lag
+                .get_or_create(&[("source", "stream")])
+                .observe(lag);
+        }
+        if let Some(millis) = newest_version_millis {
+            let lag = now.saturating_sub(millis) as f64 / 1000.0;
+            self.metrics
+                .lag
+                .get_or_create(&[("source", "version")])
+                .observe(lag);
+        }
+        (watermark.advance(), halted)
+    }
+}
