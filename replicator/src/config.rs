@@ -453,11 +453,11 @@ mod tests {
             "--source-region",
             "us-east-1",
             "--source-table",
-            "t1",
+            "todos",
             "--target-region",
             "us-east-1",
             "--target-table",
-            "t1",
+            "todos",
             "--mode",
             "one-way",
         ])

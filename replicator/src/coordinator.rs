@@ -144,11 +144,18 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
                 };
             }
         }
-        let expired = |lease: &Lease| {
-            lease.owner.is_some()
-                && observed
-                    .get(&lease.shard)
-                    .is_some_and(|o| o.counter == lease.counter && o.since.elapsed() >= duration)
+        // Unchanged for a whole lease duration on this worker's clock.
+        let stale = |lease: &Lease| {
+            observed
+                .get(&lease.shard)
+                .is_some_and(|o| o.counter == lease.counter && o.since.elapsed() >= duration)
+        };
+        let expired = |lease: &Lease| lease.owner.is_some() && stale(lease);
+        // Released for another worker that asked for it: leave it to that worker for a lease duration.
+        let reserved_for_other = |lease: &Lease| {
+            lease.owner.is_none()
+                && lease.handoff_to.as_deref().is_some_and(|to| to != me)
+                && !stale(lease)
         };
         let by_shard: HashMap<&str, &Lease> =
             leases.iter().map(|l| (l.shard.as_str(), l)).collect();
@@ -172,9 +179,13 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
             .copied()
             .filter(|l| !running.contains_key(&l.shard))
             .filter(|l| l.owner.is_none() || l.owner.as_deref() == Some(me.as_str()) || expired(l))
+            .filter(|l| !reserved_for_other(l))
             .filter(|l| parents_done(l))
             .collect();
-        candidates.sort_by_key(|l| (l.owner.is_some(), l.shard.clone()));
+        // Leases reserved for this worker first, then free ones, then expired ones.
+        candidates.sort_by_key(|l| {
+            (l.handoff_to.as_deref() != Some(me.as_str()), l.owner.is_some(), l.shard.clone())
+        });
         let mut took_any = false;
         for lease in candidates {
             if running.len() >= share || shutdown.is_cancelled() {
@@ -223,7 +234,10 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
                     counts.entry(owner).or_default().push(lease);
                 }
             }
+            // One request at a time: wait while a lease is on its way to this worker.
+            let pending = unfinished.iter().any(|l| l.handoff_to.as_deref() == Some(me.as_str()));
             if let Some((owner, owned)) = counts.into_iter().max_by_key(|(_, v)| v.len())
+                && !pending
                 && owned.len() > share
                 && owned.iter().all(|l| l.handoff_to.is_none())
                 && let Some(lease) = owned.iter().find(|l| parents_done(l))

@@ -11,6 +11,9 @@ use tworegion_common::version::{Version, VersionAttributes};
 
 type Item = std::collections::HashMap<String, AttributeValue>;
 
+/// (what is checked, the stored version and origin before the write, the write, the expected outcome)
+type Case = (&'static str, Option<(u64, &'static str)>, Write, Outcome);
+
 fn item(id: &str, version: Option<u64>, origin: &str) -> Item {
     let mut item: Item = [
         ("id".to_owned(), AttributeValue::S(id.to_owned())),
@@ -79,7 +82,7 @@ async fn conflict_rule_over_every_ordering_and_tie() {
 
     // (stored item before the write, the write, expected outcome)
     let existing = Some((10, "us-east-1"));
-    let cases: Vec<(&str, Option<(u64, &str)>, Write, Outcome)> = vec![
+    let cases: Vec<Case> = vec![
         ("absent", None, put("c1", 5, "us-east-1"), Outcome::Applied),
         (
             "older",

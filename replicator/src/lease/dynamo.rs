@@ -380,7 +380,7 @@ impl LeaseStore for DynamoLeases {
     async fn release(&self, held: &Lease) -> Result<(), LeaseError> {
         self.update(
             held,
-            "SET #c = #c + :one REMOVE #o, #h",
+            "SET #c = #c + :one REMOVE #o",
             HELD,
             Self::held_values(held),
         )

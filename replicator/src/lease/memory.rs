@@ -134,8 +134,8 @@ impl LeaseStore for MemoryLeases {
             &held.shard,
             |row| held_by(row, held),
             |row| {
+                // handoff_to stays: the lease is reserved for the worker that asked for it.
                 row.owner = None;
-                row.handoff_to = None;
             },
         )
         .map(drop)

@@ -101,7 +101,8 @@ pub trait LeaseStore: Send + Sync + 'static {
         finished: bool,
         expires_ms: u64,
     ) -> impl Future<Output = Result<Lease, LeaseError>> + Send;
-    /// Gives a held lease up so another worker can take it at once.
+    /// Gives a held lease up so another worker can take it at once. A pending `handoff_to` stays, so
+    /// the lease goes to the worker that asked for it.
     fn release(&self, held: &Lease) -> impl Future<Output = Result<(), LeaseError>> + Send;
     /// Asks the owner of `observed` to hand it to `worker`.
     fn request_handoff(

@@ -79,11 +79,7 @@ impl MemoryStream {
     ) -> SeqNo {
         let mut state = self.lock();
         state.next_seq += 1;
-        let seq = SeqNo::parse(&format!(
-            "{}",
-            100_000_000_000_000_000_000u128 + state.next_seq
-        ))
-        .unwrap_or_else(|| unreachable_seq());
+        let seq = SeqNo::from_u128(100_000_000_000_000_000_000 + state.next_seq);
         let shard = state
             .shards
             .iter_mut()
@@ -122,10 +118,6 @@ impl MemoryStream {
     }
 }
 
-fn unreachable_seq() -> SeqNo {
-    SeqNo("0".to_owned())
-}
-
 impl StreamSource for MemoryStream {
     async fn shards(&self) -> Result<Vec<Shard>, StreamError> {
         Ok(self
@@ -140,7 +132,7 @@ impl StreamSource for MemoryStream {
                         s.records
                             .last()
                             .map(|r| r.seq.clone())
-                            .unwrap_or_else(unreachable_seq),
+                            .unwrap_or_else(|| SeqNo::from_u128(0)),
                     )
                 } else {
                     None

@@ -32,6 +32,11 @@ impl SeqNo {
         }))
     }
 
+    /// The sequence number `n` (in-process models).
+    pub fn from_u128(n: u128) -> SeqNo {
+        SeqNo(n.to_string())
+    }
+
     /// The decimal text.
     pub fn as_str(&self) -> &str {
         &self.0
