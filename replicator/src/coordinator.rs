@@ -184,7 +184,11 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
             .collect();
         // Leases reserved for this worker first, then free ones, then expired ones.
         candidates.sort_by_key(|l| {
-            (l.handoff_to.as_deref() != Some(me.as_str()), l.owner.is_some(), l.shard.clone())
+            (
+                l.handoff_to.as_deref() != Some(me.as_str()),
+                l.owner.is_some(),
+                l.shard.clone(),
+            )
         });
         let mut took_any = false;
         for lease in candidates {
@@ -235,7 +239,9 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
                 }
             }
             // One request at a time: wait while a lease is on its way to this worker.
-            let pending = unfinished.iter().any(|l| l.handoff_to.as_deref() == Some(me.as_str()));
+            let pending = unfinished
+                .iter()
+                .any(|l| l.handoff_to.as_deref() == Some(me.as_str()));
             if let Some((owner, owned)) = counts.into_iter().max_by_key(|(_, v)| v.len())
                 && !pending
                 && owned.len() > share
