@@ -24,7 +24,7 @@ use crate::apply::retry::{GaveUp, RetryPolicy};
 use crate::apply::target::{Outcome, TargetTable};
 use crate::apply::watermark::Watermark;
 use crate::config::{StartPosition, Tuning};
-use crate::error::ErrorClass;
+use crate::error::{AwsFailure, ErrorClass};
 use crate::lease::{Lease, LeaseError, LeaseStore};
 use crate::metrics::{Health, Metrics};
 use crate::stream::{Change, SeqNo, StartAt, StreamError, StreamSource};
@@ -298,7 +298,7 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
             let count = page.changes.len();
             if count > 0 {
                 self.metrics.records_read.inc_by(count as u64);
-                let (applied_to, halted) = self.apply_batch(&shard, &page.changes, &stop).await;
+                let (applied_to, halted) = self.apply_batch(&shard, &page.changes, &held).await;
                 if let Some(seq) = applied_to {
                     if let Err(exit) = self.checkpoint(&held, Some(&seq), false).await {
                         return exit;
@@ -362,8 +362,10 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
         &self,
         shard: &str,
         changes: &[Change],
-        stop: &CancellationToken,
+        held: &Held,
     ) -> (Option<SeqNo>, bool) {
+        let stop = &held.stop;
+        let lease_duration = self.tuning.lease_duration;
         let mut watermark = Watermark::new(changes.iter().map(|c| c.seq.clone()).collect());
         let plan = match self.plan.plan(changes) {
             Ok(plan) => plan,
@@ -404,7 +406,22 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
                             &batch_stop,
                             seed,
                             |f| self.metrics.error(f.kind),
-                            || self.target.write(&planned.write),
+                            || {
+                                // Every attempt, retries included, needs a recently renewed lease:
+                                // past that, another worker may already own the shard.
+                                let valid = held.valid(lease_duration);
+                                let write = &planned.write;
+                                async move {
+                                    if !valid {
+                                        return Err(AwsFailure::synthetic(
+                                            ErrorClass::Retryable,
+                                            "lease_not_renewed",
+                                            "the lease was not renewed recently; waiting",
+                                        ));
+                                    }
+                                    self.target.write(write).await
+                                }
+                            },
                         )
                         .await;
                     (planned, result)
