@@ -51,6 +51,9 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
     let (ended_tx, mut ended_rx) = mpsc::channel::<()>(16);
     let mut next_discovery = Instant::now();
     let mut first = true;
+    // Hand-off requests: the one in flight, and shards whose owner declined (halted there).
+    let mut requested: Option<(String, String)> = None;
+    let mut declined: HashSet<String> = HashSet::new();
 
     loop {
         if !first {
@@ -81,13 +84,25 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
                 .await
             {
                 Ok(lease) => {
-                    if let Some(to) = lease.handoff_to.as_deref().filter(|to| *to != me)
-                        && !run.handing_off
-                        && !run.halted
-                    {
-                        tracing::info!(shard_id = %shard, to, "Handing the lease over to balance load.");
-                        run.handing_off = true;
-                        run.held.stop.cancel();
+                    if let Some(to) = lease.handoff_to.as_deref().filter(|to| *to != me) {
+                        if run.halted {
+                            // A halted shard stays here (nobody may read past its problem): say no, so
+                            // the requester asks for another lease.
+                            let expires = crate::worker::now_millis() + duration.as_millis() as u64;
+                            let declined = run
+                                .held
+                                .change(|lease| async move {
+                                    leases.decline_handoff(&lease, expires).await
+                                })
+                                .await;
+                            if declined.is_ok() {
+                                tracing::info!(shard_id = %shard, to, "Hand-off of a halted shard declined.");
+                            }
+                        } else if !run.handing_off {
+                            tracing::info!(shard_id = %shard, to, "Handing the lease over to balance load.");
+                            run.handing_off = true;
+                            run.held.stop.cancel();
+                        }
                     }
                 }
                 Err(LeaseError::Lost { .. }) => {
@@ -242,14 +257,28 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
             let pending = unfinished
                 .iter()
                 .any(|l| l.handoff_to.as_deref() == Some(me.as_str()));
+            // A request that came back cleared while the owner kept the lease was declined.
+            if let Some((shard, owner)) = &requested
+                && let Some(lease) = by_shard.get(shard.as_str())
+            {
+                if lease.owner.as_deref() == Some(owner.as_str()) && lease.handoff_to.is_none() {
+                    declined.insert(shard.clone());
+                }
+                if lease.handoff_to.as_deref() != Some(me.as_str()) {
+                    requested = None;
+                }
+            }
             if let Some((owner, owned)) = counts.into_iter().max_by_key(|(_, v)| v.len())
                 && !pending
                 && owned.len() > share
                 && owned.iter().all(|l| l.handoff_to.is_none())
-                && let Some(lease) = owned.iter().find(|l| parents_done(l))
+                && let Some(lease) = owned
+                    .iter()
+                    .find(|l| parents_done(l) && !declined.contains(&l.shard))
             {
                 match engine.leases.request_handoff(lease, &me).await {
                     Ok(()) => {
+                        requested = Some((lease.shard.clone(), owner.to_owned()));
                         engine.metrics.lease_change("handoff_requested");
                         tracing::info!(shard_id = %lease.shard, owner, "Asked for a lease to balance load.");
                     }
@@ -350,7 +379,11 @@ async fn discover<S: StreamSource, T: TargetTable, L: LeaseStore>(
             .filter(|p| ids.contains(p.as_str()) || known.contains(*p))
             .cloned()
             .collect();
-        match engine.leases.create(&shard.id, &parents).await {
+        match engine
+            .leases
+            .create(&shard.id, &parents, shard.starting.as_ref())
+            .await
+        {
             Ok(true) => {
                 tracing::info!(shard_id = %shard.id, parents = ?parents, "New shard found.")
             }

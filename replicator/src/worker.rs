@@ -125,6 +125,22 @@ pub enum ShardExit {
     Halted,
 }
 
+/// Where a shard task starts reading:
+/// - after the checkpoint, if there is one;
+/// - a root shard never read before: `--start-position`;
+/// - a root shard read before without a checkpoint (restart, hand-off): the trim horizon;
+/// - a child shard: its first sequence number (AT, so that trimmed records there are a reported gap),
+///   or the trim horizon if the stream did not give it.
+pub fn start_position(lease: &Lease, configured: StartPosition) -> StartAt {
+    match (&lease.checkpoint, lease.parents.is_empty(), &lease.starting) {
+        (Some(seq), _, _) => StartAt::After(seq.clone()),
+        (None, true, _) if !lease.started && configured == StartPosition::Latest => StartAt::Latest,
+        (None, true, _) => StartAt::TrimHorizon,
+        (None, false, Some(first)) => StartAt::At(first.clone()),
+        (None, false, None) => StartAt::TrimHorizon,
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_millis() -> u64 {
     tworegion_common::version::system_millis()
@@ -243,15 +259,21 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
         let shard = lease.shard.clone();
         let stop = held.stop.clone();
         let mut last = lease.checkpoint.clone();
-        let start = match &last {
-            Some(seq) => StartAt::After(seq.clone()),
-            None if lease.parents.is_empty() => match self.start_position {
-                StartPosition::TrimHorizon => StartAt::TrimHorizon,
-                StartPosition::Latest => StartAt::Latest,
-            },
-            None => StartAt::TrimHorizon,
+        let start = start_position(&lease, self.start_position);
+        // Where to read again when there is no checkpoint yet (expired iterator): never LATEST again,
+        // which would skip what was written since the first read.
+        let restart = match &start {
+            StartAt::Latest => StartAt::TrimHorizon,
+            other => other.clone(),
         };
         tracing::info!(shard_id = %shard, from = %start, "Shard started.");
+        if start == StartAt::Latest {
+            // Record that reading began, so a restart or hand-off before the first checkpoint starts at
+            // the trim horizon instead of skipping records at LATEST.
+            if let Err(exit) = self.checkpoint(&held, None, false).await {
+                return exit;
+            }
+        }
         let mut iterator = match self.seek(&shard, &start, &stop).await {
             Ok(it) => it,
             Err(exit) => return exit,
@@ -274,7 +296,7 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
                     let at = last
                         .clone()
                         .map(StartAt::After)
-                        .unwrap_or_else(|| start.clone());
+                        .unwrap_or_else(|| restart.clone());
                     tracing::info!(shard_id = %shard, from = %at, "Iterator expired; seeking again.");
                     match self.seek(&shard, &at, &stop).await {
                         Ok(it) => {
@@ -288,7 +310,7 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
                     let at = last
                         .clone()
                         .map(StartAt::After)
-                        .unwrap_or_else(|| start.clone());
+                        .unwrap_or_else(|| restart.clone());
                     match self.stream_failure(&shard, &at, &error, &stop).await {
                         Some(exit) => return exit,
                         None => continue,
@@ -337,7 +359,10 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
             match self.source.children(shard).await {
                 Ok(children) => {
                     for child in children {
-                        if let Err(error) = self.leases.create(&child.id, &[shard.to_owned()]).await
+                        if let Err(error) = self
+                            .leases
+                            .create(&child.id, &[shard.to_owned()], child.starting.as_ref())
+                            .await
                         {
                             self.metrics.error(error.kind());
                             tracing::warn!(shard_id = %child.id, error = %error, "Could not create a child lease; the next shard listing will.");

@@ -185,6 +185,8 @@ fn decode(item: &HashMap<String, AttributeValue>) -> Option<Lease> {
             _ => Vec::new(),
         },
         finished: matches!(item.get("finished"), Some(AttributeValue::Bool(true))),
+        starting: text("starting").and_then(|c| SeqNo::parse(&c)),
+        started: matches!(item.get("started"), Some(AttributeValue::Bool(true))),
         handoff_to: text("handoff_to"),
         expires_ms: number("expires").unwrap_or(0),
     })
@@ -264,6 +266,7 @@ fn names_used(expressions: &[&str]) -> HashMap<String, String> {
         ("#k", "checkpoint"),
         ("#f", "finished"),
         ("#h", "handoff_to"),
+        ("#st", "started"),
     ];
     NAMES
         .iter()
@@ -299,8 +302,16 @@ impl LeaseStore for DynamoLeases {
         }
     }
 
-    async fn create(&self, shard: &str, parents: &[String]) -> Result<bool, LeaseError> {
+    async fn create(
+        &self,
+        shard: &str,
+        parents: &[String],
+        starting: Option<&SeqNo>,
+    ) -> Result<bool, LeaseError> {
         let mut item = self.key(shard);
+        if let Some(seq) = starting {
+            item.insert("starting".to_owned(), s(seq.as_str()));
+        }
         item.insert("counter".to_owned(), n(0));
         item.insert("finished".to_owned(), AttributeValue::Bool(false));
         item.insert(
@@ -367,12 +378,13 @@ impl LeaseStore for DynamoLeases {
         let mut values = Self::held_values(held);
         values.insert(":e".to_owned(), n(expires_ms));
         values.insert(":f".to_owned(), AttributeValue::Bool(finished));
+        values.insert(":t".to_owned(), AttributeValue::Bool(true));
         let update = match seq {
             Some(seq) => {
                 values.insert(":s".to_owned(), s(seq.as_str()));
-                "SET #k = :s, #f = :f, #e = :e, #c = #c + :one"
+                "SET #k = :s, #f = :f, #st = :t, #e = :e, #c = #c + :one"
             }
-            None => "SET #f = :f, #e = :e, #c = #c + :one",
+            None => "SET #f = :f, #st = :t, #e = :e, #c = #c + :one",
         };
         self.update(held, update, HELD, values).await
     }
@@ -386,6 +398,13 @@ impl LeaseStore for DynamoLeases {
         )
         .await
         .map(drop)
+    }
+
+    async fn decline_handoff(&self, held: &Lease, expires_ms: u64) -> Result<Lease, LeaseError> {
+        let mut values = Self::held_values(held);
+        values.insert(":e".to_owned(), n(expires_ms));
+        self.update(held, "SET #e = :e, #c = #c + :one REMOVE #h", HELD, values)
+            .await
     }
 
     async fn request_handoff(&self, observed: &Lease, worker: &str) -> Result<(), LeaseError> {

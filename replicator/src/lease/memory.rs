@@ -63,7 +63,12 @@ impl LeaseStore for MemoryLeases {
             .collect())
     }
 
-    async fn create(&self, shard: &str, parents: &[String]) -> Result<bool, LeaseError> {
+    async fn create(
+        &self,
+        shard: &str,
+        parents: &[String],
+        starting: Option<&SeqNo>,
+    ) -> Result<bool, LeaseError> {
         let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
         if rows.contains_key(shard) {
             return Ok(false);
@@ -76,6 +81,8 @@ impl LeaseStore for MemoryLeases {
                 counter: 0,
                 checkpoint: None,
                 parents: parents.to_vec(),
+                starting: starting.cloned(),
+                started: false,
                 finished: false,
                 handoff_to: None,
                 expires_ms: 0,
@@ -124,6 +131,7 @@ impl LeaseStore for MemoryLeases {
                     row.checkpoint = Some(seq.clone());
                 }
                 row.finished = finished;
+                row.started = true;
                 row.expires_ms = expires_ms;
             },
         )
@@ -139,6 +147,17 @@ impl LeaseStore for MemoryLeases {
             },
         )
         .map(drop)
+    }
+
+    async fn decline_handoff(&self, held: &Lease, expires_ms: u64) -> Result<Lease, LeaseError> {
+        self.update(
+            &held.shard,
+            |row| held_by(row, held),
+            |row| {
+                row.handoff_to = None;
+                row.expires_ms = expires_ms;
+            },
+        )
     }
 
     async fn request_handoff(&self, observed: &Lease, worker: &str) -> Result<(), LeaseError> {
@@ -163,9 +182,9 @@ mod tests {
     #[tokio::test]
     async fn a_worker_that_lost_its_lease_cannot_move_the_checkpoint() {
         let store = MemoryLeases::default();
-        assert!(store.create("s1", &[]).await.unwrap());
+        assert!(store.create("s1", &[], None).await.unwrap());
         assert!(
-            !store.create("s1", &[]).await.unwrap(),
+            !store.create("s1", &[], None).await.unwrap(),
             "create is idempotent"
         );
         let free = store.get("s1").unwrap();

@@ -2,8 +2,9 @@
 //!
 //! A lease row holds: owner (absent when free), counter (bumped by every successful change), expires
 //! (the owner's wall clock + lease duration; informational), checkpoint (last applied sequence number),
-//! parents (shards that must finish first), finished (the shard was read to its end and applied), and
-//! handoff_to (a worker that asked for the lease to balance load).
+//! parents (shards that must finish first), starting (the shard's first sequence number), started
+//! (someone began reading it), finished (the shard was read to its end and applied), and handoff_to
+//! (a worker that asked for the lease to balance load).
 //!
 //! Invariants:
 //! - Every change is a conditional write on `owner` and `counter`: a worker that lost its lease can
@@ -34,6 +35,12 @@ pub struct Lease {
     pub checkpoint: Option<SeqNo>,
     /// Shards that must be finished before this one starts.
     pub parents: Vec<String>,
+    /// The shard's first sequence number, when the stream told it.
+    pub starting: Option<SeqNo>,
+    /// Some worker has started reading the shard (set by every checkpoint). A root shard starts at
+    /// `--start-position latest` only when this is false; afterwards, without a checkpoint, it starts at
+    /// the trim horizon, so records made before a restart are never skipped.
+    pub started: bool,
     /// The shard was read to its end and everything in it applied.
     pub finished: bool,
     /// A worker that asked the owner to hand the lease over.
@@ -79,6 +86,7 @@ pub trait LeaseStore: Send + Sync + 'static {
         &self,
         shard: &str,
         parents: &[String],
+        starting: Option<&SeqNo>,
     ) -> impl Future<Output = Result<bool, LeaseError>> + Send;
     /// Takes `observed` for `worker` if its counter is still the one observed.
     fn take(
@@ -104,6 +112,13 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// Gives a held lease up so another worker can take it at once. A pending `handoff_to` stays, so
     /// the lease goes to the worker that asked for it.
     fn release(&self, held: &Lease) -> impl Future<Output = Result<(), LeaseError>> + Send;
+    /// Refuses a pending hand-off request on a held lease (a halted shard stays with its owner, so
+    /// nobody reads past its problem); the requester then asks for another lease.
+    fn decline_handoff(
+        &self,
+        held: &Lease,
+        expires_ms: u64,
+    ) -> impl Future<Output = Result<Lease, LeaseError>> + Send;
     /// Asks the owner of `observed` to hand it to `worker`.
     fn request_handoff(
         &self,

@@ -39,6 +39,10 @@ fn shard_of(shard: &aws_sdk_dynamodbstreams::types::Shard) -> Option<Shard> {
     Some(Shard {
         id: shard.shard_id()?.to_owned(),
         parent: shard.parent_shard_id().map(str::to_owned),
+        starting: shard
+            .sequence_number_range()
+            .and_then(|r| r.starting_sequence_number())
+            .and_then(SeqNo::parse),
         ending: shard
             .sequence_number_range()
             .and_then(|r| r.ending_sequence_number())
@@ -111,6 +115,9 @@ impl StreamSource for AwsStream {
             StartAt::Latest => request.shard_iterator_type(ShardIteratorType::Latest),
             StartAt::After(seq) => request
                 .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .sequence_number(seq.as_str()),
+            StartAt::At(seq) => request
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
                 .sequence_number(seq.as_str()),
         };
         let out = request.send().await.map_err(stream_error)?;

@@ -11,6 +11,8 @@ use crate::item::Item;
 struct ShardState {
     id: String,
     parent: Option<String>,
+    /// The first sequence number this shard can hold.
+    starting: u128,
     /// Records with their sequence numbers; entries before `trimmed` are gone.
     records: Vec<Change>,
     trimmed: usize,
@@ -33,6 +35,9 @@ struct State {
     reads: usize,
 }
 
+/// Sequence numbers start here, so they have 21 digits as on AWS.
+const BASE: u128 = 100_000_000_000_000_000_000;
+
 /// The in-process stream.
 #[derive(Debug, Default)]
 pub struct MemoryStream {
@@ -46,9 +51,12 @@ impl MemoryStream {
 
     /// Opens a shard (with an optional parent).
     pub fn open_shard(&self, id: &str, parent: Option<&str>) {
-        self.lock().shards.push(ShardState {
+        let mut state = self.lock();
+        let starting = BASE + state.next_seq + 1;
+        state.shards.push(ShardState {
             id: id.to_owned(),
             parent: parent.map(str::to_owned),
+            starting,
             records: Vec::new(),
             trimmed: 0,
             closed: false,
@@ -79,7 +87,7 @@ impl MemoryStream {
     ) -> SeqNo {
         let mut state = self.lock();
         state.next_seq += 1;
-        let seq = SeqNo::from_u128(100_000_000_000_000_000_000 + state.next_seq);
+        let seq = SeqNo::from_u128(BASE + state.next_seq);
         let shard = state
             .shards
             .iter_mut()
@@ -127,6 +135,7 @@ impl StreamSource for MemoryStream {
             .map(|s| Shard {
                 id: s.id.clone(),
                 parent: s.parent.clone(),
+                starting: Some(SeqNo::from_u128(s.starting)),
                 ending: if s.closed {
                     Some(
                         s.records
@@ -173,6 +182,19 @@ impl StreamSource for MemoryStream {
                     )));
                 }
                 after
+            }
+            StartAt::At(seq) => {
+                let at = s
+                    .records
+                    .iter()
+                    .position(|r| &r.seq >= seq)
+                    .unwrap_or(s.records.len());
+                if at < s.trimmed {
+                    return Err(StreamError::Trimmed(format!(
+                        "shard {shard}: records from {seq} were trimmed"
+                    )));
+                }
+                at
             }
         };
         state.next_cursor += 1;

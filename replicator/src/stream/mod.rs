@@ -71,6 +71,8 @@ pub struct Shard {
     pub id: String,
     /// The shard it was split from, if any.
     pub parent: Option<String>,
+    /// The shard's first sequence number (DescribeStream's StartingSequenceNumber).
+    pub starting: Option<SeqNo>,
     /// Set once the shard is closed: no records will be added after it.
     pub ending: Option<SeqNo>,
 }
@@ -84,6 +86,8 @@ pub enum StartAt {
     Latest,
     /// Just after this sequence number (the checkpoint).
     After(SeqNo),
+    /// At this sequence number (a new child shard's first one: if it was trimmed, that is a gap).
+    At(SeqNo),
 }
 
 impl std::fmt::Display for StartAt {
@@ -92,6 +96,7 @@ impl std::fmt::Display for StartAt {
             StartAt::TrimHorizon => f.write_str("TRIM_HORIZON"),
             StartAt::Latest => f.write_str("LATEST"),
             StartAt::After(seq) => write!(f, "AFTER_SEQUENCE_NUMBER {seq}"),
+            StartAt::At(seq) => write!(f, "AT_SEQUENCE_NUMBER {seq}"),
         }
     }
 }
