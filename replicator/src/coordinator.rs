@@ -12,7 +12,7 @@
 //! on shutdown: stop every task (they finish in-flight writes and checkpoint), release every lease
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -45,19 +45,20 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
 ) {
     let me = engine.worker_id.clone();
     let duration = engine.tuning.lease_duration;
-    let mut running: HashMap<String, Running> = HashMap::new();
+    let mut running: BTreeMap<String, Running> = BTreeMap::new();
     let mut tasks: JoinSet<(String, ShardExit)> = JoinSet::new();
-    let mut observed: HashMap<String, Observation> = HashMap::new();
+    let mut observed: BTreeMap<String, Observation> = BTreeMap::new();
     let (ended_tx, mut ended_rx) = mpsc::channel::<()>(16);
     let mut next_discovery = Instant::now();
     let mut first = true;
     // Hand-off requests: the one in flight, and shards whose owner declined (halted there).
     let mut requested: Option<(String, String)> = None;
-    let mut declined: HashSet<String> = HashSet::new();
+    let mut declined: BTreeSet<String> = BTreeSet::new();
 
     loop {
         if !first {
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(engine.tuning.lease_interval()) => {}
                 Some(()) = ended_rx.recv() => next_discovery = Instant::now(),
@@ -172,7 +173,7 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
                 && lease.handoff_to.as_deref().is_some_and(|to| to != me)
                 && !stale(lease)
         };
-        let by_shard: HashMap<&str, &Lease> =
+        let by_shard: BTreeMap<&str, &Lease> =
             leases.iter().map(|l| (l.shard.as_str(), l)).collect();
         let parents_done = |lease: &Lease| {
             lease.parents.iter().all(|p| {
@@ -182,7 +183,7 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
             })
         };
         let unfinished: Vec<&Lease> = leases.iter().filter(|l| !l.finished).collect();
-        let mut workers: HashSet<&str> = unfinished
+        let mut workers: BTreeSet<&str> = unfinished
             .iter()
             .filter(|l| !expired(l))
             .filter_map(|l| l.owner.as_deref())
@@ -244,7 +245,7 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
         }
         if !took_any && running.len() < share {
             // Ask the busiest worker for one lease, if it holds more than its share.
-            let mut counts: HashMap<&str, Vec<&Lease>> = HashMap::new();
+            let mut counts: BTreeMap<&str, Vec<&Lease>> = BTreeMap::new();
             for lease in &unfinished {
                 if let Some(owner) = lease.owner.as_deref()
                     && owner != me
@@ -294,7 +295,7 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
     while let Some(joined) = tasks.join_next().await {
         handle_exit(&engine, &mut running, joined, &ended_tx).await;
     }
-    for (shard, run) in running.drain() {
+    for (shard, run) in std::mem::take(&mut running) {
         release(&engine, &shard, &run.held).await;
     }
     engine.metrics.shards_owned.set(0);
@@ -320,7 +321,7 @@ async fn release<S: StreamSource, T: TargetTable, L: LeaseStore>(
 
 async fn handle_exit<S: StreamSource, T: TargetTable, L: LeaseStore>(
     engine: &Engine<S, T, L>,
-    running: &mut HashMap<String, Running>,
+    running: &mut BTreeMap<String, Running>,
     joined: Result<(String, ShardExit), tokio::task::JoinError>,
     ended: &mpsc::Sender<()>,
 ) {
@@ -361,8 +362,8 @@ async fn discover<S: StreamSource, T: TargetTable, L: LeaseStore>(
     engine: &Engine<S, T, L>,
 ) -> Result<(), crate::stream::StreamError> {
     let shards = engine.source.shards().await?;
-    let ids: HashSet<&str> = shards.iter().map(|s| s.id.as_str()).collect();
-    let known: HashSet<String> = match engine.leases.list().await {
+    let ids: BTreeSet<&str> = shards.iter().map(|s| s.id.as_str()).collect();
+    let known: BTreeSet<String> = match engine.leases.list().await {
         Ok(leases) => leases.into_iter().map(|l| l.shard).collect(),
         Err(error) => {
             engine.metrics.error(error.kind());

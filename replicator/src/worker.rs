@@ -246,6 +246,7 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
             StreamError::ExpiredIterator | StreamError::Aws(_) => {
                 tracing::warn!(shard_id = %shard, error = %error, "Stream read failed; retrying.");
                 tokio::select! {
+                biased;
                     _ = stop.cancelled() => Some(ShardExit::Stopped),
                     _ = tokio::time::sleep(Duration::from_millis(200)) => None,
                 }
@@ -285,6 +286,7 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
             if !held.valid(self.tuning.lease_duration) {
                 // Not renewed recently: another worker may take over soon, so apply nothing.
                 tokio::select! {
+                biased;
                     _ = stop.cancelled() => return ShardExit::Stopped,
                     _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
                 }
@@ -341,6 +343,7 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
             }
             if count == 0 {
                 tokio::select! {
+                biased;
                     _ = stop.cancelled() => return ShardExit::Stopped,
                     _ = tokio::time::sleep(self.tuning.idle_poll) => {}
                 }
@@ -374,9 +377,10 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
                     self.metrics.error(error.kind());
                     tracing::warn!(shard_id = %shard, error = %error, "Listing child shards failed; retrying.");
                     tokio::select! {
-                        _ = stop.cancelled() => return ShardExit::Finished,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
+                    biased;
+                            _ = stop.cancelled() => return ShardExit::Finished,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
                 }
             }
         }

@@ -61,9 +61,10 @@ impl RetryPolicy {
                     on_retry(&failure);
                     let delay = delays.next().unwrap_or(self.max);
                     tokio::select! {
-                        _ = stop.cancelled() => return Err(GaveUp::Stopped),
-                        _ = tokio::time::sleep(delay) => {}
-                    }
+                    biased;
+                            _ = stop.cancelled() => return Err(GaveUp::Stopped),
+                            _ = tokio::time::sleep(delay) => {}
+                        }
                 }
                 Err(failure) => return Err(GaveUp::Fatal(failure)),
             }
