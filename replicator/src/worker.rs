@@ -127,15 +127,21 @@ pub enum ShardExit {
 
 /// Where a shard task starts reading:
 /// - after the checkpoint, if there is one;
-/// - a root shard never read before: `--start-position`;
-/// - a root shard read before without a checkpoint (restart, hand-off): the trim horizon;
-/// - a child shard: its first sequence number (AT, so that trimmed records there are a reported gap),
-///   or the trim horizon if the stream did not give it.
+/// - a root shard nobody has read before: `--start-position`;
+/// - a child shard, or a root shard read before without a checkpoint (crash, hand-off, expired
+///   iterator): AT its first sequence number, so that records trimmed there are a reported gap rather
+///   than skipped (the trim horizon when the stream did not give the first sequence number).
 pub fn start_position(lease: &Lease, configured: StartPosition) -> StartAt {
-    match (&lease.checkpoint, lease.parents.is_empty(), &lease.starting) {
+    match (
+        &lease.checkpoint,
+        lease.parents.is_empty() && !lease.started,
+        &lease.starting,
+    ) {
         (Some(seq), _, _) => StartAt::After(seq.clone()),
-        (None, true, _) if !lease.started && configured == StartPosition::Latest => StartAt::Latest,
-        (None, true, _) => StartAt::TrimHorizon,
+        (None, true, _) => match configured {
+            StartPosition::TrimHorizon => StartAt::TrimHorizon,
+            StartPosition::Latest => StartAt::Latest,
+        },
         (None, false, Some(first)) => StartAt::At(first.clone()),
         (None, false, None) => StartAt::TrimHorizon,
     }
@@ -263,14 +269,19 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
         let start = start_position(&lease, self.start_position);
         // Where to read again when there is no checkpoint yet (expired iterator): never LATEST again,
         // which would skip what was written since the first read.
-        let restart = match &start {
-            StartAt::Latest => StartAt::TrimHorizon,
-            other => other.clone(),
-        };
+        // Where to read again while there is no checkpoint yet (expired iterator): as if the shard had
+        // been read before, never LATEST again.
+        let restart = start_position(
+            &Lease {
+                started: true,
+                ..lease.clone()
+            },
+            self.start_position,
+        );
         tracing::info!(shard_id = %shard, from = %start, "Shard started.");
-        if start == StartAt::Latest {
+        if lease.checkpoint.is_none() && !lease.started {
             // Record that reading began, so a restart or hand-off before the first checkpoint starts at
-            // the trim horizon instead of skipping records at LATEST.
+            // the shard's first record instead of skipping records (at LATEST) or a trim (at the horizon).
             if let Err(exit) = self.checkpoint(&held, None, false).await {
                 return exit;
             }

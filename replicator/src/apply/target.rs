@@ -204,34 +204,49 @@ impl MemoryTarget {
     pub fn writes(&self) -> usize {
         *self.writes.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
 
-    fn stored_version(&self, item: Option<&Item>) -> Option<(Version, String)> {
-        let item = item?;
-        let version = match item.get(&self.attributes.version)? {
-            AttributeValue::N(n) => Version::parse(n)?,
-            _ => return None,
-        };
-        let origin = match item.get(&self.attributes.origin) {
-            Some(AttributeValue::S(s)) => s.clone(),
-            _ => String::new(),
-        };
-        Some((version, origin))
-    }
+/// The `(version, origin)` stamped on a stored item, if it has a version.
+pub fn stored_version(
+    item: &Item,
+    attributes: &VersionAttributes,
+) -> Option<(Version, Option<String>)> {
+    let version = match item.get(&attributes.version)? {
+        AttributeValue::N(n) => Version::parse(n)?,
+        _ => return None,
+    };
+    let origin = match item.get(&attributes.origin) {
+        Some(AttributeValue::S(s)) => Some(s.clone()),
+        _ => None,
+    };
+    Some((version, origin))
+}
 
-    fn holds(&self, condition: &Option<Condition>, current: Option<&Item>) -> bool {
-        let Some(condition) = condition else {
-            return true;
-        };
-        let Some((version, origin)) = self.stored_version(current) else {
-            return true;
-        };
-        match condition {
-            Condition::Newer {
-                version: v,
-                origin: o,
-            } => compare_writes((*v, o), (version, &origin)).is_gt(),
-            Condition::NotNewerThan { version: v } => version <= *v,
+/// Whether a write's condition holds against the stored item, exactly as DynamoDB evaluates the
+/// expressions from [`expression`] (a missing attribute makes a comparison false). In-process models
+/// use it.
+pub fn condition_holds(
+    condition: Option<&Condition>,
+    current: Option<&Item>,
+    attributes: &VersionAttributes,
+) -> bool {
+    let Some(condition) = condition else {
+        return true;
+    };
+    let Some((version, origin)) = current.and_then(|item| stored_version(item, attributes)) else {
+        return true; // attribute_not_exists(#v)
+    };
+    match condition {
+        Condition::Newer {
+            version: v,
+            origin: o,
+        } => {
+            *v > version
+                || (*v == version
+                    && origin
+                        .is_some_and(|stored| compare_writes((*v, o), (version, &stored)).is_gt()))
         }
+        Condition::NotNewerThan { version: v } => version <= *v,
     }
 }
 
@@ -249,14 +264,14 @@ impl TargetTable for MemoryTarget {
                     )
                 })?;
                 let key = key_string(&key);
-                if !self.holds(condition, items.get(&key)) {
+                if !condition_holds(condition.as_ref(), items.get(&key), &self.attributes) {
                     return Ok(Outcome::Conflict);
                 }
                 items.insert(key, item.clone());
             }
             Write::Delete { key, condition } => {
                 let key = key_string(key);
-                if !self.holds(condition, items.get(&key)) {
+                if !condition_holds(condition.as_ref(), items.get(&key), &self.attributes) {
                     return Ok(Outcome::Conflict);
                 }
                 items.remove(&key);
