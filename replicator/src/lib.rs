@@ -10,6 +10,7 @@
 //! - `lease/`: the lease table seam (DynamoDB, in-memory): ownership, counters, checkpoints.
 //! - `worker`: one shard's read-apply-checkpoint loop. `coordinator`: the lease loop.
 //! - `metrics`: every metric, `/metrics`, `/healthz`, `/readyz`. `error`: AWS error classification.
+//! - `sim/`: deterministic simulation of two regions with faults, driving the real engine (`bin/sim`).
 //!
 //! # Invariants
 //! - A checkpoint names a sequence number only when every record up to it has been applied (or
@@ -27,6 +28,7 @@ pub mod error;
 pub mod item;
 pub mod lease;
 pub mod metrics;
+pub mod sim;
 pub mod startup;
 pub mod stream;
 pub mod worker;

@@ -38,6 +38,16 @@ impl MemoryLeases {
         }
     }
 
+    /// Every lease row, without an await (the simulator's checks).
+    pub fn rows(&self) -> Vec<Lease> {
+        self.rows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// A lease row, for assertions.
     pub fn get(&self, shard: &str) -> Option<Lease> {
         self.rows
