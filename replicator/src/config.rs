@@ -348,15 +348,43 @@ impl RunArgs {
         if self.shard_concurrency == 0 {
             return Err(bad("shard-concurrency", "must be at least 1"));
         }
-        if self.lease_duration < std::time::Duration::from_secs(1) {
-            return Err(bad(
-                "lease-duration",
-                "must be at least 1s (renewals happen every third of it)",
-            ));
+        let within = |flag: &'static str, value: Duration, min: Duration, max: Duration| {
+            if value < min || value > max {
+                Err(bad(
+                    flag,
+                    format!("{value:?} is outside {min:?} to {max:?}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let secs = Duration::from_secs;
+        within("lease-duration", self.lease_duration, secs(1), secs(600))?;
+        within("idle-poll", self.idle_poll, Duration::ZERO, secs(60))?;
+        within(
+            "shard-sync-interval",
+            self.shard_sync_interval,
+            secs(1),
+            secs(3600),
+        )?;
+        within(
+            "max-backoff",
+            self.max_backoff,
+            Duration::from_millis(10),
+            secs(300),
+        )?;
+        if self.max_in_flight > 10_000 {
+            return Err(bad("max-in-flight", "must be at most 10000"));
         }
-        if self.shutdown_deadline.is_zero() {
-            return Err(bad("shutdown-deadline", "must be above 0s"));
+        if self.shard_concurrency > 10_000 {
+            return Err(bad("shard-concurrency", "must be at most 10000"));
         }
+        within(
+            "shutdown-deadline",
+            self.shutdown_deadline,
+            Duration::from_millis(100),
+            secs(600),
+        )?;
         Ok(Config {
             source,
             target,
@@ -438,6 +466,13 @@ mod tests {
             (&["--lease-duration", "100ms"], "lease-duration"),
             (&["--max-in-flight", "0"], "max-in-flight"),
             (&["--origin-attribute", "rep_version"], "origin-attribute"),
+            (&["--lease-duration", "100000s"], "lease-duration"),
+            (
+                &["--shard-sync-interval", "9999999s"],
+                "shard-sync-interval",
+            ),
+            (&["--max-backoff", "0s"], "max-backoff"),
+            (&["--max-in-flight", "1000000000"], "max-in-flight"),
         ];
         for (extra, flag) in cases {
             let err = args(extra).unwrap_err();

@@ -54,6 +54,8 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
     // Hand-off requests: the one in flight, and shards whose owner declined (halted there).
     let mut requested: Option<(String, String)> = None;
     let mut declined: BTreeSet<String> = BTreeSet::new();
+    // The shard IDs of the last successful listing.
+    let mut listed: Option<BTreeSet<String>> = None;
 
     loop {
         if !first {
@@ -121,13 +123,21 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
         for shard in lost {
             if let Some(run) = running.remove(&shard) {
                 run.held.stop.cancel();
+                if run.halted {
+                    // Someone else holds the halted shard now; it is theirs to report.
+                    engine.health.shard_resumed();
+                    engine.metrics.shards_stopped.dec();
+                }
             }
         }
 
         // Discover shards.
         if Instant::now() >= next_discovery {
             match discover(&engine).await {
-                Ok(()) => next_discovery = Instant::now() + engine.tuning.shard_sync_interval,
+                Ok(ids) => {
+                    listed = Some(ids);
+                    next_discovery = Instant::now() + engine.tuning.shard_sync_interval;
+                }
                 Err(error) => {
                     engine.metrics.error(error.kind());
                     tracing::warn!(error = %error, "Listing shards failed; retrying.");
@@ -175,14 +185,23 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
         };
         let by_shard: BTreeMap<&str, &Lease> =
             leases.iter().map(|l| (l.shard.as_str(), l)).collect();
+        // A parent is done when its lease is finished, or when it has no lease and the last shard
+        // listing no longer has it (trimmed away). Before the first listing, a missing parent is not done.
         let parents_done = |lease: &Lease| {
-            lease.parents.iter().all(|p| {
-                by_shard
-                    .get(p.as_str())
-                    .is_none_or(|parent| parent.finished)
-            })
+            lease
+                .parents
+                .iter()
+                .all(|p| match by_shard.get(p.as_str()) {
+                    Some(parent) => parent.finished,
+                    None => listed.as_ref().is_some_and(|ids| !ids.contains(p)),
+                })
         };
-        let unfinished: Vec<&Lease> = leases.iter().filter(|l| !l.finished).collect();
+        // Leases that can be worked on now: held, or whose parents are done. Children waiting for
+        // their parents do not count toward a worker's share.
+        let unfinished: Vec<&Lease> = leases
+            .iter()
+            .filter(|l| !l.finished && (l.owner.is_some() || parents_done(l)))
+            .collect();
         let mut workers: BTreeSet<&str> = unfinished
             .iter()
             .filter(|l| !expired(l))
@@ -358,42 +377,77 @@ async fn handle_exit<S: StreamSource, T: TargetTable, L: LeaseStore>(
     }
 }
 
+/// Lists the stream's shards and creates a lease for each new one, parents before children, stopping
+/// at the first failure (so a child's lease never exists without its parent's). Returns the shard IDs
+/// listed.
 async fn discover<S: StreamSource, T: TargetTable, L: LeaseStore>(
     engine: &Engine<S, T, L>,
-) -> Result<(), crate::stream::StreamError> {
-    let shards = engine.source.shards().await?;
-    let ids: BTreeSet<&str> = shards.iter().map(|s| s.id.as_str()).collect();
-    let known: BTreeSet<String> = match engine.leases.list().await {
-        Ok(leases) => leases.into_iter().map(|l| l.shard).collect(),
-        Err(error) => {
-            engine.metrics.error(error.kind());
-            return Ok(());
+) -> Result<BTreeSet<String>, DiscoverError> {
+    let shards = engine
+        .source
+        .shards()
+        .await
+        .map_err(DiscoverError::Stream)?;
+    let ids: BTreeSet<String> = shards.iter().map(|s| s.id.clone()).collect();
+    let mut known: BTreeSet<String> = engine
+        .leases
+        .list()
+        .await
+        .map_err(DiscoverError::Lease)?
+        .into_iter()
+        .map(|l| l.shard)
+        .collect();
+    // Parents first: repeat passes over the shards whose parent has a lease (or is gone).
+    let mut pending: Vec<&crate::stream::Shard> =
+        shards.iter().filter(|s| !known.contains(&s.id)).collect();
+    while !pending.is_empty() {
+        let (ready, waiting): (Vec<_>, Vec<_>) = pending.into_iter().partition(|s| {
+            s.parent
+                .as_ref()
+                .is_none_or(|p| known.contains(p) || !ids.contains(p))
+        });
+        if ready.is_empty() {
+            break; // a parent cycle cannot happen; be safe anyway
         }
-    };
-    for shard in &shards {
-        if known.contains(&shard.id) {
-            continue;
+        for shard in ready {
+            let parents: Vec<String> = shard
+                .parent
+                .iter()
+                .filter(|p| ids.contains(*p) || known.contains(*p))
+                .cloned()
+                .collect();
+            match engine
+                .leases
+                .create(&shard.id, &parents, shard.starting.as_ref())
+                .await
+            {
+                Ok(created) => {
+                    if created {
+                        tracing::info!(shard_id = %shard.id, parents = ?parents, "New shard found.");
+                    }
+                    known.insert(shard.id.clone());
+                }
+                Err(error) => return Err(DiscoverError::Lease(error)),
+            }
         }
-        let parents: Vec<String> = shard
-            .parent
-            .iter()
-            .filter(|p| ids.contains(p.as_str()) || known.contains(*p))
-            .cloned()
-            .collect();
-        match engine
-            .leases
-            .create(&shard.id, &parents, shard.starting.as_ref())
-            .await
-        {
-            Ok(true) => {
-                tracing::info!(shard_id = %shard.id, parents = ?parents, "New shard found.")
-            }
-            Ok(false) => {}
-            Err(error) => {
-                engine.metrics.error(error.kind());
-                tracing::warn!(shard_id = %shard.id, error = %error, "Creating a lease failed.");
-            }
+        pending = waiting;
+    }
+    Ok(ids)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum DiscoverError {
+    #[error(transparent)]
+    Stream(crate::stream::StreamError),
+    #[error(transparent)]
+    Lease(LeaseError),
+}
+
+impl DiscoverError {
+    fn kind(&self) -> &'static str {
+        match self {
+            DiscoverError::Stream(e) => e.kind(),
+            DiscoverError::Lease(e) => e.kind(),
         }
     }
-    Ok(())
 }

@@ -7,8 +7,9 @@ use aws_sdk_dynamodb::types::AttributeValue;
 /// An item: attribute name to value, in the DynamoDB SDK's types.
 pub type Item = HashMap<String, AttributeValue>;
 
-/// The key of an item as a canonical string (names sorted, values typed), for grouping changes per key
-/// and for log messages. Never used as a metric label.
+/// The key of an item as a canonical string (names sorted, names and values quoted and typed, so two
+/// different keys never give the same string), for grouping changes per key and for log messages, for
+/// example `"pk"=S"user#1","sk"=N"7"`. Never used as a metric label.
 pub fn key_string(keys: &Item) -> String {
     let mut names: Vec<&String> = keys.keys().collect();
     names.sort();
@@ -17,22 +18,16 @@ pub fn key_string(keys: &Item) -> String {
         if i > 0 {
             out.push(',');
         }
-        out.push_str(name);
-        out.push('=');
+        out.push_str(&format!("{name:?}="));
         match &keys[name] {
-            AttributeValue::S(s) => {
-                out.push_str("S:");
-                out.push_str(s);
-            }
-            AttributeValue::N(n) => {
-                out.push_str("N:");
-                out.push_str(n);
-            }
+            AttributeValue::S(s) => out.push_str(&format!("S{s:?}")),
+            AttributeValue::N(n) => out.push_str(&format!("N{n:?}")),
             AttributeValue::B(b) => {
-                out.push_str("B:");
+                out.push_str("B\"");
                 for byte in b.as_ref() {
                     out.push_str(&format!("{byte:02x}"));
                 }
+                out.push('"');
             }
             other => out.push_str(&format!("{other:?}")),
         }
@@ -65,9 +60,21 @@ mod tests {
         ]
         .into();
         assert_eq!(key_string(&a), key_string(&b));
-        assert_eq!(key_string(&a), "pk=S:x,sk=N:1");
+        assert_eq!(key_string(&a), r#""pk"=S"x","sk"=N"1""#);
         let c: Item = [("pk".to_owned(), AttributeValue::N("x".into()))].into();
         let d: Item = [("pk".to_owned(), AttributeValue::S("x".into()))].into();
         assert_ne!(key_string(&c), key_string(&d));
+        // Values that contain the separators cannot make two keys look alike.
+        let e: Item = [
+            ("pk".to_owned(), AttributeValue::S("a,\"sk\"=S\"b".into())),
+            ("sk".to_owned(), AttributeValue::S("c".into())),
+        ]
+        .into();
+        let f: Item = [
+            ("pk".to_owned(), AttributeValue::S("a".into())),
+            ("sk".to_owned(), AttributeValue::S("b\",\"sk\"=S\"c".into())),
+        ]
+        .into();
+        assert_ne!(key_string(&e), key_string(&f));
     }
 }

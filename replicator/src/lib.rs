@@ -70,6 +70,9 @@ pub enum RunError {
         "graceful shutdown did not finish within {0:?}; unreleased leases will expire and be taken over"
     )]
     ShutdownDeadline(std::time::Duration),
+    /// The lease loop ended before shutdown (a bug).
+    #[error("the lease loop ended unexpectedly: {0}")]
+    LeaseLoop(String),
     /// A region name was invalid.
     #[error(transparent)]
     Region(#[from] tworegion_common::aws::InvalidRegion),
@@ -89,8 +92,30 @@ pub async fn run(
     let target_ddb = aws_sdk_dynamodb::Client::new(&target_sdk);
     let lease_ddb = aws_sdk_dynamodb::Client::new(&lease_sdk);
 
-    let checked = startup::check(&config, &source_ddb, &streams, &target_ddb).await?;
-    ensure_table(&lease_ddb, &config.lease.table).await?;
+    let checks = async {
+        let checked = startup::check(&config, &source_ddb, &streams, &target_ddb).await?;
+        ensure_table(&lease_ddb, &config.lease.table).await?;
+        Ok::<_, RunError>(checked)
+    };
+    let checked = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => return Ok(()), // stopped during start-up: nothing to release
+        checked = checks => checked?,
+    };
+    // Writes get one attempt each with a timeout well inside the lease's safety margin (the engine
+    // retries with backoff and checks the lease before every attempt), so a write cannot land long
+    // after the lease stopped being valid.
+    let attempt = config.tuning.lease_duration / 4;
+    let write_config = aws_sdk_dynamodb::config::Builder::from(&target_sdk)
+        .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::standard().with_max_attempts(1))
+        .timeout_config(
+            aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
+                .operation_attempt_timeout(attempt)
+                .operation_timeout(attempt)
+                .build(),
+        )
+        .build();
+    let target_writes = aws_sdk_dynamodb::Client::from_conf(write_config);
 
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::new(config.tuning.lease_interval()));
@@ -115,7 +140,7 @@ pub async fn run(
     let engine = Arc::new(Engine {
         source: Arc::new(AwsStream::new(streams, checked.stream_arn.clone())),
         target: Arc::new(AwsTarget::new(
-            target_ddb,
+            target_writes,
             config.target.table.clone(),
             config.attributes.clone(),
         )),
@@ -134,19 +159,32 @@ pub async fn run(
         start_position: config.start_position,
         tuning: config.tuning.clone(),
         metrics,
-        health,
+        health: health.clone(),
         in_flight: Arc::new(Semaphore::new(config.tuning.max_in_flight)),
-        jitter_seed: AtomicU64::new(0),
+        // Different workers back off on different schedules.
+        jitter_seed: AtomicU64::new(
+            tworegion_common::version::system_millis() ^ u64::from(std::process::id()),
+        ),
     });
     let mut lease_loop = tokio::spawn(coordinator::run(engine, shutdown.clone()));
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = &mut lease_loop => {}
+    let ended_early = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => None,
+        joined = &mut lease_loop => Some(joined),
+    };
+    if let Some(joined) = ended_early {
+        http_stop.cancel();
+        let detail = match joined {
+            Ok(()) => "it returned".to_owned(),
+            Err(error) => error.to_string(),
+        };
+        return Err(RunError::LeaseLoop(detail));
     }
+    health.stopping();
     tracing::info!(deadline = ?config.tuning.shutdown_deadline, "Stopping: finishing in-flight writes, checkpointing, releasing leases.");
     let finished = tokio::time::timeout(config.tuning.shutdown_deadline, &mut lease_loop).await;
     http_stop.cancel();
-    let _ = http.await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), http).await;
     match finished {
         Ok(_) => {
             tracing::info!("Replicator stopped.");

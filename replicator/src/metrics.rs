@@ -169,6 +169,7 @@ impl Metrics {
 #[derive(Debug)]
 pub struct Health {
     stopped: AtomicI64,
+    stopping: std::sync::atomic::AtomicBool,
     last_lease_sync: Mutex<Option<Instant>>,
     lease_interval: Duration,
 }
@@ -178,9 +179,20 @@ impl Health {
     pub fn new(lease_interval: Duration) -> Health {
         Health {
             stopped: AtomicI64::new(0),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             last_lease_sync: Mutex::new(None),
             lease_interval,
         }
+    }
+
+    /// Shutdown began: not ready any more.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// A halted shard's lease went to another worker (or was released): it no longer counts here.
+    pub fn shard_resumed(&self) {
+        self.stopped.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// The lease loop renewed and listed leases successfully.
@@ -198,6 +210,9 @@ impl Health {
 
     /// Ready: the lease loop is current (synced within three intervals) and no shard is stopped.
     pub fn ready(&self) -> Result<(), String> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err("shutting down".to_owned());
+        }
         let stopped = self.stopped.load(Ordering::SeqCst);
         if stopped > 0 {
             return Err(format!("{stopped} shard(s) stopped; see the ERROR logs"));

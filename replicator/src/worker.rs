@@ -175,7 +175,7 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
         held: &Held,
         seq: Option<&SeqNo>,
         finished: bool,
-    ) -> Result<(), ShardExit> {
+    ) -> Result<bool, ShardExit> {
         let expires = self.expires();
         let result = held
             .change(
@@ -185,7 +185,7 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
         match result {
             Ok(_) => {
                 self.metrics.checkpoints.inc();
-                Ok(())
+                Ok(true)
             }
             Err(LeaseError::Lost { shard, .. }) => {
                 self.metrics.lease_change("lost");
@@ -193,10 +193,43 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
                 Err(ShardExit::LeaseLost)
             }
             Err(error) => {
-                // The next checkpoint or renewal will try again; nothing is lost by waiting.
+                // The caller keeps it and tries again; nothing is lost by waiting (only replayed).
                 self.metrics.error(error.kind());
-                tracing::warn!(error = %error, "Checkpoint failed; it will be retried with the next one.");
-                Ok(())
+                tracing::warn!(error = %error, "Checkpoint failed; retrying.");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Marks the lease started before the first read, retrying until it is written: reading without
+    /// the mark could let a later owner start at LATEST again and skip records.
+    async fn mark_started(&self, held: &Held) -> Result<(), ShardExit> {
+        loop {
+            if held.stop.is_cancelled() {
+                return Err(ShardExit::Stopped);
+            }
+            let expires = self.expires();
+            let result = held
+                .change(|lease| async move {
+                    self.leases.checkpoint(&lease, None, false, expires).await
+                })
+                .await;
+            match result {
+                Ok(_) => return Ok(()),
+                Err(LeaseError::Lost { shard, .. }) => {
+                    self.metrics.lease_change("lost");
+                    tracing::warn!(shard_id = %shard, "Lease lost before the first read.");
+                    return Err(ShardExit::LeaseLost);
+                }
+                Err(error) => {
+                    self.metrics.error(error.kind());
+                    tracing::warn!(error = %error, "Marking the lease started failed; retrying.");
+                    tokio::select! {
+                        biased;
+                        _ = held.stop.cancelled() => return Err(ShardExit::Stopped),
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                }
             }
         }
     }
@@ -282,7 +315,7 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
         if lease.checkpoint.is_none() && !lease.started {
             // Record that reading began, so a restart or hand-off before the first checkpoint starts at
             // the shard's first record instead of skipping records (at LATEST) or a trim (at the horizon).
-            if let Err(exit) = self.checkpoint(&held, None, false).await {
+            if let Err(exit) = self.mark_started(&held).await {
                 return exit;
             }
         }
@@ -290,7 +323,17 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
             Ok(it) => it,
             Err(exit) => return exit,
         };
+        // A checkpoint that could not be written yet (a transient failure): retried every turn, also
+        // when the stream is idle, and once more on the way out.
+        let mut unsaved: Option<SeqNo> = None;
         loop {
+            if let Some(seq) = unsaved.clone() {
+                match self.checkpoint(&held, Some(&seq), false).await {
+                    Ok(true) => unsaved = None,
+                    Ok(false) => {}
+                    Err(exit) => return exit,
+                }
+            }
             if stop.is_cancelled() {
                 return ShardExit::Stopped;
             }
@@ -335,8 +378,10 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
                 self.metrics.records_read.inc_by(count as u64);
                 let (applied_to, halted) = self.apply_batch(&shard, &page.changes, &held).await;
                 if let Some(seq) = applied_to {
-                    if let Err(exit) = self.checkpoint(&held, Some(&seq), false).await {
-                        return exit;
+                    match self.checkpoint(&held, Some(&seq), false).await {
+                        Ok(true) => unsaved = None,
+                        Ok(false) => unsaved = Some(seq.clone()),
+                        Err(exit) => return exit,
                     }
                     last = Some(seq);
                 }
@@ -363,8 +408,19 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
     }
 
     async fn end_shard(&self, held: &Held, shard: &str, last: Option<&SeqNo>) -> ShardExit {
-        if let Err(exit) = self.checkpoint(held, last, true).await {
-            return exit;
+        // The "finished" mark lets the children start: write it, however long that takes.
+        loop {
+            match self.checkpoint(held, last, true).await {
+                Ok(true) => break,
+                Ok(false) => {
+                    tokio::select! {
+                        biased;
+                        _ = held.stop.cancelled() => return ShardExit::Stopped,
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                }
+                Err(exit) => return exit,
+            }
         }
         tracing::info!(shard_id = %shard, "Shard ended and fully applied.");
         // Make the children's leases now, so no one waits for the next periodic listing.
@@ -475,11 +531,17 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
             match result {
                 Ok(outcome) => {
                     if outcome == Outcome::Conflict {
+                        // The target already holds something newer: these records are settled.
                         self.metrics.conflicts.inc();
+                        self.metrics
+                            .records_skipped
+                            .get_or_create(&[("reason", "conflict")])
+                            .inc_by(planned.covers.len() as u64);
+                    } else {
+                        self.metrics
+                            .records_applied
+                            .inc_by(planned.covers.len() as u64);
                     }
-                    self.metrics
-                        .records_applied
-                        .inc_by(planned.covers.len() as u64);
                     newest_version_millis = newest_version_millis.max(planned.version_millis);
                     watermark.settle(&planned.covers);
                 }

@@ -91,10 +91,10 @@ async fn conflict_rule_over_every_ordering_and_tie() {
             Outcome::Conflict,
         ),
         (
-            "same version and origin (a replay)",
+            "same version and origin (a replay, or a later same-second fallback)",
             existing,
             put("c3", 10, "us-east-1"),
-            Outcome::Conflict,
+            Outcome::Applied,
         ),
         (
             "same version, greater origin",

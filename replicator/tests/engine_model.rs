@@ -1033,8 +1033,16 @@ fn lww_skips_replicated_in_records_and_never_overwrites_newer_versions() {
         );
         assert_eq!(
             metric(&engine.metrics, "replicator_records_applied_total"),
-            Some(4.0),
-            "a (2 records), old, kept: conflicts settle their records; the skip is not applied"
+            Some(2.0),
+            "a (2 records) applied; the skip and the conflicts are not"
+        );
+        assert_eq!(
+            metric(
+                &engine.metrics,
+                "replicator_records_skipped_total{reason=\"conflict\"}"
+            ),
+            Some(2.0),
+            "records settled by a lost conflict"
         );
         let row = lease(&leases, "s1");
         assert_eq!(

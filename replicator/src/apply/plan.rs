@@ -430,7 +430,7 @@ mod tests {
             .plan(&[change(9, EventKind::Insert, "a", Some(bad), None)])
             .unwrap_err();
         assert_eq!(err.seq, "9");
-        assert_eq!(err.key, "id=S:a");
+        assert_eq!(err.key, r#""id"=S"a""#);
         assert!(err.problem.contains("rep_version"), "{err}");
         let err = ctx(Mode::OneWay)
             .plan(&[change(1, EventKind::Modify, "a", None, None)])

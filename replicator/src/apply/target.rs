@@ -15,7 +15,8 @@ use crate::item::{Item, key_string};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Condition {
     /// Put only if the target item is absent, or has a lower version, or the same version and a lower
-    /// origin.
+    /// or equal origin (equal: a replay of the same write, or the same-second fallback version of a
+    /// later change from the same region, which must win).
     Newer {
         /// The incoming version.
         version: Version,
@@ -96,7 +97,7 @@ pub struct Expression {
 pub fn expression(condition: &Condition, attributes: &VersionAttributes) -> Expression {
     match condition {
         Condition::Newer { version, origin } => Expression {
-            text: "attribute_not_exists(#v) OR #v < :v OR (#v = :v AND #o < :o)",
+            text: "attribute_not_exists(#v) OR #v < :v OR (#v = :v AND #o <= :o)",
             names: [
                 ("#v".to_owned(), attributes.version.clone()),
                 ("#o".to_owned(), attributes.origin.clone()),
@@ -244,7 +245,7 @@ pub fn condition_holds(
             *v > version
                 || (*v == version
                     && origin
-                        .is_some_and(|stored| compare_writes((*v, o), (version, &stored)).is_gt()))
+                        .is_some_and(|stored| compare_writes((*v, o), (version, &stored)).is_ge()))
         }
         Condition::NotNewerThan { version: v } => version <= *v,
     }

@@ -385,13 +385,12 @@ impl World {
         started: Duration,
         settled: bool,
     ) {
-        if let Some(list) = self.in_flight.get_mut(&(region, key.to_owned())) {
-            if let Some(i) = list
+        if let Some(list) = self.in_flight.get_mut(&(region, key.to_owned()))
+            && let Some(i) = list
                 .iter()
                 .position(|w| w.worker == worker && w.started == started)
-            {
-                list.remove(i);
-            }
+        {
+            list.remove(i);
         }
         if settled {
             let entry = self

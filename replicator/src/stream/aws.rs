@@ -120,7 +120,19 @@ impl StreamSource for AwsStream {
                 .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
                 .sequence_number(seq.as_str()),
         };
-        let out = request.send().await.map_err(stream_error)?;
+        let out = request
+            .send()
+            .await
+            .map_err(|error| match stream_error(error) {
+                // The shard is gone from the stream: everything in it was trimmed before it was read.
+                StreamError::Aws(failure) if failure.kind == "not_found" => {
+                    StreamError::Trimmed(format!(
+                        "shard {shard} is no longer in the stream ({})",
+                        failure.message
+                    ))
+                }
+                other => other,
+            })?;
         out.shard_iterator
             .ok_or_else(|| StreamError::Trimmed(format!("no iterator for shard {shard} at {at}")))
     }
