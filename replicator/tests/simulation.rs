@@ -1,0 +1,135 @@
+//! The deterministic simulation in CI: 500 seeds in each mode must pass, the same seed must give the
+//! same trace, and a deliberately broken engine must be caught.
+
+use replicator::config::Mode;
+use replicator::sim::{Sabotage, Switches, run_seed};
+
+fn run_many(mode: Mode, seeds: std::ops::Range<u64>) {
+    let mut failures = Vec::new();
+    let count = seeds.end - seeds.start;
+    for seed in seeds {
+        let result = run_seed(seed, mode, Switches::default(), Sabotage::None, false);
+        if let Some(first) = result.violations.first() {
+            failures.push(format!(
+                "seed {seed}: {first}\n  replay: cargo run --release -p replicator --bin sim -- --mode {} --seed {seed}",
+                if mode == Mode::Lww { "lww" } else { "one-way" }
+            ));
+        }
+    }
+    println!(
+        "seeds: {} passed, {} failed",
+        count - failures.len() as u64,
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn five_hundred_seeds_one_way() {
+    run_many(Mode::OneWay, 0..500);
+}
+
+#[test]
+fn five_hundred_seeds_lww() {
+    run_many(Mode::Lww, 0..500);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_trace() {
+    for (mode, seed) in [(Mode::OneWay, 11), (Mode::Lww, 12), (Mode::Lww, 1_000_003)] {
+        let a = run_seed(seed, mode, Switches::default(), Sabotage::None, true);
+        let b = run_seed(seed, mode, Switches::default(), Sabotage::None, true);
+        assert_eq!(a.trace_hash, b.trace_hash, "seed {seed}");
+        assert_eq!(a.trace, b.trace, "seed {seed}");
+        assert!(
+            a.trace.len() > 100,
+            "a run has a real trace: {}",
+            a.trace.len()
+        );
+    }
+    let a = run_seed(1, Mode::Lww, Switches::default(), Sabotage::None, false);
+    let b = run_seed(2, Mode::Lww, Switches::default(), Sabotage::None, false);
+    assert_ne!(
+        a.trace_hash, b.trace_hash,
+        "different seeds, different runs"
+    );
+}
+
+#[test]
+fn faults_actually_happen() {
+    let mut totals = std::collections::BTreeMap::new();
+    for seed in 0..40 {
+        for (k, v) in run_seed(seed, Mode::Lww, Switches::default(), Sabotage::None, false).stats {
+            *totals.entry(k).or_insert(0u64) += v;
+        }
+    }
+    for fault in [
+        "shard splits",
+        "crashes",
+        "stalls",
+        "expired iterators",
+        "read throttles",
+        "write throttles",
+        "read 5xx",
+        "write 5xx",
+        "ambiguous 5xx",
+        "conflicts",
+        "outages",
+        "gaps reported",
+    ] {
+        assert!(
+            totals.get(fault).copied().unwrap_or(0) > 0,
+            "no {fault} in 40 seeds: {totals:?}"
+        );
+    }
+}
+
+#[test]
+fn a_checkpoint_before_the_write_is_caught() {
+    // Without trimming, so that no seed loses its records to an outage before any are applied.
+    let switches = Switches {
+        trim: false,
+        ..Switches::default()
+    };
+    for mode in [Mode::OneWay, Mode::Lww] {
+        let caught = (0..10)
+            .filter(|&seed| {
+                !run_seed(seed, mode, switches, Sabotage::AckBeforeWrite, false)
+                    .violations
+                    .is_empty()
+            })
+            .count();
+        assert_eq!(caught, 10, "{mode:?}: the broken engine passed some seeds");
+    }
+}
+
+#[test]
+fn switches_turn_faults_off() {
+    let quiet = Switches {
+        splits: false,
+        trim: false,
+        expiry: false,
+        errors: false,
+        crashes: false,
+        stalls: false,
+        skew: false,
+    };
+    for seed in 0..20 {
+        let result = run_seed(seed, Mode::Lww, quiet, Sabotage::None, false);
+        assert!(result.violations.is_empty(), "{:?}", result.violations);
+        for fault in [
+            "shard splits",
+            "crashes",
+            "stalls",
+            "read throttles",
+            "expired iterators",
+            "outages",
+        ] {
+            assert_eq!(
+                result.stats.get(fault),
+                None,
+                "seed {seed}: {fault} happened while switched off"
+            );
+        }
+    }
+}
