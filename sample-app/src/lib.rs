@@ -1,0 +1,564 @@
+//! The sample application: a todo REST API, one axum router served by AWS Lambda (behind API Gateway)
+//! or by a local HTTP server. Every write carries the last-writer-wins stamps the replicator relies on.
+//!
+//! # Layout
+//! - `todo`: the todo model, its DynamoDB item form (with `rep_version`, `rep_origin`, tombstones),
+//!   validation of ids and text.
+//! - `store`: the [`store::TodoStore`] seam: DynamoDB, and in memory for tests.
+//! - `api` (this file): the router, its middleware (region header, API key for the local server), the
+//!   handlers, and the JSON error type.
+//!
+//! # Invariants
+//! - Every write is conditional on what was read (absent, or the stored version) and carries a version
+//!   from the process's hybrid logical clock that is above the stored one: updates are never lost
+//!   inside a region and always win over what they replace.
+//! - Deletes write tombstones; reads and lists never show them.
+//! - No input produces a 500 or a panic: bad requests get a 4xx naming the field, an unreachable table
+//!   a 503.
+
+pub mod store;
+pub mod todo;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use tworegion_common::version::{HybridClock, Version, VersionAttributes, system_millis};
+
+use crate::store::{Expect, StoreError, TodoStore};
+use crate::todo::{Todo, from_item, rfc3339, to_item, tombstone, validate_id, validate_text};
+
+/// The header that names the region that served a response.
+pub const REGION_HEADER: &str = "x-tworegion-region";
+
+/// Largest request body, bytes.
+pub const MAX_BODY: usize = 16 * 1024;
+
+/// Every route and its methods; the OpenAPI document must list exactly these.
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/todos", &["get", "post"]),
+    ("/todos/{id}", &["get", "put", "delete"]),
+    ("/todos/health", &["get"]),
+    ("/openapi.json", &["get"]),
+];
+
+/// The OpenAPI 3 document, kept in the repository beside the crate.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// The maintenance switch: health answers 503 on purpose (failover drills).
+#[derive(Debug, Default)]
+pub struct Maintenance {
+    /// On from the start (`--maintenance` / `SAMPLE_APP_MAINTENANCE=true`).
+    pub flag: AtomicBool,
+    /// On while this file exists (`--maintenance-file`), checked on every health call.
+    pub file: Option<PathBuf>,
+}
+
+impl Maintenance {
+    /// Whether the switch is on.
+    pub fn on(&self) -> bool {
+        self.flag.load(Ordering::SeqCst) || self.file.as_ref().is_some_and(|f| f.exists())
+    }
+}
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct App<S> {
+    /// The table.
+    pub store: S,
+    /// The region this app serves (the `rep_origin` of its writes).
+    pub region: String,
+    /// The table's name, for health answers.
+    pub table: String,
+    /// Version source.
+    pub clock: HybridClock,
+    /// The convention's attribute names.
+    pub attributes: VersionAttributes,
+    /// How long tombstones live before TTL removes them.
+    pub tombstone_retention: Duration,
+    /// The key the local server requires in `x-api-key`; `None` on Lambda (API Gateway checks it).
+    pub api_key: Option<String>,
+    /// The maintenance switch.
+    pub maintenance: Maintenance,
+    /// Longest wait for the table in a health check.
+    pub health_timeout: Duration,
+}
+
+/// An error answer: a status and a JSON `{"message": ...}` that says what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The status.
+    pub status: StatusCode,
+    /// The message.
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn not_found(id: &str) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, format!("todo {id} not found"))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict => ApiError::new(
+                StatusCode::CONFLICT,
+                "the todo changed while it was being written; read it again and retry",
+            ),
+            StoreError::Unavailable(detail) => {
+                tracing::error!(error = %detail, "The table is unavailable.");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the table is unavailable; try again shortly",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({ "message": self.message }))).into_response()
+    }
+}
+
+/// A JSON object body: checks the content type and size, and parses it.
+pub struct JsonObject(pub serde_json::Map<String, Value>);
+
+impl<St: Send + Sync> FromRequest<St> for JsonObject {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &St) -> Result<Self, ApiError> {
+        let json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("application/json")
+            });
+        if !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "body: send a JSON object with Content-Type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body: larger than {MAX_BODY} bytes"),
+                )
+            } else {
+                ApiError::bad(format!("body: {}", rejection.body_text()))
+            }
+        })?;
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(map)) => Ok(JsonObject(map)),
+            Ok(_) => Err(ApiError::bad("body: must be a JSON object")),
+            Err(error) => Err(ApiError::bad(format!("body: not valid JSON ({error})"))),
+        }
+    }
+}
+
+/// The fields of a todo body; unknown fields and wrong types are errors that name the field.
+struct Fields {
+    text: Option<String>,
+    checked: Option<bool>,
+}
+
+fn fields(body: serde_json::Map<String, Value>) -> Result<Fields, ApiError> {
+    let mut fields = Fields {
+        text: None,
+        checked: None,
+    };
+    for (name, value) in body {
+        match (name.as_str(), value) {
+            ("text", Value::String(text)) => {
+                validate_text(&text).map_err(ApiError::bad)?;
+                fields.text = Some(text);
+            }
+            ("text", _) => return Err(ApiError::bad("text: must be a string")),
+            ("checked", Value::Bool(b)) => fields.checked = Some(b),
+            ("checked", _) => return Err(ApiError::bad("checked: must be true or false")),
+            (other, _) => {
+                return Err(ApiError::bad(format!(
+                    "{}: unknown field; a todo has text and checked",
+                    other.chars().take(64).collect::<String>()
+                )));
+            }
+        }
+    }
+    Ok(fields)
+}
+
+fn etag(version: Version) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\""))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
+}
+
+/// `If-Match`: `None` if absent; `Some(None)` for `*`; `Some(Some(v))` for a version.
+fn if_match(headers: &HeaderMap) -> Result<Option<Option<Version>>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    if text == "*" {
+        return Ok(Some(None));
+    }
+    let bare = text.trim_start_matches("W/").trim_matches('"');
+    Version::parse(bare).map(|v| Some(Some(v))).ok_or_else(|| {
+        ApiError::bad("If-Match: expected the ETag of the todo, for example \"1764000000000000\"")
+    })
+}
+
+fn todo_response(status: StatusCode, todo: &Todo, version: Version) -> Response {
+    let mut response = (status, axum::Json(todo)).into_response();
+    response.headers_mut().insert(header::ETAG, etag(version));
+    response
+}
+
+async fn create<S: TodoStore>(
+    State(app): State<Arc<App<S>>>,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    let fields = fields(body)?;
+    let text = fields.text.ok_or_else(|| ApiError::bad("text: required"))?;
+    let now = rfc3339(system_millis());
+    let todo = Todo {
+        id: uuid::Uuid::new_v4().to_string(),
+        text,
+        checked: fields.checked.unwrap_or(false),
+        created_at: now.clone(),
+        updated_at: now,
+    };
+    let version = app.clock.now();
+    app.store
+        .put(
+            to_item(&todo, version, &app.region, &app.attributes),
+            Expect::Absent,
+        )
+        .await?;
+    let mut response = todo_response(StatusCode::CREATED, &todo, version);
+    if let Ok(location) = HeaderValue::from_str(&format!("/todos/{}", todo.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+async fn read<S: TodoStore>(app: &App<S>, id: &str) -> Result<crate::todo::Stored, ApiError> {
+    validate_id(id).map_err(ApiError::bad)?;
+    let item = app.store.get(id).await?;
+    match item.as_ref().and_then(|i| from_item(i, &app.attributes)) {
+        Some(stored) if !stored.deleted => Ok(stored),
+        _ => Err(ApiError::not_found(id)),
+    }
+}
+
+async fn get_one<S: TodoStore>(
+    State(app): State<Arc<App<S>>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let stored = read(&app, &id).await?;
+    Ok(todo_response(StatusCode::OK, &stored.todo, stored.version))
+}
+
+/// Applies a change to the stored todo and writes it conditionally on the version read; retried when
+/// another writer got in between, unless the client pinned a version with `If-Match`.
+async fn change<S: TodoStore>(
+    app: &App<S>,
+    id: &str,
+    headers: &HeaderMap,
+    mut write: impl FnMut(&crate::todo::Stored, Version) -> crate::todo::Item,
+) -> Result<(crate::todo::Stored, Version, crate::todo::Item), ApiError> {
+    let pinned = if_match(headers)?;
+    for _ in 0..5 {
+        let stored = read(app, id).await?;
+        if let Some(Some(expected)) = pinned
+            && expected != stored.version
+        {
+            return Err(ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                format!(
+                    "If-Match: the todo is at version \"{}\", not \"{expected}\"",
+                    stored.version
+                ),
+            ));
+        }
+        let version = app.clock.after(stored.version);
+        let item = write(&stored, version);
+        match app
+            .store
+            .put(item.clone(), Expect::Version(stored.version))
+            .await
+        {
+            Ok(()) => return Ok((stored, version, item)),
+            Err(StoreError::Conflict) if pinned.is_none() => continue,
+            Err(StoreError::Conflict) => {
+                return Err(ApiError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "If-Match: the todo changed in between; read it again",
+                ));
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "the todo kept changing while it was being written; retry",
+    ))
+}
+
+async fn update<S: TodoStore>(
+    State(app): State<Arc<App<S>>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    validate_id(&id).map_err(ApiError::bad)?;
+    let fields = fields(body)?;
+    if fields.text.is_none() && fields.checked.is_none() {
+        return Err(ApiError::bad("body: give text, checked, or both"));
+    }
+    let now = rfc3339(system_millis());
+    let region = app.region.clone();
+    let (_, version, item) = change(&app, &id, &headers, |stored, version| {
+        let mut todo = stored.todo.clone();
+        if let Some(text) = &fields.text {
+            todo.text = text.clone();
+        }
+        if let Some(checked) = fields.checked {
+            todo.checked = checked;
+        }
+        todo.updated_at = now.clone();
+        to_item(&todo, version, &region, &app.attributes)
+    })
+    .await?;
+    let todo = from_item(&item, &app.attributes)
+        .map(|s| s.todo)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the written todo could not be read back",
+            )
+        })?;
+    Ok(todo_response(StatusCode::OK, &todo, version))
+}
+
+async fn delete<S: TodoStore>(
+    State(app): State<Arc<App<S>>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let expires = system_millis() / 1000 + app.tombstone_retention.as_secs();
+    let region = app.region.clone();
+    change(&app, &id, &headers, |stored, version| {
+        tombstone(&stored.todo.id, version, &region, expires, &app.attributes)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list<S: TodoStore>(
+    State(app): State<Arc<App<S>>>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut limit = 20i32;
+    let mut next = None;
+    for pair in query
+        .as_deref()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=100).contains(n))
+                    .ok_or_else(|| ApiError::bad("limit: must be a whole number from 1 to 100"))?;
+            }
+            "next" => {
+                validate_id(value)
+                    .map_err(|_| ApiError::bad("next: not a token from a previous page"))?;
+                next = Some(value.to_owned());
+            }
+            other => {
+                return Err(ApiError::bad(format!(
+                    "{}: unknown query parameter; use limit and next",
+                    other.chars().take(64).collect::<String>()
+                )));
+            }
+        }
+    }
+    let page = app.store.scan(limit, next).await?;
+    let items: Vec<Todo> = page
+        .items
+        .iter()
+        .filter_map(|i| from_item(i, &app.attributes))
+        .filter(|s| !s.deleted)
+        .map(|s| s.todo)
+        .collect();
+    Ok(axum::Json(json!({ "items": items, "next": page.next })).into_response())
+}
+
+async fn health<S: TodoStore>(State(app): State<Arc<App<S>>>) -> Response {
+    let body = |status: &str, message: Option<String>| {
+        let mut v = json!({ "region": app.region, "table": app.table, "status": status });
+        if let Some(m) = message {
+            v["message"] = Value::String(m);
+        }
+        axum::Json(v)
+    };
+    if app.maintenance.on() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            body(
+                "maintenance",
+                Some("the maintenance switch is on".to_owned()),
+            ),
+        )
+            .into_response();
+    }
+    match tokio::time::timeout(app.health_timeout, app.store.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, body("ok", None)).into_response(),
+        Ok(Err(error)) => {
+            tracing::warn!(error = %error, "Health check: the table is unavailable.");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                body("unavailable", Some("the table cannot be read".to_owned())),
+            )
+                .into_response()
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            body(
+                "unavailable",
+                Some(format!(
+                    "the table did not answer within {:?}",
+                    app.health_timeout
+                )),
+            ),
+        )
+            .into_response(),
+    }
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such route; see /openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route; see /openapi.json",
+    )
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}
+
+async fn require_api_key<S: TodoStore>(
+    State(app): State<Arc<App<S>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(expected) = &app.api_key else {
+        return next.run(request).await;
+    };
+    if request.uri().path() == "/todos/health" {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get("x-api-key")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if constant_time_eq(given, expected.as_bytes()) {
+        next.run(request).await
+    } else {
+        // The same answer API Gateway gives.
+        ApiError::new(StatusCode::FORBIDDEN, "Forbidden").into_response()
+    }
+}
+
+/// The router, with the region header on every response and, for the local server, the API key check.
+pub fn router<S: TodoStore>(app: Arc<App<S>>) -> Router {
+    let region =
+        HeaderValue::from_str(&app.region).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    Router::new()
+        .route("/todos", get(list::<S>).post(create::<S>))
+        .route("/todos/health", get(health::<S>))
+        .route(
+            "/todos/{id}",
+            get(get_one::<S>).put(update::<S>).delete(delete::<S>),
+        )
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            require_api_key::<S>,
+        ))
+        .layer(middleware::map_response(move |mut response: Response| {
+            let region = region.clone();
+            async move {
+                response
+                    .headers_mut()
+                    .insert(HeaderName::from_static(REGION_HEADER), region);
+                response
+            }
+        }))
+        .with_state(app)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

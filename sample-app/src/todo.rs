@@ -1,0 +1,231 @@
+//! A todo as the API shows it, as DynamoDB stores it, and validation of what clients send.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde::{Deserialize, Serialize};
+use tworegion_common::version::{Version, VersionAttributes};
+
+/// A DynamoDB item.
+pub type Item = HashMap<String, AttributeValue>;
+
+/// Longest `text`, in characters.
+pub const MAX_TEXT: usize = 1000;
+
+/// Longest id.
+pub const MAX_ID: usize = 64;
+
+/// A todo as the API returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Todo {
+    /// Identifier (a UUID for todos created through the API).
+    pub id: String,
+    /// What to do.
+    pub text: String,
+    /// Done or not.
+    pub checked: bool,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    /// RFC 3339, UTC.
+    pub updated_at: String,
+}
+
+/// `POST /todos` body.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTodo {
+    /// What to do (required).
+    pub text: String,
+    /// Done or not (default false).
+    #[serde(default)]
+    pub checked: bool,
+}
+
+/// `PUT /todos/{id}` body: at least one field.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTodo {
+    /// New text.
+    pub text: Option<String>,
+    /// New state.
+    pub checked: Option<bool>,
+}
+
+/// Checks `text`: a non-empty string (after trimming) of at most [`MAX_TEXT`] characters.
+pub fn validate_text(text: &str) -> Result<(), String> {
+    if text.trim().is_empty() {
+        return Err("text: must not be empty".to_owned());
+    }
+    let n = text.chars().count();
+    if n > MAX_TEXT {
+        return Err(format!(
+            "text: {n} characters is more than the {MAX_TEXT} allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an id: 1 to [`MAX_ID`] characters of `A-Z a-z 0-9 -`.
+pub fn validate_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ID
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "id: {:?} is not a todo id (1 to {MAX_ID} characters: letters, digits, '-')",
+            id.chars().take(80).collect::<String>()
+        ))
+    }
+}
+
+/// An RFC 3339 UTC timestamp for Unix milliseconds.
+pub fn rfc3339(millis: u64) -> String {
+    let secs = millis / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        millis % 1000
+    )
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+/// What a stored item says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// The todo.
+    pub todo: Todo,
+    /// Its version (0 if it was written without one).
+    pub version: Version,
+    /// A tombstone: deleted.
+    pub deleted: bool,
+}
+
+/// Reads a stored item; `None` if it is not a todo (missing or mistyped fields).
+pub fn from_item(item: &Item, attrs: &VersionAttributes) -> Option<Stored> {
+    let text = |name: &str| match item.get(name) {
+        Some(AttributeValue::S(v)) => Some(v.clone()),
+        _ => None,
+    };
+    let version = match item.get(&attrs.version) {
+        Some(AttributeValue::N(n)) => Version::parse(n).unwrap_or(Version(0)),
+        _ => Version(0),
+    };
+    let deleted = matches!(item.get(&attrs.deleted), Some(AttributeValue::Bool(true)));
+    Some(Stored {
+        todo: Todo {
+            id: text("id")?,
+            text: text("text").unwrap_or_default(),
+            checked: matches!(item.get("checked"), Some(AttributeValue::Bool(true))),
+            created_at: text("createdAt").unwrap_or_default(),
+            updated_at: text("updatedAt").unwrap_or_default(),
+        },
+        version,
+        deleted,
+    })
+}
+
+/// The item for a todo at `version`, written in `region`.
+pub fn to_item(todo: &Todo, version: Version, region: &str, attrs: &VersionAttributes) -> Item {
+    [
+        ("id".to_owned(), s(&todo.id)),
+        ("text".to_owned(), s(&todo.text)),
+        ("checked".to_owned(), AttributeValue::Bool(todo.checked)),
+        ("createdAt".to_owned(), s(&todo.created_at)),
+        ("updatedAt".to_owned(), s(&todo.updated_at)),
+        (
+            attrs.version.clone(),
+            AttributeValue::N(version.to_string()),
+        ),
+        (attrs.origin.clone(), s(region)),
+    ]
+    .into()
+}
+
+/// The tombstone that replaces a deleted todo: its key, the convention's stamps, and an expiry.
+pub fn tombstone(
+    id: &str,
+    version: Version,
+    region: &str,
+    expires_epoch_secs: u64,
+    attrs: &VersionAttributes,
+) -> Item {
+    [
+        ("id".to_owned(), s(id)),
+        (
+            attrs.version.clone(),
+            AttributeValue::N(version.to_string()),
+        ),
+        (attrs.origin.clone(), s(region)),
+        (attrs.deleted.clone(), AttributeValue::Bool(true)),
+        (
+            attrs.expires.clone(),
+            AttributeValue::N(expires_epoch_secs.to_string()),
+        ),
+    ]
+    .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339(1_795_954_911_491), "2026-11-29T12:21:51.491Z");
+    }
+
+    #[test]
+    fn ids_and_text_are_validated_with_the_field_named() {
+        assert!(validate_id("0f8fad5b-d9cb-469f-a165-70867728950e").is_ok());
+        for bad in ["", "a b", "../x", "é", &"x".repeat(65)] {
+            assert!(validate_id(bad).unwrap_err().starts_with("id: "), "{bad}");
+        }
+        assert!(validate_text("buy milk").is_ok());
+        assert_eq!(validate_text("  ").unwrap_err(), "text: must not be empty");
+        assert!(
+            validate_text(&"x".repeat(1001))
+                .unwrap_err()
+                .starts_with("text: 1001 characters")
+        );
+    }
+
+    #[test]
+    fn items_round_trip() {
+        let attrs = VersionAttributes::default();
+        let todo = Todo {
+            id: "a".into(),
+            text: "t".into(),
+            checked: true,
+            created_at: rfc3339(1),
+            updated_at: rfc3339(2),
+        };
+        let item = to_item(&todo, Version(5), "us-east-1", &attrs);
+        let back = from_item(&item, &attrs).unwrap();
+        assert_eq!(back.todo, todo);
+        assert_eq!(back.version, Version(5));
+        assert!(!back.deleted);
+        let gone = from_item(&tombstone("a", Version(6), "us-east-1", 9, &attrs), &attrs).unwrap();
+        assert!(gone.deleted);
+    }
+}

@@ -1,0 +1,574 @@
+//! The router in process, against the in-memory table: every route, status code and error body.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use sample_app::store::MemoryStore;
+use sample_app::{App, Maintenance, OPENAPI, REGION_HEADER, ROUTES, router};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use tworegion_common::version::{HybridClock, VersionAttributes};
+
+const KEY: &str = "0123456789abcdefghijKEY";
+
+fn app(api_key: Option<&str>) -> Arc<App<MemoryStore>> {
+    Arc::new(App {
+        store: MemoryStore::default(),
+        region: "us-west-2".into(),
+        table: "todos".into(),
+        clock: HybridClock::default(),
+        attributes: VersionAttributes::default(),
+        tombstone_retention: Duration::from_secs(7 * 86_400),
+        api_key: api_key.map(str::to_owned),
+        maintenance: Maintenance {
+            flag: AtomicBool::new(false),
+            file: None,
+        },
+        health_timeout: Duration::from_secs(1),
+    })
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+}
+
+async fn call(
+    app: &Arc<App<MemoryStore>>,
+    method: &str,
+    uri: &str,
+    body: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Answer {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("x-api-key", KEY);
+    if body.is_some() {
+        request = request.header(header::CONTENT_TYPE, "application/json");
+    }
+    for (k, v) in extra {
+        request = request.header(*k, *v);
+    }
+    let request = request
+        .body(
+            body.map(|b| Body::from(b.to_owned()))
+                .unwrap_or_else(Body::empty),
+        )
+        .unwrap();
+    let response = router(app.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    };
+    assert_eq!(
+        headers.get(REGION_HEADER).unwrap(),
+        "us-west-2",
+        "{method} {uri}: region header"
+    );
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn message(a: &Answer) -> String {
+    a.body["message"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn create_read_update_delete_with_versions() {
+    let app = app(Some(KEY));
+    let created = call(&app, "POST", "/todos", Some(r#"{"text":"buy milk"}"#), &[]).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(created.body["text"], "buy milk");
+    assert_eq!(created.body["checked"], false);
+    assert_eq!(
+        created.headers.get(header::LOCATION).unwrap(),
+        &format!("/todos/{id}")
+    );
+    let etag1 = created
+        .headers
+        .get(header::ETAG)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    let read = call(&app, "GET", &format!("/todos/{id}"), None, &[]).await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.body, created.body);
+
+    let updated = call(
+        &app,
+        "PUT",
+        &format!("/todos/{id}"),
+        Some(r#"{"checked":true}"#),
+        &[("if-match", &etag1)],
+    )
+    .await;
+    assert_eq!(updated.status, StatusCode::OK);
+    assert_eq!(updated.body["checked"], true);
+    assert_eq!(updated.body["text"], "buy milk");
+    let etag2 = updated
+        .headers
+        .get(header::ETAG)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let v = |e: &str| e.trim_matches('"').parse::<u64>().unwrap();
+    assert!(
+        v(&etag2) > v(&etag1),
+        "versions increase: {etag1} -> {etag2}"
+    );
+
+    // A stale If-Match is refused; the todo is unchanged.
+    let stale = call(
+        &app,
+        "PUT",
+        &format!("/todos/{id}"),
+        Some(r#"{"text":"x"}"#),
+        &[("if-match", &etag1)],
+    )
+    .await;
+    assert_eq!(stale.status, StatusCode::PRECONDITION_FAILED);
+    assert!(
+        message(&stale).starts_with("If-Match:"),
+        "{}",
+        message(&stale)
+    );
+
+    // The stored item carries the convention's stamps.
+    let stored = app.store.all()[&id].clone();
+    assert_eq!(
+        stored["rep_origin"],
+        aws_sdk_dynamodb::types::AttributeValue::S("us-west-2".into())
+    );
+
+    let deleted = call(&app, "DELETE", &format!("/todos/{id}"), None, &[]).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    // A tombstone stays, hidden from reads, lists and updates.
+    let tomb = app.store.all()[&id].clone();
+    assert_eq!(
+        tomb["rep_deleted"],
+        aws_sdk_dynamodb::types::AttributeValue::Bool(true)
+    );
+    assert!(tomb.contains_key("rep_expires"));
+    assert_eq!(
+        call(&app, "GET", &format!("/todos/{id}"), None, &[])
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(
+            &app,
+            "PUT",
+            &format!("/todos/{id}"),
+            Some(r#"{"checked":false}"#),
+            &[]
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&app, "DELETE", &format!("/todos/{id}"), None, &[])
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let list = call(&app, "GET", "/todos", None, &[]).await;
+    assert_eq!(list.body["items"], json!([]));
+}
+
+#[tokio::test]
+async fn concurrent_updates_are_not_lost() {
+    let app = app(Some(KEY));
+    let id = call(&app, "POST", "/todos", Some(r#"{"text":"0"}"#), &[])
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let app = app.clone();
+        let id = id.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = if i % 2 == 0 {
+                r#"{"checked":true}"#.to_owned()
+            } else {
+                format!(r#"{{"text":"{i}"}}"#)
+            };
+            call(&app, "PUT", &format!("/todos/{id}"), Some(&body), &[])
+                .await
+                .status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    let todo = call(&app, "GET", &format!("/todos/{id}"), None, &[]).await;
+    assert_eq!(todo.body["checked"], true, "no update was lost");
+}
+
+#[tokio::test]
+async fn list_pages_with_limit_and_next() {
+    let app = app(Some(KEY));
+    for i in 0..7 {
+        assert_eq!(
+            call(
+                &app,
+                "POST",
+                "/todos",
+                Some(&format!(r#"{{"text":"t{i}"}}"#)),
+                &[]
+            )
+            .await
+            .status,
+            StatusCode::CREATED
+        );
+    }
+    let mut seen = Vec::new();
+    let mut next: Option<String> = None;
+    for _ in 0..10 {
+        let uri = match &next {
+            Some(n) => format!("/todos?limit=3&next={n}"),
+            None => "/todos?limit=3".to_owned(),
+        };
+        let page = call(&app, "GET", &uri, None, &[]).await;
+        assert_eq!(page.status, StatusCode::OK);
+        let items = page.body["items"].as_array().unwrap();
+        assert!(items.len() <= 3);
+        seen.extend(items.iter().map(|t| t["text"].as_str().unwrap().to_owned()));
+        next = page.body["next"].as_str().map(str::to_owned);
+        if next.is_none() {
+            break;
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, (0..7).map(|i| format!("t{i}")).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn bad_input_is_a_4xx_naming_the_field() {
+    let app = app(Some(KEY));
+    let cases: &[(&str, &str, Option<&str>, StatusCode, &str)] = &[
+        (
+            "POST",
+            "/todos",
+            Some(r#"{}"#),
+            StatusCode::BAD_REQUEST,
+            "text: required",
+        ),
+        (
+            "POST",
+            "/todos",
+            Some(r#"{"text":""}"#),
+            StatusCode::BAD_REQUEST,
+            "text: must not be empty",
+        ),
+        (
+            "POST",
+            "/todos",
+            Some(r#"{"text":5}"#),
+            StatusCode::BAD_REQUEST,
+            "text: must be a string",
+        ),
+        (
+            "POST",
+            "/todos",
+            Some(r#"{"text":"a","checked":"yes"}"#),
+            StatusCode::BAD_REQUEST,
+            "checked: must be true or false",
+        ),
+        (
+            "POST",
+            "/todos",
+            Some(r#"{"text":"a","owner":"me"}"#),
+            StatusCode::BAD_REQUEST,
+            "owner: unknown field",
+        ),
+        (
+            "POST",
+            "/todos",
+            Some(r#"[1,2]"#),
+            StatusCode::BAD_REQUEST,
+            "body: must be a JSON object",
+        ),
+        (
+            "POST",
+            "/todos",
+            Some(r#"{"text":"#),
+            StatusCode::BAD_REQUEST,
+            "body: not valid JSON",
+        ),
+        (
+            "GET",
+            "/todos?limit=0",
+            None,
+            StatusCode::BAD_REQUEST,
+            "limit: must be a whole number from 1 to 100",
+        ),
+        (
+            "GET",
+            "/todos?limit=abc",
+            None,
+            StatusCode::BAD_REQUEST,
+            "limit:",
+        ),
+        (
+            "GET",
+            "/todos?next=../../etc",
+            None,
+            StatusCode::BAD_REQUEST,
+            "next:",
+        ),
+        (
+            "GET",
+            "/todos?sort=asc",
+            None,
+            StatusCode::BAD_REQUEST,
+            "sort: unknown query parameter",
+        ),
+        (
+            "GET",
+            "/todos/bad%20id",
+            None,
+            StatusCode::BAD_REQUEST,
+            "id:",
+        ),
+        (
+            "GET",
+            "/todos/nope",
+            None,
+            StatusCode::NOT_FOUND,
+            "todo nope not found",
+        ),
+        (
+            "PUT",
+            "/todos/nope",
+            Some(r#"{}"#),
+            StatusCode::BAD_REQUEST,
+            "body: give text, checked, or both",
+        ),
+        (
+            "PUT",
+            "/todos/nope",
+            Some(r#"{"checked":true}"#),
+            StatusCode::NOT_FOUND,
+            "todo nope not found",
+        ),
+        (
+            "PUT",
+            "/todos/x",
+            Some(r#"{"checked":true}"#),
+            StatusCode::BAD_REQUEST,
+            "",
+        ),
+        (
+            "GET",
+            "/elsewhere",
+            None,
+            StatusCode::NOT_FOUND,
+            "no such route",
+        ),
+        (
+            "PATCH",
+            "/todos",
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed",
+        ),
+    ];
+    for (method, uri, body, status, text) in cases {
+        if *uri == "/todos/x" {
+            // If-Match that is not an ETag.
+            let a = call(&app, method, uri, *body, &[("if-match", "yesterday")]).await;
+            assert_eq!(a.status, StatusCode::BAD_REQUEST);
+            assert!(message(&a).starts_with("If-Match:"));
+            continue;
+        }
+        let a = call(&app, method, uri, *body, &[]).await;
+        assert_eq!(a.status, *status, "{method} {uri}: {:?}", a.body);
+        assert!(
+            message(&a).contains(text),
+            "{method} {uri}: {:?} lacks {text:?}",
+            a.body
+        );
+    }
+    // Too long a text, too large a body, and a body that is not JSON.
+    let long = format!(r#"{{"text":"{}"}}"#, "x".repeat(1001));
+    let a = call(&app, "POST", "/todos", Some(&long), &[]).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    assert!(message(&a).starts_with("text: 1001 characters"));
+    let huge = format!(r#"{{"text":"{}"}}"#, "x".repeat(20_000));
+    let a = call(&app, "POST", "/todos", Some(&huge), &[]).await;
+    assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(message(&a).starts_with("body: larger than"));
+    let request = Request::builder()
+        .method("POST")
+        .uri("/todos")
+        .header("x-api-key", KEY)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from("buy milk"))
+        .unwrap();
+    let response = router(app.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+}
+
+#[tokio::test]
+async fn api_key_is_required_everywhere_but_health() {
+    let app = app(Some(KEY));
+    for (method, uri) in [
+        ("GET", "/todos"),
+        ("POST", "/todos"),
+        ("GET", "/todos/abc"),
+        ("GET", "/openapi.json"),
+    ] {
+        for key in [None, Some("wrong-key-wrong-key-wrong"), Some("")] {
+            let mut request = Request::builder().method(method).uri(uri);
+            if let Some(k) = key {
+                request = request.header("x-api-key", k);
+            }
+            let response = router(app.clone())
+                .oneshot(request.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::FORBIDDEN,
+                "{method} {uri} with {key:?}"
+            );
+            assert_eq!(response.headers().get(REGION_HEADER).unwrap(), "us-west-2");
+            let body: Value = serde_json::from_slice(
+                &axum::body::to_bytes(response.into_body(), 1024)
+                    .await
+                    .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(body, json!({"message": "Forbidden"}));
+        }
+    }
+    let health = Request::builder()
+        .uri("/todos/health")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        router(app).oneshot(health).await.unwrap().status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn health_reports_the_table_and_the_maintenance_switch() {
+    let app = app(Some(KEY));
+    let ok = call(&app, "GET", "/todos/health", None, &[]).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert_eq!(
+        ok.body,
+        json!({"region": "us-west-2", "table": "todos", "status": "ok"})
+    );
+    app.store.down.store(true, Ordering::SeqCst);
+    let down = call(&app, "GET", "/todos/health", None, &[]).await;
+    assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(down.body["status"], "unavailable");
+    // With the table down, the API answers 503, not 500.
+    assert_eq!(
+        call(&app, "GET", "/todos", None, &[]).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    app.store.down.store(false, Ordering::SeqCst);
+    app.maintenance.flag.store(true, Ordering::SeqCst);
+    let drill = call(&app, "GET", "/todos/health", None, &[]).await;
+    assert_eq!(drill.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(drill.body["status"], "maintenance");
+    // The file switch.
+    let file = std::env::temp_dir().join(format!("maintenance-{}", std::process::id()));
+    let app2 = Arc::new(App {
+        maintenance: Maintenance {
+            flag: AtomicBool::new(false),
+            file: Some(file.clone()),
+        },
+        ..Arc::try_unwrap(self::app(Some(KEY))).unwrap()
+    });
+    assert_eq!(
+        call(&app2, "GET", "/todos/health", None, &[]).await.status,
+        StatusCode::OK
+    );
+    std::fs::write(&file, "").unwrap();
+    assert_eq!(
+        call(&app2, "GET", "/todos/health", None, &[]).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(
+        call(&app2, "GET", "/todos/health", None, &[]).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn openapi_document_matches_the_router() {
+    let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+    assert_eq!(
+        doc["openapi"].as_str().map(|v| v.starts_with("3.")),
+        Some(true)
+    );
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, item) in paths {
+        for method in ["get", "put", "post", "delete", "patch", "head", "options"] {
+            if item.get(method).is_some() {
+                documented.push((path.clone(), method.to_owned()));
+            }
+        }
+    }
+    let mut routed: Vec<(String, String)> = ROUTES
+        .iter()
+        .flat_map(|(p, ms)| ms.iter().map(move |m| ((*p).to_owned(), (*m).to_owned())))
+        .collect();
+    documented.sort();
+    routed.sort();
+    assert_eq!(documented, routed, "openapi.json and ROUTES differ");
+    // Every listed route is served by the router (not the 404/405 fallbacks), and others are not.
+    let app = app(Some(KEY));
+    for (path, method) in &routed {
+        let uri = path.replace("{id}", "some-id");
+        let a = call(&app, &method.to_uppercase(), &uri, Some("{}"), &[]).await;
+        assert!(
+            a.status != StatusCode::METHOD_NOT_ALLOWED
+                && message(&a) != "no such route; see /openapi.json",
+            "{method} {path} is documented but not routed: {:?}",
+            a.body
+        );
+    }
+    for (path, method) in [
+        ("/todos", "DELETE"),
+        ("/todos/some-id", "POST"),
+        ("/todos/health", "POST"),
+    ] {
+        let a = call(&app, method, path, None, &[]).await;
+        assert_eq!(
+            a.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path} is routed but not documented"
+        );
+    }
+    let served = call(&app, "GET", "/openapi.json", None, &[]).await;
+    assert_eq!(served.body, doc);
+}
