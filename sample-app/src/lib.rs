@@ -518,6 +518,34 @@ async fn require_api_key<S: TodoStore>(
     }
 }
 
+/// On Lambda: `lambda_http` puts the API Gateway stage in front of the path (`/prod/todos`), also for
+/// requests through a custom domain whose base path mapping hides it. The router serves `/todos`, so
+/// the stage from the request context is taken off again.
+pub fn strip_stage(mut request: lambda_http::Request) -> lambda_http::Request {
+    use lambda_http::RequestExt;
+    use lambda_http::request::RequestContext;
+    let stage = match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV1(context)) => context.stage.clone(),
+        _ => None,
+    };
+    let Some(stage) = stage else { return request };
+    let prefix = format!("/{stage}");
+    let path = request.uri().path();
+    let stripped = match path.strip_prefix(&prefix) {
+        Some("") => "/".to_owned(),
+        Some(rest) if rest.starts_with('/') => rest.to_owned(),
+        _ => return request,
+    };
+    let path_and_query = match request.uri().query() {
+        Some(q) => format!("{stripped}?{q}"),
+        None => stripped,
+    };
+    if let Ok(uri) = path_and_query.parse() {
+        *request.uri_mut() = uri;
+    }
+    request
+}
+
 /// The router, with the region header on every response and, for the local server, the API key check.
 pub fn router<S: TodoStore>(app: Arc<App<S>>) -> Router {
     let region =

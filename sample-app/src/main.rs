@@ -145,9 +145,14 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        None => lambda_http::run(router)
-            .await
-            .map_err(|e| anyhow::anyhow!("Lambda runtime: {e}")),
+        None => {
+            let service = tower::ServiceBuilder::new()
+                .map_request(sample_app::strip_stage)
+                .service(router);
+            lambda_http::run(service)
+                .await
+                .map_err(|e| anyhow::anyhow!("Lambda runtime: {e}"))
+        }
     }
 }
 

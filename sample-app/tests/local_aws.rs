@@ -1,0 +1,324 @@
+//! The real `sample-app` binary as a local server against the local AWS.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
+};
+use serde_json::Value;
+use tworegion_common::test_support::{LocalAws, REGION_A, TablesCleanup, unique_name};
+
+const KEY: &str = "local-test-api-key-0123456789";
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Value,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Answer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body.unwrap_or_default());
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").expect("a full response");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body_text = if chunked {
+        let mut out = String::new();
+        let mut rest = rest;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+        out
+    } else {
+        rest.to_owned()
+    };
+    let body = serde_json::from_str(&body_text).unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn start(local: &LocalAws, table: &str, maintenance_file: &std::path::Path) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_sample-app"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--region",
+            REGION_A,
+            "--table",
+            table,
+        ])
+        .args(["--api-key", KEY, "--log-format", "json"])
+        .arg("--maintenance-file")
+        .arg(maintenance_file)
+        .envs(local.child_env())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sample-app");
+    let server = Server { child, port };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return server;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("sample-app did not listen on {port}");
+}
+
+#[tokio::test]
+async fn todo_api_against_the_local_aws() {
+    let local = LocalAws::from_env();
+    let cleanup = TablesCleanup::new(&local);
+    let client = local.dynamodb(REGION_A);
+    let table = unique_name("todos");
+    client
+        .create_table()
+        .table_name(&table)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("id")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("attr"),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("id")
+                .key_type(KeyType::Hash)
+                .build()
+                .expect("key"),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("create table");
+    cleanup.table(REGION_A, &table);
+    let switch = std::env::temp_dir().join(unique_name("maintenance"));
+    let server = start(&local, &table, &switch).await;
+    let key = [("x-api-key", KEY)];
+    let p = server.port;
+
+    // Health: no key needed; 200, then 503 under the maintenance switch, then 200 again.
+    let health = http(p, "GET", "/todos/health", None, &[]).await;
+    assert_eq!(health.status, 200, "{:?}", health.body);
+    assert_eq!(health.body["status"], "ok");
+    assert_eq!(health.body["table"], table.as_str());
+    std::fs::write(&switch, "").unwrap();
+    let drill = http(p, "GET", "/todos/health", None, &[]).await;
+    assert_eq!(drill.status, 503);
+    assert_eq!(drill.body["status"], "maintenance");
+    std::fs::remove_file(&switch).unwrap();
+    assert_eq!(http(p, "GET", "/todos/health", None, &[]).await.status, 200);
+
+    // 403 without the key, as API Gateway answers.
+    let forbidden = http(p, "GET", "/todos", None, &[]).await;
+    assert_eq!(forbidden.status, 403);
+    assert_eq!(forbidden.body["message"], "Forbidden");
+    assert_eq!(forbidden.header("x-tworegion-region"), Some(REGION_A));
+
+    // Create, read, update (versions increase), list with pagination, delete.
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let created = http(
+            p,
+            "POST",
+            "/todos",
+            Some(&format!(r#"{{"text":"item {i}"}}"#)),
+            &key,
+        )
+        .await;
+        assert_eq!(created.status, 201, "{:?}", created.body);
+        assert_eq!(created.header("x-tworegion-region"), Some(REGION_A));
+        ids.push(created.body["id"].as_str().unwrap().to_owned());
+    }
+    let id = &ids[0];
+    let read = http(p, "GET", &format!("/todos/{id}"), None, &key).await;
+    assert_eq!(read.status, 200);
+    assert_eq!(read.body["text"], "item 0");
+    let v1: u64 = read
+        .header("etag")
+        .unwrap()
+        .trim_matches('"')
+        .parse()
+        .unwrap();
+    let updated = http(
+        p,
+        "PUT",
+        &format!("/todos/{id}"),
+        Some(r#"{"text":"item 0 done","checked":true}"#),
+        &key,
+    )
+    .await;
+    assert_eq!(updated.status, 200);
+    let v2: u64 = updated
+        .header("etag")
+        .unwrap()
+        .trim_matches('"')
+        .parse()
+        .unwrap();
+    assert!(v2 > v1, "versions increase: {v1} -> {v2}");
+    // The stored item carries the convention's stamps.
+    let stored = client
+        .get_item()
+        .table_name(&table)
+        .key("id", AttributeValue::S(id.clone()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert_eq!(stored["rep_version"], AttributeValue::N(v2.to_string()));
+    assert_eq!(stored["rep_origin"], AttributeValue::S(REGION_A.to_owned()));
+
+    let mut listed = Vec::new();
+    let mut next: Option<String> = None;
+    for _ in 0..10 {
+        let uri = match &next {
+            Some(n) => format!("/todos?limit=2&next={n}"),
+            None => "/todos?limit=2".to_owned(),
+        };
+        let page = http(p, "GET", &uri, None, &key).await;
+        assert_eq!(page.status, 200, "{:?}", page.body);
+        let items = page.body["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        listed.extend(items.iter().map(|t| t["id"].as_str().unwrap().to_owned()));
+        next = page.body["next"].as_str().map(str::to_owned);
+        if next.is_none() {
+            break;
+        }
+    }
+    listed.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(listed, expected);
+
+    let deleted = http(p, "DELETE", &format!("/todos/{id}"), None, &key).await;
+    assert_eq!(deleted.status, 204);
+    assert_eq!(
+        http(p, "GET", &format!("/todos/{id}"), None, &key)
+            .await
+            .status,
+        404
+    );
+    let tomb = client
+        .get_item()
+        .table_name(&table)
+        .key("id", AttributeValue::S(id.clone()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert_eq!(
+        tomb["rep_deleted"],
+        AttributeValue::Bool(true),
+        "a tombstone is kept"
+    );
+    let AttributeValue::N(v3) = &tomb["rep_version"] else {
+        panic!("version")
+    };
+    assert!(v3.parse::<u64>().unwrap() > v2);
+    assert!(tomb.contains_key("rep_expires"));
+    let all = http(p, "GET", "/todos?limit=100", None, &key).await;
+    assert!(
+        !all.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == id.as_str()),
+        "the tombstone is hidden"
+    );
+}
+
+#[tokio::test]
+async fn health_is_503_when_the_table_cannot_be_read() {
+    let local = LocalAws::from_env();
+    let switch = std::env::temp_dir().join(unique_name("maintenance"));
+    let server = start(&local, &unique_name("missing-table"), &switch).await;
+    let health = http(server.port, "GET", "/todos/health", None, &[]).await;
+    assert_eq!(health.status, 503);
+    assert_eq!(health.body["status"], "unavailable");
+    let list = http(server.port, "GET", "/todos", None, &[("x-api-key", KEY)]).await;
+    assert_eq!(
+        list.status, 503,
+        "no 500 when the table is missing: {:?}",
+        list.body
+    );
+}
