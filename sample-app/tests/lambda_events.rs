@@ -1,6 +1,9 @@
 //! The Lambda entry point fed with real API Gateway REST proxy events (JSON fixtures), the way
 //! `lambda_http` hands them to the router.
 
+// Test helpers report failure by panicking.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;

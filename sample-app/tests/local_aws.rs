@@ -1,5 +1,8 @@
 //! The real `sample-app` binary as a local server against the local AWS.
 
+// Test helpers report failure by panicking.
+#![allow(clippy::unwrap_used)]
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 

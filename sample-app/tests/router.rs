@@ -1,5 +1,8 @@
 //! The router in process, against the in-memory table: every route, status code and error body.
 
+// Test helpers report failure by panicking.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
