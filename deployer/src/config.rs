@@ -1,0 +1,740 @@
+//! The deployer's config file (TOML): what to build in both regions. Parsed with unknown fields
+//! rejected, then validated into a [`Deployment`]; every error names the field and says how to fix it.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use tworegion_common::aws::parse_region;
+
+/// The file as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// The application's name; part of every resource name and tag (`tworegion:app`).
+    pub app: String,
+    /// The stage (dev, prod, ...); part of every resource name and tag (`tworegion:stage`).
+    pub stage: String,
+    /// The region that serves traffic (PRIMARY in failover routing).
+    pub primary_region: String,
+    /// The other region (SECONDARY in failover routing).
+    pub secondary_region: String,
+    /// The public name and its hosted zone.
+    pub dns: DnsFile,
+    /// TLS certificates for the custom domain, one per region.
+    pub certificates: CertificatesFile,
+    /// The DynamoDB table.
+    pub table: TableFile,
+    /// The API key shared by both regions.
+    pub api_key: ApiKeyFile,
+    /// The usage plan of the API stage.
+    #[serde(default)]
+    pub usage_plan: UsagePlanFile,
+    /// Route 53 health checks on each region's health path.
+    #[serde(default)]
+    pub health_check: HealthCheckFile,
+    /// How Route 53 sends clients to the regions.
+    #[serde(default)]
+    pub routing: RoutingFile,
+    /// The Lambda function.
+    pub lambda: LambdaFile,
+    /// The replicator's ECS services.
+    pub replicator: ReplicatorFile,
+}
+
+/// `[dns]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsFile {
+    /// The public name clients use, e.g. `api.todos.example.com`.
+    pub domain_name: String,
+    /// The Route 53 hosted zone: its name (`todos.example.com`) or ID (`Z0123456789ABC`).
+    pub hosted_zone: String,
+}
+
+/// `[certificates]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CertificatesFile {
+    /// An existing ACM certificate ARN per region (`{ us-east-1 = "arn:...", us-west-2 = "arn:..." }`).
+    /// Leave empty to request certificates from ACM with DNS validation records in the hosted zone.
+    #[serde(default)]
+    pub arns: BTreeMap<String, String>,
+}
+
+/// `[table]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableFile {
+    /// The table's name (the same in both regions).
+    pub name: String,
+    /// The partition key.
+    pub partition_key: KeyFile,
+    /// The sort key, if any.
+    pub sort_key: Option<KeyFile>,
+    /// `PAY_PER_REQUEST` (default) or `PROVISIONED`.
+    #[serde(default = "default_billing")]
+    pub billing_mode: String,
+    /// Read capacity units (PROVISIONED only).
+    pub read_capacity: Option<i64>,
+    /// Write capacity units (PROVISIONED only).
+    pub write_capacity: Option<i64>,
+}
+
+fn default_billing() -> String {
+    "PAY_PER_REQUEST".to_owned()
+}
+
+/// A key attribute.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyFile {
+    /// Attribute name.
+    pub name: String,
+    /// `S`, `N` or `B`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// `[api_key]`: exactly one of `from_env` and `generate`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyFile {
+    /// Take the key's value from this environment variable (20 to 128 characters).
+    pub from_env: Option<String>,
+    /// Generate a value on the first `up` in the primary region and read it back from there afterwards.
+    #[serde(default)]
+    pub generate: bool,
+}
+
+/// `[usage_plan]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsagePlanFile {
+    /// Steady requests per second per key.
+    #[serde(default = "default_rate")]
+    pub rate_limit: f64,
+    /// Burst size.
+    #[serde(default = "default_burst")]
+    pub burst_limit: i32,
+    /// Requests per quota period; 0 means no quota.
+    #[serde(default)]
+    pub quota_limit: i32,
+    /// `DAY`, `WEEK` or `MONTH`.
+    #[serde(default = "default_period")]
+    pub quota_period: String,
+}
+
+fn default_rate() -> f64 {
+    100.0
+}
+fn default_burst() -> i32 {
+    200
+}
+fn default_period() -> String {
+    "MONTH".to_owned()
+}
+
+impl Default for UsagePlanFile {
+    fn default() -> Self {
+        UsagePlanFile {
+            rate_limit: default_rate(),
+            burst_limit: default_burst(),
+            quota_limit: 0,
+            quota_period: default_period(),
+        }
+    }
+}
+
+/// `[health_check]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    /// The path Route 53 requests (HTTPS, SNI) on each region's API.
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// Seconds between checks: 10 or 30 (fixed once created).
+    #[serde(default = "default_interval")]
+    pub interval: i32,
+    /// Consecutive failures before a region counts as unhealthy: 1 to 10.
+    #[serde(default = "default_threshold")]
+    pub failure_threshold: i32,
+    /// Checker regions (at least 3 of Route 53's), or empty for Route 53's default set.
+    #[serde(default)]
+    pub regions: Vec<String>,
+}
+
+fn default_health_path() -> String {
+    "/todos/health".to_owned()
+}
+fn default_interval() -> i32 {
+    30
+}
+fn default_threshold() -> i32 {
+    3
+}
+
+impl Default for HealthCheckFile {
+    fn default() -> Self {
+        HealthCheckFile {
+            path: default_health_path(),
+            interval: default_interval(),
+            failure_threshold: default_threshold(),
+            regions: Vec::new(),
+        }
+    }
+}
+
+/// `[routing]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingFile {
+    /// `failover` (active-passive, default) or `latency` (active-active).
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+/// `[lambda]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LambdaFile {
+    /// The artifact: a zip holding `bootstrap` (scripts/package-lambda builds it).
+    pub artifact: String,
+    /// Memory in MB (128 to 10240).
+    #[serde(default = "default_memory")]
+    pub memory_mb: i32,
+    /// Timeout in seconds (1 to 29, below API Gateway's 29 s integration limit).
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: i32,
+}
+
+fn default_memory() -> i32 {
+    256
+}
+fn default_timeout() -> i32 {
+    10
+}
+
+/// `[replicator]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicatorFile {
+    /// `one-way` (primary to secondary only) or `lww` (both ways).
+    pub mode: String,
+    /// The container image.
+    pub image: String,
+    /// Fargate CPU units (256, 512, 1024, 2048, 4096).
+    #[serde(default = "default_cpu")]
+    pub cpu: i32,
+    /// Fargate memory in MB (valid for the CPU).
+    #[serde(default = "default_task_memory")]
+    pub memory: i32,
+    /// Tasks per direction.
+    #[serde(default = "default_count")]
+    pub desired_count: i32,
+    /// Subnets and security groups per region; the default VPC's when a region is not given.
+    #[serde(default)]
+    pub network: BTreeMap<String, NetworkFile>,
+}
+
+fn default_cpu() -> i32 {
+    256
+}
+fn default_task_memory() -> i32 {
+    512
+}
+fn default_count() -> i32 {
+    1
+}
+
+/// `[replicator.network.<region>]`
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkFile {
+    /// Subnet IDs.
+    pub subnets: Vec<String>,
+    /// Security group IDs.
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+}
+
+/// A config problem: the field (dotted path) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct ConfigError {
+    /// Dotted path, e.g. `health_check.failure_threshold`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+fn bad(field: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+/// How clients are routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// PRIMARY / SECONDARY failover records with health checks.
+    Failover,
+    /// Latency records with health checks (active-active).
+    Latency,
+}
+
+/// Where the API key's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiKeySource {
+    /// This value (read from the named environment variable).
+    Value(String),
+    /// Generated once, then read back from the primary region.
+    Generate,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    /// The file, checked.
+    pub file: ConfigFile,
+    /// `[primary, secondary]`.
+    pub regions: [String; 2],
+    /// Routing mode.
+    pub routing: Routing,
+    /// The API key's source.
+    pub api_key: ApiKeySource,
+}
+
+const CHECKER_REGIONS: &[&str] = &[
+    "us-east-1",
+    "us-west-1",
+    "us-west-2",
+    "eu-west-1",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ap-northeast-1",
+    "sa-east-1",
+];
+
+fn name(field: &str, value: &str, max: usize) -> Result<(), ConfigError> {
+    let ok = !value.is_empty()
+        && value.len() <= max
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && value
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic());
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(
+            field,
+            format!(
+                "{value:?} must start with a letter and have 1 to {max} letters, digits or '-'"
+            ),
+        ))
+    }
+}
+
+impl ConfigFile {
+    /// Parses TOML text; unknown fields and wrong types are errors naming the field.
+    pub fn parse(text: &str) -> Result<ConfigFile, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let message = e.message().to_owned();
+            let field = message
+                .split('`')
+                .nth(1)
+                .filter(|_| message.starts_with("unknown field"))
+                .unwrap_or("config")
+                .to_owned();
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].lines().count().max(1);
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            bad(&field, format!("{message}{at}"))
+        })
+    }
+
+    /// Validates the file. `env` looks up environment variables (the API key's value), so that tests
+    /// need not set any.
+    pub fn validate(self, env: &dyn Fn(&str) -> Option<String>) -> Result<Deployment, ConfigError> {
+        name("app", &self.app, 20)?;
+        name("stage", &self.stage, 12)?;
+        for (field, region) in [
+            ("primary_region", &self.primary_region),
+            ("secondary_region", &self.secondary_region),
+        ] {
+            parse_region(region).map_err(|e| bad(field, e.to_string()))?;
+        }
+        if self.primary_region == self.secondary_region {
+            return Err(bad("secondary_region", "must differ from primary_region"));
+        }
+        let regions = [self.primary_region.clone(), self.secondary_region.clone()];
+        let domain = &self.dns.domain_name;
+        if !domain.contains('.')
+            || domain.starts_with('.')
+            || domain.ends_with('.')
+            || domain.contains(' ')
+        {
+            return Err(bad(
+                "dns.domain_name",
+                format!("{domain:?} is not a domain name like api.example.com"),
+            ));
+        }
+        if self.dns.hosted_zone.trim().is_empty() {
+            return Err(bad("dns.hosted_zone", "give the hosted zone's name or ID"));
+        }
+        for (region, arn) in &self.certificates.arns {
+            if !regions.contains(region) {
+                return Err(bad(
+                    &format!("certificates.arns.{region}"),
+                    "not one of the two regions",
+                ));
+            }
+            if !arn.starts_with("arn:aws")
+                || !arn.contains(":acm:")
+                || !arn.contains(region.as_str())
+            {
+                return Err(bad(
+                    &format!("certificates.arns.{region}"),
+                    format!("{arn:?} is not an ACM certificate ARN in {region}"),
+                ));
+            }
+        }
+        if !self.certificates.arns.is_empty() && self.certificates.arns.len() != 2 {
+            return Err(bad(
+                "certificates.arns",
+                "give an ARN for both regions, or none to request them from ACM",
+            ));
+        }
+        if !(3..=255).contains(&self.table.name.len()) {
+            return Err(bad("table.name", "must have 3 to 255 characters"));
+        }
+        for (field, key) in [
+            ("table.partition_key", Some(&self.table.partition_key)),
+            ("table.sort_key", self.table.sort_key.as_ref()),
+        ] {
+            if let Some(key) = key {
+                if key.name.is_empty() {
+                    return Err(bad(&format!("{field}.name"), "must not be empty"));
+                }
+                if !matches!(key.kind.as_str(), "S" | "N" | "B") {
+                    return Err(bad(
+                        &format!("{field}.type"),
+                        format!("{:?} is not S, N or B", key.kind),
+                    ));
+                }
+            }
+        }
+        match self.table.billing_mode.as_str() {
+            "PAY_PER_REQUEST" => {
+                if self.table.read_capacity.is_some() || self.table.write_capacity.is_some() {
+                    return Err(bad(
+                        "table.read_capacity",
+                        "capacities apply to PROVISIONED billing only",
+                    ));
+                }
+            }
+            "PROVISIONED" => {
+                for (field, v) in [
+                    ("table.read_capacity", self.table.read_capacity),
+                    ("table.write_capacity", self.table.write_capacity),
+                ] {
+                    if v.is_none_or(|v| v < 1) {
+                        return Err(bad(
+                            field,
+                            "PROVISIONED billing needs a capacity of at least 1",
+                        ));
+                    }
+                }
+            }
+            other => {
+                return Err(bad(
+                    "table.billing_mode",
+                    format!("{other:?} is not PAY_PER_REQUEST or PROVISIONED"),
+                ));
+            }
+        }
+        let api_key = match (&self.api_key.from_env, self.api_key.generate) {
+            (Some(var), false) => {
+                let value = env(var).ok_or_else(|| {
+                    bad(
+                        "api_key.from_env",
+                        format!("the environment variable {var} is not set"),
+                    )
+                })?;
+                if !(20..=128).contains(&value.chars().count()) {
+                    return Err(bad(
+                        "api_key.from_env",
+                        format!(
+                            "the key in {var} has {} characters; API Gateway needs 20 to 128",
+                            value.chars().count()
+                        ),
+                    ));
+                }
+                ApiKeySource::Value(value)
+            }
+            (None, true) => ApiKeySource::Generate,
+            _ => {
+                return Err(bad(
+                    "api_key",
+                    "set exactly one of from_env = \"VAR\" and generate = true",
+                ));
+            }
+        };
+        let plan = &self.usage_plan;
+        if plan.rate_limit <= 0.0 || plan.burst_limit < 1 {
+            return Err(bad(
+                "usage_plan.rate_limit",
+                "rate_limit and burst_limit must be positive",
+            ));
+        }
+        if plan.quota_limit < 0 || !matches!(plan.quota_period.as_str(), "DAY" | "WEEK" | "MONTH") {
+            return Err(bad(
+                "usage_plan.quota_period",
+                "quota_limit >= 0 and quota_period DAY, WEEK or MONTH",
+            ));
+        }
+        let hc = &self.health_check;
+        if !hc.path.starts_with('/') {
+            return Err(bad("health_check.path", "must start with /"));
+        }
+        if !matches!(hc.interval, 10 | 30) {
+            return Err(bad(
+                "health_check.interval",
+                format!("{} is not 10 or 30 (seconds)", hc.interval),
+            ));
+        }
+        if !(1..=10).contains(&hc.failure_threshold) {
+            return Err(bad(
+                "health_check.failure_threshold",
+                format!("{} is outside 1 to 10", hc.failure_threshold),
+            ));
+        }
+        if !hc.regions.is_empty() {
+            if hc.regions.len() < 3 {
+                return Err(bad(
+                    "health_check.regions",
+                    "give at least 3 checker regions, or none for the default set",
+                ));
+            }
+            if let Some(r) = hc
+                .regions
+                .iter()
+                .find(|r| !CHECKER_REGIONS.contains(&r.as_str()))
+            {
+                return Err(bad(
+                    "health_check.regions",
+                    format!("{r:?} is not a Route 53 checker region ({CHECKER_REGIONS:?})"),
+                ));
+            }
+        }
+        let routing = match self.routing.mode.as_deref() {
+            None | Some("failover") => Routing::Failover,
+            Some("latency") => Routing::Latency,
+            Some(other) => {
+                return Err(bad(
+                    "routing.mode",
+                    format!("{other:?} is not failover or latency"),
+                ));
+            }
+        };
+        if !self.lambda.artifact.ends_with(".zip") {
+            return Err(bad(
+                "lambda.artifact",
+                "must be a .zip holding bootstrap (scripts/package-lambda)",
+            ));
+        }
+        if !(128..=10_240).contains(&self.lambda.memory_mb) {
+            return Err(bad("lambda.memory_mb", "must be 128 to 10240"));
+        }
+        if !(1..=29).contains(&self.lambda.timeout_seconds) {
+            return Err(bad(
+                "lambda.timeout_seconds",
+                "must be 1 to 29 (API Gateway gives up after 29 s)",
+            ));
+        }
+        let r = &self.replicator;
+        if !matches!(r.mode.as_str(), "one-way" | "lww") {
+            return Err(bad(
+                "replicator.mode",
+                format!("{:?} is not one-way or lww", r.mode),
+            ));
+        }
+        if r.image.trim().is_empty() {
+            return Err(bad("replicator.image", "give the container image"));
+        }
+        let memory_ok = match r.cpu {
+            256 => [512, 1024, 2048].contains(&r.memory),
+            512 => (1024..=4096).contains(&r.memory) && r.memory % 1024 == 0,
+            1024 => (2048..=8192).contains(&r.memory) && r.memory % 1024 == 0,
+            2048 => (4096..=16_384).contains(&r.memory) && r.memory % 1024 == 0,
+            4096 => (8192..=30_720).contains(&r.memory) && r.memory % 1024 == 0,
+            _ => {
+                return Err(bad(
+                    "replicator.cpu",
+                    format!("{} is not 256, 512, 1024, 2048 or 4096", r.cpu),
+                ));
+            }
+        };
+        if !memory_ok {
+            return Err(bad(
+                "replicator.memory",
+                format!(
+                    "{} MB is not a Fargate size for {} CPU units",
+                    r.memory, r.cpu
+                ),
+            ));
+        }
+        if !(0..=10).contains(&r.desired_count) {
+            return Err(bad("replicator.desired_count", "must be 0 to 10"));
+        }
+        for (region, net) in &r.network {
+            if !regions.contains(region) {
+                return Err(bad(
+                    &format!("replicator.network.{region}"),
+                    "not one of the two regions",
+                ));
+            }
+            if net.subnets.is_empty() {
+                return Err(bad(
+                    &format!("replicator.network.{region}.subnets"),
+                    "give at least one subnet",
+                ));
+            }
+        }
+        Ok(Deployment {
+            file: self,
+            regions,
+            routing,
+            api_key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const EXAMPLE: &str = r#"
+app = "todos"
+stage = "dev"
+primary_region = "us-east-1"
+secondary_region = "us-west-2"
+
+[dns]
+domain_name = "api.todos.example.com"
+hosted_zone = "todos.example.com"
+
+[certificates]
+
+[table]
+name = "todos"
+partition_key = { name = "id", type = "S" }
+
+[api_key]
+from_env = "TODOS_API_KEY"
+
+[health_check]
+path = "/todos/health"
+interval = 10
+failure_threshold = 3
+regions = ["us-east-1", "us-west-2", "eu-west-1"]
+
+[lambda]
+artifact = "target/lambda/sample-app.zip"
+
+[replicator]
+mode = "lww"
+image = "public.ecr.aws/example/tworegion-replicator:0.1.0"
+"#;
+
+    fn env(var: &str) -> Option<String> {
+        (var == "TODOS_API_KEY").then(|| "0123456789abcdefghij-key".to_owned())
+    }
+
+    fn with(change: &str, value: &str) -> Result<Deployment, ConfigError> {
+        let text = EXAMPLE.replace(change, value);
+        ConfigFile::parse(&text)?.validate(&env)
+    }
+
+    #[test]
+    fn the_example_is_valid() {
+        let d = ConfigFile::parse(EXAMPLE).unwrap().validate(&env).unwrap();
+        assert_eq!(d.regions, ["us-east-1".to_owned(), "us-west-2".to_owned()]);
+        assert_eq!(d.routing, Routing::Failover);
+        assert_eq!(
+            d.api_key,
+            ApiKeySource::Value("0123456789abcdefghij-key".into())
+        );
+        assert_eq!(d.file.usage_plan.rate_limit, 100.0);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                "stage = \"dev\"",
+                "stage = \"dev\"\ncolour = \"blue\"",
+                "colour",
+            ),
+            (
+                "primary_region = \"us-east-1\"",
+                "primary_region = \"mars-1\"",
+                "primary_region",
+            ),
+            (
+                "failure_threshold = 3",
+                "failure_threshold = 11",
+                "health_check.failure_threshold",
+            ),
+            ("interval = 10", "interval = 20", "health_check.interval"),
+            (
+                "from_env = \"TODOS_API_KEY\"",
+                "from_env = \"SHORT_KEY\"",
+                "api_key.from_env",
+            ),
+            ("mode = \"lww\"", "mode = \"both\"", "replicator.mode"),
+            (
+                "regions = [\"us-east-1\", \"us-west-2\", \"eu-west-1\"]",
+                "regions = [\"us-east-1\"]",
+                "health_check.regions",
+            ),
+            (
+                "artifact = \"target/lambda/sample-app.zip\"",
+                "artifact = \"bootstrap\"",
+                "lambda.artifact",
+            ),
+            (
+                "partition_key = { name = \"id\", type = \"S\" }",
+                "partition_key = { name = \"id\", type = \"X\" }",
+                "table.partition_key.type",
+            ),
+            (
+                "secondary_region = \"us-west-2\"",
+                "secondary_region = \"us-east-1\"",
+                "secondary_region",
+            ),
+        ];
+        let env_short = |var: &str| match var {
+            "SHORT_KEY" => Some("too-short".to_owned()),
+            other => env(other),
+        };
+        for (from, to, field) in cases {
+            let text = EXAMPLE.replace(from, to);
+            let result = ConfigFile::parse(&text).and_then(|f| f.validate(&env_short));
+            let err = result.err().unwrap_or_else(|| panic!("{to} must fail"));
+            assert_eq!(err.field, field, "{to}: {err}");
+            assert!(err.to_string().starts_with(&format!("{field}: ")), "{err}");
+        }
+        let err = with("from_env = \"TODOS_API_KEY\"", "from_env = \"MISSING\"").unwrap_err();
+        assert!(err.problem.contains("MISSING is not set"), "{err}");
+        let err = with("from_env = \"TODOS_API_KEY\"", "from_env = \"SHORT_KEY\"");
+        assert!(err.is_err());
+    }
+}

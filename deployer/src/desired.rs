@@ -1,0 +1,504 @@
+//! The resources a deployment needs, as plain data that `plan` can compare with what exists.
+//!
+//! A resource is identified by its kind, region (none for global ones) and name; its properties are
+//! the settings the deployer manages, as JSON values. Values that only exist once something else does
+//! (an API's ID) are written as references `"ref:<Kind>/<region>/<name>"`, resolved when applying.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::config::{ApiKeySource, Deployment, Routing};
+
+/// Resource kinds, in the order they are created (deleted in reverse).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum Kind {
+    /// DynamoDB table with its stream and TTL.
+    Table,
+    /// IAM role of the Lambda function (least privilege).
+    LambdaRole,
+    /// The Lambda function.
+    LambdaFunction,
+    /// The REST API (proxy and health routes, deployment, stage).
+    RestApi,
+    /// API Gateway's permission to invoke the function.
+    LambdaPermission,
+    /// The API key (same value in both regions).
+    ApiKey,
+    /// The usage plan of the stage.
+    UsagePlan,
+    /// The key's membership in the usage plan.
+    UsagePlanKey,
+    /// The ACM certificate for the domain.
+    Certificate,
+    /// The regional custom domain.
+    DomainName,
+    /// The custom domain's empty base path mapping to the stage.
+    BasePathMapping,
+    /// The Route 53 health check on the region's health path.
+    HealthCheck,
+    /// The replicator's ECS cluster.
+    EcsCluster,
+    /// The replicator's log group.
+    LogGroup,
+    /// The replicator task's role (least privilege).
+    TaskRole,
+    /// The replicator's execution role (image pull, logs).
+    ExecutionRole,
+    /// The replicator's task definition.
+    TaskDefinition,
+    /// The replicator's ECS service.
+    EcsService,
+    /// The Route 53 records of the public name (failover or latency).
+    DnsRecord,
+}
+
+impl Kind {
+    /// Properties that cannot change in place: a difference replaces the resource.
+    pub fn immutable(self) -> &'static [&'static str] {
+        match self {
+            Kind::Table => &["partition_key", "sort_key"],
+            Kind::HealthCheck => &["request_interval", "type"],
+            Kind::Certificate => &["domain_name"],
+            Kind::DomainName => &["certificate"],
+            _ => &[],
+        }
+    }
+}
+
+/// One resource.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Resource {
+    /// Its kind.
+    pub kind: Kind,
+    /// Its region; `None` for global resources (Route 53 records).
+    pub region: Option<String>,
+    /// Its name.
+    pub name: String,
+    /// The managed properties.
+    pub props: BTreeMap<String, Value>,
+}
+
+impl Resource {
+    fn new(kind: Kind, region: Option<&str>, name: String, props: Value) -> Resource {
+        let props = match props {
+            Value::Object(map) => map.into_iter().collect(),
+            _ => BTreeMap::new(),
+        };
+        Resource {
+            kind,
+            region: region.map(str::to_owned),
+            name,
+            props,
+        }
+    }
+
+    /// `Kind/region/name`, for messages and references.
+    pub fn id(&self) -> String {
+        format!(
+            "{:?}/{}/{}",
+            self.kind,
+            self.region.as_deref().unwrap_or("global"),
+            self.name
+        )
+    }
+}
+
+fn reference(kind: Kind, region: &str, name: &str) -> Value {
+    Value::String(format!("ref:{kind:?}/{region}/{name}"))
+}
+
+/// Everything the deployment needs. `artifact_sha256` is the Lambda zip's hash (the caller reads the
+/// file), so that a new build is an update.
+pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
+    let f = &d.file;
+    let prefix = format!("{}-{}", f.app, f.stage);
+    let tags = json!({ "tworegion:app": f.app, "tworegion:stage": f.stage });
+    let stage = "live";
+    let mut out = Vec::new();
+    let api_key_value = match &d.api_key {
+        ApiKeySource::Value(v) => json!({ "source": "config", "value_length": v.chars().count() }),
+        ApiKeySource::Generate => json!({ "source": "generated in the primary region" }),
+    };
+    for (index, region) in d.regions.iter().enumerate() {
+        let r = region.as_str();
+        let table_arn = format!("arn:aws:dynamodb:{r}:*:table/{}", f.table.name);
+        out.push(Resource::new(
+            Kind::Table,
+            Some(r),
+            f.table.name.clone(),
+            json!({
+                "partition_key": { "name": f.table.partition_key.name, "type": f.table.partition_key.kind },
+                "sort_key": f.table.sort_key.as_ref().map(|k| json!({ "name": k.name, "type": k.kind })),
+                "billing_mode": f.table.billing_mode,
+                "read_capacity": f.table.read_capacity,
+                "write_capacity": f.table.write_capacity,
+                "stream": "NEW_AND_OLD_IMAGES",
+                "ttl_attribute": "rep_expires",
+                "tags": tags,
+            }),
+        ));
+        let function = format!("{prefix}-api");
+        let role = format!("{prefix}-api-{r}");
+        out.push(Resource::new(
+            Kind::LambdaRole,
+            Some(r),
+            role.clone(),
+            json!({
+                "assume": "lambda.amazonaws.com",
+                "policy": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        { "Effect": "Allow",
+                          "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Scan", "dynamodb:DescribeTable"],
+                          "Resource": table_arn },
+                        { "Effect": "Allow",
+                          "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                          "Resource": format!("arn:aws:logs:{r}:*:log-group:/aws/lambda/{function}:*") },
+                        { "Effect": "Allow", "Action": "logs:CreateLogGroup",
+                          "Resource": format!("arn:aws:logs:{r}:*:*") }
+                    ]
+                },
+                "tags": tags,
+            }),
+        ));
+        out.push(Resource::new(
+            Kind::LambdaFunction,
+            Some(r),
+            function.clone(),
+            json!({
+                "runtime": "provided.al2023",
+                "architecture": "x86_64",
+                "handler": "bootstrap",
+                "memory_mb": f.lambda.memory_mb,
+                "timeout_seconds": f.lambda.timeout_seconds,
+                "code_sha256": artifact_sha256,
+                "role": reference(Kind::LambdaRole, r, &role),
+                "environment": { "SAMPLE_APP_TABLE": f.table.name },
+                "tags": tags,
+            }),
+        ));
+        out.push(Resource::new(
+            Kind::RestApi,
+            Some(r),
+            prefix.clone(),
+            json!({
+                "endpoint": "REGIONAL",
+                "routes": [
+                    { "path": "/{proxy+}", "method": "ANY", "api_key_required": true },
+                    { "path": "/todos/health", "method": "GET", "api_key_required": false }
+                ],
+                "integration": reference(Kind::LambdaFunction, r, &function),
+                "stage": stage,
+                "tags": tags,
+            }),
+        ));
+        out.push(Resource::new(
+            Kind::LambdaPermission,
+            Some(r),
+            format!("{function}-apigateway"),
+            json!({ "function": function, "principal": "apigateway.amazonaws.com",
+                    "source": reference(Kind::RestApi, r, &prefix) }),
+        ));
+        out.push(Resource::new(
+            Kind::ApiKey,
+            Some(r),
+            format!("{prefix}-key"),
+            json!({ "value": api_key_value, "enabled": true, "tags": tags }),
+        ));
+        let usage = &f.usage_plan;
+        out.push(Resource::new(
+            Kind::UsagePlan,
+            Some(r),
+            format!("{prefix}-plan"),
+            json!({
+                "stage": stage,
+                "api": reference(Kind::RestApi, r, &prefix),
+                "rate_limit": usage.rate_limit,
+                "burst_limit": usage.burst_limit,
+                "quota": if usage.quota_limit > 0 { json!({ "limit": usage.quota_limit, "period": usage.quota_period }) } else { Value::Null },
+                "tags": tags,
+            }),
+        ));
+        out.push(Resource::new(
+            Kind::UsagePlanKey,
+            Some(r),
+            format!("{prefix}-plan-key"),
+            json!({ "plan": reference(Kind::UsagePlan, r, &format!("{prefix}-plan")),
+                    "key": reference(Kind::ApiKey, r, &format!("{prefix}-key")) }),
+        ));
+        let certificate = match f.certificates.arns.get(region) {
+            Some(arn) => json!({ "domain_name": f.dns.domain_name, "given_arn": arn }),
+            None => {
+                json!({ "domain_name": f.dns.domain_name, "validation": "DNS", "hosted_zone": f.dns.hosted_zone, "tags": tags })
+            }
+        };
+        out.push(Resource::new(
+            Kind::Certificate,
+            Some(r),
+            f.dns.domain_name.clone(),
+            certificate,
+        ));
+        out.push(Resource::new(
+            Kind::DomainName,
+            Some(r),
+            f.dns.domain_name.clone(),
+            json!({ "endpoint": "REGIONAL", "security_policy": "TLS_1_2",
+                    "certificate": reference(Kind::Certificate, r, &f.dns.domain_name), "tags": tags }),
+        ));
+        out.push(Resource::new(
+            Kind::BasePathMapping,
+            Some(r),
+            format!("{}/(none)", f.dns.domain_name),
+            json!({ "base_path": "", "api": reference(Kind::RestApi, r, &prefix), "stage": stage }),
+        ));
+        let hc = &f.health_check;
+        out.push(Resource::new(
+            Kind::HealthCheck,
+            Some(r),
+            format!("{prefix}-{r}"),
+            json!({
+                "type": "HTTPS",
+                "target": reference(Kind::RestApi, r, &prefix),
+                "resource_path": format!("/{stage}{}", hc.path),
+                "port": 443,
+                "enable_sni": true,
+                "request_interval": hc.interval,
+                "failure_threshold": hc.failure_threshold,
+                "regions": hc.regions,
+                "tags": { "Name": format!("{prefix}-{r}"), "tworegion:app": f.app, "tworegion:stage": f.stage },
+            }),
+        ));
+        // The replicator into this region reads the other region's stream (A to B runs in B).
+        let other = &d.regions[1 - index];
+        let runs_here = f.replicator.mode == "lww" || index == 1;
+        if runs_here {
+            let cluster = format!("{prefix}-replicator");
+            let log_group = format!("/tworegion/{prefix}/replicator");
+            let task_role = format!("{prefix}-replicator-{r}");
+            let exec_role = format!("{prefix}-replicator-exec-{r}");
+            let lease_table = format!("{prefix}-replicator-leases");
+            let network = f.replicator.network.get(region);
+            out.push(Resource::new(
+                Kind::EcsCluster,
+                Some(r),
+                cluster.clone(),
+                json!({ "tags": tags }),
+            ));
+            out.push(Resource::new(
+                Kind::LogGroup,
+                Some(r),
+                log_group.clone(),
+                json!({ "retention_days": 30, "tags": tags }),
+            ));
+            out.push(Resource::new(
+                Kind::TaskRole,
+                Some(r),
+                task_role.clone(),
+                json!({
+                    "assume": "ecs-tasks.amazonaws.com",
+                    "policy": {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            { "Effect": "Allow",
+                              "Action": ["dynamodb:DescribeStream", "dynamodb:GetShardIterator", "dynamodb:GetRecords", "dynamodb:ListStreams"],
+                              "Resource": format!("arn:aws:dynamodb:{other}:*:table/{}/stream/*", f.table.name) },
+                            { "Effect": "Allow", "Action": ["dynamodb:DescribeTable"],
+                              "Resource": [format!("arn:aws:dynamodb:{other}:*:table/{}", f.table.name), table_arn] },
+                            { "Effect": "Allow", "Action": ["dynamodb:PutItem", "dynamodb:DeleteItem"], "Resource": table_arn },
+                            { "Effect": "Allow",
+                              "Action": ["dynamodb:CreateTable", "dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query"],
+                              "Resource": format!("arn:aws:dynamodb:{r}:*:table/{lease_table}") }
+                        ]
+                    },
+                    "tags": tags,
+                }),
+            ));
+            out.push(Resource::new(
+                Kind::ExecutionRole,
+                Some(r),
+                exec_role.clone(),
+                json!({ "assume": "ecs-tasks.amazonaws.com",
+                        "managed_policy": "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy",
+                        "tags": tags }),
+            ));
+            let family = format!("{prefix}-replicator-{other}-to-{r}");
+            out.push(Resource::new(
+                Kind::TaskDefinition,
+                Some(r),
+                family.clone(),
+                json!({
+                    "image": f.replicator.image,
+                    "cpu": f.replicator.cpu,
+                    "memory": f.replicator.memory,
+                    "task_role": reference(Kind::TaskRole, r, &task_role),
+                    "execution_role": reference(Kind::ExecutionRole, r, &exec_role),
+                    "log_group": log_group,
+                    "command": ["run"],
+                    "environment": {
+                        "REPLICATOR_SOURCE_REGION": other, "REPLICATOR_SOURCE_TABLE": f.table.name,
+                        "REPLICATOR_TARGET_REGION": r, "REPLICATOR_TARGET_TABLE": f.table.name,
+                        "REPLICATOR_MODE": f.replicator.mode, "REPLICATOR_LEASE_TABLE": lease_table,
+                        "REPLICATOR_METRICS_ADDR": "0.0.0.0:9464"
+                    },
+                    "health_check": ["CMD", "/replicator", "healthcheck"],
+                    "stop_timeout_seconds": 30,
+                    "tags": tags,
+                }),
+            ));
+            out.push(Resource::new(
+                Kind::EcsService,
+                Some(r),
+                format!("{prefix}-replicator-{other}-to-{r}"),
+                json!({
+                    "cluster": reference(Kind::EcsCluster, r, &cluster),
+                    "task_definition": reference(Kind::TaskDefinition, r, &family),
+                    "desired_count": f.replicator.desired_count,
+                    "launch_type": "FARGATE",
+                    "subnets": network.map(|n| json!(n.subnets)).unwrap_or(json!("default VPC")),
+                    "security_groups": network.map(|n| json!(n.security_groups)).unwrap_or(json!("default VPC")),
+                    "tags": tags,
+                }),
+            ));
+        }
+    }
+    for (index, region) in d.regions.iter().enumerate() {
+        let r = region.as_str();
+        let (set, routing) = match d.routing {
+            Routing::Failover => (
+                if index == 0 { "PRIMARY" } else { "SECONDARY" },
+                json!({ "failover": if index == 0 { "PRIMARY" } else { "SECONDARY" } }),
+            ),
+            Routing::Latency => (r, json!({ "latency_region": r })),
+        };
+        out.push(Resource::new(
+            Kind::DnsRecord,
+            None,
+            format!("{}/{set}", f.dns.domain_name),
+            json!({
+                "zone": f.dns.hosted_zone,
+                "type": "A",
+                "alias_to": reference(Kind::DomainName, r, &f.dns.domain_name),
+                "set_identifier": format!("{prefix}-{r}"),
+                "routing": routing,
+                "health_check": reference(Kind::HealthCheck, r, &format!("{prefix}-{r}")),
+            }),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigFile;
+
+    fn deployment(replicator_mode: &str, routing: &str) -> Deployment {
+        let text = format!(
+            r#"
+app = "todos"
+stage = "dev"
+primary_region = "us-east-1"
+secondary_region = "us-west-2"
+[dns]
+domain_name = "api.todos.example.com"
+hosted_zone = "todos.example.com"
+[certificates]
+[table]
+name = "todos"
+partition_key = {{ name = "id", type = "S" }}
+[api_key]
+generate = true
+[routing]
+mode = "{routing}"
+[lambda]
+artifact = "x.zip"
+[replicator]
+mode = "{replicator_mode}"
+image = "img"
+"#
+        );
+        ConfigFile::parse(&text)
+            .unwrap()
+            .validate(&|_| None)
+            .unwrap()
+    }
+
+    fn count(resources: &[Resource], kind: Kind) -> usize {
+        resources.iter().filter(|r| r.kind == kind).count()
+    }
+
+    #[test]
+    fn both_regions_get_the_stack_and_dns_gets_one_primary_and_one_secondary() {
+        let all = desired(&deployment("lww", "failover"), "abc");
+        for kind in [
+            Kind::Table,
+            Kind::LambdaFunction,
+            Kind::RestApi,
+            Kind::ApiKey,
+            Kind::HealthCheck,
+            Kind::EcsService,
+        ] {
+            assert_eq!(count(&all, kind), 2, "{kind:?}");
+        }
+        let records: Vec<&Resource> = all.iter().filter(|r| r.kind == Kind::DnsRecord).collect();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[0].props["routing"], json!({"failover": "PRIMARY"}));
+        assert_eq!(
+            records[1].props["routing"],
+            json!({"failover": "SECONDARY"})
+        );
+        // Names are unique per kind and region.
+        let mut ids: Vec<String> = all.iter().map(Resource::id).collect();
+        let n = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), n);
+        // The A-to-B replicator runs in B and reads A's stream.
+        let service = all
+            .iter()
+            .find(|r| r.kind == Kind::TaskDefinition && r.region.as_deref() == Some("us-west-2"))
+            .unwrap();
+        assert_eq!(
+            service.props["environment"]["REPLICATOR_SOURCE_REGION"],
+            "us-east-1"
+        );
+        assert_eq!(
+            service.props["environment"]["REPLICATOR_TARGET_REGION"],
+            "us-west-2"
+        );
+    }
+
+    #[test]
+    fn one_way_runs_a_single_replicator_in_the_secondary() {
+        let all = desired(&deployment("one-way", "latency"), "abc");
+        let services: Vec<&Resource> = all.iter().filter(|r| r.kind == Kind::EcsService).collect();
+        assert_eq!(services.len(), 1);
+        assert_eq!(services[0].region.as_deref(), Some("us-west-2"));
+        let records: Vec<&Resource> = all.iter().filter(|r| r.kind == Kind::DnsRecord).collect();
+        assert_eq!(
+            records[0].props["routing"],
+            json!({"latency_region": "us-east-1"})
+        );
+    }
+
+    #[test]
+    fn policies_name_no_wildcard_data_actions() {
+        for r in desired(&deployment("lww", "failover"), "abc") {
+            if let Some(policy) = r.props.get("policy") {
+                for statement in policy["Statement"].as_array().unwrap() {
+                    let actions: Vec<String> = match &statement["Action"] {
+                        Value::String(a) => vec![a.clone()],
+                        Value::Array(a) => {
+                            a.iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+                        }
+                        _ => panic!("action"),
+                    };
+                    for a in actions {
+                        assert!(!a.contains('*'), "{}: {a}", r.id());
+                    }
+                }
+            }
+        }
+    }
+}
