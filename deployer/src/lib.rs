@@ -17,3 +17,4 @@
 pub mod config;
 pub mod desired;
 pub mod plan;
+pub mod resources;

@@ -1,0 +1,102 @@
+//! Observing and applying resources on AWS, one file per kind. Each kind reads what exists (by the
+//! desired names, so that untagged resources are adopted, and by the app/stage tags, so that resources
+//! no longer wanted are found) into the same plain form as `desired`, and applies one planned change.
+
+pub mod table;
+
+use std::collections::BTreeMap;
+
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use serde_json::{Value, json};
+
+/// The app and stage whose resources the deployer manages; nothing else is ever changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    /// `tworegion:app`.
+    pub app: String,
+    /// `tworegion:stage`.
+    pub stage: String,
+}
+
+/// The tag keys that mark a resource as managed.
+pub const APP_TAG: &str = "tworegion:app";
+/// See [`APP_TAG`].
+pub const STAGE_TAG: &str = "tworegion:stage";
+
+impl Scope {
+    /// The managed tags as `desired` writes them.
+    pub fn tags(&self) -> Value {
+        json!({ APP_TAG: self.app, STAGE_TAG: self.stage })
+    }
+
+    /// Whether a resource with these tags belongs to this app and stage.
+    pub fn owns(&self, tags: &BTreeMap<String, String>) -> bool {
+        tags.get(APP_TAG) == Some(&self.app) && tags.get(STAGE_TAG) == Some(&self.stage)
+    }
+
+    /// The managed tags among `tags`, as `desired` writes them (other tags are not the deployer's).
+    pub fn managed_tags(tags: &BTreeMap<String, String>) -> Value {
+        let map: serde_json::Map<String, Value> = tags
+            .iter()
+            .filter(|(k, _)| k.as_str() == APP_TAG || k.as_str() == STAGE_TAG)
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        Value::Object(map)
+    }
+}
+
+/// A failed AWS call, said so that an operator can act.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} on {resource}: {message}{}", hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
+pub struct DeployError {
+    /// The API action, e.g. `dynamodb:CreateTable`.
+    pub action: String,
+    /// The resource, e.g. `Table/us-east-1/todos`.
+    pub resource: String,
+    /// What the service said.
+    pub message: String,
+    /// What to do about it.
+    pub hint: Option<String>,
+}
+
+impl DeployError {
+    /// A failure of `action` on `resource`, with a hint for the common causes.
+    pub fn aws<E, R>(action: &str, resource: &str, error: &SdkError<E, R>) -> DeployError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let code = error
+            .as_service_error()
+            .and_then(|e| e.code())
+            .unwrap_or_default();
+        let hint = match code {
+            "AccessDeniedException" | "AccessDenied" | "UnauthorizedOperation" => Some(format!(
+                "the credentials lack the {action} permission; grant it and run up again"
+            )),
+            "ResourceInUseException" => Some(
+                "another operation is still running on it; run up again in a minute".to_owned(),
+            ),
+            "LimitExceededException" | "ThrottlingException" => {
+                Some("AWS throttled the call; run up again".to_owned())
+            }
+            _ => None,
+        };
+        DeployError {
+            action: action.to_owned(),
+            resource: resource.to_owned(),
+            message: DisplayErrorContext(error).to_string(),
+            hint,
+        }
+    }
+
+    /// A refusal of the deployer's own (a change it will not make).
+    pub fn refused(action: &str, resource: &str, message: impl Into<String>) -> DeployError {
+        DeployError {
+            action: action.to_owned(),
+            resource: resource.to_owned(),
+            message: message.into(),
+            hint: None,
+        }
+    }
+}

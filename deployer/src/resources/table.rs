@@ -1,0 +1,430 @@
+//! The DynamoDB table in each region: key schema, billing, NEW_AND_OLD_IMAGES stream, TTL on
+//! `rep_expires`, tags.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ProvisionedThroughput,
+    ScalarAttributeType, StreamSpecification, StreamViewType, TableStatus, Tag,
+    TimeToLiveSpecification, TimeToLiveStatus,
+};
+use serde_json::{Value, json};
+
+use super::{DeployError, Scope};
+use crate::desired::{Kind, Resource};
+use crate::plan::{Action, Change};
+
+fn key_json(name: &str, kind: &str) -> Value {
+    json!({ "name": name, "type": kind })
+}
+
+/// Reads the table `name` in `region`, if it exists, into the desired form.
+async fn read(
+    client: &Client,
+    region: &str,
+    name: &str,
+) -> Result<Option<(Resource, BTreeMap<String, String>)>, DeployError> {
+    let id = format!("Table/{region}/{name}");
+    let described = match client.describe_table().table_name(name).send().await {
+        Ok(out) => out,
+        Err(error) => {
+            let not_found = error
+                .as_service_error()
+                .is_some_and(|e| e.is_resource_not_found_exception());
+            return if not_found {
+                Ok(None)
+            } else {
+                Err(DeployError::aws("dynamodb:DescribeTable", &id, &error))
+            };
+        }
+    };
+    let Some(table) = described.table else {
+        return Ok(None);
+    };
+    let types: BTreeMap<&str, &str> = table
+        .attribute_definitions()
+        .iter()
+        .map(|a| (a.attribute_name(), a.attribute_type().as_str()))
+        .collect();
+    let key = |role: KeyType| {
+        table
+            .key_schema()
+            .iter()
+            .find(|k| k.key_type() == &role)
+            .map(|k| {
+                key_json(
+                    k.attribute_name(),
+                    types.get(k.attribute_name()).copied().unwrap_or("?"),
+                )
+            })
+            .unwrap_or(Value::Null)
+    };
+    let billing = table
+        .billing_mode_summary()
+        .and_then(|b| b.billing_mode())
+        .map(|b| b.as_str().to_owned())
+        .unwrap_or_else(|| "PROVISIONED".to_owned());
+    let (read_capacity, write_capacity) = if billing == "PROVISIONED" {
+        let t = table.provisioned_throughput();
+        (
+            json!(t.and_then(|t| t.read_capacity_units())),
+            json!(t.and_then(|t| t.write_capacity_units())),
+        )
+    } else {
+        (Value::Null, Value::Null)
+    };
+    let stream = table
+        .stream_specification()
+        .filter(|s| s.stream_enabled())
+        .and_then(|s| s.stream_view_type())
+        .map(|v| json!(v.as_str()))
+        .unwrap_or(Value::Null);
+    // A table deleted meanwhile (by someone else) is simply gone.
+    let ttl = match client.describe_time_to_live().table_name(name).send().await {
+        Ok(ttl) => ttl,
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception()) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(DeployError::aws("dynamodb:DescribeTimeToLive", &id, &e)),
+    };
+    let ttl_attribute = ttl
+        .time_to_live_description()
+        .filter(|d| {
+            matches!(
+                d.time_to_live_status(),
+                Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+            )
+        })
+        .and_then(|d| d.attribute_name())
+        .map(|a| json!(a))
+        .unwrap_or(Value::Null);
+    let arn = table.table_arn().unwrap_or_default().to_owned();
+    let listed = match client
+        .list_tags_of_resource()
+        .resource_arn(&arn)
+        .send()
+        .await
+    {
+        Ok(listed) => listed,
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception()) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(DeployError::aws("dynamodb:ListTagsOfResource", &id, &e)),
+    };
+    let tags: BTreeMap<String, String> = listed
+        .tags()
+        .iter()
+        .map(|t| (t.key().to_owned(), t.value().to_owned()))
+        .collect();
+    let props = json!({
+        "partition_key": key(KeyType::Hash),
+        "sort_key": key(KeyType::Range),
+        "billing_mode": billing,
+        "read_capacity": read_capacity,
+        "write_capacity": write_capacity,
+        "stream": stream,
+        "ttl_attribute": ttl_attribute,
+        "tags": Scope::managed_tags(&tags),
+        "arn": arn,
+    });
+    let resource = Resource {
+        kind: Kind::Table,
+        region: Some(region.to_owned()),
+        name: name.to_owned(),
+        props: props
+            .as_object()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+    };
+    Ok(Some((resource, tags)))
+}
+
+/// The tables of this app and stage in `region`: those named in `wanted` (adopted even without tags)
+/// and any other table tagged with the scope (to be deleted).
+pub async fn observe(
+    client: &Client,
+    region: &str,
+    scope: &Scope,
+    wanted: &[String],
+) -> Result<Vec<Resource>, DeployError> {
+    let mut found = Vec::new();
+    for name in wanted {
+        if let Some((resource, _)) = read(client, region, name).await? {
+            found.push(resource);
+        }
+    }
+    let mut start = None;
+    loop {
+        let page = client
+            .list_tables()
+            .set_exclusive_start_table_name(start.take())
+            .send()
+            .await
+            .map_err(|e| {
+                DeployError::aws("dynamodb:ListTables", &format!("tables in {region}"), &e)
+            })?;
+        for name in page.table_names() {
+            if wanted.contains(name) {
+                continue;
+            }
+            if let Some((resource, tags)) = read(client, region, name).await?
+                && scope.owns(&tags)
+            {
+                found.push(resource);
+            }
+        }
+        match page.last_evaluated_table_name {
+            Some(last) => start = Some(last),
+            None => return Ok(found),
+        }
+    }
+}
+
+fn text<'a>(props: &'a BTreeMap<String, Value>, field: &str) -> Option<&'a str> {
+    props.get(field).and_then(Value::as_str)
+}
+
+fn key_part(props: &BTreeMap<String, Value>, field: &str) -> Option<(String, String)> {
+    let v = props.get(field)?;
+    Some((
+        v.get("name")?.as_str()?.to_owned(),
+        v.get("type")?.as_str()?.to_owned(),
+    ))
+}
+
+async fn wait_active(client: &Client, name: &str, id: &str) -> Result<(), DeployError> {
+    for _ in 0..240 {
+        let out = client
+            .describe_table()
+            .table_name(name)
+            .send()
+            .await
+            .map_err(|e| DeployError::aws("dynamodb:DescribeTable", id, &e))?;
+        if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(DeployError::refused(
+        "dynamodb:DescribeTable",
+        id,
+        "the table did not become ACTIVE within 2 minutes; run up again",
+    ))
+}
+
+fn tags(props: &BTreeMap<String, Value>) -> Vec<Tag> {
+    props
+        .get("tags")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| {
+                    Tag::builder()
+                        .key(k)
+                        .value(v.as_str().unwrap_or_default())
+                        .build()
+                        .ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Applies one planned change to a table. `desired` is the wanted resource (none for a deletion),
+/// `observed` what exists (none for a creation).
+pub async fn apply(
+    client: &Client,
+    change: &Change,
+    desired: Option<&Resource>,
+    observed: Option<&Resource>,
+) -> Result<(), DeployError> {
+    let region = change.region.as_deref().unwrap_or_default();
+    let name = &change.name;
+    let id = format!("Table/{region}/{name}");
+    match (&change.action, desired) {
+        (Action::Create, Some(want)) => {
+            let p = &want.props;
+            let mut definitions = Vec::new();
+            let mut schema = Vec::new();
+            for (field, role) in [
+                ("partition_key", KeyType::Hash),
+                ("sort_key", KeyType::Range),
+            ] {
+                if let Some((attr, kind)) = key_part(p, field) {
+                    let definition = AttributeDefinition::builder()
+                        .attribute_name(&attr)
+                        .attribute_type(ScalarAttributeType::from(kind.as_str()))
+                        .build()
+                        .map_err(|e| {
+                            DeployError::refused("dynamodb:CreateTable", &id, e.to_string())
+                        })?;
+                    definitions.push(definition);
+                    let element = KeySchemaElement::builder()
+                        .attribute_name(&attr)
+                        .key_type(role)
+                        .build()
+                        .map_err(|e| {
+                            DeployError::refused("dynamodb:CreateTable", &id, e.to_string())
+                        })?;
+                    schema.push(element);
+                }
+            }
+            let mut request = client
+                .create_table()
+                .table_name(name)
+                .set_attribute_definitions(Some(definitions))
+                .set_key_schema(Some(schema))
+                .set_tags(Some(tags(p)))
+                .stream_specification(
+                    StreamSpecification::builder()
+                        .stream_enabled(true)
+                        .stream_view_type(StreamViewType::NewAndOldImages)
+                        .build()
+                        .map_err(|e| {
+                            DeployError::refused("dynamodb:CreateTable", &id, e.to_string())
+                        })?,
+                );
+            if text(p, "billing_mode") == Some("PROVISIONED") {
+                request = request
+                    .billing_mode(BillingMode::Provisioned)
+                    .provisioned_throughput(
+                        ProvisionedThroughput::builder()
+                            .read_capacity_units(
+                                p.get("read_capacity").and_then(Value::as_i64).unwrap_or(1),
+                            )
+                            .write_capacity_units(
+                                p.get("write_capacity").and_then(Value::as_i64).unwrap_or(1),
+                            )
+                            .build()
+                            .map_err(|e| {
+                                DeployError::refused("dynamodb:CreateTable", &id, e.to_string())
+                            })?,
+                    );
+            } else {
+                request = request.billing_mode(BillingMode::PayPerRequest);
+            }
+            request
+                .send()
+                .await
+                .map_err(|e| DeployError::aws("dynamodb:CreateTable", &id, &e))?;
+            wait_active(client, name, &id).await?;
+            if let Some(attribute) = text(p, "ttl_attribute") {
+                enable_ttl(client, name, attribute, &id).await?;
+            }
+            Ok(())
+        }
+        (Action::Update { changes }, Some(want)) => {
+            let p = &want.props;
+            for c in changes {
+                match c.field.as_str() {
+                    "tags" => {
+                        let arn = observed
+                            .and_then(|o| text(&o.props, "arn"))
+                            .unwrap_or_default();
+                        client
+                            .tag_resource()
+                            .resource_arn(arn)
+                            .set_tags(Some(tags(p)))
+                            .send()
+                            .await
+                            .map_err(|e| DeployError::aws("dynamodb:TagResource", &id, &e))?;
+                    }
+                    "ttl_attribute" => {
+                        if let Some(attribute) = text(p, "ttl_attribute") {
+                            enable_ttl(client, name, attribute, &id).await?;
+                        }
+                    }
+                    "stream" => {
+                        client
+                            .update_table()
+                            .table_name(name)
+                            .stream_specification(
+                                StreamSpecification::builder()
+                                    .stream_enabled(true)
+                                    .stream_view_type(StreamViewType::NewAndOldImages)
+                                    .build()
+                                    .map_err(|e| {
+                                        DeployError::refused(
+                                            "dynamodb:UpdateTable",
+                                            &id,
+                                            e.to_string(),
+                                        )
+                                    })?,
+                            )
+                            .send()
+                            .await
+                            .map_err(|e| DeployError::aws("dynamodb:UpdateTable", &id, &e))?;
+                        wait_active(client, name, &id).await?;
+                    }
+                    other => {
+                        return Err(DeployError::refused(
+                            "dynamodb:UpdateTable",
+                            &id,
+                            format!(
+                                "changing {other} in place is not supported yet; change it by hand or keep the config as it was"
+                            ),
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }
+        (Action::Replace { changes }, _) => Err(DeployError::refused(
+            "dynamodb:DeleteTable",
+            &id,
+            format!(
+                "the config changes {} of an existing table, which needs a new table; the deployer never deletes a table's data to do that: migrate by hand",
+                changes
+                    .iter()
+                    .map(|c| c.field.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+        (Action::Delete, _) => {
+            client
+                .delete_table()
+                .table_name(name)
+                .send()
+                .await
+                .map_err(|e| DeployError::aws("dynamodb:DeleteTable", &id, &e))?;
+            Ok(())
+        }
+        _ => Err(DeployError::refused(
+            "plan",
+            &id,
+            "a change without the resource it needs",
+        )),
+    }
+}
+
+async fn enable_ttl(
+    client: &Client,
+    name: &str,
+    attribute: &str,
+    id: &str,
+) -> Result<(), DeployError> {
+    let spec = TimeToLiveSpecification::builder()
+        .enabled(true)
+        .attribute_name(attribute)
+        .build()
+        .map_err(|e| DeployError::refused("dynamodb:UpdateTimeToLive", id, e.to_string()))?;
+    client
+        .update_time_to_live()
+        .table_name(name)
+        .time_to_live_specification(spec)
+        .send()
+        .await
+        .map_err(|e| DeployError::aws("dynamodb:UpdateTimeToLive", id, &e))?;
+    Ok(())
+}

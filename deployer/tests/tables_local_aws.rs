@@ -1,0 +1,198 @@
+//! The table resource against the local AWS: observe, plan, apply, and again until nothing changes;
+//! adoption of an untagged table with the right name; removal that spares unrelated tables.
+
+use deployer::config::ConfigFile;
+use deployer::desired::{Kind, Resource, desired};
+use deployer::plan::{Action, plan};
+use deployer::resources::{Scope, table};
+use tworegion_common::test_support::{LocalAws, REGION_A, REGION_B, TablesCleanup, unique_name};
+
+fn config(app: &str, stage: &str, table: &str) -> deployer::config::Deployment {
+    let text = format!(
+        r#"
+app = "{app}"
+stage = "{stage}"
+primary_region = "{REGION_A}"
+secondary_region = "{REGION_B}"
+[dns]
+domain_name = "api.example.com"
+hosted_zone = "example.com"
+[certificates]
+[table]
+name = "{table}"
+partition_key = {{ name = "id", type = "S" }}
+[api_key]
+generate = true
+[lambda]
+artifact = "x.zip"
+[replicator]
+mode = "lww"
+image = "img"
+"#
+    );
+    ConfigFile::parse(&text)
+        .expect("parse")
+        .validate(&|_| None)
+        .expect("valid")
+}
+
+async fn observe_all(local: &LocalAws, scope: &Scope, wanted: &[Resource]) -> Vec<Resource> {
+    let mut observed = Vec::new();
+    for region in [REGION_A, REGION_B] {
+        let names: Vec<String> = wanted
+            .iter()
+            .filter(|r| r.region.as_deref() == Some(region))
+            .map(|r| r.name.clone())
+            .collect();
+        observed.extend(
+            table::observe(&local.dynamodb(region), region, scope, &names)
+                .await
+                .expect("observe"),
+        );
+    }
+    observed
+}
+
+async fn apply_all(local: &LocalAws, wanted: &[Resource], observed: &[Resource]) -> usize {
+    let plan = plan(wanted, observed);
+    for change in &plan.changes {
+        let region = change.region.as_deref().expect("tables are regional");
+        let find = |list: &[Resource]| {
+            list.iter()
+                .find(|r| {
+                    r.kind == change.kind && r.region == change.region && r.name == change.name
+                })
+                .cloned()
+        };
+        table::apply(
+            &local.dynamodb(region),
+            change,
+            find(wanted).as_ref(),
+            find(observed).as_ref(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    plan.changes.len()
+}
+
+#[tokio::test]
+async fn tables_reconcile_adopt_and_are_removed_alone() {
+    let local = LocalAws::from_env();
+    let cleanup = TablesCleanup::new(&local);
+    let app = format!("t{}", std::process::id() % 100_000);
+    let stage = "test";
+    let scope = Scope {
+        app: app.clone(),
+        stage: stage.to_owned(),
+    };
+    let name = unique_name("deploy-table");
+    let unrelated = unique_name("unrelated");
+    for region in [REGION_A, REGION_B] {
+        cleanup.table(region, &name);
+    }
+    cleanup.table(REGION_A, &unrelated);
+    let d = config(&app, stage, &name);
+    let wanted: Vec<Resource> = desired(&d, "sha")
+        .into_iter()
+        .filter(|r| r.kind == Kind::Table)
+        .collect();
+    assert_eq!(wanted.len(), 2);
+
+    // An untagged table with the right name already exists in region B (made by hand), and an unrelated one.
+    let b = local.dynamodb(REGION_B);
+    let key = |n: &str| {
+        aws_sdk_dynamodb::types::KeySchemaElement::builder()
+            .attribute_name(n)
+            .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
+            .build()
+            .expect("key")
+    };
+    let attr = |n: &str| {
+        aws_sdk_dynamodb::types::AttributeDefinition::builder()
+            .attribute_name(n)
+            .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
+            .build()
+            .expect("attr")
+    };
+    b.create_table()
+        .table_name(&name)
+        .key_schema(key("id"))
+        .attribute_definitions(attr("id"))
+        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("hand-made table");
+    local
+        .dynamodb(REGION_A)
+        .create_table()
+        .table_name(&unrelated)
+        .key_schema(key("pk"))
+        .attribute_definitions(attr("pk"))
+        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("unrelated table");
+
+    // First plan: create in A; adopt in B (stream, TTL and tags added, no new table).
+    let observed = observe_all(&local, &scope, &wanted).await;
+    let first = plan(&wanted, &observed);
+    let actions: Vec<(String, String)> = first
+        .changes
+        .iter()
+        .map(|c| {
+            (
+                c.region.clone().unwrap_or_default(),
+                match &c.action {
+                    Action::Create => "create".to_owned(),
+                    Action::Update { changes } => format!(
+                        "update {}",
+                        changes
+                            .iter()
+                            .map(|c| c.field.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    ),
+                    other => format!("{other:?}"),
+                },
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            (REGION_A.to_owned(), "create".to_owned()),
+            (
+                REGION_B.to_owned(),
+                "update stream,tags,ttl_attribute".to_owned()
+            )
+        ]
+    );
+    assert_eq!(apply_all(&local, &wanted, &observed).await, 2);
+
+    // Second round: nothing to do.
+    let observed = observe_all(&local, &scope, &wanted).await;
+    let second = plan(&wanted, &observed);
+    assert!(second.is_empty(), "a second up changes nothing: {second:?}");
+    for r in &observed {
+        assert_eq!(r.props["stream"], "NEW_AND_OLD_IMAGES", "{}", r.id());
+        assert_eq!(r.props["ttl_attribute"], "rep_expires", "{}", r.id());
+    }
+
+    // Down: everything tagged for this app and stage goes; the unrelated table stays.
+    let observed = observe_all(&local, &scope, &[]).await;
+    assert_eq!(
+        observed.len(),
+        2,
+        "both tables are found by their tags: {observed:?}"
+    );
+    assert_eq!(apply_all(&local, &[], &observed).await, 2);
+    assert!(observe_all(&local, &scope, &[]).await.is_empty());
+    let still = local
+        .dynamodb(REGION_A)
+        .describe_table()
+        .table_name(&unrelated)
+        .send()
+        .await;
+    assert!(still.is_ok(), "the unrelated table is untouched");
+}
