@@ -74,6 +74,27 @@ pub fn compare_writes(a: (Version, &str), b: (Version, &str)) -> Ordering {
     a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1))
 }
 
+/// Versions stay below 2^53, so that they are exact in every SDK's number type.
+pub const MAX_VERSION: u64 = 1 << 53;
+
+/// How far ahead of this process's clock a stored version may be for [`HybridClock::after`] to write
+/// above it. Beyond that the stored version is taken as corrupt (or its region's clock as broken)
+/// rather than adopted, which would drag every later version of both regions along with it.
+pub const MAX_AHEAD_MILLIS: u64 = 10 * 60 * 1000;
+
+/// A stored version that a writer must not build on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "stored version {seen} is {} (this clock reads {wall_millis} ms); fix the item or the writer's clock",
+    if seen.0 >= MAX_VERSION { "not below 2^53".to_owned() } else { format!("{} ms ahead of this region's clock", seen.millis().saturating_sub(*wall_millis)) }
+)]
+pub struct ImplausibleVersion {
+    /// The stored version.
+    pub seen: Version,
+    /// This clock's wall time, ms.
+    pub wall_millis: u64,
+}
+
 /// A hybrid logical clock: monotonic inside the process even if the system clock steps back, and
 /// ahead of every version it has observed.
 #[derive(Debug)]
@@ -109,17 +130,24 @@ impl HybridClock {
     pub fn now(&self) -> Version {
         let wall = Version::from_millis((self.wall_millis)()).0;
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        *last = wall.max(*last + 1);
+        *last = wall.max(last.saturating_add(1));
         Version(*last)
     }
 
     /// The next version that is also above `seen` (a version read from storage), so that an update
     /// always wins over what it replaces even when another region's clock runs ahead.
-    pub fn after(&self, seen: Version) -> Version {
+    ///
+    /// A `seen` at or above [`MAX_VERSION`], or more than [`MAX_AHEAD_MILLIS`] ahead of this clock, is
+    /// refused instead of adopted.
+    pub fn after(&self, seen: Version) -> Result<Version, ImplausibleVersion> {
+        let wall_millis = (self.wall_millis)();
+        if seen.0 >= MAX_VERSION || seen.millis() > wall_millis.saturating_add(MAX_AHEAD_MILLIS) {
+            return Err(ImplausibleVersion { seen, wall_millis });
+        }
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         *last = (*last).max(seen.0);
         drop(last);
-        self.now()
+        Ok(self.now())
     }
 }
 
@@ -148,9 +176,16 @@ mod tests {
         FAKE_NOW.store(2_000, AtomicOrdering::SeqCst);
         assert_eq!(clock.now(), Version(2_000_000));
         // Ahead of an observed version from a region whose clock runs fast.
-        let d = clock.after(Version(5_000_123));
+        let d = clock.after(Version(5_000_123)).unwrap();
         assert_eq!(d, Version(5_000_124));
         assert_eq!(d.millis(), 5_000);
+        // Corrupt or far-future versions are refused, not adopted.
+        assert!(clock.after(Version(u64::MAX)).is_err());
+        assert!(clock.after(Version(MAX_VERSION)).is_err());
+        let far = Version::from_millis(2_000 + MAX_AHEAD_MILLIS + 1);
+        let err = clock.after(far).unwrap_err().to_string();
+        assert!(err.contains("ms ahead"), "{err}");
+        assert_eq!(clock.now(), Version(5_000_125), "nothing was adopted");
     }
 
     #[test]

@@ -376,7 +376,7 @@ async fn versioned_write(
                 _ => None,
             });
         let version = match stored {
-            Some(v) => clock.after(v),
+            Some(v) => clock.after(v).expect("a plausible stored version"),
             None => clock.now(),
         };
         let mut request = client

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -219,19 +220,41 @@ fn etag(version: Version) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
 }
 
-/// `If-Match`: `None` if absent; `Some(None)` for `*`; `Some(Some(v))` for a version.
-fn if_match(headers: &HeaderMap) -> Result<Option<Option<Version>>, ApiError> {
+/// What `If-Match` allows: any version (`*`), or one of a list of strong ETags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pinned {
+    Any,
+    OneOf(Vec<Version>),
+}
+
+/// `If-Match`: `None` if absent. Weak tags (`W/"..."`) never match (RFC 9110 compares strongly).
+fn if_match(headers: &HeaderMap) -> Result<Option<Pinned>, ApiError> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
     };
-    let text = value.to_str().unwrap_or_default().trim();
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::bad("If-Match: not text"))?
+        .trim();
     if text == "*" {
-        return Ok(Some(None));
+        return Ok(Some(Pinned::Any));
     }
-    let bare = text.trim_start_matches("W/").trim_matches('"');
-    Version::parse(bare).map(|v| Some(Some(v))).ok_or_else(|| {
-        ApiError::bad("If-Match: expected the ETag of the todo, for example \"1764000000000000\"")
-    })
+    let mut versions = Vec::new();
+    for tag in text.split(',').map(str::trim) {
+        if tag.starts_with("W/") {
+            continue;
+        }
+        let bare = tag
+            .strip_prefix('"')
+            .and_then(|t| t.strip_suffix('"'))
+            .unwrap_or(tag);
+        versions.push(Version::parse(bare).ok_or_else(|| {
+            ApiError::bad(
+                "If-Match: expected the ETag of the todo, for example \"1764000000000000\"",
+            )
+        })?);
+    }
+    Ok(Some(Pinned::OneOf(versions)))
 }
 
 fn todo_response(status: StatusCode, todo: &Todo, version: Version) -> Response {
@@ -255,12 +278,25 @@ async fn create<S: TodoStore>(
         updated_at: now,
     };
     let version = app.clock.now();
-    app.store
+    match app
+        .store
         .put(
             to_item(&todo, version, &app.region, &app.attributes),
             Expect::Absent,
         )
-        .await?;
+        .await
+    {
+        Ok(()) => {}
+        // A retried put whose first attempt was applied: the item is ours.
+        Err(StoreError::Conflict)
+            if app
+                .store
+                .get(&todo.id)
+                .await?
+                .and_then(|i| from_item(&i, &app.attributes).ok())
+                .is_some_and(|s| s.version == version) => {}
+        Err(other) => return Err(other.into()),
+    }
     let mut response = todo_response(StatusCode::CREATED, &todo, version);
     if let Ok(location) = HeaderValue::from_str(&format!("/todos/{}", todo.id)) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -270,23 +306,38 @@ async fn create<S: TodoStore>(
 
 async fn read<S: TodoStore>(app: &App<S>, id: &str) -> Result<crate::todo::Stored, ApiError> {
     validate_id(id).map_err(ApiError::bad)?;
-    let item = app.store.get(id).await?;
-    match item.as_ref().and_then(|i| from_item(i, &app.attributes)) {
-        Some(stored) if !stored.deleted => Ok(stored),
-        _ => Err(ApiError::not_found(id)),
+    let Some(item) = app.store.get(id).await? else {
+        return Err(ApiError::not_found(id));
+    };
+    match from_item(&item, &app.attributes) {
+        Ok(stored) if !stored.deleted => Ok(stored),
+        Ok(_) => Err(ApiError::not_found(id)),
+        Err(problem) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("todo {id}: the stored item is damaged ({problem}); repair it in the table"),
+        )),
     }
+}
+
+/// The `{id}` of the path; a malformed one (for example invalid UTF-8) is a JSON 400 naming `id`.
+fn path_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(id) =
+        path.map_err(|rejection| ApiError::bad(format!("id: {}", rejection.body_text())))?;
+    validate_id(&id).map_err(ApiError::bad)?;
+    Ok(id)
 }
 
 async fn get_one<S: TodoStore>(
     State(app): State<Arc<App<S>>>,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let id = path_id(path)?;
     let stored = read(&app, &id).await?;
     Ok(todo_response(StatusCode::OK, &stored.todo, stored.version))
 }
 
 /// Applies a change to the stored todo and writes it conditionally on the version read; retried when
-/// another writer got in between, unless the client pinned a version with `If-Match`.
+/// another writer got in between, unless the client pinned versions with `If-Match`.
 async fn change<S: TodoStore>(
     app: &App<S>,
     id: &str,
@@ -294,20 +345,25 @@ async fn change<S: TodoStore>(
     mut write: impl FnMut(&crate::todo::Stored, Version) -> crate::todo::Item,
 ) -> Result<(crate::todo::Stored, Version, crate::todo::Item), ApiError> {
     let pinned = if_match(headers)?;
-    for _ in 0..5 {
+    for attempt in 0..20u64 {
+        if attempt > 0 {
+            // Another writer won the race: pause 1 to 16 ms (random, so racers spread out), read again.
+            let jitter = u64::from(uuid::Uuid::new_v4().as_bytes()[0] % 16) + 1;
+            tokio::time::sleep(Duration::from_millis(jitter)).await;
+        }
         let stored = read(app, id).await?;
-        if let Some(Some(expected)) = pinned
-            && expected != stored.version
+        if let Some(Pinned::OneOf(allowed)) = &pinned
+            && !allowed.contains(&stored.version)
         {
             return Err(ApiError::new(
                 StatusCode::PRECONDITION_FAILED,
-                format!(
-                    "If-Match: the todo is at version \"{}\", not \"{expected}\"",
-                    stored.version
-                ),
+                format!("If-Match: the todo is at version \"{}\"", stored.version),
             ));
         }
-        let version = app.clock.after(stored.version);
+        let version = app
+            .clock
+            .after(stored.version)
+            .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("todo {id}: {e}")))?;
         let item = write(&stored, version);
         match app
             .store
@@ -315,7 +371,7 @@ async fn change<S: TodoStore>(
             .await
         {
             Ok(()) => return Ok((stored, version, item)),
-            Err(StoreError::Conflict) if pinned.is_none() => continue,
+            Err(StoreError::Conflict) if !matches!(pinned, Some(Pinned::OneOf(_))) => continue,
             Err(StoreError::Conflict) => {
                 return Err(ApiError::new(
                     StatusCode::PRECONDITION_FAILED,
@@ -333,11 +389,11 @@ async fn change<S: TodoStore>(
 
 async fn update<S: TodoStore>(
     State(app): State<Arc<App<S>>>,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> Result<Response, ApiError> {
-    validate_id(&id).map_err(ApiError::bad)?;
+    let id = path_id(path)?;
     let fields = fields(body)?;
     if fields.text.is_none() && fields.checked.is_none() {
         return Err(ApiError::bad("body: give text, checked, or both"));
@@ -352,27 +408,26 @@ async fn update<S: TodoStore>(
         if let Some(checked) = fields.checked {
             todo.checked = checked;
         }
+        if todo.created_at.is_empty() {
+            todo.created_at = now.clone();
+        }
         todo.updated_at = now.clone();
         to_item(&todo, version, &region, &app.attributes)
     })
     .await?;
     let todo = from_item(&item, &app.attributes)
         .map(|s| s.todo)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the written todo could not be read back",
-            )
-        })?;
+        .map_err(|problem| ApiError::new(StatusCode::CONFLICT, format!("todo {id}: {problem}")))?;
     Ok(todo_response(StatusCode::OK, &todo, version))
 }
 
 async fn delete<S: TodoStore>(
     State(app): State<Arc<App<S>>>,
-    Path(id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let expires = system_millis() / 1000 + app.tombstone_retention.as_secs();
+    let id = path_id(path)?;
+    let expires = (system_millis() / 1000).saturating_add(app.tombstone_retention.as_secs());
     let region = app.region.clone();
     change(&app, &id, &headers, |stored, version| {
         tombstone(&stored.todo.id, version, &region, expires, &app.attributes)
@@ -403,9 +458,10 @@ async fn list<S: TodoStore>(
                     .ok_or_else(|| ApiError::bad("limit: must be a whole number from 1 to 100"))?;
             }
             "next" => {
-                validate_id(value)
-                    .map_err(|_| ApiError::bad("next: not a token from a previous page"))?;
-                next = Some(value.to_owned());
+                next = Some(
+                    decode_token(value)
+                        .ok_or_else(|| ApiError::bad("next: not a token from a previous page"))?,
+                );
             }
             other => {
                 return Err(ApiError::bad(format!(
@@ -419,11 +475,34 @@ async fn list<S: TodoStore>(
     let items: Vec<Todo> = page
         .items
         .iter()
-        .filter_map(|i| from_item(i, &app.attributes))
+        .filter_map(|i| match from_item(i, &app.attributes) {
+            Ok(stored) => Some(stored),
+            Err(problem) => {
+                tracing::warn!(error = %problem, "A damaged item is left out of the list.");
+                None
+            }
+        })
         .filter(|s| !s.deleted)
         .map(|s| s.todo)
         .collect();
-    Ok(axum::Json(json!({ "items": items, "next": page.next })).into_response())
+    let next = page.next.as_deref().map(encode_token);
+    Ok(axum::Json(json!({ "items": items, "next": next })).into_response())
+}
+
+/// The paging token: the last id, hex-encoded (opaque to clients; any id survives the round trip).
+fn encode_token(id: &str) -> String {
+    id.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_token(token: &str) -> Option<String> {
+    if token.is_empty() || token.len() % 2 != 0 || token.len() > 2048 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
 }
 
 async fn health<S: TodoStore>(State(app): State<Arc<App<S>>>) -> Response {
@@ -518,27 +597,18 @@ async fn require_api_key<S: TodoStore>(
     }
 }
 
-/// On Lambda: `lambda_http` puts the API Gateway stage in front of the path (`/prod/todos`), also for
-/// requests through a custom domain whose base path mapping hides it. The router serves `/todos`, so
-/// the stage from the request context is taken off again.
+/// On Lambda: `lambda_http` puts the API Gateway stage in front of the request path (`/prod/todos`),
+/// also for requests through a custom domain. The router serves `/todos`, so the request is given the
+/// path of the event itself (API Gateway's `path`, without the stage) and its query string.
 pub fn strip_stage(mut request: lambda_http::Request) -> lambda_http::Request {
     use lambda_http::RequestExt;
-    use lambda_http::request::RequestContext;
-    let stage = match request.request_context_ref() {
-        Some(RequestContext::ApiGatewayV1(context)) => context.stage.clone(),
-        _ => None,
-    };
-    let Some(stage) = stage else { return request };
-    let prefix = format!("/{stage}");
-    let path = request.uri().path();
-    let stripped = match path.strip_prefix(&prefix) {
-        Some("") => "/".to_owned(),
-        Some(rest) if rest.starts_with('/') => rest.to_owned(),
-        _ => return request,
-    };
+    let raw = request.raw_http_path().to_owned();
+    if raw.is_empty() {
+        return request;
+    }
     let path_and_query = match request.uri().query() {
-        Some(q) => format!("{stripped}?{q}"),
-        None => stripped,
+        Some(q) => format!("{raw}?{q}"),
+        None => raw,
     };
     if let Ok(uri) = path_and_query.parse() {
         *request.uri_mut() = uri;

@@ -64,19 +64,22 @@ fn parse_days(text: &str) -> Result<Duration, String> {
     let n: u64 = number
         .parse()
         .map_err(|_| format!("{text:?} does not start with a whole number"))?;
-    let secs = match unit {
+    let factor = match unit {
         "ms" => return Ok(Duration::from_millis(n)),
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         other => {
             return Err(format!(
                 "unknown unit {other:?} in {text:?}: use ms, s, m, h or d"
             ));
         }
     };
-    Ok(Duration::from_secs(secs))
+    n.checked_mul(factor)
+        .filter(|s| *s <= 10 * 365 * 86_400)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is longer than 10 years"))
 }
 
 async fn serve(cli: Cli) -> anyhow::Result<()> {
@@ -97,6 +100,11 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     parse_region(&region).context("--region")?;
     if cli.table.trim().is_empty() {
         bail!("--table: required");
+    }
+    if cli.tombstone_retention < Duration::from_secs(3600) {
+        bail!(
+            "--tombstone-retention: at least 1h, longer than replication can lag (default 7d); a tombstone that expires first lets an older write bring the todo back"
+        );
     }
     let api_key = match (&cli.listen, cli.api_key) {
         (Some(_), None) => bail!("--api-key: required for the local server (20 to 128 characters)"),

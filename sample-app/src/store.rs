@@ -173,6 +173,8 @@ pub struct MemoryStore {
     attributes: VersionAttributes,
     /// When set, every call fails as unavailable.
     pub down: std::sync::atomic::AtomicBool,
+    /// Conditional puts refused so far.
+    pub conflicts: std::sync::atomic::AtomicUsize,
 }
 
 impl MemoryStore {
@@ -195,12 +197,15 @@ impl MemoryStore {
 impl TodoStore for MemoryStore {
     async fn get(&self, id: &str) -> Result<Option<Item>, StoreError> {
         self.check()?;
-        Ok(self
+        let item = self
             .items
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
-            .cloned())
+            .cloned();
+        // A real table answers later: let other requests run between a read and the write after it.
+        tokio::task::yield_now().await;
+        Ok(item)
     }
 
     async fn put(&self, item: Item, expect: Expect) -> Result<(), StoreError> {
@@ -210,15 +215,21 @@ impl TodoStore for MemoryStore {
         };
         let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
         let current = items.get(&id);
-        let stored_version = current.map(|i| match i.get(&self.attributes.version) {
-            Some(AttributeValue::N(n)) => Version::parse(n).unwrap_or(Version(0)),
-            _ => Version(0),
-        });
-        let holds = match expect {
-            Expect::Absent => current.is_none(),
-            Expect::Version(v) => stored_version == Some(v),
+        let stored = current.map(|i| i.get(&self.attributes.version));
+        // The same conditions as DynamoStore's expressions.
+        let holds = match (expect, stored) {
+            (Expect::Absent, None) => true,
+            (Expect::Absent, Some(_)) => false,
+            (Expect::Version(_), None) => false,
+            (Expect::Version(v), Some(None)) => v.0 == 0,
+            (Expect::Version(v), Some(Some(AttributeValue::N(n)))) => {
+                v.0 != 0 && Version::parse(n) == Some(v)
+            }
+            (Expect::Version(_), Some(Some(_))) => false,
         };
         if !holds {
+            self.conflicts
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             return Err(StoreError::Conflict);
         }
         items.insert(id, item);

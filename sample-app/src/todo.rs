@@ -119,24 +119,59 @@ pub struct Stored {
     pub deleted: bool,
 }
 
-/// Reads a stored item; `None` if it is not a todo (missing or mistyped fields).
-pub fn from_item(item: &Item, attrs: &VersionAttributes) -> Option<Stored> {
-    let text = |name: &str| match item.get(name) {
-        Some(AttributeValue::S(v)) => Some(v.clone()),
-        _ => None,
+/// Reads a stored item. A tombstone needs only its id; a todo needs `text` (a string); `checked` is a
+/// boolean (or absent: false); timestamps are RFC 3339 strings or epoch milliseconds (older items).
+/// An item that is not a todo is an error naming the field, so that it is never written back damaged.
+pub fn from_item(item: &Item, attrs: &VersionAttributes) -> Result<Stored, String> {
+    let id = match item.get("id") {
+        Some(AttributeValue::S(v)) => v.clone(),
+        _ => return Err("id: missing or not a string".to_owned()),
     };
     let version = match item.get(&attrs.version) {
-        Some(AttributeValue::N(n)) => Version::parse(n).unwrap_or(Version(0)),
-        _ => Version(0),
+        None => Version(0),
+        Some(AttributeValue::N(n)) => Version::parse(n)
+            .ok_or_else(|| format!("{}: {n:?} is not a whole number", attrs.version))?,
+        Some(_) => return Err(format!("{}: not a number", attrs.version)),
     };
     let deleted = matches!(item.get(&attrs.deleted), Some(AttributeValue::Bool(true)));
-    Some(Stored {
+    if deleted {
+        return Ok(Stored {
+            todo: Todo {
+                id,
+                text: String::new(),
+                checked: false,
+                created_at: String::new(),
+                updated_at: String::new(),
+            },
+            version,
+            deleted,
+        });
+    }
+    let text = match item.get("text") {
+        Some(AttributeValue::S(v)) => v.clone(),
+        _ => return Err("text: missing or not a string".to_owned()),
+    };
+    let checked = match item.get("checked") {
+        None => false,
+        Some(AttributeValue::Bool(b)) => *b,
+        Some(_) => return Err("checked: not a boolean".to_owned()),
+    };
+    let time = |name: &str| match item.get(name) {
+        None => Ok(String::new()),
+        Some(AttributeValue::S(v)) => Ok(v.clone()),
+        Some(AttributeValue::N(n)) => n
+            .parse::<u64>()
+            .map(rfc3339)
+            .map_err(|_| format!("{name}: {n:?} is not epoch milliseconds")),
+        Some(_) => Err(format!("{name}: not a timestamp")),
+    };
+    Ok(Stored {
         todo: Todo {
-            id: text("id")?,
-            text: text("text").unwrap_or_default(),
-            checked: matches!(item.get("checked"), Some(AttributeValue::Bool(true))),
-            created_at: text("createdAt").unwrap_or_default(),
-            updated_at: text("updatedAt").unwrap_or_default(),
+            id,
+            text,
+            checked,
+            created_at: time("createdAt")?,
+            updated_at: time("updatedAt")?,
         },
         version,
         deleted,
@@ -227,5 +262,30 @@ mod tests {
         assert!(!back.deleted);
         let gone = from_item(&tombstone("a", Version(6), "us-east-1", 9, &attrs), &attrs).unwrap();
         assert!(gone.deleted);
+        // Older items: numeric timestamps are read; damaged ones are errors naming the field.
+        let mut legacy = item.clone();
+        legacy.insert("createdAt".into(), AttributeValue::N("951782400123".into()));
+        assert_eq!(
+            from_item(&legacy, &attrs).unwrap().todo.created_at,
+            "2000-02-29T00:00:00.123Z"
+        );
+        let mut bad = item.clone();
+        bad.insert("rep_version".into(), AttributeValue::N("1.5".into()));
+        assert_eq!(
+            from_item(&bad, &attrs).unwrap_err(),
+            "rep_version: \"1.5\" is not a whole number"
+        );
+        let mut bad = item.clone();
+        bad.insert("text".into(), AttributeValue::N("5".into()));
+        assert_eq!(
+            from_item(&bad, &attrs).unwrap_err(),
+            "text: missing or not a string"
+        );
+        let mut bad = item;
+        bad.insert("checked".into(), AttributeValue::S("yes".into()));
+        assert_eq!(
+            from_item(&bad, &attrs).unwrap_err(),
+            "checked: not a boolean"
+        );
     }
 }

@@ -34,11 +34,18 @@ fn app() -> Arc<App<MemoryStore>> {
 }
 
 async fn invoke(app: &Arc<App<MemoryStore>>, fixture: &str) -> (StatusCode, Value) {
+    invoke_as(app, fixture, "prod").await
+}
+
+async fn invoke_as(app: &Arc<App<MemoryStore>>, fixture: &str, stage: &str) -> (StatusCode, Value) {
     let path = format!("{}/tests/fixtures/{fixture}", env!("CARGO_MANIFEST_DIR"));
-    let event = std::fs::read_to_string(&path).expect("fixture");
-    let request = lambda_http::request::from_str(&event).expect("an API Gateway REST proxy event");
+    let mut event: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).unwrap();
+    event["requestContext"]["stage"] = Value::String(stage.to_owned());
+    let request = lambda_http::request::from_str(&event.to_string())
+        .expect("an API Gateway REST proxy event");
     assert!(
-        request.uri().path().starts_with("/prod/"),
+        request.uri().path().starts_with(&format!("/{stage}/")),
         "lambda_http adds the stage: {}",
         request.uri()
     );
@@ -81,6 +88,12 @@ async fn api_gateway_events_reach_the_routes() {
     let (status, page) = invoke(&app, "apigw_rest_list.json").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(page["items"][0]["id"], created["id"]);
+
+    // A stage named like a route must not eat the route.
+    let (status, body) = invoke_as(&app, "apigw_rest_health.json", "todos").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = invoke_as(&app, "apigw_rest_list.json", "todos").await;
+    assert_eq!(status, StatusCode::OK);
 
     let (status, missing) = invoke(&app, "apigw_rest_get_missing.json").await;
     assert_eq!(status, StatusCode::NOT_FOUND);

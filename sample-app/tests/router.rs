@@ -198,7 +198,7 @@ async fn create_read_update_delete_with_versions() {
     assert_eq!(list.body["items"], json!([]));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_updates_are_not_lost() {
     let app = app(Some(KEY));
     let id = call(&app, "POST", "/todos", Some(r#"{"text":"0"}"#), &[])
@@ -212,21 +212,117 @@ async fn concurrent_updates_are_not_lost() {
         let app = app.clone();
         let id = id.clone();
         tasks.push(tokio::spawn(async move {
-            let body = if i % 2 == 0 {
+            let body = if i == 7 {
                 r#"{"checked":true}"#.to_owned()
             } else {
                 format!(r#"{{"text":"{i}"}}"#)
             };
-            call(&app, "PUT", &format!("/todos/{id}"), Some(&body), &[])
-                .await
-                .status
+            let a = call(&app, "PUT", &format!("/todos/{id}"), Some(&body), &[]).await;
+            (
+                a.status,
+                a.headers
+                    .get(header::ETAG)
+                    .map(|e| e.to_str().unwrap().to_owned()),
+            )
         }));
     }
+    let mut etags = Vec::new();
     for t in tasks {
-        assert_eq!(t.await.unwrap(), StatusCode::OK);
+        let (status, etag) = t.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        etags.push(etag.unwrap());
     }
+    etags.sort();
+    etags.dedup();
+    assert_eq!(etags.len(), 20, "every update wrote its own version");
+    assert!(
+        app.store.conflicts.load(Ordering::SeqCst) > 0,
+        "the updates really raced and were retried"
+    );
     let todo = call(&app, "GET", &format!("/todos/{id}"), None, &[]).await;
     assert_eq!(todo.body["checked"], true, "no update was lost");
+}
+
+#[tokio::test]
+async fn if_match_is_strong_and_takes_lists_and_star() {
+    let app = app(Some(KEY));
+    let created = call(&app, "POST", "/todos", Some(r#"{"text":"a"}"#), &[]).await;
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let etag = created
+        .headers
+        .get(header::ETAG)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let weak = format!("W/{etag}");
+    let a = call(
+        &app,
+        "PUT",
+        &format!("/todos/{id}"),
+        Some(r#"{"text":"b"}"#),
+        &[("if-match", &weak)],
+    )
+    .await;
+    assert_eq!(
+        a.status,
+        StatusCode::PRECONDITION_FAILED,
+        "a weak tag never matches"
+    );
+    let list = format!("\"1\", {etag}");
+    let a = call(
+        &app,
+        "PUT",
+        &format!("/todos/{id}"),
+        Some(r#"{"text":"c"}"#),
+        &[("if-match", &list)],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "one of a list matches");
+    let a = call(
+        &app,
+        "PUT",
+        &format!("/todos/{id}"),
+        Some(r#"{"text":"d"}"#),
+        &[("if-match", "*")],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn damaged_stored_items_are_reported_not_rewritten() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use sample_app::store::{Expect, TodoStore};
+    let app = app(Some(KEY));
+    let mut item = std::collections::HashMap::new();
+    item.insert("id".to_owned(), AttributeValue::S("bad-1".into()));
+    item.insert("text".to_owned(), AttributeValue::S("x".into()));
+    item.insert("rep_version".to_owned(), AttributeValue::N("1.5".into()));
+    app.store.put(item.clone(), Expect::Absent).await.unwrap();
+    let a = call(
+        &app,
+        "PUT",
+        "/todos/bad-1",
+        Some(r#"{"checked":true}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CONFLICT);
+    assert!(message(&a).contains("rep_version"), "{}", message(&a));
+    assert_eq!(app.store.all()["bad-1"], item, "left as it was");
+    // A version far in the future is refused rather than adopted by the clock.
+    item.insert("id".to_owned(), AttributeValue::S("bad-2".into()));
+    item.insert(
+        "rep_version".to_owned(),
+        AttributeValue::N("9007199254740991".into()),
+    );
+    app.store.put(item, Expect::Absent).await.unwrap();
+    let a = call(&app, "DELETE", "/todos/bad-2", None, &[]).await;
+    assert_eq!(a.status, StatusCode::CONFLICT, "{:?}", a.body);
+    // The list leaves damaged items out instead of failing.
+    let list = call(&app, "GET", "/todos", None, &[]).await;
+    assert_eq!(list.status, StatusCode::OK);
 }
 
 #[tokio::test]
