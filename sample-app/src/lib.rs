@@ -495,7 +495,7 @@ fn encode_token(id: &str) -> String {
 }
 
 fn decode_token(token: &str) -> Option<String> {
-    if token.is_empty() || token.len() % 2 != 0 || token.len() > 2048 {
+    if token.is_empty() || !token.len().is_multiple_of(2) || token.len() > 2048 {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..token.len())
