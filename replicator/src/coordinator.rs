@@ -432,6 +432,22 @@ async fn discover<S: StreamSource, T: TargetTable, L: LeaseStore>(
         }
         pending = waiting;
     }
+    // Finished leases of shards the stream no longer lists (trimmed away) are not needed any more:
+    // their children already count a parent that is gone from both as done. Deleting them keeps the
+    // lease table, which every worker reads every few seconds, from growing with every rollover.
+    let leases = engine.leases.list().await.map_err(DiscoverError::Lease)?;
+    for lease in leases
+        .iter()
+        .filter(|l| l.finished && l.owner.is_none() && !ids.contains(&l.shard))
+    {
+        match engine.leases.delete_finished(lease).await {
+            Ok(()) => {
+                engine.metrics.lease_change("deleted");
+                tracing::info!(shard_id = %lease.shard, "Finished lease of a trimmed shard deleted.");
+            }
+            Err(error) => tracing::debug!(error = %error, "Deleting a finished lease lost a race."),
+        }
+    }
     Ok(ids)
 }
 

@@ -407,6 +407,33 @@ impl LeaseStore for DynamoLeases {
             .await
     }
 
+    async fn delete_finished(&self, observed: &Lease) -> Result<(), LeaseError> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(self.key(&observed.shard)))
+            .condition_expression("#f = :t AND attribute_not_exists(#o)")
+            .set_expression_attribute_names(Some(names_used(&["#f", "#o"])))
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .send()
+            .await;
+        match out {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                let failure = AwsFailure::from_sdk(&error);
+                if failure.class == ErrorClass::Conflict {
+                    Err(LeaseError::Lost {
+                        shard: observed.shard.clone(),
+                        counter: observed.counter,
+                    })
+                } else {
+                    Err(LeaseError::Aws(failure))
+                }
+            }
+        }
+    }
+
     async fn request_handoff(&self, observed: &Lease, worker: &str) -> Result<(), LeaseError> {
         let values = [
             (

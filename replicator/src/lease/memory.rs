@@ -170,6 +170,21 @@ impl LeaseStore for MemoryLeases {
         )
     }
 
+    async fn delete_finished(&self, observed: &Lease) -> Result<(), LeaseError> {
+        let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+        match rows.get(&observed.shard) {
+            Some(row) if row.finished && row.owner.is_none() => {
+                rows.remove(&observed.shard);
+                Ok(())
+            }
+            None => Ok(()),
+            Some(row) => Err(LeaseError::Lost {
+                shard: observed.shard.clone(),
+                counter: row.counter,
+            }),
+        }
+    }
+
     async fn request_handoff(&self, observed: &Lease, worker: &str) -> Result<(), LeaseError> {
         let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
         match rows.get_mut(&observed.shard) {

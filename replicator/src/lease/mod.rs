@@ -119,6 +119,11 @@ pub trait LeaseStore: Send + Sync + 'static {
         held: &Lease,
         expires_ms: u64,
     ) -> impl Future<Output = Result<Lease, LeaseError>> + Send;
+    /// Deletes a finished lease (its shard is gone from the stream), if it is still finished and free.
+    fn delete_finished(
+        &self,
+        observed: &Lease,
+    ) -> impl Future<Output = Result<(), LeaseError>> + Send;
     /// Asks the owner of `observed` to hand it to `worker`.
     fn request_handoff(
         &self,

@@ -434,9 +434,13 @@ fn quiet(
             if gaps_reported[path] && world.lost[path].iter().any(|l| l.starts_with(&shard.id)) {
                 continue; // a reported gap stops this shard for good
             }
-            let done = rows
-                .get(&shard.id)
-                .is_some_and(|l| l.finished || l.checkpoint.as_ref().is_some_and(|c| c >= last));
+            // A lease deleted because its shard was finished and trimmed away was checked when its
+            // checkpoints moved.
+            let deleted = !rows.contains_key(&shard.id) && !world.listed(shard);
+            let done = deleted
+                || rows.get(&shard.id).is_some_and(|l| {
+                    l.finished || l.checkpoint.as_ref().is_some_and(|c| c >= last)
+                });
             if !done {
                 return false;
             }

@@ -80,6 +80,7 @@ impl SimSource {
             .stream
             .shards
             .iter()
+            .filter(|s| w.listed(s))
             .map(|s| Shard {
                 id: s.id.clone(),
                 parent: s.parent.clone(),
@@ -119,6 +120,7 @@ impl StreamSource for SimSource {
         self.call().await?;
         let mut w = lock(&self.world);
         let now = w.now();
+        let retention = w.config.retention;
         let stream = &mut w.regions[self.region].stream;
         let Some(index) = stream.shards.iter().position(|s| s.id == shard) else {
             return Err(StreamError::Aws(AwsFailure::synthetic(
@@ -127,6 +129,17 @@ impl StreamSource for SimSource {
                 format!("no shard {shard}"),
             )));
         };
+        let gone = {
+            let s = &stream.shards[index];
+            s.closed_at
+                .is_some_and(|at| now.saturating_sub(at) > retention)
+        };
+        if gone {
+            // As the AWS stream maps ResourceNotFound on a vanished shard: everything in it was trimmed.
+            return Err(StreamError::Trimmed(format!(
+                "shard {shard} is no longer in the stream"
+            )));
+        }
         let s = &stream.shards[index];
         let first_at_or_after = |pred: &dyn Fn(&SeqNo) -> bool| {
             s.records
@@ -469,6 +482,11 @@ impl LeaseStore for SimLeases {
     async fn decline_handoff(&self, held: &Lease, expires_ms: u64) -> Result<Lease, LeaseError> {
         self.call().await?;
         self.leases.decline_handoff(held, expires_ms).await
+    }
+
+    async fn delete_finished(&self, observed: &Lease) -> Result<(), LeaseError> {
+        self.call().await?;
+        self.leases.delete_finished(observed).await
     }
 
     async fn request_handoff(&self, observed: &Lease, worker: &str) -> Result<(), LeaseError> {

@@ -48,6 +48,8 @@ pub struct ShardState {
     pub trimmed: usize,
     /// Closed: no more records.
     pub closed: bool,
+    /// When it closed; a shard closed longer than the retention is no longer listed.
+    pub closed_at: Option<Duration>,
     /// The key-hash range `[lo, hi)` this shard receives while open.
     pub range: (u64, u64),
 }
@@ -243,6 +245,7 @@ impl World {
             records: Vec::new(),
             trimmed: 0,
             closed: false,
+            closed_at: None,
             range,
         });
         id
@@ -258,9 +261,11 @@ impl World {
         }
         let index = open[self.rng.below(open.len() as u64) as usize];
         let two = self.rng.chance(0.5) && open.len() < 6;
+        let now = self.now();
         let (id, (lo, hi)) = {
             let shard = &mut self.regions[region].stream.shards[index];
             shard.closed = true;
+            shard.closed_at = Some(now);
             (shard.id.clone(), shard.range)
         };
         let children = if two {
@@ -345,6 +350,14 @@ impl World {
             made,
         });
         true
+    }
+
+    /// Whether DescribeStream still lists the shard: a closed shard disappears once it has been closed
+    /// longer than the retention (all its records are trimmed by then).
+    pub fn listed(&self, shard: &ShardState) -> bool {
+        shard
+            .closed_at
+            .is_none_or(|at| self.now().saturating_sub(at) <= self.config.retention)
     }
 
     /// Notes that `worker` was served a record.
