@@ -76,6 +76,7 @@ fn faults_actually_happen() {
         "conflicts",
         "outages",
         "gaps reported",
+        "finished leases deleted",
     ] {
         assert!(
             totals.get(fault).copied().unwrap_or(0) > 0,

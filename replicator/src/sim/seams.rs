@@ -486,7 +486,11 @@ impl LeaseStore for SimLeases {
 
     async fn delete_finished(&self, observed: &Lease) -> Result<(), LeaseError> {
         self.call().await?;
-        self.leases.delete_finished(observed).await
+        let result = self.leases.delete_finished(observed).await;
+        if result.is_ok() {
+            lock(&self.world).count("finished leases deleted");
+        }
+        result
     }
 
     async fn request_handoff(&self, observed: &Lease, worker: &str) -> Result<(), LeaseError> {
