@@ -104,6 +104,44 @@ impl Resource {
     }
 }
 
+/// Values of references, known once the referenced resources exist (filled from observations).
+pub type Resolved = BTreeMap<String, Value>;
+
+/// Replaces the references in `resources` whose values are known; the others stay as they are (the
+/// plan then shows them as changes until the referenced resource exists).
+pub fn resolve(resources: &[Resource], resolved: &Resolved) -> Vec<Resource> {
+    fn walk(value: &Value, resolved: &Resolved) -> Value {
+        match value {
+            Value::String(s) if s.starts_with("ref:") => {
+                resolved.get(s).cloned().unwrap_or_else(|| value.clone())
+            }
+            Value::Array(items) => Value::Array(items.iter().map(|v| walk(v, resolved)).collect()),
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), walk(v, resolved)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+    resources
+        .iter()
+        .map(|r| Resource {
+            props: r
+                .props
+                .iter()
+                .map(|(k, v)| (k.clone(), walk(v, resolved)))
+                .collect(),
+            ..r.clone()
+        })
+        .collect()
+}
+
+/// The reference string for a resource (see [`resolve`]).
+pub fn reference_key(kind: Kind, region: &str, name: &str) -> String {
+    format!("ref:{kind:?}/{region}/{name}")
+}
+
 fn reference(kind: Kind, region: &str, name: &str) -> Value {
     Value::String(format!("ref:{kind:?}/{region}/{name}"))
 }

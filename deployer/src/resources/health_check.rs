@@ -1,0 +1,267 @@
+//! Route 53 health checks on each region's health path: HTTPS with SNI, interval, failure threshold,
+//! checker regions, and a `Name` tag that identifies them.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_route53::Client;
+use aws_sdk_route53::types::{
+    HealthCheckConfig, HealthCheckRegion, HealthCheckType, Tag, TagResourceType,
+};
+use serde_json::{Value, json};
+
+use super::{DeployError, Scope};
+use crate::desired::{Kind, Resource};
+use crate::plan::{Action, Change};
+
+const NAME: &str = "Name";
+
+/// Every health check of this app and stage (found by their tags), in the desired form, with the
+/// check's ID in `id`. Health checks have no names of their own: the `Name` tag is the name.
+pub async fn observe(client: &Client, scope: &Scope) -> Result<Vec<Resource>, DeployError> {
+    let mut checks = Vec::new();
+    let mut marker = None;
+    loop {
+        let page = client
+            .list_health_checks()
+            .set_marker(marker.take())
+            .send()
+            .await
+            .map_err(|e| DeployError::aws("route53:ListHealthChecks", "health checks", &e))?;
+        checks.extend(page.health_checks().iter().cloned());
+        match (page.is_truncated(), page.next_marker) {
+            (true, Some(next)) => marker = Some(next),
+            _ => break,
+        }
+    }
+    let mut tags: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for ids in checks.chunks(10) {
+        let out = client
+            .list_tags_for_resources()
+            .resource_type(TagResourceType::Healthcheck)
+            .set_resource_ids(Some(ids.iter().map(|c| c.id().to_owned()).collect()))
+            .send()
+            .await
+            .map_err(|e| DeployError::aws("route53:ListTagsForResources", "health checks", &e))?;
+        for set in out.resource_tag_sets() {
+            let map = set
+                .tags()
+                .iter()
+                .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
+                .collect();
+            tags.insert(set.resource_id().unwrap_or_default().to_owned(), map);
+        }
+    }
+    let mut found = Vec::new();
+    for check in checks {
+        let Some(tags) = tags.get(check.id()) else {
+            continue;
+        };
+        if !scope.owns(tags) {
+            continue;
+        }
+        let Some(name) = tags.get(NAME) else { continue };
+        let Some(config) = check.health_check_config() else {
+            continue;
+        };
+        let region = regions_suffix(name);
+        let props = json!({
+            "type": config.r#type().as_str(),
+            "target": config.fully_qualified_domain_name(),
+            "resource_path": config.resource_path(),
+            "port": config.port(),
+            "enable_sni": config.enable_sni(),
+            "request_interval": config.request_interval(),
+            "failure_threshold": config.failure_threshold(),
+            "regions": config.regions().iter().map(|r| r.as_str().to_owned()).collect::<Vec<_>>(),
+            "tags": {
+                NAME: name,
+                super::APP_TAG: scope.app,
+                super::STAGE_TAG: scope.stage,
+            },
+            "id": check.id(),
+        });
+        found.push(Resource {
+            kind: Kind::HealthCheck,
+            region,
+            name: name.clone(),
+            props: props
+                .as_object()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        });
+    }
+    Ok(found)
+}
+
+/// The region at the end of a check's name (`todos-dev-us-east-1`), as `desired` names them.
+fn regions_suffix(name: &str) -> Option<String> {
+    let parts: Vec<&str> = name.split('-').collect();
+    (parts.len() >= 3).then(|| parts[parts.len() - 3..].join("-"))
+}
+
+fn config(props: &BTreeMap<String, Value>) -> Result<HealthCheckConfig, String> {
+    let int = |field: &str| {
+        props
+            .get(field)
+            .and_then(Value::as_i64)
+            .and_then(|v| i32::try_from(v).ok())
+    };
+    let target = props
+        .get("target")
+        .and_then(Value::as_str)
+        .filter(|t| !t.starts_with("ref:"))
+        .ok_or("the health check's target is not known yet (its REST API does not exist)")?;
+    HealthCheckConfig::builder()
+        .r#type(HealthCheckType::from(
+            props.get("type").and_then(Value::as_str).unwrap_or("HTTPS"),
+        ))
+        .fully_qualified_domain_name(target)
+        .resource_path(
+            props
+                .get("resource_path")
+                .and_then(Value::as_str)
+                .unwrap_or("/"),
+        )
+        .set_port(int("port"))
+        .enable_sni(
+            props
+                .get("enable_sni")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
+        )
+        .set_request_interval(int("request_interval"))
+        .set_failure_threshold(int("failure_threshold"))
+        .set_regions(regions(props))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+fn regions(props: &BTreeMap<String, Value>) -> Option<Vec<HealthCheckRegion>> {
+    let list: Vec<HealthCheckRegion> = props
+        .get("regions")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(HealthCheckRegion::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    (!list.is_empty()).then_some(list)
+}
+
+async fn create(client: &Client, want: &Resource, id: &str) -> Result<(), DeployError> {
+    let config = config(&want.props)
+        .map_err(|e| DeployError::refused("route53:CreateHealthCheck", id, e))?;
+    let caller_reference = format!(
+        "{}-{}",
+        want.name,
+        tworegion_common::version::system_millis()
+    );
+    let out = client
+        .create_health_check()
+        .caller_reference(caller_reference)
+        .health_check_config(config)
+        .send()
+        .await
+        .map_err(|e| DeployError::aws("route53:CreateHealthCheck", id, &e))?;
+    let check_id = out
+        .health_check()
+        .map(|h| h.id().to_owned())
+        .unwrap_or_default();
+    let tags: Vec<Tag> = want
+        .props
+        .get("tags")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    Tag::builder()
+                        .key(k)
+                        .value(v.as_str().unwrap_or_default())
+                        .build()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    client
+        .change_tags_for_resource()
+        .resource_type(TagResourceType::Healthcheck)
+        .resource_id(&check_id)
+        .set_add_tags(Some(tags))
+        .send()
+        .await
+        .map_err(|e| DeployError::aws("route53:ChangeTagsForResource", id, &e))?;
+    Ok(())
+}
+
+fn observed_id(observed: Option<&Resource>, id: &str) -> Result<String, DeployError> {
+    observed
+        .and_then(|o| o.props.get("id"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            DeployError::refused("route53", id, "the existing health check's ID is unknown")
+        })
+}
+
+/// Applies one planned change to a health check.
+pub async fn apply(
+    client: &Client,
+    change: &Change,
+    desired: Option<&Resource>,
+    observed: Option<&Resource>,
+) -> Result<(), DeployError> {
+    let id = format!("HealthCheck/{}", change.name);
+    match (&change.action, desired) {
+        (Action::Create, Some(want)) => create(client, want, &id).await,
+        (Action::Update { .. }, Some(want)) => {
+            let check_id = observed_id(observed, &id)?;
+            let c = config(&want.props)
+                .map_err(|e| DeployError::refused("route53:UpdateHealthCheck", &id, e))?;
+            client
+                .update_health_check()
+                .health_check_id(check_id)
+                .fully_qualified_domain_name(c.fully_qualified_domain_name().unwrap_or_default())
+                .resource_path(c.resource_path().unwrap_or_default())
+                .set_port(c.port())
+                .set_enable_sni(c.enable_sni())
+                .set_failure_threshold(c.failure_threshold())
+                .set_regions(regions(&want.props))
+                .send()
+                .await
+                .map_err(|e| DeployError::aws("route53:UpdateHealthCheck", &id, &e))?;
+            Ok(())
+        }
+        (Action::Replace { .. }, Some(want)) => {
+            // The interval and type are fixed once created: a new check, then the old one goes.
+            // (The failover records that point at it are updated after, in dependency order.)
+            let check_id = observed_id(observed, &id)?;
+            create(client, want, &id).await?;
+            client
+                .delete_health_check()
+                .health_check_id(check_id)
+                .send()
+                .await
+                .map_err(|e| DeployError::aws("route53:DeleteHealthCheck", &id, &e))?;
+            Ok(())
+        }
+        (Action::Delete, _) => {
+            let check_id = observed_id(observed, &id)?;
+            client
+                .delete_health_check()
+                .health_check_id(check_id)
+                .send()
+                .await
+                .map_err(|e| DeployError::aws("route53:DeleteHealthCheck", &id, &e))?;
+            Ok(())
+        }
+        _ => Err(DeployError::refused(
+            "plan",
+            &id,
+            "a change without the resource it needs",
+        )),
+    }
+}
