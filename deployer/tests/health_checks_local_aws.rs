@@ -2,6 +2,9 @@
 //! threshold is exactly one update per region and is applied, a changed interval replaces the check,
 //! removal spares a check that is not ours.
 
+// Test helpers report failure by panicking.
+#![allow(clippy::unwrap_used)]
+
 use aws_sdk_route53::types::{HealthCheckConfig, HealthCheckType};
 use deployer::config::ConfigFile;
 use deployer::desired::{Kind, Resolved, Resource, desired, reference_key, resolve};

@@ -1,6 +1,9 @@
 //! The table resource against the local AWS: observe, plan, apply, and again until nothing changes;
 //! adoption of an untagged table with the right name; removal that spares unrelated tables.
 
+// Test helpers report failure by panicking.
+#![allow(clippy::unwrap_used)]
+
 use deployer::config::ConfigFile;
 use deployer::desired::{Kind, Resource, desired};
 use deployer::plan::{Action, plan};

@@ -1,0 +1,233 @@
+//! The public name's Route 53 records: one alias A record per region to the region's custom domain,
+//! with failover (PRIMARY / SECONDARY) or latency routing and the region's health check. Records
+//! cannot carry tags: the set identifier `<app>-<stage>-<region>` marks them as this deployment's.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_route53::Client;
+use aws_sdk_route53::types::{
+    AliasTarget, Change as R53Change, ChangeAction, ChangeBatch, ResourceRecordSet,
+    ResourceRecordSetFailover, ResourceRecordSetRegion, RrType,
+};
+use serde_json::{Value, json};
+
+use super::{DeployError, Scope};
+use crate::desired::{Kind, Resource};
+use crate::plan::{Action, Change};
+
+fn dotted(name: &str) -> String {
+    let lower = name.to_ascii_lowercase();
+    if lower.ends_with('.') {
+        lower
+    } else {
+        format!("{lower}.")
+    }
+}
+
+/// The hosted zone's ID, from its ID or its name.
+pub async fn zone_id(client: &Client, zone: &str) -> Result<String, DeployError> {
+    let looks_like_id = !zone.contains('.') && zone.starts_with('Z');
+    if looks_like_id {
+        return Ok(zone.to_owned());
+    }
+    let wanted = dotted(zone);
+    let out = client
+        .list_hosted_zones_by_name()
+        .dns_name(&wanted)
+        .send()
+        .await
+        .map_err(|e| DeployError::aws("route53:ListHostedZonesByName", zone, &e))?;
+    out.hosted_zones()
+        .iter()
+        .find(|z| dotted(z.name()) == wanted)
+        .map(|z| z.id().trim_start_matches("/hostedzone/").to_owned())
+        .ok_or_else(|| {
+            DeployError::refused(
+                "route53:ListHostedZonesByName",
+                zone,
+                "no such hosted zone in this account; create it or fix dns.hosted_zone",
+            )
+        })
+}
+
+/// This deployment's records for `domain` in the zone, in the desired form.
+pub async fn observe(
+    client: &Client,
+    scope: &Scope,
+    zone: &str,
+    domain: &str,
+) -> Result<Vec<Resource>, DeployError> {
+    let zone_id = zone_id(client, zone).await?;
+    let prefix = format!("{}-{}-", scope.app, scope.stage);
+    let wanted = dotted(domain);
+    let mut found = Vec::new();
+    let mut start: Option<(String, RrType, Option<String>)> = None;
+    loop {
+        let mut request = client.list_resource_record_sets().hosted_zone_id(&zone_id);
+        if let Some((name, kind, set)) = start.take() {
+            request = request
+                .start_record_name(name)
+                .start_record_type(kind)
+                .set_start_record_identifier(set);
+        }
+        let page = request
+            .send()
+            .await
+            .map_err(|e| DeployError::aws("route53:ListResourceRecordSets", zone, &e))?;
+        for set in page.resource_record_sets() {
+            let Some(identifier) = set.set_identifier() else {
+                continue;
+            };
+            if dotted(set.name()) != wanted
+                || !identifier.starts_with(&prefix)
+                || set.r#type() != &RrType::A
+            {
+                continue;
+            }
+            let routing = match (set.failover(), set.region()) {
+                (Some(f), _) => json!({ "failover": f.as_str() }),
+                (None, Some(r)) => json!({ "latency_region": r.as_str() }),
+                _ => Value::Null,
+            };
+            let label = match set.failover() {
+                Some(f) => f.as_str().to_owned(),
+                None => set
+                    .region()
+                    .map(|r| r.as_str().to_owned())
+                    .unwrap_or_default(),
+            };
+            let alias = set.alias_target().map(|a| {
+                json!({ "dns_name": dotted(a.dns_name()), "hosted_zone_id": a.hosted_zone_id() })
+            });
+            let props = json!({
+                "zone": zone,
+                "type": "A",
+                "alias_to": alias,
+                "set_identifier": identifier,
+                "routing": routing,
+                "health_check": set.health_check_id(),
+            });
+            found.push(Resource {
+                kind: Kind::DnsRecord,
+                region: None,
+                name: format!("{domain}/{label}"),
+                props: props
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            });
+        }
+        if page.is_truncated() {
+            start = page
+                .next_record_name
+                .clone()
+                .zip(page.next_record_type.clone())
+                .map(|(n, t)| (n, t, page.next_record_identifier.clone()));
+            if start.is_none() {
+                break;
+            }
+        } else {
+            break;
+        }
+    }
+    Ok(found)
+}
+
+fn record(domain: &str, props: &BTreeMap<String, Value>) -> Result<ResourceRecordSet, String> {
+    let alias = props
+        .get("alias_to")
+        .filter(|v| v.is_object())
+        .ok_or("the custom domain does not exist yet")?;
+    let text = |v: &Value, field: &str| v.get(field).and_then(Value::as_str).map(str::to_owned);
+    let target = AliasTarget::builder()
+        .dns_name(text(alias, "dns_name").ok_or("alias_to.dns_name unknown")?)
+        .hosted_zone_id(text(alias, "hosted_zone_id").ok_or("alias_to.hosted_zone_id unknown")?)
+        .evaluate_target_health(false)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut set = ResourceRecordSet::builder()
+        .name(dotted(domain))
+        .r#type(RrType::A)
+        .alias_target(target)
+        .set_identifier(
+            props
+                .get("set_identifier")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+        );
+    if let Some(check) = props.get("health_check").and_then(Value::as_str) {
+        if check.starts_with("ref:") {
+            return Err("the health check does not exist yet".to_owned());
+        }
+        set = set.health_check_id(check);
+    }
+    let routing = props.get("routing").cloned().unwrap_or(Value::Null);
+    if let Some(f) = routing.get("failover").and_then(Value::as_str) {
+        set = set.failover(ResourceRecordSetFailover::from(f));
+    } else if let Some(r) = routing.get("latency_region").and_then(Value::as_str) {
+        set = set.region(ResourceRecordSetRegion::from(r));
+    }
+    set.build().map_err(|e| e.to_string())
+}
+
+/// Applies one planned change to a record (UPSERT for create, update and replace; DELETE with the
+/// record as it is).
+pub async fn apply(
+    client: &Client,
+    change: &Change,
+    desired: Option<&Resource>,
+    observed: Option<&Resource>,
+) -> Result<(), DeployError> {
+    let id = format!("DnsRecord/{}", change.name);
+    let domain = change
+        .name
+        .rsplit_once('/')
+        .map(|(d, _)| d)
+        .unwrap_or(&change.name);
+    let (action, source) = match (&change.action, desired, observed) {
+        (Action::Delete, _, Some(have)) => (ChangeAction::Delete, have),
+        (Action::Create | Action::Update { .. } | Action::Replace { .. }, Some(want), _) => {
+            (ChangeAction::Upsert, want)
+        }
+        _ => {
+            return Err(DeployError::refused(
+                "plan",
+                &id,
+                "a change without the resource it needs",
+            ));
+        }
+    };
+    let zone = source
+        .props
+        .get("zone")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let zone_id = zone_id(client, &zone).await?;
+    let set = record(domain, &source.props)
+        .map_err(|e| DeployError::refused("route53:ChangeResourceRecordSets", &id, e))?;
+    let batch = ChangeBatch::builder()
+        .changes(
+            R53Change::builder()
+                .action(action)
+                .resource_record_set(set)
+                .build()
+                .map_err(|e| {
+                    DeployError::refused("route53:ChangeResourceRecordSets", &id, e.to_string())
+                })?,
+        )
+        .build()
+        .map_err(|e| {
+            DeployError::refused("route53:ChangeResourceRecordSets", &id, e.to_string())
+        })?;
+    client
+        .change_resource_record_sets()
+        .hosted_zone_id(zone_id)
+        .change_batch(batch)
+        .send()
+        .await
+        .map_err(|e| DeployError::aws("route53:ChangeResourceRecordSets", &id, &e))?;
+    Ok(())
+}
