@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
     ScalarAttributeType, TableStatus,
@@ -230,17 +231,7 @@ impl DynamoLeases {
                     format!("lease row for shard {} is malformed", lease.shard),
                 ))
             }),
-            Err(error) => {
-                let failure = AwsFailure::from_sdk(&error);
-                if failure.class == ErrorClass::Conflict {
-                    Err(LeaseError::Lost {
-                        shard: lease.shard.clone(),
-                        counter: lease.counter,
-                    })
-                } else {
-                    Err(LeaseError::Aws(failure))
-                }
-            }
+            Err(error) => Err(lost_or_failed(&error, lease)),
         }
     }
 
@@ -253,6 +244,25 @@ impl DynamoLeases {
             (":c".to_owned(), n(held.counter)),
         ]
         .into()
+    }
+}
+
+/// A failed lease write: a failed condition means someone else changed the lease (`Lost`).
+fn lost_or_failed<E>(
+    error: &SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+    lease: &Lease,
+) -> LeaseError
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let failure = AwsFailure::from_sdk(error);
+    if failure.class == ErrorClass::Conflict {
+        LeaseError::Lost {
+            shard: lease.shard.clone(),
+            counter: lease.counter,
+        }
+    } else {
+        LeaseError::Aws(failure)
     }
 }
 
@@ -420,17 +430,7 @@ impl LeaseStore for DynamoLeases {
             .await;
         match out {
             Ok(_) => Ok(()),
-            Err(error) => {
-                let failure = AwsFailure::from_sdk(&error);
-                if failure.class == ErrorClass::Conflict {
-                    Err(LeaseError::Lost {
-                        shard: observed.shard.clone(),
-                        counter: observed.counter,
-                    })
-                } else {
-                    Err(LeaseError::Aws(failure))
-                }
-            }
+            Err(error) => Err(lost_or_failed(&error, observed)),
         }
     }
 
@@ -456,17 +456,7 @@ impl LeaseStore for DynamoLeases {
             .await;
         match out {
             Ok(_) => Ok(()),
-            Err(error) => {
-                let failure = AwsFailure::from_sdk(&error);
-                if failure.class == ErrorClass::Conflict {
-                    Err(LeaseError::Lost {
-                        shard: observed.shard.clone(),
-                        counter: observed.counter,
-                    })
-                } else {
-                    Err(LeaseError::Aws(failure))
-                }
-            }
+            Err(error) => Err(lost_or_failed(&error, observed)),
         }
     }
 }
