@@ -356,9 +356,22 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
                 Kind::ExecutionRole,
                 Some(r),
                 exec_role.clone(),
-                json!({ "assume": "ecs-tasks.amazonaws.com",
-                        "managed_policy": "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy",
-                        "tags": tags }),
+                json!({
+                    "assume": "ecs-tasks.amazonaws.com",
+                    // Least privilege instead of the broad AWS-managed execution policy: pull the
+                    // image (ECR needs Resource "*" for these read actions) and write this log group.
+                    "policy": {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            { "Effect": "Allow",
+                              "Action": ["ecr:GetAuthorizationToken", "ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"],
+                              "Resource": "*" },
+                            { "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                              "Resource": format!("arn:aws:logs:{r}:*:log-group:{log_group}:*") }
+                        ]
+                    },
+                    "tags": tags,
+                }),
             ));
             let family = format!("{prefix}-replicator-{other}-to-{r}");
             out.push(Resource::new(

@@ -4,6 +4,7 @@
 
 pub mod dns_record;
 pub mod health_check;
+pub mod role;
 pub mod table;
 
 use std::collections::BTreeMap;
