@@ -3,6 +3,7 @@
 //! no longer wanted are found) into the same plain form as `desired`, and applies one planned change.
 
 pub mod dns_record;
+pub mod function;
 pub mod health_check;
 pub mod role;
 pub mod table;

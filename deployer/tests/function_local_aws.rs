@@ -1,0 +1,154 @@
+//! The Lambda function against the local AWS: created from the artifact, a second plan is empty, a
+//! new memory size or a new artifact is exactly that update, removal deletes it.
+
+// Test helpers report failure by panicking.
+#![allow(clippy::unwrap_used)]
+
+use deployer::config::ConfigFile;
+use deployer::desired::{Kind, Resolved, Resource, desired, reference_key, resolve};
+use deployer::plan::{Action, plan};
+use deployer::resources::{function, role};
+use serde_json::json;
+use tworegion_common::test_support::{LocalAws, REGION_A, REGION_B};
+
+fn wanted(app: &str, memory: i32, artifact: &[u8], role_arn: &str) -> Resource {
+    let text = format!(
+        r#"
+app = "{app}"
+stage = "test"
+primary_region = "{REGION_A}"
+secondary_region = "{REGION_B}"
+[dns]
+domain_name = "api.example.com"
+hosted_zone = "example.com"
+[certificates]
+[table]
+name = "todos"
+partition_key = {{ name = "id", type = "S" }}
+[api_key]
+generate = true
+[lambda]
+artifact = "x.zip"
+memory_mb = {memory}
+[replicator]
+mode = "lww"
+image = "img"
+"#
+    );
+    let d = ConfigFile::parse(&text)
+        .unwrap()
+        .validate(&|_| None)
+        .unwrap();
+    let mut resolved = Resolved::new();
+    resolved.insert(
+        reference_key(
+            Kind::LambdaRole,
+            REGION_A,
+            &format!("{app}-test-api-{REGION_A}"),
+        ),
+        json!(role_arn),
+    );
+    let all: Vec<Resource> = desired(&d, &function::code_sha256(artifact))
+        .into_iter()
+        .filter(|r| r.kind == Kind::LambdaFunction && r.region.as_deref() == Some(REGION_A))
+        .collect();
+    resolve(&all, &resolved).remove(0)
+}
+
+#[tokio::test]
+async fn function_reconciles() {
+    let local = LocalAws::from_env();
+    let lambda = aws_sdk_lambda::Client::new(&local.sdk_config(REGION_A));
+    let iam = aws_sdk_iam::Client::new(&local.sdk_config(REGION_A));
+    let app = format!("f{}", std::process::id() % 1_000_000);
+    let role_name = format!("{app}-test-api-{REGION_A}");
+    let role_arn = iam
+        .create_role()
+        .role_name(&role_name)
+        .assume_role_policy_document(role::trust_policy("lambda.amazonaws.com").to_string())
+        .send()
+        .await
+        .unwrap()
+        .role
+        .unwrap()
+        .arn()
+        .to_owned();
+    let v1 = b"PK first build".to_vec();
+    let v2 = b"PK second build".to_vec();
+
+    let name = format!("{app}-test-api");
+    let step = |want: Option<Resource>, artifact: Vec<u8>| {
+        let lambda = lambda.clone();
+        let name = name.clone();
+        async move {
+            let observed: Vec<Resource> = function::observe(&lambda, REGION_A, &name)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
+            let want: Vec<Resource> = want.into_iter().collect();
+            let plan = plan(&want, &observed);
+            for change in &plan.changes {
+                function::apply(&lambda, change, want.first(), &artifact)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            plan.changes
+        }
+    };
+
+    let created = step(Some(wanted(&app, 256, &v1, &role_arn)), v1.clone()).await;
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].action, Action::Create);
+    let observed = function::observe(&lambda, REGION_A, &name)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        observed.props["code_sha256"],
+        function::code_sha256(&v1).as_str(),
+        "our hash is Lambda's"
+    );
+    assert_eq!(observed.props["environment"]["SAMPLE_APP_TABLE"], "todos");
+    assert!(
+        plan(
+            &[wanted(&app, 256, &v1, &role_arn)],
+            std::slice::from_ref(&observed)
+        )
+        .is_empty(),
+        "a second up changes nothing"
+    );
+
+    let fields = |changes: &[deployer::plan::Change]| -> Vec<String> {
+        changes
+            .iter()
+            .flat_map(|c| match &c.action {
+                Action::Update { changes } => changes.iter().map(|f| f.field.clone()).collect(),
+                other => vec![format!("{other:?}")],
+            })
+            .collect()
+    };
+    let memory = step(Some(wanted(&app, 512, &v1, &role_arn)), v1.clone()).await;
+    assert_eq!(fields(&memory), vec!["memory_mb"]);
+    let code = step(Some(wanted(&app, 512, &v2, &role_arn)), v2.clone()).await;
+    assert_eq!(fields(&code), vec!["code_sha256"]);
+    let observed = function::observe(&lambda, REGION_A, &name)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(plan(&[wanted(&app, 512, &v2, &role_arn)], &[observed]).is_empty());
+
+    let removed = step(None, Vec::new()).await;
+    assert_eq!(removed.len(), 1);
+    assert!(
+        function::observe(&lambda, REGION_A, &name)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    iam.delete_role()
+        .role_name(&role_name)
+        .send()
+        .await
+        .unwrap();
+}
