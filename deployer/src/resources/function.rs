@@ -149,11 +149,7 @@ pub async fn apply(
     match (&change.action, desired) {
         (Action::Create, Some(want)) => {
             let p = &want.props;
-            let tags = p.get("tags").and_then(Value::as_object).map(|m| {
-                m.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
-                    .collect()
-            });
+            let tags = Some(super::tag_pairs(p).into_iter().collect());
             client
                 .create_function()
                 .function_name(name)

@@ -171,21 +171,10 @@ async fn create(client: &Client, want: &Resource, id: &str) -> Result<(), Deploy
         .health_check()
         .map(|h| h.id().to_owned())
         .unwrap_or_default();
-    let tags: Vec<Tag> = want
-        .props
-        .get("tags")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| {
-                    Tag::builder()
-                        .key(k)
-                        .value(v.as_str().unwrap_or_default())
-                        .build()
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let tags: Vec<Tag> = super::tag_pairs(&want.props)
+        .into_iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect();
     client
         .change_tags_for_resource()
         .resource_type(TagResourceType::Healthcheck)

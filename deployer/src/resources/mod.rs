@@ -49,6 +49,19 @@ impl Scope {
     }
 }
 
+/// The `tags` property of a desired resource as key-value pairs (each service has its own tag type).
+pub fn tag_pairs(props: &BTreeMap<String, Value>) -> Vec<(String, String)> {
+    props
+        .get("tags")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A failed AWS call, said so that an operator can act.
 #[derive(Debug, thiserror::Error)]
 #[error("{action} on {resource}: {message}{}", hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]

@@ -187,21 +187,10 @@ pub async fn observe(
 }
 
 fn tags(props: &BTreeMap<String, Value>) -> Vec<Tag> {
-    props
-        .get("tags")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| {
-                    Tag::builder()
-                        .key(k)
-                        .value(v.as_str().unwrap_or_default())
-                        .build()
-                        .ok()
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    super::tag_pairs(props)
+        .into_iter()
+        .filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok())
+        .collect()
 }
 
 async fn put_permissions(

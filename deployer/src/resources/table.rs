@@ -223,21 +223,10 @@ async fn wait_active(client: &Client, name: &str, id: &str) -> Result<(), Deploy
 }
 
 fn tags(props: &BTreeMap<String, Value>) -> Vec<Tag> {
-    props
-        .get("tags")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| {
-                    Tag::builder()
-                        .key(k)
-                        .value(v.as_str().unwrap_or_default())
-                        .build()
-                        .ok()
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    super::tag_pairs(props)
+        .into_iter()
+        .filter_map(|(k, v)| Tag::builder().key(k).value(v).build().ok())
+        .collect()
 }
 
 /// Applies one planned change to a table. `desired` is the wanted resource (none for a deletion),
