@@ -2,9 +2,11 @@
 //! desired names, so that untagged resources are adopted, and by the app/stage tags, so that resources
 //! no longer wanted are found) into the same plain form as `desired`, and applies one planned change.
 
+pub mod cluster;
 pub mod dns_record;
 pub mod function;
 pub mod health_check;
+pub mod log_group;
 pub mod role;
 pub mod table;
 
