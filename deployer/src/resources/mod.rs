@@ -9,6 +9,7 @@ pub mod health_check;
 pub mod log_group;
 pub mod role;
 pub mod table;
+pub mod task_definition;
 
 use std::collections::BTreeMap;
 
