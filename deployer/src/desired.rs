@@ -142,6 +142,12 @@ pub fn reference_key(kind: Kind, region: &str, name: &str) -> String {
     format!("ref:{kind:?}/{region}/{name}")
 }
 
+/// The reference string for one attribute of a resource, for a resource that others need different
+/// values of (a REST API's host for health checks, its ARN for the invoke permission).
+pub fn reference_attr_key(kind: Kind, region: &str, name: &str, attr: &str) -> String {
+    format!("ref:{kind:?}/{region}/{name}#{attr}")
+}
+
 fn reference(kind: Kind, region: &str, name: &str) -> Value {
     Value::String(format!("ref:{kind:?}/{region}/{name}"))
 }
@@ -236,7 +242,7 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
             Some(r),
             format!("{function}-apigateway"),
             json!({ "function": function, "principal": "apigateway.amazonaws.com",
-                    "source": reference(Kind::RestApi, r, &prefix) }),
+                    "source": reference_attr_key(Kind::RestApi, r, &prefix, "source_arn") }),
         ));
         out.push(Resource::new(
             Kind::ApiKey,
@@ -297,7 +303,7 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
             format!("{prefix}-{r}"),
             json!({
                 "type": "HTTPS",
-                "target": reference(Kind::RestApi, r, &prefix),
+                "target": reference_attr_key(Kind::RestApi, r, &prefix, "host"),
                 "resource_path": format!("/{stage}{}", hc.path),
                 "port": 443,
                 "enable_sni": true,

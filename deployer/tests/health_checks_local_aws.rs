@@ -7,7 +7,7 @@
 
 use aws_sdk_route53::types::{HealthCheckConfig, HealthCheckType};
 use deployer::config::ConfigFile;
-use deployer::desired::{Kind, Resolved, Resource, desired, reference_key, resolve};
+use deployer::desired::{Kind, Resolved, Resource, desired, reference_attr_key, resolve};
 use deployer::plan::{Action, FieldChange, plan};
 use deployer::resources::{Scope, health_check};
 use serde_json::json;
@@ -47,7 +47,7 @@ image = "img"
     let mut resolved = Resolved::new();
     for region in [REGION_A, REGION_B] {
         resolved.insert(
-            reference_key(Kind::RestApi, region, &format!("{app}-test")),
+            reference_attr_key(Kind::RestApi, region, &format!("{app}-test"), "host"),
             json!(format!("abc123.execute-api.{region}.amazonaws.com")),
         );
     }

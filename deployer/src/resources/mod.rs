@@ -7,6 +7,7 @@ pub mod dns_record;
 pub mod function;
 pub mod health_check;
 pub mod log_group;
+pub mod permission;
 pub mod role;
 pub mod table;
 pub mod task_definition;

@@ -1,0 +1,128 @@
+//! API Gateway's permission to invoke the Lambda function: one statement in the function's resource
+//! policy, its `Sid` the resource's name, limited to the region's REST API (`AWS:SourceArn`).
+
+use aws_sdk_lambda::Client;
+use serde_json::{Value, json};
+
+use super::DeployError;
+use crate::desired::{Kind, Resource};
+use crate::plan::{Action, Change};
+
+/// The statement `name` in `function`'s policy, if present, in the desired form.
+pub async fn observe(
+    client: &Client,
+    region: &str,
+    function: &str,
+    name: &str,
+) -> Result<Option<Resource>, DeployError> {
+    let id = format!("LambdaPermission/{region}/{name}");
+    let policy = match client.get_policy().function_name(function).send().await {
+        Ok(out) => out.policy.unwrap_or_default(),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception()) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(DeployError::aws("lambda:GetPolicy", &id, &e)),
+    };
+    let document: Value = serde_json::from_str(&policy).unwrap_or(Value::Null);
+    let statement = document["Statement"]
+        .as_array()
+        .and_then(|list| list.iter().find(|s| s["Sid"] == name));
+    let Some(statement) = statement else {
+        return Ok(None);
+    };
+    let principal = statement["Principal"]["Service"]
+        .as_str()
+        .or_else(|| statement["Principal"].as_str())
+        .map(str::to_owned);
+    let source = statement["Condition"]["ArnLike"]["AWS:SourceArn"]
+        .as_str()
+        .map(str::to_owned);
+    let props = json!({ "function": function, "principal": principal, "source": source });
+    Ok(Some(Resource {
+        kind: Kind::LambdaPermission,
+        region: Some(region.to_owned()),
+        name: name.to_owned(),
+        props: props
+            .as_object()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+    }))
+}
+
+async fn add(client: &Client, want: &Resource, id: &str) -> Result<(), DeployError> {
+    let text = |field: &str| {
+        want.props
+            .get(field)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let source = text("source");
+    if source.starts_with("ref:") || source.is_empty() {
+        return Err(DeployError::refused(
+            "lambda:AddPermission",
+            id,
+            "the REST API does not exist yet",
+        ));
+    }
+    client
+        .add_permission()
+        .function_name(text("function"))
+        .statement_id(&want.name)
+        .action("lambda:InvokeFunction")
+        .principal(text("principal"))
+        .source_arn(source)
+        .send()
+        .await
+        .map_err(|e| DeployError::aws("lambda:AddPermission", id, &e))?;
+    Ok(())
+}
+
+async fn remove(client: &Client, function: &str, name: &str, id: &str) -> Result<(), DeployError> {
+    client
+        .remove_permission()
+        .function_name(function)
+        .statement_id(name)
+        .send()
+        .await
+        .map_err(|e| DeployError::aws("lambda:RemovePermission", id, &e))?;
+    Ok(())
+}
+
+/// Applies one planned change (a changed statement is removed and added again).
+pub async fn apply(
+    client: &Client,
+    change: &Change,
+    desired: Option<&Resource>,
+    observed: Option<&Resource>,
+) -> Result<(), DeployError> {
+    let id = format!(
+        "LambdaPermission/{}/{}",
+        change.region.as_deref().unwrap_or_default(),
+        change.name
+    );
+    let function_of = |r: Option<&Resource>| {
+        r.and_then(|r| r.props.get("function"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    match (&change.action, desired) {
+        (Action::Create, Some(want)) => add(client, want, &id).await,
+        (Action::Update { .. } | Action::Replace { .. }, Some(want)) => {
+            remove(client, &function_of(observed), &change.name, &id).await?;
+            add(client, want, &id).await
+        }
+        (Action::Delete, _) => remove(client, &function_of(observed), &change.name, &id).await,
+        _ => Err(DeployError::refused(
+            "plan",
+            &id,
+            "a change without the resource it needs",
+        )),
+    }
+}

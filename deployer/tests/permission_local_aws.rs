@@ -1,0 +1,165 @@
+//! API Gateway's invoke permission against the local AWS: added to the function's policy limited to
+//! the REST API, a second plan is empty, a new API is a replaced statement, removal takes it out.
+
+// Test helpers report failure by panicking.
+#![allow(clippy::unwrap_used)]
+
+use deployer::config::ConfigFile;
+use deployer::desired::{Kind, Resolved, Resource, desired, reference_attr_key, resolve};
+use deployer::plan::{Action, plan};
+use deployer::resources::{permission, role};
+use serde_json::json;
+use tworegion_common::test_support::{LocalAws, REGION_A, REGION_B};
+
+fn wanted(app: &str, api_id: &str) -> Resource {
+    let text = format!(
+        r#"
+app = "{app}"
+stage = "test"
+primary_region = "{REGION_A}"
+secondary_region = "{REGION_B}"
+[dns]
+domain_name = "api.example.com"
+hosted_zone = "example.com"
+[certificates]
+[table]
+name = "todos"
+partition_key = {{ name = "id", type = "S" }}
+[api_key]
+generate = true
+[lambda]
+artifact = "x.zip"
+[replicator]
+mode = "lww"
+image = "img"
+"#
+    );
+    let d = ConfigFile::parse(&text)
+        .unwrap()
+        .validate(&|_| None)
+        .unwrap();
+    let mut resolved = Resolved::new();
+    resolved.insert(
+        reference_attr_key(
+            Kind::RestApi,
+            REGION_A,
+            &format!("{app}-test"),
+            "source_arn",
+        ),
+        json!(format!(
+            "arn:aws:execute-api:{REGION_A}:123456789012:{api_id}/*/*"
+        )),
+    );
+    let all: Vec<Resource> = desired(&d, "sha")
+        .into_iter()
+        .filter(|r| r.kind == Kind::LambdaPermission && r.region.as_deref() == Some(REGION_A))
+        .collect();
+    resolve(&all, &resolved).remove(0)
+}
+
+#[tokio::test]
+async fn invoke_permission_reconciles() {
+    let local = LocalAws::from_env();
+    let lambda = aws_sdk_lambda::Client::new(&local.sdk_config(REGION_A));
+    let iam = aws_sdk_iam::Client::new(&local.sdk_config(REGION_A));
+    let app = format!("p{}", std::process::id() % 1_000_000);
+    let function = format!("{app}-test-api");
+    let role_name = format!("{app}-perm-role");
+    let role_arn = iam
+        .create_role()
+        .role_name(&role_name)
+        .assume_role_policy_document(role::trust_policy("lambda.amazonaws.com").to_string())
+        .send()
+        .await
+        .unwrap()
+        .role
+        .unwrap()
+        .arn()
+        .to_owned();
+    lambda
+        .create_function()
+        .function_name(&function)
+        .runtime(aws_sdk_lambda::types::Runtime::from("provided.al2023"))
+        .role(&role_arn)
+        .handler("bootstrap")
+        .code(
+            aws_sdk_lambda::types::FunctionCode::builder()
+                .zip_file(aws_sdk_lambda::primitives::Blob::new(b"PK".to_vec()))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let want = wanted(&app, "abc123");
+    let name = want.name.clone();
+    let step = |want: Option<Resource>| {
+        let lambda = lambda.clone();
+        let function = function.clone();
+        let name = name.clone();
+        async move {
+            let observed: Vec<Resource> = permission::observe(&lambda, REGION_A, &function, &name)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
+            let want: Vec<Resource> = want.into_iter().collect();
+            let plan = plan(&want, &observed);
+            for change in &plan.changes {
+                permission::apply(&lambda, change, want.first(), observed.first())
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            plan.changes
+        }
+    };
+    assert_eq!(step(Some(want.clone())).await.len(), 1);
+    let observed = permission::observe(&lambda, REGION_A, &function, &name)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(observed.props["principal"], "apigateway.amazonaws.com");
+    assert_eq!(
+        observed.props["source"],
+        format!("arn:aws:execute-api:{REGION_A}:123456789012:abc123/*/*").as_str()
+    );
+    assert!(
+        plan(std::slice::from_ref(&want), std::slice::from_ref(&observed)).is_empty(),
+        "a second up changes nothing"
+    );
+
+    let moved = step(Some(wanted(&app, "def456"))).await;
+    assert!(
+        matches!(&moved[0].action, Action::Update { changes } if changes.len() == 1 && changes[0].field == "source"),
+        "{moved:?}"
+    );
+    let observed = permission::observe(&lambda, REGION_A, &function, &name)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        observed.props["source"]
+            .as_str()
+            .unwrap()
+            .contains("def456")
+    );
+
+    assert_eq!(step(None).await.len(), 1);
+    assert!(
+        permission::observe(&lambda, REGION_A, &function, &name)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    lambda
+        .delete_function()
+        .function_name(&function)
+        .send()
+        .await
+        .unwrap();
+    iam.delete_role()
+        .role_name(&role_name)
+        .send()
+        .await
+        .unwrap();
+}
