@@ -389,14 +389,8 @@ async fn discover<S: StreamSource, T: TargetTable, L: LeaseStore>(
         .await
         .map_err(DiscoverError::Stream)?;
     let ids: BTreeSet<String> = shards.iter().map(|s| s.id.clone()).collect();
-    let mut known: BTreeSet<String> = engine
-        .leases
-        .list()
-        .await
-        .map_err(DiscoverError::Lease)?
-        .into_iter()
-        .map(|l| l.shard)
-        .collect();
+    let leases = engine.leases.list().await.map_err(DiscoverError::Lease)?;
+    let mut known: BTreeSet<String> = leases.iter().map(|l| l.shard.clone()).collect();
     // Parents first: repeat passes over the shards whose parent has a lease (or is gone).
     let mut pending: Vec<&crate::stream::Shard> =
         shards.iter().filter(|s| !known.contains(&s.id)).collect();
@@ -435,7 +429,8 @@ async fn discover<S: StreamSource, T: TargetTable, L: LeaseStore>(
     // Finished leases of shards the stream no longer lists (trimmed away) are not needed any more:
     // their children already count a parent that is gone from both as done. Deleting them keeps the
     // lease table, which every worker reads every few seconds, from growing with every rollover.
-    let leases = engine.leases.list().await.map_err(DiscoverError::Lease)?;
+    // (The listing from the start of this pass will do: the deletion is conditional on the lease
+    // still being finished and free.)
     for lease in leases
         .iter()
         .filter(|l| l.finished && l.owner.is_none() && !ids.contains(&l.shard))

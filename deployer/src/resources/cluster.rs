@@ -77,10 +77,7 @@ pub async fn apply(
             Ok(())
         }
         (Action::Update { .. } | Action::Replace { .. }, Some(want)) => {
-            let arn = observed
-                .and_then(|o| o.props.get("arn"))
-                .and_then(Value::as_str)
-                .unwrap_or_default();
+            let arn = super::observed_str(observed, "arn");
             client
                 .tag_resource()
                 .resource_arn(arn)
@@ -99,10 +96,6 @@ pub async fn apply(
                 .map_err(|e| DeployError::aws("ecs:DeleteCluster", &id, &e))?;
             Ok(())
         }
-        _ => Err(DeployError::refused(
-            "plan",
-            &id,
-            "a change without the resource it needs",
-        )),
+        _ => Err(DeployError::unplanned(&id)),
     }
 }

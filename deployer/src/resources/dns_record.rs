@@ -192,11 +192,7 @@ pub async fn apply(
             (ChangeAction::Upsert, want)
         }
         _ => {
-            return Err(DeployError::refused(
-                "plan",
-                &id,
-                "a change without the resource it needs",
-            ));
+            return Err(DeployError::unplanned(&id));
         }
     };
     let zone = source

@@ -234,11 +234,7 @@ pub async fn apply(
                 .map_err(|e| DeployError::aws("lambda:DeleteFunction", &id, &e))?;
             Ok(())
         }
-        _ => Err(DeployError::refused(
-            "plan",
-            &id,
-            "a change without the resource it needs",
-        )),
+        _ => Err(DeployError::unplanned(&id)),
     }
 }
 

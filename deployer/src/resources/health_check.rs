@@ -187,9 +187,8 @@ async fn create(client: &Client, want: &Resource, id: &str) -> Result<(), Deploy
 }
 
 fn observed_id(observed: Option<&Resource>, id: &str) -> Result<String, DeployError> {
-    observed
-        .and_then(|o| o.props.get("id"))
-        .and_then(Value::as_str)
+    Some(super::observed_str(observed, "id"))
+        .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .ok_or_else(|| {
             DeployError::refused("route53", id, "the existing health check's ID is unknown")
@@ -247,10 +246,6 @@ pub async fn apply(
                 .map_err(|e| DeployError::aws("route53:DeleteHealthCheck", &id, &e))?;
             Ok(())
         }
-        _ => Err(DeployError::refused(
-            "plan",
-            &id,
-            "a change without the resource it needs",
-        )),
+        _ => Err(DeployError::unplanned(&id)),
     }
 }

@@ -66,6 +66,14 @@ pub fn tag_pairs(props: &BTreeMap<String, Value>) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// A string property of an observed resource (its `arn`, `id`, ...), or "" when it is not known.
+pub fn observed_str<'a>(observed: Option<&'a crate::desired::Resource>, field: &str) -> &'a str {
+    observed
+        .and_then(|o| o.props.get(field))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
 /// A failed AWS call, said so that an operator can act.
 #[derive(Debug, thiserror::Error)]
 #[error("{action} on {resource}: {message}{}", hint.as_deref().map(|h| format!(" ({h})")).unwrap_or_default())]
@@ -109,6 +117,11 @@ impl DeployError {
             message: DisplayErrorContext(error).to_string(),
             hint,
         }
+    }
+
+    /// A planned change that lacks the resource it needs (a bug in the caller).
+    pub fn unplanned(resource: &str) -> DeployError {
+        DeployError::refused("plan", resource, "a change without the resource it needs")
     }
 
     /// A refusal of the deployer's own (a change it will not make).

@@ -106,23 +106,27 @@ pub async fn apply(
         change.region.as_deref().unwrap_or_default(),
         change.name
     );
-    let function_of = |r: Option<&Resource>| {
-        r.and_then(|r| r.props.get("function"))
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned()
-    };
     match (&change.action, desired) {
         (Action::Create, Some(want)) => add(client, want, &id).await,
         (Action::Update { .. } | Action::Replace { .. }, Some(want)) => {
-            remove(client, &function_of(observed), &change.name, &id).await?;
+            remove(
+                client,
+                super::observed_str(observed, "function"),
+                &change.name,
+                &id,
+            )
+            .await?;
             add(client, want, &id).await
         }
-        (Action::Delete, _) => remove(client, &function_of(observed), &change.name, &id).await,
-        _ => Err(DeployError::refused(
-            "plan",
-            &id,
-            "a change without the resource it needs",
-        )),
+        (Action::Delete, _) => {
+            remove(
+                client,
+                super::observed_str(observed, "function"),
+                &change.name,
+                &id,
+            )
+            .await
+        }
+        _ => Err(DeployError::unplanned(&id)),
     }
 }

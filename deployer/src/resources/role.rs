@@ -315,11 +315,7 @@ pub async fn apply(
                 .map_err(|e| DeployError::aws("iam:DeleteRole", &id, &e))?;
             Ok(())
         }
-        _ => Err(DeployError::refused(
-            "plan",
-            &id,
-            "a change without the resource it needs",
-        )),
+        _ => Err(DeployError::unplanned(&id)),
     }
 }
 

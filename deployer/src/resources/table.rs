@@ -317,9 +317,7 @@ pub async fn apply(
             for c in changes {
                 match c.field.as_str() {
                     "tags" => {
-                        let arn = observed
-                            .and_then(|o| text(&o.props, "arn"))
-                            .unwrap_or_default();
+                        let arn = super::observed_str(observed, "arn");
                         client
                             .tag_resource()
                             .resource_arn(arn)
@@ -389,11 +387,7 @@ pub async fn apply(
                 .map_err(|e| DeployError::aws("dynamodb:DeleteTable", &id, &e))?;
             Ok(())
         }
-        _ => Err(DeployError::refused(
-            "plan",
-            &id,
-            "a change without the resource it needs",
-        )),
+        _ => Err(DeployError::unplanned(&id)),
     }
 }
 

@@ -241,10 +241,6 @@ pub async fn apply(
                 }
             }
         }
-        _ => Err(DeployError::refused(
-            "plan",
-            &id,
-            "a change without the resource it needs",
-        )),
+        _ => Err(DeployError::unplanned(&id)),
     }
 }
