@@ -4,11 +4,12 @@
 // Test helpers report failure by panicking.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use aws_sdk_route53::types::{
     Change, ChangeAction, ChangeBatch, HealthCheckConfig, HealthCheckType, ResourceRecord,
     ResourceRecordSet, RrType,
 };
-use deployer::config::ConfigFile;
 use deployer::desired::{Kind, Resolved, Resource, desired, reference_key, resolve};
 use deployer::plan::plan;
 use deployer::resources::{Scope, dns_record};
@@ -64,32 +65,19 @@ async fn failover_records_reconcile() {
         .await
         .expect("foreign record");
 
-    let text = format!(
-        r#"
-app = "dns"
-stage = "test"
-primary_region = "{REGION_A}"
-secondary_region = "{REGION_B}"
-[dns]
-domain_name = "{domain}"
-hosted_zone = "{zone_name}"
-[certificates]
-[table]
-name = "todos"
-partition_key = {{ name = "id", type = "S" }}
-[api_key]
-generate = true
-[lambda]
-artifact = "x.zip"
-[replicator]
-mode = "lww"
-image = "img"
-"#
+    let d = support::deployment(
+        "dns",
+        &[
+            (
+                "domain_name = \"api.example.com\"",
+                format!("domain_name = \"{domain}\""),
+            ),
+            (
+                "hosted_zone = \"example.com\"",
+                format!("hosted_zone = \"{zone_name}\""),
+            ),
+        ],
     );
-    let d = ConfigFile::parse(&text)
-        .unwrap()
-        .validate(&|_| None)
-        .unwrap();
     let mut resolved = Resolved::new();
     let mut checks = Vec::new();
     for region in [REGION_A, REGION_B] {

@@ -4,40 +4,16 @@
 // Test helpers report failure by panicking.
 #![allow(clippy::unwrap_used)]
 
-use deployer::config::ConfigFile;
+mod support;
+
 use deployer::desired::{Kind, Resource, desired};
 use deployer::plan::{Action, plan};
 use deployer::resources::{cluster, log_group};
 use serde_json::json;
-use tworegion_common::test_support::{LocalAws, REGION_A, REGION_B};
+use tworegion_common::test_support::{LocalAws, REGION_B};
 
 fn wanted(app: &str) -> Vec<Resource> {
-    let text = format!(
-        r#"
-app = "{app}"
-stage = "test"
-primary_region = "{REGION_A}"
-secondary_region = "{REGION_B}"
-[dns]
-domain_name = "api.example.com"
-hosted_zone = "example.com"
-[certificates]
-[table]
-name = "todos"
-partition_key = {{ name = "id", type = "S" }}
-[api_key]
-generate = true
-[lambda]
-artifact = "x.zip"
-[replicator]
-mode = "one-way"
-image = "img"
-"#
-    );
-    let d = ConfigFile::parse(&text)
-        .unwrap()
-        .validate(&|_| None)
-        .unwrap();
+    let d = support::deployment(app, &[("mode = \"lww\"", "mode = \"one-way\"".to_owned())]);
     desired(&d, "sha")
         .into_iter()
         .filter(|r| matches!(r.kind, Kind::LogGroup | Kind::EcsCluster))

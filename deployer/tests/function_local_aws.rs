@@ -4,41 +4,16 @@
 // Test helpers report failure by panicking.
 #![allow(clippy::unwrap_used)]
 
-use deployer::config::ConfigFile;
+mod support;
+
 use deployer::desired::{Kind, Resolved, Resource, desired, reference_key, resolve};
 use deployer::plan::{Action, plan};
 use deployer::resources::{function, role};
 use serde_json::json;
-use tworegion_common::test_support::{LocalAws, REGION_A, REGION_B};
+use tworegion_common::test_support::{LocalAws, REGION_A};
 
 fn wanted(app: &str, memory: i32, artifact: &[u8], role_arn: &str) -> Resource {
-    let text = format!(
-        r#"
-app = "{app}"
-stage = "test"
-primary_region = "{REGION_A}"
-secondary_region = "{REGION_B}"
-[dns]
-domain_name = "api.example.com"
-hosted_zone = "example.com"
-[certificates]
-[table]
-name = "todos"
-partition_key = {{ name = "id", type = "S" }}
-[api_key]
-generate = true
-[lambda]
-artifact = "x.zip"
-memory_mb = {memory}
-[replicator]
-mode = "lww"
-image = "img"
-"#
-    );
-    let d = ConfigFile::parse(&text)
-        .unwrap()
-        .validate(&|_| None)
-        .unwrap();
+    let d = support::deployment(app, &[("memory_mb = 256", format!("memory_mb = {memory}"))]);
     let mut resolved = Resolved::new();
     resolved.insert(
         reference_key(

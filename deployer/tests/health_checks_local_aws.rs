@@ -5,8 +5,9 @@
 // Test helpers report failure by panicking.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use aws_sdk_route53::types::{HealthCheckConfig, HealthCheckType};
-use deployer::config::ConfigFile;
 use deployer::desired::{Kind, Resolved, Resource, desired, reference_attr_key, resolve};
 use deployer::plan::{Action, FieldChange, plan};
 use deployer::resources::{Scope, health_check};
@@ -14,36 +15,18 @@ use serde_json::json;
 use tworegion_common::test_support::{LocalAws, REGION_A, REGION_B, unique_name};
 
 fn wanted(app: &str, threshold: i32, interval: i32) -> Vec<Resource> {
-    let text = format!(
-        r#"
-app = "{app}"
-stage = "test"
-primary_region = "{REGION_A}"
-secondary_region = "{REGION_B}"
-[dns]
-domain_name = "api.example.com"
-hosted_zone = "example.com"
-[certificates]
-[table]
-name = "todos"
-partition_key = {{ name = "id", type = "S" }}
-[api_key]
-generate = true
-[health_check]
-interval = {interval}
-failure_threshold = {threshold}
-regions = ["us-east-1", "us-west-2", "eu-west-1"]
-[lambda]
-artifact = "x.zip"
-[replicator]
-mode = "lww"
-image = "img"
-"#
+    let d = support::deployment(
+        app,
+        &[
+            ("interval = 30", format!("interval = {interval}")),
+            (
+                "failure_threshold = 3",
+                format!(
+                    "failure_threshold = {threshold}\nregions = [\"us-east-1\", \"us-west-2\", \"eu-west-1\"]"
+                ),
+            ),
+        ],
     );
-    let d = ConfigFile::parse(&text)
-        .expect("parse")
-        .validate(&|_| None)
-        .expect("valid");
     let mut resolved = Resolved::new();
     for region in [REGION_A, REGION_B] {
         resolved.insert(

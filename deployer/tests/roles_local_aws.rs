@@ -4,39 +4,15 @@
 // Test helpers report failure by panicking.
 #![allow(clippy::unwrap_used)]
 
-use deployer::config::ConfigFile;
+mod support;
+
 use deployer::desired::{Kind, Resource, desired};
 use deployer::plan::{Action, plan};
 use deployer::resources::{Scope, role};
-use tworegion_common::test_support::{LocalAws, REGION_A, REGION_B, unique_name};
+use tworegion_common::test_support::{LocalAws, REGION_A, unique_name};
 
 fn wanted(app: &str, table: &str) -> Vec<Resource> {
-    let text = format!(
-        r#"
-app = "{app}"
-stage = "test"
-primary_region = "{REGION_A}"
-secondary_region = "{REGION_B}"
-[dns]
-domain_name = "api.example.com"
-hosted_zone = "example.com"
-[certificates]
-[table]
-name = "{table}"
-partition_key = {{ name = "id", type = "S" }}
-[api_key]
-generate = true
-[lambda]
-artifact = "x.zip"
-[replicator]
-mode = "lww"
-image = "img"
-"#
-    );
-    let d = ConfigFile::parse(&text)
-        .unwrap()
-        .validate(&|_| None)
-        .unwrap();
+    let d = support::deployment(app, &[("name = \"todos\"", format!("name = \"{table}\""))]);
     desired(&d, "sha")
         .into_iter()
         .filter(|r| {

@@ -4,39 +4,21 @@
 // Test helpers report failure by panicking.
 #![allow(clippy::unwrap_used)]
 
-use deployer::config::ConfigFile;
+mod support;
+
 use deployer::desired::{Kind, Resource, desired};
 use deployer::plan::{Action, plan};
 use deployer::resources::{Scope, table};
 use tworegion_common::test_support::{LocalAws, REGION_A, REGION_B, TablesCleanup, unique_name};
 
 fn config(app: &str, stage: &str, table: &str) -> deployer::config::Deployment {
-    let text = format!(
-        r#"
-app = "{app}"
-stage = "{stage}"
-primary_region = "{REGION_A}"
-secondary_region = "{REGION_B}"
-[dns]
-domain_name = "api.example.com"
-hosted_zone = "example.com"
-[certificates]
-[table]
-name = "{table}"
-partition_key = {{ name = "id", type = "S" }}
-[api_key]
-generate = true
-[lambda]
-artifact = "x.zip"
-[replicator]
-mode = "lww"
-image = "img"
-"#
-    );
-    ConfigFile::parse(&text)
-        .expect("parse")
-        .validate(&|_| None)
-        .expect("valid")
+    support::deployment(
+        app,
+        &[
+            ("stage = \"test\"", format!("stage = \"{stage}\"")),
+            ("name = \"todos\"", format!("name = \"{table}\"")),
+        ],
+    )
 }
 
 async fn observe_all(local: &LocalAws, scope: &Scope, wanted: &[Resource]) -> Vec<Resource> {

@@ -5,7 +5,8 @@
 // Test helpers report failure by panicking.
 #![allow(clippy::unwrap_used)]
 
-use deployer::config::ConfigFile;
+mod support;
+
 use deployer::desired::{Kind, Resolved, Resource, desired, reference_key, resolve};
 use deployer::plan::{Action, plan};
 use deployer::resources::task_definition;
@@ -13,34 +14,15 @@ use serde_json::json;
 use tworegion_common::test_support::{LocalAws, REGION_A, REGION_B};
 
 fn wanted(app: &str, image: &str) -> Resource {
-    let text = format!(
-        r#"
-app = "{app}"
-stage = "test"
-primary_region = "{REGION_A}"
-secondary_region = "{REGION_B}"
-[dns]
-domain_name = "api.example.com"
-hosted_zone = "example.com"
-[certificates]
-[table]
-name = "todos"
-partition_key = {{ name = "id", type = "S" }}
-[api_key]
-generate = true
-[lambda]
-artifact = "x.zip"
-[replicator]
-mode = "one-way"
-image = "{image}"
-cpu = 512
-memory = 1024
-"#
+    let d = support::deployment(
+        app,
+        &[
+            ("mode = \"lww\"", "mode = \"one-way\"".to_owned()),
+            ("image = \"img\"", format!("image = \"{image}\"")),
+            ("cpu = 256", "cpu = 512".to_owned()),
+            ("memory = 512", "memory = 1024".to_owned()),
+        ],
     );
-    let d = ConfigFile::parse(&text)
-        .unwrap()
-        .validate(&|_| None)
-        .unwrap();
     let prefix = format!("{app}-test");
     let mut resolved = Resolved::new();
     resolved.insert(
