@@ -294,19 +294,53 @@ async fn mixed_writes(client: &Client, table: &str, rng: &mut Lcg, count: usize,
     }
 }
 
+/// A one-way path: a source table with a stream in region A, a target table in region B, and the
+/// name of a lease table (the replicator creates it); all deleted when the test ends.
+struct OneWayPath {
+    cleanup: TablesCleanup,
+    a: Client,
+    b: Client,
+    src: String,
+    dst: String,
+    lease_table: String,
+}
+
+impl OneWayPath {
+    async fn create(local: &LocalAws) -> OneWayPath {
+        let cleanup = TablesCleanup::new(local);
+        let (a, b) = (local.dynamodb(REGION_A), local.dynamodb(REGION_B));
+        let (src, dst, lease_table) = (
+            unique_name("src"),
+            unique_name("dst"),
+            unique_name("leases"),
+        );
+        create_table(&a, &src, "id", Some(StreamViewType::NewAndOldImages)).await;
+        cleanup.table(REGION_A, &src);
+        create_table(&b, &dst, "id", None).await;
+        cleanup.table(REGION_B, &dst);
+        cleanup.table(REGION_B, &lease_table);
+        OneWayPath {
+            cleanup,
+            a,
+            b,
+            src,
+            dst,
+            lease_table,
+        }
+    }
+}
+
 #[tokio::test]
 async fn one_way_mixed_writes_converge_and_sigterm_releases_leases() {
     let local = LocalAws::from_env();
-    let cleanup = TablesCleanup::new(&local);
-    let (a, b) = (local.dynamodb(REGION_A), local.dynamodb(REGION_B));
-    let src = unique_name("src");
-    let dst = unique_name("dst");
-    let lease_table = unique_name("leases");
-    create_table(&a, &src, "id", Some(StreamViewType::NewAndOldImages)).await;
-    cleanup.table(REGION_A, &src);
-    create_table(&b, &dst, "id", None).await;
-    cleanup.table(REGION_B, &dst);
-    cleanup.table(REGION_B, &lease_table);
+    let OneWayPath {
+        cleanup: _cleanup,
+        a,
+        b,
+        src,
+        dst,
+        lease_table,
+    } = OneWayPath::create(&local).await;
 
     let mut replicator = Replicator::start(
         &local,
@@ -505,16 +539,14 @@ async fn lww_both_ways_converges_to_the_highest_version_without_ping_pong() {
 #[tokio::test]
 async fn kill_9_mid_stream_and_restart_loses_nothing() {
     let local = LocalAws::from_env();
-    let cleanup = TablesCleanup::new(&local);
-    let (a, b) = (local.dynamodb(REGION_A), local.dynamodb(REGION_B));
-    let src = unique_name("src");
-    let dst = unique_name("dst");
-    let lease_table = unique_name("leases");
-    create_table(&a, &src, "id", Some(StreamViewType::NewAndOldImages)).await;
-    cleanup.table(REGION_A, &src);
-    create_table(&b, &dst, "id", None).await;
-    cleanup.table(REGION_B, &dst);
-    cleanup.table(REGION_B, &lease_table);
+    let OneWayPath {
+        cleanup: _cleanup,
+        a,
+        b,
+        src,
+        dst,
+        lease_table,
+    } = OneWayPath::create(&local).await;
     let args = path_args(&src, &dst, "one-way", &lease_table, REGION_A, REGION_B);
 
     let mut first = Replicator::start(&local, &args);
@@ -545,16 +577,14 @@ async fn kill_9_mid_stream_and_restart_loses_nothing() {
 #[tokio::test]
 async fn a_second_worker_takes_over_when_the_first_is_killed() {
     let local = LocalAws::from_env();
-    let cleanup = TablesCleanup::new(&local);
-    let (a, b) = (local.dynamodb(REGION_A), local.dynamodb(REGION_B));
-    let src = unique_name("src");
-    let dst = unique_name("dst");
-    let lease_table = unique_name("leases");
-    create_table(&a, &src, "id", Some(StreamViewType::NewAndOldImages)).await;
-    cleanup.table(REGION_A, &src);
-    create_table(&b, &dst, "id", None).await;
-    cleanup.table(REGION_B, &dst);
-    cleanup.table(REGION_B, &lease_table);
+    let OneWayPath {
+        cleanup: _cleanup,
+        a,
+        b,
+        src,
+        dst,
+        lease_table,
+    } = OneWayPath::create(&local).await;
     let base = path_args(&src, &dst, "one-way", &lease_table, REGION_A, REGION_B);
     let with_id = |id: &'static str| {
         let mut v = base.clone();
