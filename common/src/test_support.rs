@@ -10,6 +10,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_dynamodb::config::Credentials;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    StreamSpecification, StreamViewType,
+};
 
 /// The variable that holds the local AWS endpoint for tests.
 pub const ENDPOINT_VAR: &str = "TWOREGION_TEST_ENDPOINT";
@@ -121,6 +125,49 @@ pub fn unique_name(prefix: &str) -> String {
         .map(|d| d.as_millis())
         .unwrap_or_default();
     format!("{prefix}-{}-{n}-{millis}", std::process::id())
+}
+
+/// Creates an on-demand table with a String partition key `key`, and a stream of `view` if given;
+/// returns the stream's ARN.
+///
+/// # Panics
+/// When the table cannot be created: the test cannot go on.
+pub async fn create_table(
+    client: &aws_sdk_dynamodb::Client,
+    name: &str,
+    key: &str,
+    view: Option<StreamViewType>,
+) -> Option<String> {
+    let definition = AttributeDefinition::builder()
+        .attribute_name(key)
+        .attribute_type(ScalarAttributeType::S)
+        .build()
+        .expect("attribute definition");
+    let schema = KeySchemaElement::builder()
+        .attribute_name(key)
+        .key_type(KeyType::Hash)
+        .build()
+        .expect("key schema");
+    let stream = view.map(|v| {
+        StreamSpecification::builder()
+            .stream_enabled(true)
+            .stream_view_type(v)
+            .build()
+            .expect("stream specification")
+    });
+    let out = client
+        .create_table()
+        .table_name(name)
+        .attribute_definitions(definition)
+        .key_schema(schema)
+        .billing_mode(BillingMode::PayPerRequest)
+        .set_stream_specification(stream)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create table {name}: {e:?}"));
+    out.table_description()
+        .and_then(|t| t.latest_stream_arn())
+        .map(str::to_owned)
 }
 
 /// Tables a test created; dropping this deletes them (also when the test panics).

@@ -9,7 +9,9 @@ mod support;
 use deployer::desired::{Kind, Resource, desired};
 use deployer::plan::{Action, plan};
 use deployer::resources::{Scope, table};
-use tworegion_common::test_support::{LocalAws, REGION_A, REGION_B, TablesCleanup, unique_name};
+use tworegion_common::test_support::{
+    LocalAws, REGION_A, REGION_B, TablesCleanup, create_table, unique_name,
+};
 
 fn config(app: &str, stage: &str, table: &str) -> deployer::config::Deployment {
     support::deployment(
@@ -86,38 +88,8 @@ async fn tables_reconcile_adopt_and_are_removed_alone() {
 
     // An untagged table with the right name already exists in region B (made by hand), and an unrelated one.
     let b = local.dynamodb(REGION_B);
-    let key = |n: &str| {
-        aws_sdk_dynamodb::types::KeySchemaElement::builder()
-            .attribute_name(n)
-            .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
-            .build()
-            .expect("key")
-    };
-    let attr = |n: &str| {
-        aws_sdk_dynamodb::types::AttributeDefinition::builder()
-            .attribute_name(n)
-            .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
-            .build()
-            .expect("attr")
-    };
-    b.create_table()
-        .table_name(&name)
-        .key_schema(key("id"))
-        .attribute_definitions(attr("id"))
-        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
-        .send()
-        .await
-        .expect("hand-made table");
-    local
-        .dynamodb(REGION_A)
-        .create_table()
-        .table_name(&unrelated)
-        .key_schema(key("pk"))
-        .attribute_definitions(attr("pk"))
-        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
-        .send()
-        .await
-        .expect("unrelated table");
+    create_table(&b, &name, "id", None).await;
+    create_table(&local.dynamodb(REGION_A), &unrelated, "pk", None).await;
 
     // First plan: create in A; adopt in B (stream, TTL and tags added, no new table).
     let observed = observe_all(&local, &scope, &wanted).await;

@@ -1,12 +1,11 @@
 //! The last-writer-wins conditions as DynamoDB evaluates them (the local AWS), and the in-memory
 //! model's agreement with it, over every ordering and tie.
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use replicator::apply::target::{AwsTarget, Condition, MemoryTarget, Outcome, TargetTable, Write};
-use tworegion_common::test_support::{LocalAws, REGION_B, TablesCleanup, unique_name};
+use tworegion_common::test_support::{
+    LocalAws, REGION_B, TablesCleanup, create_table, unique_name,
+};
 use tworegion_common::version::{Version, VersionAttributes};
 
 type Item = std::collections::HashMap<String, AttributeValue>;
@@ -55,27 +54,7 @@ async fn conflict_rule_over_every_ordering_and_tie() {
     let cleanup = TablesCleanup::new(&local);
     let client = local.dynamodb(REGION_B);
     let table = unique_name("conditions");
-    client
-        .create_table()
-        .table_name(&table)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("id")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .expect("attribute"),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("id")
-                .key_type(KeyType::Hash)
-                .build()
-                .expect("key"),
-        )
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .expect("create table");
+    create_table(&client, &table, "id", None).await;
     cleanup.table(REGION_B, &table);
     let aws = AwsTarget::new(client, table, VersionAttributes::default());
     let memory = MemoryTarget::new(&["id"], VersionAttributes::default());

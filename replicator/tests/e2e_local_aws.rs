@@ -6,48 +6,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, StreamSpecification, StreamViewType,
+use aws_sdk_dynamodb::types::{AttributeValue, StreamViewType};
+use tworegion_common::test_support::{
+    LocalAws, REGION_A, REGION_B, TablesCleanup, create_table, unique_name,
 };
-use tworegion_common::test_support::{LocalAws, REGION_A, REGION_B, TablesCleanup, unique_name};
 use tworegion_common::version::{HybridClock, Version};
 
 type Items = BTreeMap<String, BTreeMap<String, AttributeValue>>;
 
 fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.to_owned())
-}
-
-async fn create_table(client: &Client, name: &str, key: &str, view: Option<StreamViewType>) {
-    let mut request = client
-        .create_table()
-        .table_name(name)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name(key)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .expect("attribute"),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name(key)
-                .key_type(KeyType::Hash)
-                .build()
-                .expect("key"),
-        )
-        .billing_mode(BillingMode::PayPerRequest);
-    if let Some(view) = view {
-        request = request.stream_specification(
-            StreamSpecification::builder()
-                .stream_enabled(true)
-                .stream_view_type(view)
-                .build()
-                .expect("stream"),
-        );
-    }
-    request.send().await.expect("create table");
 }
 
 async fn scan(client: &Client, table: &str) -> Items {

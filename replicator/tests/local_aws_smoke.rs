@@ -3,49 +3,18 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
-    ScalarAttributeType, StreamSpecification, StreamViewType,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, StreamViewType};
 use aws_sdk_dynamodbstreams::types::{
     AttributeValue as StreamValue, OperationType, Record, ShardIteratorType,
 };
-use tworegion_common::test_support::{LocalAws, REGION_A, REGION_B, TablesCleanup, unique_name};
+use tworegion_common::test_support::{
+    self, LocalAws, REGION_A, REGION_B, TablesCleanup, unique_name,
+};
 
 async fn create_table(client: &aws_sdk_dynamodb::Client, name: &str) -> String {
-    let output = client
-        .create_table()
-        .table_name(name)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("id")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .expect("attribute definition"),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("id")
-                .key_type(KeyType::Hash)
-                .build()
-                .expect("key schema"),
-        )
-        .billing_mode(BillingMode::PayPerRequest)
-        .stream_specification(
-            StreamSpecification::builder()
-                .stream_enabled(true)
-                .stream_view_type(StreamViewType::NewAndOldImages)
-                .build()
-                .expect("stream specification"),
-        )
-        .send()
+    test_support::create_table(client, name, "id", Some(StreamViewType::NewAndOldImages))
         .await
-        .expect("create table");
-    output
-        .table_description()
-        .and_then(|t| t.latest_stream_arn())
         .expect("a table with a stream has a stream ARN")
-        .to_owned()
 }
 
 /// Every record on the stream, in order (bounded: at most 20 GetRecords calls per shard).

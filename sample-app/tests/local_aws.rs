@@ -6,12 +6,11 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::Value;
-use tworegion_common::test_support::{LocalAws, REGION_A, TablesCleanup, unique_name};
+use tworegion_common::test_support::{
+    LocalAws, REGION_A, TablesCleanup, create_table, unique_name,
+};
 
 const KEY: &str = "local-test-api-key-0123456789";
 
@@ -151,27 +150,7 @@ async fn todo_api_against_the_local_aws() {
     let cleanup = TablesCleanup::new(&local);
     let client = local.dynamodb(REGION_A);
     let table = unique_name("todos");
-    client
-        .create_table()
-        .table_name(&table)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("id")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .expect("attr"),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("id")
-                .key_type(KeyType::Hash)
-                .build()
-                .expect("key"),
-        )
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .expect("create table");
+    create_table(&client, &table, "id", None).await;
     cleanup.table(REGION_A, &table);
     let switch = std::env::temp_dir().join(unique_name("maintenance"));
     let server = start(&local, &table, &switch).await;
