@@ -49,6 +49,10 @@ pub struct DnsFile {
     pub domain_name: String,
     /// The Route 53 hosted zone: its name (`todos.example.com`) or ID (`Z0123456789ABC`).
     pub hosted_zone: String,
+    /// Create the hosted zone (tagged; deleted by `down`) instead of expecting it to exist. Meant for
+    /// the local AWS, which starts empty; a real public zone also needs delegation from its parent.
+    #[serde(default)]
+    pub create_hosted_zone: bool,
 }
 
 /// `[certificates]`
@@ -388,6 +392,12 @@ impl ConfigFile {
         }
         if self.dns.hosted_zone.trim().is_empty() {
             return Err(bad("dns.hosted_zone", "give the hosted zone's name or ID"));
+        }
+        if self.dns.create_hosted_zone && !self.dns.hosted_zone.contains('.') {
+            return Err(bad(
+                "dns.create_hosted_zone",
+                "a zone to create needs a name (todos.example.com) in dns.hosted_zone, not an ID",
+            ));
         }
         for (region, arn) in &self.certificates.arns {
             if !regions.contains(region) {

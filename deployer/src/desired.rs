@@ -13,6 +13,8 @@ use crate::config::{ApiKeySource, Deployment, Routing};
 /// Resource kinds, in the order they are created (deleted in reverse).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub enum Kind {
+    /// The Route 53 hosted zone, when the config asks the deployer to create it.
+    HostedZone,
     /// DynamoDB table with its stream and TTL.
     Table,
     /// IAM role of the Lambda function (least privilege).
@@ -54,13 +56,38 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, in dependency order.
+    pub const ALL: [Kind; 20] = [
+        Kind::HostedZone,
+        Kind::Table,
+        Kind::LambdaRole,
+        Kind::LambdaFunction,
+        Kind::RestApi,
+        Kind::LambdaPermission,
+        Kind::ApiKey,
+        Kind::UsagePlan,
+        Kind::UsagePlanKey,
+        Kind::Certificate,
+        Kind::DomainName,
+        Kind::BasePathMapping,
+        Kind::HealthCheck,
+        Kind::EcsCluster,
+        Kind::LogGroup,
+        Kind::TaskRole,
+        Kind::ExecutionRole,
+        Kind::TaskDefinition,
+        Kind::EcsService,
+        Kind::DnsRecord,
+    ];
+
     /// Properties that cannot change in place: a difference replaces the resource.
     pub fn immutable(self) -> &'static [&'static str] {
         match self {
             Kind::Table => &["partition_key", "sort_key"],
             Kind::HealthCheck => &["request_interval", "type"],
             Kind::Certificate => &["domain_name"],
-            Kind::DomainName => &["certificate"],
+            // An API key's value cannot change: a new value is a new key.
+            Kind::ApiKey => &["value"],
             _ => &[],
         }
     }
@@ -160,6 +187,14 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
     let tags = json!({ "tworegion:app": f.app, "tworegion:stage": f.stage });
     let stage = "live";
     let mut out = Vec::new();
+    if f.dns.create_hosted_zone {
+        out.push(Resource::new(
+            Kind::HostedZone,
+            None,
+            f.dns.hosted_zone.trim_end_matches('.').to_owned(),
+            json!({ "tags": tags }),
+        ));
+    }
     let api_key_value = match &d.api_key {
         ApiKeySource::Value(v) => json!({ "source": "config", "value_length": v.chars().count() }),
         ApiKeySource::Generate => json!({ "source": "generated in the primary region" }),
@@ -228,9 +263,10 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
             prefix.clone(),
             json!({
                 "endpoint": "REGIONAL",
+                // Sorted by (path, method), the order in which the REST API is observed.
                 "routes": [
-                    { "path": "/{proxy+}", "method": "ANY", "api_key_required": true },
-                    { "path": "/todos/health", "method": "GET", "api_key_required": false }
+                    { "path": "/todos/health", "method": "GET", "api_key_required": false },
+                    { "path": "/{proxy+}", "method": "ANY", "api_key_required": true }
                 ],
                 "integration": reference(Kind::LambdaFunction, r, &function),
                 "stage": stage,
@@ -479,6 +515,13 @@ image = "img"
             .unwrap()
             .validate(&|_| None)
             .unwrap()
+    }
+
+    #[test]
+    fn all_kinds_are_listed_once_in_dependency_order() {
+        assert!(Kind::ALL.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(Kind::ALL.first(), Some(&Kind::HostedZone));
+        assert_eq!(Kind::ALL.last(), Some(&Kind::DnsRecord));
     }
 
     fn count(resources: &[Resource], kind: Kind) -> usize {

@@ -5,16 +5,18 @@
 //! - `config`: the config file, parsed with unknown fields rejected, validated into a `Deployment`.
 //! - `desired`: the resources a deployment needs, per region and global, as plain data.
 //! - `plan`: a pure function from (desired, observed) to the changes, in dependency order.
-//!
-//! Status: the config, the desired state and the plan exist and are tested; the AWS side (observe and
-//! apply per resource kind) and the `plan | up | status | failover | down` commands come next, and
-//! until they work end to end the binary only prints its help.
+//! - `resources`: per resource kind, observe what exists and apply one change.
+//! - `engine`: observe everything, resolve references, plan, apply change by change until the plan
+//!   is empty; `status`, `failover`, `down`.
+//! - `cli`: the command line and its output.
 //!
 //! # Invariants
 //! - `plan` is a pure function of desired and observed state.
 //! - Only resources tagged with this app and stage are ever changed or deleted.
 
+pub mod cli;
 pub mod config;
 pub mod desired;
+pub mod engine;
 pub mod plan;
 pub mod resources;

@@ -1,17 +1,25 @@
-//! Reconciles both regions and the failover DNS from one config file (plan, up, status, failover, down).
-//!
-//! Its commands arrive with issue #6; until then the binary only describes itself.
+//! `deployer plan | up | status | failover --to REGION | failback | down --yes` (see `deployer::cli`).
 
-use clap::{CommandFactory, Parser};
+use std::process::ExitCode;
 
-/// Reconciles both regions and the failover DNS from one config file (plan, up, status, failover, down).
-#[derive(Debug, Parser)]
-#[command(version)]
-struct Cli {}
+use clap::Parser;
+use deployer::cli::{Cli, run};
+use tworegion_common::telemetry::{LogFormat, init_logging};
 
-fn main() -> std::process::ExitCode {
-    Cli::parse();
-    let _ = Cli::command().print_help();
-    eprintln!("\ndeployer has no commands yet (they arrive with issue #6).");
-    std::process::ExitCode::from(2)
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = std::env::var("DEPLOYER_LOG").unwrap_or_else(|_| "warn".to_owned());
+    if let Err(error) = init_logging(LogFormat::Auto, &filter) {
+        eprintln!("error: DEPLOYER_LOG: {error}");
+        return ExitCode::from(2);
+    }
+    let mut stdout = std::io::stdout();
+    match run(&cli, &mut stdout).await {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
 }

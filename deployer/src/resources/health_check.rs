@@ -79,6 +79,8 @@ pub async fn observe(client: &Client, scope: &Scope) -> Result<Vec<Resource>, De
                 super::STAGE_TAG: scope.stage,
             },
             "id": check.id(),
+            // Operational state, not managed by `up` (`failover` and `failback` set it).
+            "inverted": config.inverted(),
         });
         found.push(Resource {
             kind: Kind::HealthCheck,
@@ -193,6 +195,48 @@ fn observed_id(observed: Option<&Resource>, id: &str) -> Result<String, DeployEr
         .ok_or_else(|| {
             DeployError::refused("route53", id, "the existing health check's ID is unknown")
         })
+}
+
+/// Inverts a health check (Route 53 then treats a healthy target as unhealthy) or restores it: the
+/// controlled failover that `deployer failover` and `failback` perform. `up` leaves this setting alone.
+pub async fn set_inverted(
+    client: &Client,
+    check_id: &str,
+    inverted: bool,
+) -> Result<(), DeployError> {
+    client
+        .update_health_check()
+        .health_check_id(check_id)
+        .inverted(inverted)
+        .send()
+        .await
+        .map_err(|e| DeployError::aws("route53:UpdateHealthCheck", check_id, &e))?;
+    Ok(())
+}
+
+/// What Route 53's checkers report for a health check: `(healthy, reporting)`, the number of checkers
+/// whose last observation was a success and the number reporting at all. Route 53 considers the
+/// target healthy when more than 18% of the checkers do (before `Inverted` is applied).
+pub async fn checker_status(
+    client: &Client,
+    check_id: &str,
+) -> Result<(usize, usize), DeployError> {
+    let out = client
+        .get_health_check_status()
+        .health_check_id(check_id)
+        .send()
+        .await
+        .map_err(|e| DeployError::aws("route53:GetHealthCheckStatus", check_id, &e))?;
+    let reports = out.health_check_observations();
+    let healthy = reports
+        .iter()
+        .filter(|o| {
+            o.status_report()
+                .and_then(|r| r.status())
+                .is_some_and(|s| s.starts_with("Success"))
+        })
+        .count();
+    Ok((healthy, reports.len()))
 }
 
 /// Applies one planned change to a health check.

@@ -2,15 +2,22 @@
 //! desired names, so that untagged resources are adopted, and by the app/stage tags, so that resources
 //! no longer wanted are found) into the same plain form as `desired`, and applies one planned change.
 
+pub mod api_key;
+pub mod certificate;
 pub mod cluster;
 pub mod dns_record;
+pub mod domain_name;
 pub mod function;
 pub mod health_check;
+pub mod hosted_zone;
 pub mod log_group;
 pub mod permission;
+pub mod rest_api;
 pub mod role;
+pub mod service;
 pub mod table;
 pub mod task_definition;
+pub mod usage_plan;
 
 use std::collections::BTreeMap;
 
@@ -106,7 +113,7 @@ impl DeployError {
             "ResourceInUseException" => Some(
                 "another operation is still running on it; run up again in a minute".to_owned(),
             ),
-            "LimitExceededException" | "ThrottlingException" => {
+            "LimitExceededException" | "ThrottlingException" | "TooManyRequestsException" => {
                 Some("AWS throttled the call; run up again".to_owned())
             }
             _ => None,

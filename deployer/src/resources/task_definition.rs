@@ -76,6 +76,7 @@ pub async fn observe(
         "health_check": container.health_check().map(|h| h.command()),
         "stop_timeout_seconds": container.stop_timeout(),
         "tags": Scope::managed_tags(&tags),
+        "arn": def.task_definition_arn(),
         "revision": def.revision(),
     });
     Ok(Some(Resource {

@@ -1,0 +1,1221 @@
+//! The reconciler: observes every resource kind in both regions, resolves references from what
+//! exists, plans, and applies the plan change by change, re-observing after each change so that the
+//! next one sees the IDs it needs. `up` repeats observe-plan-apply until the plan is empty (a
+//! dependent can only be planned once what it depends on exists), at most [`MAX_ROUNDS`] times.
+//!
+//! Interrupting `up` is safe: nothing is remembered between runs except what AWS holds, so the next
+//! run observes the half-made state and finishes it.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use tworegion_common::aws::{AwsOptions, parse_region, sdk_config};
+
+use crate::config::{ApiKeySource, Deployment, Routing};
+use crate::desired::{
+    Kind, Resolved, Resource, desired, reference_attr_key, reference_key, resolve,
+};
+use crate::plan::{Action, Change, Plan, plan};
+use crate::resources::{
+    DeployError, Scope, api_key, certificate, cluster, dns_record, domain_name, function,
+    health_check, hosted_zone, log_group, permission, rest_api, role, service, table,
+    task_definition, usage_plan,
+};
+
+/// How many observe-plan-apply rounds `up` runs before it gives up (a plan that never empties means
+/// a resource that AWS reports differently from how it was written: a bug worth reporting).
+pub const MAX_ROUNDS: usize = 4;
+
+/// The SDK clients of one region.
+#[derive(Debug, Clone)]
+pub struct RegionClients {
+    /// DynamoDB.
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    /// Lambda.
+    pub lambda: aws_sdk_lambda::Client,
+    /// API Gateway (REST).
+    pub apigateway: aws_sdk_apigateway::Client,
+    /// ACM.
+    pub acm: aws_sdk_acm::Client,
+    /// CloudWatch Logs.
+    pub logs: aws_sdk_cloudwatchlogs::Client,
+    /// ECS.
+    pub ecs: aws_sdk_ecs::Client,
+    /// EC2 (the default VPC's network).
+    pub ec2: aws_sdk_ec2::Client,
+}
+
+/// The clients of both regions and of the global services.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    /// Per region.
+    pub regions: BTreeMap<String, RegionClients>,
+    /// IAM (global).
+    pub iam: aws_sdk_iam::Client,
+    /// Route 53 (global).
+    pub route53: aws_sdk_route53::Client,
+}
+
+impl Clients {
+    /// Clients for `regions` (the first also serves the global services).
+    pub async fn load(regions: &[String; 2], options: &AwsOptions) -> Result<Clients, DeployError> {
+        let mut map = BTreeMap::new();
+        let mut global = None;
+        for name in regions {
+            let region = parse_region(name)
+                .map_err(|e| DeployError::refused("config", name, e.to_string()))?;
+            let config = sdk_config(region, options).await;
+            if global.is_none() {
+                global = Some(config.clone());
+            }
+            map.insert(
+                name.clone(),
+                RegionClients {
+                    dynamodb: aws_sdk_dynamodb::Client::new(&config),
+                    lambda: aws_sdk_lambda::Client::new(&config),
+                    apigateway: aws_sdk_apigateway::Client::new(&config),
+                    acm: aws_sdk_acm::Client::new(&config),
+                    logs: aws_sdk_cloudwatchlogs::Client::new(&config),
+                    ecs: aws_sdk_ecs::Client::new(&config),
+                    ec2: aws_sdk_ec2::Client::new(&config),
+                },
+            );
+        }
+        let global =
+            global.ok_or_else(|| DeployError::refused("config", "regions", "no region given"))?;
+        Ok(Clients {
+            regions: map,
+            iam: aws_sdk_iam::Client::new(&global),
+            route53: aws_sdk_route53::Client::new(&global),
+        })
+    }
+
+    fn region(&self, region: Option<&str>) -> Result<&RegionClients, DeployError> {
+        let name = region.unwrap_or_default();
+        self.regions.get(name).ok_or_else(|| {
+            DeployError::refused("deployer", name, "not one of the configured regions")
+        })
+    }
+}
+
+/// The values that references resolve to, from what exists: an API's, key's, plan's or health
+/// check's `id`; a custom domain's `alias`; every other kind's `arn`; and the attributes `host` and
+/// `source_arn` where a resource reports them.
+pub fn references(observed: &[Resource]) -> Resolved {
+    let mut resolved = Resolved::new();
+    for r in observed {
+        let region = r.region.as_deref().unwrap_or("global");
+        let main = match r.kind {
+            Kind::RestApi | Kind::ApiKey | Kind::UsagePlan | Kind::HealthCheck => "id",
+            Kind::DomainName => "alias",
+            _ => "arn",
+        };
+        if let Some(v) = r.props.get(main).filter(|v| !v.is_null()) {
+            resolved.insert(reference_key(r.kind, region, &r.name), v.clone());
+        }
+        for attr in ["host", "source_arn"] {
+            if let Some(v) = r.props.get(attr).filter(|v| !v.is_null()) {
+                resolved.insert(reference_attr_key(r.kind, region, &r.name, attr), v.clone());
+            }
+        }
+    }
+    resolved
+}
+
+/// Whether an observed resource belongs to this app and stage: tagged with it, or, for the kinds
+/// that carry no tags (a permission statement, a base path mapping, a usage plan key, a DNS record),
+/// named by this deployment. Only such resources are ever deleted.
+pub fn is_ours(r: &Resource, scope: &Scope, targets: &[Resource]) -> bool {
+    match r.props.get("tags").and_then(Value::as_object) {
+        Some(tags) => {
+            tags.get(crate::resources::APP_TAG).and_then(Value::as_str) == Some(scope.app.as_str())
+                && tags
+                    .get(crate::resources::STAGE_TAG)
+                    .and_then(Value::as_str)
+                    == Some(scope.stage.as_str())
+        }
+        None => targets
+            .iter()
+            .any(|t| t.kind == r.kind && t.region == r.region && t.name == r.name),
+    }
+}
+
+/// The plan for `desired` (references resolved from `observed`) against `observed`, where only
+/// resources that are ours can be deleted: an untagged resource that merely has a wanted name is
+/// adopted when wanted, and left alone when not. Pure.
+pub fn reconcile(
+    desired: &[Resource],
+    observed: &[Resource],
+    scope: &Scope,
+    targets: &[Resource],
+) -> Plan {
+    let wanted = |r: &Resource| {
+        desired
+            .iter()
+            .any(|d| d.kind == r.kind && d.region == r.region && d.name == r.name)
+    };
+    let considered: Vec<Resource> = observed
+        .iter()
+        .filter(|r| wanted(r) || is_ours(r, scope, targets))
+        .cloned()
+        .collect();
+    let resolved = references(observed);
+    plan(&resolve(desired, &resolved), &considered)
+}
+
+fn find<'a>(
+    list: &'a [Resource],
+    kind: Kind,
+    region: Option<&str>,
+    name: &str,
+) -> Option<&'a Resource> {
+    list.iter()
+        .find(|r| r.kind == kind && r.region.as_deref() == region && r.name == name)
+}
+
+/// One deployment's reconciler.
+pub struct Engine {
+    deployment: Deployment,
+    scope: Scope,
+    clients: Clients,
+    artifact: Option<Vec<u8>>,
+    desired: Vec<Resource>,
+    targets: Vec<Resource>,
+}
+
+/// What `up` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UpReport {
+    /// The changes applied, in order.
+    pub applied: Vec<Change>,
+    /// Observe-plan-apply rounds run (the last one found nothing to do).
+    pub rounds: usize,
+    /// The public endpoint and each region's own.
+    pub endpoints: Endpoints,
+}
+
+/// Where the API answers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Endpoints {
+    /// `https://<domain>/` through Route 53.
+    pub public: String,
+    /// Each region's API Gateway stage URL (`None` until the API exists).
+    pub regional: BTreeMap<String, Option<String>>,
+}
+
+impl Engine {
+    /// An engine for `deployment`. `artifact` is the Lambda zip's content: required for `plan` and
+    /// `up`, optional for `status` (without it the function's code is not compared), `down` and
+    /// `failover`.
+    pub fn new(deployment: Deployment, clients: Clients, artifact: Option<Vec<u8>>) -> Engine {
+        let sha = artifact
+            .as_deref()
+            .map(function::code_sha256)
+            .unwrap_or_default();
+        let desired = desired(&deployment, &sha);
+        // Observe the names of every mode too, so that switching the replicator from lww to one-way
+        // finds (and deletes) the primary region's replicator.
+        let mut lww = deployment.clone();
+        lww.file.replicator.mode = "lww".to_owned();
+        let mut targets = desired.clone();
+        for r in crate::desired::desired(&lww, &sha) {
+            if find(&targets, r.kind, r.region.as_deref(), &r.name).is_none() {
+                targets.push(r);
+            }
+        }
+        let scope = Scope {
+            app: deployment.file.app.clone(),
+            stage: deployment.file.stage.clone(),
+        };
+        Engine {
+            deployment,
+            scope,
+            clients,
+            artifact,
+            desired,
+            targets,
+        }
+    }
+
+    /// The deployment.
+    pub fn deployment(&self) -> &Deployment {
+        &self.deployment
+    }
+
+    /// The resources this deployment wants (references unresolved).
+    pub fn desired(&self) -> &[Resource] {
+        &self.desired
+    }
+
+    fn names(&self, kind: Kind, region: Option<&str>) -> Vec<String> {
+        self.targets
+            .iter()
+            .filter(|t| t.kind == kind && t.region.as_deref() == region)
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
+    fn regions(&self, kind: Kind) -> Vec<Option<String>> {
+        if matches!(kind, Kind::DnsRecord | Kind::HostedZone) {
+            vec![None]
+        } else {
+            self.deployment.regions.iter().cloned().map(Some).collect()
+        }
+    }
+
+    /// The API key value both regions must have, if known: the configured one, or (generated) the
+    /// primary region's key as it exists. `None`: let API Gateway generate it (primary, first `up`).
+    async fn api_key_value(&self, observed: &[Resource]) -> Result<Option<String>, DeployError> {
+        match &self.deployment.api_key {
+            ApiKeySource::Value(v) => Ok(Some(v.clone())),
+            ApiKeySource::Generate => {
+                let primary = &self.deployment.regions[0];
+                let name = format!("{}-{}-key", self.scope.app, self.scope.stage);
+                let Some(id) = find(observed, Kind::ApiKey, Some(primary), &name)
+                    .and_then(|k| k.props.get("id"))
+                    .and_then(Value::as_str)
+                else {
+                    return Ok(None);
+                };
+                let client = &self.clients.region(Some(primary))?.apigateway;
+                api_key::value(client, id).await.map(Some)
+            }
+        }
+    }
+
+    /// Observes one kind in one region (`None`: global). `so_far` is what has been observed of the
+    /// kinds before it (a usage plan key needs the key's ID, a service its cluster's).
+    async fn observe_group(
+        &self,
+        kind: Kind,
+        region: Option<&str>,
+        so_far: &[Resource],
+    ) -> Result<Vec<Resource>, DeployError> {
+        let names = self.names(kind, region);
+        let scope = &self.scope;
+        let here = |r: &Resource| r.kind == kind && r.region.as_deref() == region;
+        let mut found = Vec::new();
+        match kind {
+            Kind::HostedZone => {
+                for name in &names {
+                    found.extend(hosted_zone::observe(&self.clients.route53, name).await?);
+                }
+            }
+            Kind::Table => {
+                let c = &self.clients.region(region)?.dynamodb;
+                found = table::observe(c, region.unwrap_or_default(), scope, &names).await?;
+            }
+            Kind::LambdaRole | Kind::TaskRole | Kind::ExecutionRole => {
+                let wanted: Vec<Resource> =
+                    self.targets.iter().filter(|r| here(r)).cloned().collect();
+                found = role::observe(&self.clients.iam, scope, &wanted).await?;
+            }
+            Kind::LambdaFunction => {
+                let c = &self.clients.region(region)?.lambda;
+                for name in &names {
+                    found.extend(function::observe(c, region.unwrap_or_default(), name).await?);
+                }
+            }
+            Kind::RestApi => {
+                let c = &self.clients.region(region)?.apigateway;
+                found = rest_api::observe(c, region.unwrap_or_default(), scope, &names).await?;
+            }
+            Kind::LambdaPermission => {
+                let c = &self.clients.region(region)?.lambda;
+                for t in self.targets.iter().filter(|r| here(r)) {
+                    let function = t
+                        .props
+                        .get("function")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    found.extend(
+                        permission::observe(c, region.unwrap_or_default(), function, &t.name)
+                            .await?,
+                    );
+                }
+            }
+            Kind::ApiKey => {
+                let c = &self.clients.region(region)?.apigateway;
+                let expected = match (&self.deployment.api_key, region) {
+                    (ApiKeySource::Generate, Some(r)) if r == self.deployment.regions[0] => None,
+                    _ => self.api_key_value(so_far).await?,
+                };
+                for t in self.targets.iter().filter(|r| here(r)) {
+                    let value_prop = t.props.get("value").cloned().unwrap_or(Value::Null);
+                    found.extend(
+                        api_key::observe(
+                            c,
+                            region.unwrap_or_default(),
+                            scope,
+                            &t.name,
+                            expected.as_deref(),
+                            &value_prop,
+                        )
+                        .await?,
+                    );
+                }
+            }
+            Kind::UsagePlan => {
+                let c = &self.clients.region(region)?.apigateway;
+                found = usage_plan::observe(c, region.unwrap_or_default(), scope, &names).await?;
+            }
+            Kind::UsagePlanKey => {
+                let c = &self.clients.region(region)?.apigateway;
+                let plans: Vec<Resource> = so_far
+                    .iter()
+                    .filter(|r| r.kind == Kind::UsagePlan && r.region.as_deref() == region)
+                    .cloned()
+                    .collect();
+                let keys: Vec<Resource> = so_far
+                    .iter()
+                    .filter(|r| r.kind == Kind::ApiKey && r.region.as_deref() == region)
+                    .cloned()
+                    .collect();
+                for name in &names {
+                    found.extend(
+                        usage_plan::observe_key(c, region.unwrap_or_default(), name, &plans, &keys)
+                            .await?,
+                    );
+                }
+            }
+            Kind::Certificate => {
+                let c = &self.clients.region(region)?.acm;
+                for t in self.targets.iter().filter(|r| here(r)) {
+                    found.extend(certificate::observe(c, &self.clients.route53, scope, t).await?);
+                }
+            }
+            Kind::DomainName => {
+                let c = &self.clients.region(region)?.apigateway;
+                found = domain_name::observe(c, region.unwrap_or_default(), scope, &names).await?;
+            }
+            Kind::BasePathMapping => {
+                let c = &self.clients.region(region)?.apigateway;
+                found = domain_name::observe_mapping(c, region.unwrap_or_default(), &names).await?;
+            }
+            Kind::HealthCheck => {
+                found = health_check::observe(&self.clients.route53, scope).await?;
+            }
+            Kind::EcsCluster => {
+                let c = &self.clients.region(region)?.ecs;
+                for name in &names {
+                    found.extend(cluster::observe(c, region.unwrap_or_default(), name).await?);
+                }
+            }
+            Kind::LogGroup => {
+                let c = &self.clients.region(region)?.logs;
+                for name in &names {
+                    found.extend(log_group::observe(c, region.unwrap_or_default(), name).await?);
+                }
+            }
+            Kind::TaskDefinition => {
+                let c = &self.clients.region(region)?.ecs;
+                for name in &names {
+                    found.extend(
+                        task_definition::observe(c, region.unwrap_or_default(), name).await?,
+                    );
+                }
+            }
+            Kind::EcsService => {
+                let c = self.clients.region(region)?;
+                let wanted: Vec<Resource> =
+                    self.targets.iter().filter(|r| here(r)).cloned().collect();
+                let clusters: Vec<String> = so_far
+                    .iter()
+                    .filter(|r| r.kind == Kind::EcsCluster && r.region.as_deref() == region)
+                    .filter_map(|r| {
+                        r.props
+                            .get("arn")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                    })
+                    .collect();
+                for cluster_arn in &clusters {
+                    found.extend(
+                        service::observe(
+                            &c.ecs,
+                            &c.ec2,
+                            region.unwrap_or_default(),
+                            scope,
+                            cluster_arn,
+                            &wanted,
+                        )
+                        .await?,
+                    );
+                }
+            }
+            Kind::DnsRecord => {
+                let f = &self.deployment.file;
+                let zone_missing =
+                    f.dns.create_hosted_zone && !so_far.iter().any(|r| r.kind == Kind::HostedZone);
+                if zone_missing {
+                    // Not created yet (or already deleted): it holds no records.
+                    return Ok(Vec::new());
+                }
+                found = dns_record::observe(
+                    &self.clients.route53,
+                    scope,
+                    &f.dns.hosted_zone,
+                    &f.dns.domain_name,
+                )
+                .await?;
+            }
+        }
+        Ok(found.into_iter().filter(|r| here(r)).collect())
+    }
+
+    /// Everything of this deployment that exists (wanted names, and whatever carries its tags).
+    pub async fn observe(&self) -> Result<Vec<Resource>, DeployError> {
+        let mut observed = Vec::new();
+        for kind in Kind::ALL {
+            for region in self.regions(kind) {
+                let found = self
+                    .observe_group(kind, region.as_deref(), &observed)
+                    .await?;
+                observed.extend(found);
+            }
+        }
+        Ok(observed)
+    }
+
+    async fn refresh(
+        &self,
+        observed: &mut Vec<Resource>,
+        kind: Kind,
+        region: Option<&str>,
+    ) -> Result<(), DeployError> {
+        let found = self.observe_group(kind, region, observed).await?;
+        observed.retain(|r| !(r.kind == kind && r.region.as_deref() == region));
+        observed.extend(found);
+        Ok(())
+    }
+
+    /// The plan: what `up` would change now.
+    pub async fn plan(&self) -> Result<Plan, DeployError> {
+        let observed = self.observe().await?;
+        Ok(reconcile(
+            &self.desired,
+            &observed,
+            &self.scope,
+            &self.targets,
+        ))
+    }
+
+    async fn apply(
+        &self,
+        change: &Change,
+        want: Option<&Resource>,
+        have: Option<&Resource>,
+        observed: &[Resource],
+    ) -> Result<(), DeployError> {
+        let region = change.region.as_deref();
+        let global = &self.clients;
+        match change.kind {
+            Kind::HostedZone => hosted_zone::apply(&global.route53, change, want, have).await,
+            Kind::Table => table::apply(&global.region(region)?.dynamodb, change, want, have).await,
+            Kind::LambdaRole | Kind::TaskRole | Kind::ExecutionRole => {
+                role::apply(&global.iam, change, want, have).await
+            }
+            Kind::LambdaFunction => {
+                let artifact = match (&self.artifact, &change.action) {
+                    (Some(bytes), _) => bytes.as_slice(),
+                    // A deletion needs no code.
+                    (None, Action::Delete) => &[],
+                    (None, _) => {
+                        return Err(DeployError::refused(
+                            "lambda",
+                            &change.name,
+                            "the Lambda artifact was not read (a bug: up always reads it)",
+                        ));
+                    }
+                };
+                function::apply(&global.region(region)?.lambda, change, want, artifact).await
+            }
+            Kind::RestApi => {
+                rest_api::apply(&global.region(region)?.apigateway, change, want, have).await
+            }
+            Kind::LambdaPermission => {
+                permission::apply(&global.region(region)?.lambda, change, want, have).await
+            }
+            Kind::ApiKey => {
+                let value = self.api_key_value(observed).await?;
+                let value = match (&self.deployment.api_key, region) {
+                    (ApiKeySource::Generate, Some(r)) if r == self.deployment.regions[0] => None,
+                    (ApiKeySource::Generate, _) if value.is_none() => {
+                        return Err(DeployError::refused(
+                            "apigateway:CreateApiKey",
+                            &change.name,
+                            "the primary region's generated key does not exist yet",
+                        ));
+                    }
+                    _ => value,
+                };
+                api_key::apply(
+                    &global.region(region)?.apigateway,
+                    change,
+                    want,
+                    have,
+                    value.as_deref(),
+                )
+                .await
+            }
+            Kind::UsagePlan => {
+                usage_plan::apply(&global.region(region)?.apigateway, change, want, have).await
+            }
+            Kind::UsagePlanKey => {
+                usage_plan::apply_key(&global.region(region)?.apigateway, change, want, have).await
+            }
+            Kind::Certificate => {
+                let others: Vec<aws_sdk_acm::Client> = global
+                    .regions
+                    .iter()
+                    .filter(|(name, _)| Some(name.as_str()) != region)
+                    .map(|(_, c)| c.acm.clone())
+                    .collect();
+                certificate::apply(
+                    &global.region(region)?.acm,
+                    &global.route53,
+                    &others,
+                    change,
+                    want,
+                    have,
+                )
+                .await
+            }
+            Kind::DomainName => {
+                domain_name::apply(&global.region(region)?.apigateway, change, want, have).await
+            }
+            Kind::BasePathMapping => {
+                domain_name::apply_mapping(&global.region(region)?.apigateway, change, want, have)
+                    .await
+            }
+            Kind::HealthCheck => health_check::apply(&global.route53, change, want, have).await,
+            Kind::EcsCluster => {
+                cluster::apply(&global.region(region)?.ecs, change, want, have).await
+            }
+            Kind::LogGroup => {
+                log_group::apply(&global.region(region)?.logs, change, want, have).await
+            }
+            Kind::TaskDefinition => {
+                task_definition::apply(&global.region(region)?.ecs, change, want).await
+            }
+            Kind::EcsService => {
+                let c = global.region(region)?;
+                service::apply(&c.ecs, &c.ec2, change, want, have).await
+            }
+            Kind::DnsRecord => dns_record::apply(&global.route53, change, want, have).await,
+        }
+    }
+
+    /// Applies `plan`'s changes in order, re-observing each changed kind so that the next change
+    /// sees its references. Progress lines go to `progress`.
+    async fn apply_plan(
+        &self,
+        plan: &Plan,
+        observed: &mut Vec<Resource>,
+        desired: &[Resource],
+        progress: &mut dyn Write,
+        applied: &mut Vec<Change>,
+    ) -> Result<(), DeployError> {
+        for change in &plan.changes {
+            let region = change.region.as_deref();
+            let resolved = references(observed);
+            let want = find(desired, change.kind, region, &change.name)
+                .map(|w| resolve(std::slice::from_ref(w), &resolved).remove(0));
+            let have = find(observed, change.kind, region, &change.name).cloned();
+            let started = Instant::now();
+            let _ = write!(progress, "{} ... ", describe(change));
+            let _ = progress.flush();
+            let result = self
+                .apply(change, want.as_ref(), have.as_ref(), observed)
+                .await;
+            match &result {
+                Ok(()) => {
+                    let _ = writeln!(progress, "done ({:.1} s)", started.elapsed().as_secs_f64());
+                }
+                Err(_) => {
+                    let _ = writeln!(progress, "FAILED");
+                }
+            }
+            result?;
+            applied.push(change.clone());
+            self.refresh(observed, change.kind, region).await?;
+        }
+        Ok(())
+    }
+
+    /// `up`: applies plans until one is empty. Returns what was done.
+    pub async fn up(&self, progress: &mut dyn Write) -> Result<UpReport, DeployError> {
+        let mut applied = Vec::new();
+        for round in 1..=MAX_ROUNDS + 1 {
+            let mut observed = self.observe().await?;
+            let plan = reconcile(&self.desired, &observed, &self.scope, &self.targets);
+            if plan.is_empty() {
+                let endpoints = self.endpoints(&observed);
+                return Ok(UpReport {
+                    applied,
+                    rounds: round,
+                    endpoints,
+                });
+            }
+            if round > MAX_ROUNDS {
+                let left: Vec<String> = plan.changes.iter().map(describe).collect();
+                return Err(DeployError::refused(
+                    "up",
+                    "deployment",
+                    format!(
+                        "still not converged after {MAX_ROUNDS} rounds; left: {}",
+                        left.join("; ")
+                    ),
+                ));
+            }
+            self.apply_plan(&plan, &mut observed, &self.desired, progress, &mut applied)
+                .await?;
+        }
+        Err(DeployError::refused("up", "deployment", "unreachable"))
+    }
+
+    /// `down`: deletes everything of this app and stage (in reverse dependency order), nothing else.
+    pub async fn down(&self, progress: &mut dyn Write) -> Result<Vec<Change>, DeployError> {
+        let mut applied = Vec::new();
+        for _ in 0..MAX_ROUNDS {
+            let mut observed = self.observe().await?;
+            let plan = reconcile(&[], &observed, &self.scope, &self.targets);
+            if plan.is_empty() {
+                return Ok(applied);
+            }
+            self.apply_plan(&plan, &mut observed, &[], progress, &mut applied)
+                .await?;
+        }
+        let observed = self.observe().await?;
+        let left = reconcile(&[], &observed, &self.scope, &self.targets);
+        if left.is_empty() {
+            Ok(applied)
+        } else {
+            let left: Vec<String> = left.changes.iter().map(describe).collect();
+            Err(DeployError::refused(
+                "down",
+                "deployment",
+                format!("could not delete: {}", left.join("; ")),
+            ))
+        }
+    }
+
+    fn endpoints(&self, observed: &[Resource]) -> Endpoints {
+        let f = &self.deployment.file;
+        let prefix = format!("{}-{}", f.app, f.stage);
+        let regional = self
+            .deployment
+            .regions
+            .iter()
+            .map(|r| {
+                let url = find(observed, Kind::RestApi, Some(r), &prefix)
+                    .and_then(|api| api.props.get("host"))
+                    .and_then(Value::as_str)
+                    .map(|host| format!("https://{host}/live"));
+                (r.clone(), url)
+            })
+            .collect();
+        Endpoints {
+            public: format!("https://{}/", f.dns.domain_name),
+            regional,
+        }
+    }
+
+    fn health_check_id<'a>(&self, observed: &'a [Resource], region: &str) -> Option<&'a str> {
+        let name = format!("{}-{}-{region}", self.scope.app, self.scope.stage);
+        find(observed, Kind::HealthCheck, Some(region), &name)
+            .and_then(|c| c.props.get("id"))
+            .and_then(Value::as_str)
+    }
+
+    /// `status`: what exists, whether it matches the config, each region's health, and which region
+    /// DNS sends clients to.
+    pub async fn status(&self) -> Result<Status, DeployError> {
+        let observed = self.observe().await?;
+        let pending = if self.artifact.is_some() {
+            Some(
+                reconcile(&self.desired, &observed, &self.scope, &self.targets)
+                    .changes
+                    .len(),
+            )
+        } else {
+            None
+        };
+        let endpoints = self.endpoints(&observed);
+        let mut regions = BTreeMap::new();
+        for region in &self.deployment.regions {
+            let wanted: Vec<&Resource> = self
+                .desired
+                .iter()
+                .filter(|r| r.region.as_deref() == Some(region))
+                .collect();
+            let present = wanted
+                .iter()
+                .filter(|w| find(&observed, w.kind, Some(region), &w.name).is_some())
+                .count();
+            let health = match self.health_check_id(&observed, region) {
+                Some(id) => {
+                    let (healthy, reporting) =
+                        health_check::checker_status(&self.clients.route53, id).await?;
+                    let inverted = find(
+                        &observed,
+                        Kind::HealthCheck,
+                        Some(region),
+                        &format!("{}-{}-{region}", self.scope.app, self.scope.stage),
+                    )
+                    .and_then(|c| c.props.get("inverted"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                    Some(Health {
+                        id: id.to_owned(),
+                        checkers_healthy: healthy,
+                        checkers_reporting: reporting,
+                        inverted,
+                        healthy: effective_health(healthy, reporting, inverted),
+                    })
+                }
+                None => None,
+            };
+            let replicators = observed
+                .iter()
+                .filter(|r| r.kind == Kind::EcsService && r.region.as_deref() == Some(region))
+                .map(|s| Replicator {
+                    service: s.name.clone(),
+                    desired: s
+                        .props
+                        .get("desired_count")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0),
+                    running: s
+                        .props
+                        .get("running_count")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0),
+                })
+                .collect();
+            regions.insert(
+                region.clone(),
+                RegionStatus {
+                    resources_present: present,
+                    resources_wanted: wanted.len(),
+                    endpoint: endpoints.regional.get(region).cloned().flatten(),
+                    health,
+                    replicators,
+                },
+            );
+        }
+        let healthy: Vec<(String, Option<bool>)> = self
+            .deployment
+            .regions
+            .iter()
+            .map(|r| {
+                (
+                    r.clone(),
+                    regions
+                        .get(r)
+                        .and_then(|s: &RegionStatus| s.health.as_ref())
+                        .map(|h| h.healthy),
+                )
+            })
+            .collect();
+        let records = observed
+            .iter()
+            .filter(|r| r.kind == Kind::DnsRecord)
+            .count();
+        Ok(Status {
+            app: self.scope.app.clone(),
+            stage: self.scope.stage.clone(),
+            routing: match self.deployment.routing {
+                Routing::Failover => "failover".to_owned(),
+                Routing::Latency => "latency".to_owned(),
+            },
+            pending_changes: pending,
+            public_endpoint: endpoints.public,
+            dns_records: records,
+            serving: serving(self.deployment.routing, &healthy, records > 0),
+            regions,
+        })
+    }
+
+    /// `failover --to REGION` (`Some`) inverts every other region's health check so that Route 53
+    /// sends clients to `REGION`; `failback` (`None`) restores all of them. Returns the regions whose
+    /// health check changed.
+    pub async fn failover(&self, to: Option<&str>) -> Result<Vec<(String, bool)>, DeployError> {
+        if let Some(to) = to
+            && !self.deployment.regions.iter().any(|r| r == to)
+        {
+            return Err(DeployError::refused(
+                "failover",
+                to,
+                format!(
+                    "--to must be one of the configured regions: {} or {}",
+                    self.deployment.regions[0], self.deployment.regions[1]
+                ),
+            ));
+        }
+        let mut checks = Vec::new();
+        for region in &self.deployment.regions {
+            let found = self
+                .observe_group(Kind::HealthCheck, Some(region), &[])
+                .await?;
+            let Some(check) = found.first() else {
+                return Err(DeployError::refused(
+                    "failover",
+                    region,
+                    "this region has no health check of the deployment; run `deployer up` first",
+                ));
+            };
+            checks.push((region.clone(), check.clone()));
+        }
+        let mut changed = Vec::new();
+        for (region, check) in checks {
+            let want = to.is_some_and(|t| t != region);
+            let have = check
+                .props
+                .get("inverted")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let id = check
+                .props
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if want != have {
+                health_check::set_inverted(&self.clients.route53, id, want).await?;
+                changed.push((region, want));
+            }
+        }
+        Ok(changed)
+    }
+}
+
+/// Route 53's view of a target: healthy when more than 18% of the reporting checkers say so, and
+/// the opposite when the check is inverted.
+pub fn effective_health(healthy: usize, reporting: usize, inverted: bool) -> bool {
+    let ok = reporting > 0 && healthy * 100 > reporting * 18;
+    ok != inverted
+}
+
+/// Which regions DNS answers with, given each region's effective health (`None`: no health check).
+/// Failover: the primary while it is healthy, else the secondary while that is healthy; with both
+/// unhealthy Route 53 answers with the primary. Latency: every healthy region (all when none is).
+pub fn serving(routing: Routing, health: &[(String, Option<bool>)], records: bool) -> Vec<String> {
+    if !records {
+        return Vec::new();
+    }
+    let healthy = |h: &Option<bool>| h.unwrap_or(true);
+    match routing {
+        Routing::Failover => {
+            let first_healthy = health.iter().find(|(_, h)| healthy(h));
+            match first_healthy {
+                Some((r, _)) => vec![r.clone()],
+                None => health
+                    .first()
+                    .map(|(r, _)| vec![r.clone()])
+                    .unwrap_or_default(),
+            }
+        }
+        Routing::Latency => {
+            let up: Vec<String> = health
+                .iter()
+                .filter(|(_, h)| healthy(h))
+                .map(|(r, _)| r.clone())
+                .collect();
+            if up.is_empty() {
+                health.iter().map(|(r, _)| r.clone()).collect()
+            } else {
+                up
+            }
+        }
+    }
+}
+
+/// A region's health check as Route 53 sees it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Health {
+    /// The health check's ID.
+    pub id: String,
+    /// Checkers whose last observation succeeded.
+    pub checkers_healthy: usize,
+    /// Checkers reporting.
+    pub checkers_reporting: usize,
+    /// Inverted by `failover`.
+    pub inverted: bool,
+    /// What Route 53 concludes.
+    pub healthy: bool,
+}
+
+/// One replicator service.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Replicator {
+    /// The service's name (`...-replicator-<source>-to-<target>`).
+    pub service: String,
+    /// Desired tasks.
+    pub desired: i64,
+    /// Running tasks.
+    pub running: i64,
+}
+
+/// One region's status.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RegionStatus {
+    /// Resources of the config that exist in the region.
+    pub resources_present: usize,
+    /// Resources the config wants in the region.
+    pub resources_wanted: usize,
+    /// The API stage URL.
+    pub endpoint: Option<String>,
+    /// The health check.
+    pub health: Option<Health>,
+    /// Replicator services running in this region.
+    pub replicators: Vec<Replicator>,
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    /// App.
+    pub app: String,
+    /// Stage.
+    pub stage: String,
+    /// failover or latency.
+    pub routing: String,
+    /// Changes `up` would make (`None`: not compared, the artifact was not readable).
+    pub pending_changes: Option<usize>,
+    /// The public URL.
+    pub public_endpoint: String,
+    /// Route 53 records of the public name.
+    pub dns_records: usize,
+    /// Regions DNS answers with now.
+    pub serving: Vec<String>,
+    /// Per region.
+    pub regions: BTreeMap<String, RegionStatus>,
+}
+
+/// `create Table/us-east-1/todos`, `update HealthCheck/... (failure_threshold)`.
+pub fn describe(change: &Change) -> String {
+    let id = format!(
+        "{:?}/{}/{}",
+        change.kind,
+        change.region.as_deref().unwrap_or("global"),
+        change.name
+    );
+    match &change.action {
+        Action::Create => format!("create {id}"),
+        Action::Update { changes } => format!(
+            "update {id} ({})",
+            changes
+                .iter()
+                .map(|c| c.field.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Action::Replace { changes } => format!(
+            "replace {id} ({})",
+            changes
+                .iter()
+                .map(|c| c.field.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Action::Delete => format!("delete {id}"),
+    }
+}
+
+/// A JSON value for `up`'s and `down`'s machine output.
+pub fn changes_json(changes: &[Change]) -> Value {
+    json!(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(kind: Kind, region: Option<&str>, name: &str, props: Value) -> Resource {
+        Resource {
+            kind,
+            region: region.map(str::to_owned),
+            name: name.to_owned(),
+            props: props
+                .as_object()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    fn scope() -> Scope {
+        Scope {
+            app: "todos".to_owned(),
+            stage: "dev".to_owned(),
+        }
+    }
+
+    #[test]
+    fn references_use_each_kinds_identifier() {
+        let observed = vec![
+            res(
+                Kind::RestApi,
+                Some("r1"),
+                "api",
+                json!({"id": "abc", "host": "abc.h", "source_arn": "arn:x"}),
+            ),
+            res(
+                Kind::LambdaRole,
+                Some("r1"),
+                "role",
+                json!({"arn": "arn:role", "id": "ignored"}),
+            ),
+            res(
+                Kind::DomainName,
+                Some("r1"),
+                "d",
+                json!({"alias": {"dns_name": "x"}, "arn": "no"}),
+            ),
+            res(Kind::HealthCheck, Some("r1"), "hc", json!({"id": "hc-1"})),
+        ];
+        let r = references(&observed);
+        assert_eq!(r[&reference_key(Kind::RestApi, "r1", "api")], json!("abc"));
+        assert_eq!(
+            r[&reference_attr_key(Kind::RestApi, "r1", "api", "host")],
+            json!("abc.h")
+        );
+        assert_eq!(
+            r[&reference_attr_key(Kind::RestApi, "r1", "api", "source_arn")],
+            json!("arn:x")
+        );
+        assert_eq!(
+            r[&reference_key(Kind::LambdaRole, "r1", "role")],
+            json!("arn:role")
+        );
+        assert_eq!(
+            r[&reference_key(Kind::DomainName, "r1", "d")],
+            json!({"dns_name": "x"})
+        );
+        assert_eq!(
+            r[&reference_key(Kind::HealthCheck, "r1", "hc")],
+            json!("hc-1")
+        );
+    }
+
+    #[test]
+    fn only_our_resources_are_deleted_and_named_ones_are_adopted() {
+        let tags = json!({"tworegion:app": "todos", "tworegion:stage": "dev"});
+        let foreign = json!({"tworegion:app": "todos", "tworegion:stage": "prod"});
+        let observed = vec![
+            // Ours, no longer wanted: deleted.
+            res(Kind::Table, Some("r1"), "old", json!({"tags": tags})),
+            // Another stage's, not wanted: left alone.
+            res(Kind::Table, Some("r1"), "prod", json!({"tags": foreign})),
+            // Wanted by name, untagged: adopted (tags updated), never deleted.
+            res(Kind::Table, Some("r1"), "todos", json!({"tags": {}})),
+            // Untaggable, named by the deployment's targets: ours.
+            res(
+                Kind::LambdaPermission,
+                Some("r1"),
+                "p",
+                json!({"function": "f"}),
+            ),
+            // Untaggable, not ours.
+            res(
+                Kind::LambdaPermission,
+                Some("r1"),
+                "other",
+                json!({"function": "f"}),
+            ),
+        ];
+        let desired = vec![res(Kind::Table, Some("r1"), "todos", json!({"tags": tags}))];
+        let targets = vec![
+            desired[0].clone(),
+            res(Kind::LambdaPermission, Some("r1"), "p", json!({})),
+        ];
+        let p = reconcile(&desired, &observed, &scope(), &targets);
+        let got: Vec<(String, String)> = p
+            .changes
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    format!("{:?}", c.action)
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("todos".to_owned(), "Update".to_owned()),
+                ("p".to_owned(), "Delete".to_owned()),
+                ("old".to_owned(), "Delete".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn references_are_resolved_before_comparing() {
+        let desired = vec![res(
+            Kind::LambdaFunction,
+            Some("r1"),
+            "f",
+            json!({"role": reference_key(Kind::LambdaRole, "r1", "role")}),
+        )];
+        let observed = vec![
+            res(
+                Kind::LambdaRole,
+                Some("r1"),
+                "role",
+                json!({"arn": "arn:role"}),
+            ),
+            res(
+                Kind::LambdaFunction,
+                Some("r1"),
+                "f",
+                json!({"role": "arn:role"}),
+            ),
+        ];
+        let p = reconcile(&desired, &observed, &scope(), &desired);
+        assert!(p.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn route53_health_needs_over_18_percent_and_inversion_flips_it() {
+        assert!(effective_health(8, 8, false));
+        assert!(effective_health(2, 8, false)); // 25%
+        assert!(!effective_health(1, 8, false)); // 12.5%
+        assert!(!effective_health(0, 0, false));
+        assert!(!effective_health(8, 8, true));
+        assert!(effective_health(0, 8, true));
+    }
+
+    #[test]
+    fn dns_serves_the_primary_until_it_is_unhealthy() {
+        let h = |a: Option<bool>, b: Option<bool>| vec![("a".to_owned(), a), ("b".to_owned(), b)];
+        assert_eq!(
+            serving(Routing::Failover, &h(Some(true), Some(true)), true),
+            ["a"]
+        );
+        assert_eq!(
+            serving(Routing::Failover, &h(Some(false), Some(true)), true),
+            ["b"]
+        );
+        assert_eq!(
+            serving(Routing::Failover, &h(Some(false), Some(false)), true),
+            ["a"]
+        );
+        assert_eq!(
+            serving(Routing::Latency, &h(Some(true), Some(true)), true),
+            ["a", "b"]
+        );
+        assert_eq!(
+            serving(Routing::Latency, &h(Some(true), Some(false)), true),
+            ["a"]
+        );
+        assert!(serving(Routing::Failover, &h(Some(true), Some(true)), false).is_empty());
+    }
+}

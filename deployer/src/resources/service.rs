@@ -1,0 +1,704 @@
+//! The replicator's ECS service (Fargate) in each region where a replicator runs: the task
+//! definition's revision, the task count, and the network the tasks run in (the config's
+//! `[replicator.network.<region>]`, or the region's default VPC when none is given).
+//!
+//! # Network
+//! With explicit subnets the tasks get no public IP: such subnets are expected to be private with
+//! a NAT gateway or VPC endpoints, and a public IP would expose the tasks for nothing. The default
+//! VPC has public subnets with an internet gateway and no NAT, so a task there needs a public IP to
+//! reach ECR, CloudWatch Logs and DynamoDB at all; its `default` security group admits inbound
+//! traffic only from itself, so the public IP opens nothing to the internet.
+//!
+//! # Lifecycle
+//! Deletion scales the service to 0, deletes it (forced) and waits, bounded, until it is
+//! `INACTIVE`. A `DRAINING` service is already being deleted: `observe` skips it like an `INACTIVE`
+//! one, and a creation under its name first waits for it to finish.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_sdk_ecs::Client;
+use aws_sdk_ecs::types::{
+    AssignPublicIp, AwsVpcConfiguration, DeploymentCircuitBreaker, DeploymentConfiguration,
+    LaunchType, NetworkConfiguration, PropagateTags, Service, ServiceField, Tag,
+};
+use serde_json::{Value, json};
+
+use super::{DeployError, Scope, observed_str, tag_pairs};
+use crate::desired::{Kind, Resource};
+use crate::plan::{Action, Change};
+
+/// The value of `subnets` / `security_groups` in desired (and observed) props meaning "the
+/// region's default VPC".
+pub const DEFAULT_VPC: &str = "default VPC";
+
+/// How long a deletion (or a creation behind a draining namesake) waits for `INACTIVE`.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `describe_services` takes at most this many services per call.
+const DESCRIBE_BATCH: usize = 10;
+
+/// The region's default network, or why there is none.
+enum DefaultNetwork {
+    /// Sorted subnet IDs (default-for-AZ subnets of the default VPC) and the `default` group.
+    Found(Vec<String>, Vec<String>),
+    /// What is missing, for the operator.
+    Missing(String),
+}
+
+/// The default network from what EC2 listed: `default_vpcs` are the IDs of VPCs with `isDefault`,
+/// `subnets` the default-for-AZ subnets of the first, `groups` its `default` security groups.
+fn decide_default_network(
+    region: &str,
+    default_vpcs: &[String],
+    mut subnets: Vec<String>,
+    mut groups: Vec<String>,
+) -> DefaultNetwork {
+    let Some(vpc) = default_vpcs.first() else {
+        return DefaultNetwork::Missing(format!("region {region} has no default VPC"));
+    };
+    if subnets.is_empty() {
+        return DefaultNetwork::Missing(format!(
+            "the default VPC {vpc} of region {region} has no default subnets"
+        ));
+    }
+    if groups.is_empty() {
+        return DefaultNetwork::Missing(format!(
+            "the default VPC {vpc} of region {region} has no \"default\" security group"
+        ));
+    }
+    subnets.sort();
+    subnets.dedup();
+    groups.sort();
+    groups.dedup();
+    DefaultNetwork::Found(subnets, groups)
+}
+
+fn ec2_filter(name: &str, value: &str) -> aws_sdk_ec2::types::Filter {
+    aws_sdk_ec2::types::Filter::builder()
+        .name(name)
+        .values(value)
+        .build()
+}
+
+async fn lookup_default_network(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+) -> Result<DefaultNetwork, DeployError> {
+    let id = format!("DefaultVpc/{region}");
+    let vpcs = ec2
+        .describe_vpcs()
+        .filters(ec2_filter("isDefault", "true"))
+        .send()
+        .await
+        .map_err(|e| DeployError::aws("ec2:DescribeVpcs", &id, &e))?;
+    let vpc_ids: Vec<String> = vpcs
+        .vpcs()
+        .iter()
+        .filter_map(|v| v.vpc_id().map(str::to_owned))
+        .collect();
+    let Some(vpc) = vpc_ids.first() else {
+        return Ok(decide_default_network(region, &vpc_ids, vec![], vec![]));
+    };
+    let mut subnets = Vec::new();
+    let mut token = None;
+    loop {
+        let page = ec2
+            .describe_subnets()
+            .filters(ec2_filter("vpc-id", vpc))
+            .filters(ec2_filter("default-for-az", "true"))
+            .set_next_token(token.take())
+            .send()
+            .await
+            .map_err(|e| DeployError::aws("ec2:DescribeSubnets", &id, &e))?;
+        subnets.extend(
+            page.subnets()
+                .iter()
+                .filter_map(|s| s.subnet_id().map(str::to_owned)),
+        );
+        match page.next_token {
+            Some(next) if !next.is_empty() => token = Some(next),
+            _ => break,
+        }
+    }
+    let groups = ec2
+        .describe_security_groups()
+        .filters(ec2_filter("vpc-id", vpc))
+        .filters(ec2_filter("group-name", "default"))
+        .send()
+        .await
+        .map_err(|e| DeployError::aws("ec2:DescribeSecurityGroups", &id, &e))?;
+    let groups: Vec<String> = groups
+        .security_groups()
+        .iter()
+        .filter_map(|g| g.group_id().map(str::to_owned))
+        .collect();
+    Ok(decide_default_network(region, &vpc_ids, subnets, groups))
+}
+
+/// The default VPC's network in `region`: its default-for-AZ subnets and its `default` security
+/// group, both sorted. Fails with what to do when the region has no default VPC (or it lacks them).
+pub async fn default_network(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+) -> Result<(Vec<String>, Vec<String>), DeployError> {
+    match lookup_default_network(ec2, region).await? {
+        DefaultNetwork::Found(subnets, groups) => Ok((subnets, groups)),
+        DefaultNetwork::Missing(why) => Err(missing_default_network(region, why)),
+    }
+}
+
+fn missing_default_network(region: &str, why: String) -> DeployError {
+    DeployError {
+        action: "ec2:DescribeVpcs".to_owned(),
+        resource: format!("DefaultVpc/{region}"),
+        message: why,
+        hint: Some(format!(
+            "give subnets and security_groups in [replicator.network.{region}]"
+        )),
+    }
+}
+
+/// A desired `subnets` / `security_groups`: the default VPC's, or a list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ids {
+    DefaultVpc,
+    List(Vec<String>),
+}
+
+impl Ids {
+    fn of(props: &BTreeMap<String, Value>, field: &str) -> Ids {
+        match props.get(field) {
+            Some(Value::Array(items)) => Ids::List(
+                items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            _ => Ids::DefaultVpc,
+        }
+    }
+}
+
+fn sorted(mut ids: Vec<String>) -> Vec<String> {
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// How an observed list is reported so that it compares with desired: `"default VPC"` when that is
+/// desired and the list is exactly the default VPC's; the desired list itself when the same IDs are
+/// there in another order; otherwise the actual IDs, sorted.
+fn present(actual: &[String], desired: Option<&Ids>, default: Option<&[String]>) -> Value {
+    let actual = sorted(actual.to_vec());
+    match desired {
+        Some(Ids::DefaultVpc) if default == Some(actual.as_slice()) => json!(DEFAULT_VPC),
+        Some(Ids::List(want)) if sorted(want.clone()) == actual => json!(want),
+        _ => json!(actual),
+    }
+}
+
+fn service_tags(service: &Service) -> BTreeMap<String, String> {
+    service
+        .tags()
+        .iter()
+        .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
+        .collect()
+}
+
+fn awsvpc(service: &Service) -> (Vec<String>, Vec<String>) {
+    service
+        .network_configuration()
+        .and_then(NetworkConfiguration::awsvpc_configuration)
+        .map(|c| (c.subnets().to_vec(), c.security_groups().to_vec()))
+        .unwrap_or_default()
+}
+
+/// The services of `cluster` (name or ARN) in `region` that are wanted (`wanted`: the desired
+/// `EcsService` resources of this region and cluster, by name) or tagged with `scope`, in the
+/// desired form plus `arn`, `running_count` and `status`. `INACTIVE` and `DRAINING` services
+/// (deleted or being deleted) are skipped; a cluster that does not exist has none. `subnets` and
+/// `security_groups` read `"default VPC"` when the desired ones do and the service runs exactly in
+/// the default VPC's subnets with its `default` group.
+pub async fn observe(
+    ecs: &Client,
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    scope: &Scope,
+    cluster: &str,
+    wanted: &[Resource],
+) -> Result<Vec<Resource>, DeployError> {
+    let id = format!("EcsService/{region}/{cluster}");
+    let mut arns = Vec::new();
+    let mut token = None;
+    loop {
+        let page = match ecs
+            .list_services()
+            .cluster(cluster)
+            .set_next_token(token.take())
+            .send()
+            .await
+        {
+            Ok(page) => page,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_cluster_not_found_exception()) =>
+            {
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(DeployError::aws("ecs:ListServices", &id, &e)),
+        };
+        arns.extend(page.service_arns().iter().cloned());
+        match page.next_token {
+            Some(next) if !next.is_empty() => token = Some(next),
+            _ => break,
+        }
+    }
+    let mut services = Vec::new();
+    for batch in arns.chunks(DESCRIBE_BATCH) {
+        let out = ecs
+            .describe_services()
+            .cluster(cluster)
+            .set_services(Some(batch.to_vec()))
+            .include(ServiceField::Tags)
+            .send()
+            .await
+            .map_err(|e| DeployError::aws("ecs:DescribeServices", &id, &e))?;
+        services.extend(
+            out.services
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|s| s.status() == Some("ACTIVE")),
+        );
+    }
+    let desired_of = |name: &str| wanted.iter().find(|w| w.name == name);
+    services.retain(|s| {
+        let name = s.service_name().unwrap_or_default();
+        desired_of(name).is_some() || scope.owns(&service_tags(s))
+    });
+    // The default network is looked up only when a kept service is wanted on it.
+    let on_default = services.iter().any(|s| {
+        desired_of(s.service_name().unwrap_or_default()).is_some_and(|w| {
+            Ids::of(&w.props, "subnets") == Ids::DefaultVpc
+                || Ids::of(&w.props, "security_groups") == Ids::DefaultVpc
+        })
+    });
+    let default = if on_default {
+        match lookup_default_network(ec2, region).await? {
+            DefaultNetwork::Found(subnets, groups) => Some((subnets, groups)),
+            DefaultNetwork::Missing(_) => None,
+        }
+    } else {
+        None
+    };
+    let mut found = Vec::new();
+    for service in &services {
+        let name = service.service_name().unwrap_or_default();
+        let want = desired_of(name);
+        let (subnets, groups) = awsvpc(service);
+        let ids = |field: &str| want.map(|w| Ids::of(&w.props, field));
+        let props = json!({
+            "cluster": service.cluster_arn(),
+            "task_definition": service.task_definition(),
+            "desired_count": service.desired_count(),
+            "launch_type": service.launch_type().map(LaunchType::as_str),
+            "subnets": present(&subnets, ids("subnets").as_ref(), default.as_ref().map(|d| d.0.as_slice())),
+            "security_groups": present(&groups, ids("security_groups").as_ref(), default.as_ref().map(|d| d.1.as_slice())),
+            "tags": Scope::managed_tags(&service_tags(service)),
+            "arn": service.service_arn(),
+            "running_count": service.running_count(),
+            "status": service.status(),
+        });
+        found.push(Resource {
+            kind: Kind::EcsService,
+            region: Some(region.to_owned()),
+            name: name.to_owned(),
+            props: props
+                .as_object()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        });
+    }
+    Ok(found)
+}
+
+/// What [`wait`] waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// The service is deleted (`INACTIVE`, or gone).
+    Inactive,
+    /// The service is `ACTIVE` with one deployment and as many running tasks as desired, none
+    /// pending.
+    Steady,
+}
+
+/// Waits until the service `name` of `cluster` is as `until` says, polling until `timeout`. Fails
+/// with the last state seen when the time runs out.
+pub async fn wait(
+    ecs: &Client,
+    cluster: &str,
+    name: &str,
+    until: Until,
+    timeout: Duration,
+) -> Result<(), DeployError> {
+    let id = format!("EcsService/{cluster}/{name}");
+    let poll = (timeout / 20).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let out = ecs
+            .describe_services()
+            .cluster(cluster)
+            .services(name)
+            .send()
+            .await
+            .map_err(|e| DeployError::aws("ecs:DescribeServices", &id, &e))?;
+        let service = out.services().first();
+        let (done, seen) = match (until, service) {
+            (Until::Inactive, None) => (true, "gone".to_owned()),
+            (Until::Inactive, Some(s)) => (
+                s.status() == Some("INACTIVE"),
+                format!("status {}", s.status().unwrap_or("unknown")),
+            ),
+            (Until::Steady, None) => (false, "not found".to_owned()),
+            (Until::Steady, Some(s)) => (
+                s.status() == Some("ACTIVE")
+                    && s.deployments().len() <= 1
+                    && s.pending_count() == 0
+                    && s.running_count() == s.desired_count(),
+                format!(
+                    "status {}, {} of {} tasks running, {} pending, {} deployments",
+                    s.status().unwrap_or("unknown"),
+                    s.running_count(),
+                    s.desired_count(),
+                    s.pending_count(),
+                    s.deployments().len()
+                ),
+            ),
+        };
+        if done {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() + poll > deadline {
+            return Err(DeployError {
+                action: "ecs:DescribeServices".to_owned(),
+                resource: id,
+                message: format!(
+                    "not {} after {}s ({seen})",
+                    match until {
+                        Until::Inactive => "inactive",
+                        Until::Steady => "steady",
+                    },
+                    timeout.as_secs()
+                ),
+                hint: Some(
+                    "look at the service's events in the ECS console; run again later".to_owned(),
+                ),
+            });
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+fn tags(props: &BTreeMap<String, Value>) -> Vec<Tag> {
+    tag_pairs(props)
+        .into_iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+/// A resolved string property (an ARN); an unresolved reference is refused, naming what is missing.
+fn resolved<'a>(
+    props: &'a BTreeMap<String, Value>,
+    field: &str,
+    action: &str,
+    id: &str,
+) -> Result<&'a str, DeployError> {
+    match props.get(field).and_then(Value::as_str) {
+        Some(r) if r.starts_with("ref:") => Err(DeployError::refused(
+            action,
+            id,
+            format!(
+                "{field} needs {} which does not exist yet",
+                r.trim_start_matches("ref:")
+            ),
+        )),
+        Some(value) if !value.is_empty() => Ok(value),
+        _ => Err(DeployError::refused(
+            action,
+            id,
+            format!("no {field} given"),
+        )),
+    }
+}
+
+/// The network configuration for the desired props (see the module docs for the public IP).
+async fn network(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    props: &BTreeMap<String, Value>,
+    action: &str,
+    id: &str,
+) -> Result<NetworkConfiguration, DeployError> {
+    let subnets = Ids::of(props, "subnets");
+    let groups = Ids::of(props, "security_groups");
+    let (default_subnets, default_groups) =
+        if subnets == Ids::DefaultVpc || groups == Ids::DefaultVpc {
+            default_network(ec2, region).await?
+        } else {
+            (Vec::new(), Vec::new())
+        };
+    // See the module docs: only the default VPC's public subnets need a public IP.
+    let public_ip = if subnets == Ids::DefaultVpc {
+        AssignPublicIp::Enabled
+    } else {
+        AssignPublicIp::Disabled
+    };
+    let pick = |ids: Ids, default: Vec<String>| match ids {
+        Ids::List(list) => list,
+        Ids::DefaultVpc => default,
+    };
+    let config = AwsVpcConfiguration::builder()
+        .set_subnets(Some(pick(subnets, default_subnets)))
+        .set_security_groups(Some(pick(groups, default_groups)))
+        .assign_public_ip(public_ip)
+        .build()
+        .map_err(|e| DeployError::refused(action, id, e.to_string()))?;
+    Ok(NetworkConfiguration::builder()
+        .awsvpc_configuration(config)
+        .build())
+}
+
+fn desired_count(props: &BTreeMap<String, Value>) -> i32 {
+    props
+        .get("desired_count")
+        .and_then(Value::as_i64)
+        .and_then(|n| i32::try_from(n).ok())
+        .unwrap_or(1)
+}
+
+async fn create(
+    ecs: &Client,
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    name: &str,
+    want: &Resource,
+    id: &str,
+) -> Result<(), DeployError> {
+    const ACTION: &str = "ecs:CreateService";
+    let cluster = resolved(&want.props, "cluster", ACTION, id)?;
+    let task_definition = resolved(&want.props, "task_definition", ACTION, id)?;
+    let network = network(ec2, region, &want.props, ACTION, id).await?;
+    // A namesake being deleted blocks the name until it is inactive.
+    let existing = ecs
+        .describe_services()
+        .cluster(cluster)
+        .services(name)
+        .send()
+        .await
+        .map_err(|e| DeployError::aws("ecs:DescribeServices", id, &e))?;
+    if existing
+        .services()
+        .iter()
+        .any(|s| s.status() == Some("DRAINING"))
+    {
+        wait(ecs, cluster, name, Until::Inactive, DRAIN_TIMEOUT).await?;
+    }
+    let breaker = DeploymentCircuitBreaker::builder()
+        .enable(true)
+        .rollback(true)
+        .build();
+    ecs.create_service()
+        .cluster(cluster)
+        .service_name(name)
+        .task_definition(task_definition)
+        .desired_count(desired_count(&want.props))
+        .launch_type(LaunchType::Fargate)
+        .network_configuration(network)
+        .deployment_configuration(
+            DeploymentConfiguration::builder()
+                .deployment_circuit_breaker(breaker)
+                .build(),
+        )
+        .set_tags(Some(tags(&want.props)))
+        .propagate_tags(PropagateTags::Service)
+        .send()
+        .await
+        .map_err(|e| DeployError::aws(ACTION, id, &e))?;
+    Ok(())
+}
+
+async fn delete(ecs: &Client, cluster: &str, name: &str, id: &str) -> Result<(), DeployError> {
+    ecs.update_service()
+        .cluster(cluster)
+        .service(name)
+        .desired_count(0)
+        .send()
+        .await
+        .map_err(|e| DeployError::aws("ecs:UpdateService", id, &e))?;
+    ecs.delete_service()
+        .cluster(cluster)
+        .service(name)
+        .force(true)
+        .send()
+        .await
+        .map_err(|e| DeployError::aws("ecs:DeleteService", id, &e))?;
+    wait(ecs, cluster, name, Until::Inactive, DRAIN_TIMEOUT).await
+}
+
+/// Applies one planned change to the service. Create: Fargate in the desired network, tagged (tags
+/// propagated to tasks), with the deployment circuit breaker rolling back failed deployments.
+/// Update: `update_service` with exactly the changed task definition, count or network, and the
+/// tags; `launch_type` and `cluster` cannot change in place and are refused. Replace: delete, then
+/// create. Delete: scale to 0, delete (forced), wait until inactive.
+pub async fn apply(
+    ecs: &Client,
+    ec2: &aws_sdk_ec2::Client,
+    change: &Change,
+    desired: Option<&Resource>,
+    observed: Option<&Resource>,
+) -> Result<(), DeployError> {
+    let region = change.region.as_deref().unwrap_or_default();
+    let name = &change.name;
+    let id = format!("EcsService/{region}/{name}");
+    match (&change.action, desired) {
+        (Action::Create, Some(want)) => create(ecs, ec2, region, name, want, &id).await,
+        (Action::Update { changes }, Some(want)) => {
+            const ACTION: &str = "ecs:UpdateService";
+            let changed = |field: &str| changes.iter().any(|c| c.field == field);
+            for fixed in ["launch_type", "cluster"] {
+                if changed(fixed) {
+                    return Err(DeployError::refused(
+                        ACTION,
+                        &id,
+                        format!(
+                            "{fixed} cannot change in place; delete the service (down) and run up again"
+                        ),
+                    ));
+                }
+            }
+            let cluster = resolved(&want.props, "cluster", ACTION, &id)?;
+            let mut update = ecs.update_service().cluster(cluster).service(name);
+            let mut any = false;
+            if changed("task_definition") {
+                update =
+                    update.task_definition(resolved(&want.props, "task_definition", ACTION, &id)?);
+                any = true;
+            }
+            if changed("desired_count") {
+                update = update.desired_count(desired_count(&want.props));
+                any = true;
+            }
+            if changed("subnets") || changed("security_groups") {
+                update = update
+                    .network_configuration(network(ec2, region, &want.props, ACTION, &id).await?);
+                any = true;
+            }
+            if any {
+                update
+                    .send()
+                    .await
+                    .map_err(|e| DeployError::aws(ACTION, &id, &e))?;
+            }
+            if changed("tags") {
+                let arn = observed_str(observed, "arn");
+                ecs.tag_resource()
+                    .resource_arn(arn)
+                    .set_tags(Some(tags(&want.props)))
+                    .send()
+                    .await
+                    .map_err(|e| DeployError::aws("ecs:TagResource", &id, &e))?;
+            }
+            Ok(())
+        }
+        (Action::Replace { .. }, Some(want)) => {
+            let cluster = match observed_str(observed, "cluster") {
+                "" => resolved(&want.props, "cluster", "ecs:DeleteService", &id)?,
+                c => c,
+            };
+            delete(ecs, cluster, name, &id).await?;
+            create(ecs, ec2, region, name, want, &id).await
+        }
+        (Action::Delete, _) => {
+            let cluster = observed_str(observed, "cluster");
+            if cluster.is_empty() {
+                return Err(DeployError::unplanned(&id));
+            }
+            delete(ecs, cluster, name, &id).await
+        }
+        _ => Err(DeployError::unplanned(&id)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn no_default_vpc_is_missing_and_the_error_says_what_to_configure() {
+        let DefaultNetwork::Missing(why) = decide_default_network("eu-west-1", &[], vec![], vec![])
+        else {
+            panic!("a region without a default VPC has no default network");
+        };
+        let error = missing_default_network("eu-west-1", why).to_string();
+        assert!(error.contains("no default VPC"), "{error}");
+        assert!(error.contains("[replicator.network.eu-west-1]"), "{error}");
+    }
+
+    #[test]
+    fn a_default_vpc_without_default_subnets_is_missing() {
+        assert!(matches!(
+            decide_default_network("r", &ids(&["vpc-1"]), vec![], ids(&["sg-1"])),
+            DefaultNetwork::Missing(why) if why.contains("no default subnets")
+        ));
+    }
+
+    #[test]
+    fn a_default_vpc_gives_sorted_subnets_and_its_default_group() {
+        let DefaultNetwork::Found(subnets, groups) = decide_default_network(
+            "r",
+            &ids(&["vpc-1"]),
+            ids(&["subnet-b", "subnet-a"]),
+            ids(&["sg-1"]),
+        ) else {
+            panic!("found");
+        };
+        assert_eq!(subnets, ids(&["subnet-a", "subnet-b"]));
+        assert_eq!(groups, ids(&["sg-1"]));
+    }
+
+    #[test]
+    fn observed_lists_compare_with_desired() {
+        let default = ids(&["subnet-a", "subnet-b"]);
+        let actual = ids(&["subnet-b", "subnet-a"]);
+        assert_eq!(
+            present(&actual, Some(&Ids::DefaultVpc), Some(&default)),
+            json!(DEFAULT_VPC)
+        );
+        // Only part of the default network is not the default network.
+        assert_eq!(
+            present(&ids(&["subnet-a"]), Some(&Ids::DefaultVpc), Some(&default)),
+            json!(["subnet-a"])
+        );
+        // The config's order is kept when the IDs are the same.
+        assert_eq!(
+            present(&actual, Some(&Ids::List(actual.clone())), Some(&default)),
+            json!(["subnet-b", "subnet-a"])
+        );
+        // Not wanted (only tagged): the actual IDs, sorted.
+        assert_eq!(
+            present(&actual, None, None),
+            json!(["subnet-a", "subnet-b"])
+        );
+        assert_eq!(
+            present(&actual, Some(&Ids::List(ids(&["subnet-c"]))), None),
+            json!(["subnet-a", "subnet-b"])
+        );
+    }
+}
