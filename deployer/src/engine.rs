@@ -530,7 +530,7 @@ impl Engine {
                         ));
                     }
                 };
-                function::apply(&global.region(region)?.lambda, change, want, artifact).await
+                function::apply(&global.region(region)?.lambda, change, want, have, artifact).await
             }
             Kind::RestApi => {
                 rest_api::apply(&global.region(region)?.apigateway, change, want, have).await

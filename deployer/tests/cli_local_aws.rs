@@ -499,6 +499,60 @@ async fn up_plan_change_status_failover_down() {
     expect(&run, 2, "plan after down");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_up_is_finished_by_the_next() {
+    use std::io::{BufRead, BufReader};
+    let local = LocalAws::from_env();
+    // Early (roles, functions), middle (certificates), late (ECS).
+    for kill_after in [5, 17, 31] {
+        let w = Workspace::new();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_deployer"));
+        command
+            .arg("--config")
+            .arg(&w.config)
+            .arg("up")
+            .env_remove("DEPLOYER_CONFIG")
+            .stdout(std::process::Stdio::piped());
+        for (k, v) in local.child_env() {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        // kill -9 while the next change is in flight.
+        let mut seen = Vec::new();
+        while seen.len() < kill_after {
+            match lines.next() {
+                Some(Ok(line)) => seen.push(line),
+                _ => break,
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(
+            seen.len(),
+            kill_after,
+            "up ended before it was interrupted: {seen:?}"
+        );
+
+        let run = deployer(&local, &w.config, &["up"], &[]);
+        expect(&run, 0, "up after an interrupted up");
+        let run = deployer(&local, &w.config, &["plan"], &[]);
+        expect(&run, 0, "plan after the resumed up");
+        let run = deployer(&local, &w.config, &["down", "--yes"], &[]);
+        expect(&run, 0, "down");
+        let run = deployer(&local, &w.config, &["--json", "status"], &[]);
+        expect(&run, 0, "status after down");
+        let status = run.json();
+        for region in [REGION_A, REGION_B] {
+            assert_eq!(
+                status["regions"][region]["resources_present"], 0,
+                "{status}"
+            );
+        }
+    }
+}
+
 #[test]
 fn invalid_configs_fail_naming_the_field() {
     let local = LocalAws::from_env();

@@ -64,7 +64,7 @@ async fn function_reconciles() {
             let want: Vec<Resource> = want.into_iter().collect();
             let plan = plan(&want, &observed);
             for change in &plan.changes {
-                function::apply(&lambda, change, want.first(), &artifact)
+                function::apply(&lambda, change, want.first(), observed.first(), &artifact)
                     .await
                     .unwrap_or_else(|e| panic!("{e}"));
             }
@@ -121,6 +121,38 @@ async fn function_reconciles() {
             .unwrap()
             .is_none()
     );
+    // A function made by hand with the right name and settings is adopted: only the tags change.
+    lambda
+        .create_function()
+        .function_name(&name)
+        .runtime(aws_sdk_lambda::types::Runtime::from("provided.al2023"))
+        .architectures(aws_sdk_lambda::types::Architecture::X8664)
+        .handler("bootstrap")
+        .role(&role_arn)
+        .memory_size(256)
+        .timeout(10)
+        .environment(
+            aws_sdk_lambda::types::Environment::builder()
+                .variables("SAMPLE_APP_TABLE", "todos")
+                .build(),
+        )
+        .code(
+            aws_sdk_lambda::types::FunctionCode::builder()
+                .zip_file(aws_sdk_lambda::primitives::Blob::new(v1.clone()))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let adopted = step(Some(wanted(&app, 256, &v1, &role_arn)), v1.clone()).await;
+    assert_eq!(fields(&adopted), vec!["tags"]);
+    let observed = function::observe(&lambda, REGION_A, &name)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(plan(&[wanted(&app, 256, &v1, &role_arn)], &[observed]).is_empty());
+    step(None, Vec::new()).await;
+
     iam.delete_role()
         .role_name(&role_name)
         .send()

@@ -5,7 +5,13 @@ use std::collections::BTreeMap;
 
 use aws_sdk_lambda::Client;
 use aws_sdk_lambda::primitives::Blob;
-use aws_sdk_lambda::types::{Architecture, Environment, FunctionCode, Runtime};
+use std::time::Duration;
+
+use aws_sdk_lambda::error::SdkError;
+use aws_sdk_lambda::operation::create_function::CreateFunctionError;
+use aws_sdk_lambda::types::{
+    Architecture, Environment, FunctionCode, LastUpdateStatus, Runtime, State,
+};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -133,12 +139,63 @@ fn role(props: &BTreeMap<String, Value>, id: &str) -> Result<String, DeployError
         })
 }
 
+const ROLE_RETRIES: usize = 12;
+
+fn role_not_ready<R>(e: &SdkError<CreateFunctionError, R>) -> bool {
+    e.as_service_error().is_some_and(|s| {
+        s.is_invalid_parameter_value_exception()
+            && s.meta()
+                .message()
+                .is_some_and(|m| m.contains("cannot be assumed"))
+    })
+}
+
+/// Waits (at most two minutes) until the function is Active and its last update is done: Lambda
+/// refuses further changes while one is in progress.
+async fn wait_updated(client: &Client, name: &str, id: &str) -> Result<(), DeployError> {
+    for _ in 0..120 {
+        let config = client
+            .get_function_configuration()
+            .function_name(name)
+            .send()
+            .await
+            .map_err(|e| DeployError::aws("lambda:GetFunctionConfiguration", id, &e))?;
+        let pending = config.state() == Some(&State::Pending)
+            || config.last_update_status() == Some(&LastUpdateStatus::InProgress);
+        if !pending {
+            if config.state() == Some(&State::Failed)
+                || config.last_update_status() == Some(&LastUpdateStatus::Failed)
+            {
+                return Err(DeployError::refused(
+                    "lambda:GetFunctionConfiguration",
+                    id,
+                    format!(
+                        "the function's last update failed: {}",
+                        config
+                            .last_update_status_reason()
+                            .or(config.state_reason())
+                            .unwrap_or("no reason given")
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(DeployError::refused(
+        "lambda:GetFunctionConfiguration",
+        id,
+        "the function is still updating after two minutes; run up again",
+    ))
+}
+
 /// Applies one planned change to the function; `artifact` is the zip's content (for creation and code
 /// updates).
 pub async fn apply(
     client: &Client,
     change: &Change,
     desired: Option<&Resource>,
+    observed: Option<&Resource>,
     artifact: &[u8],
 ) -> Result<(), DeployError> {
     let name = &change.name;
@@ -150,7 +207,7 @@ pub async fn apply(
         (Action::Create, Some(want)) => {
             let p = &want.props;
             let tags = Some(super::tag_pairs(p).into_iter().collect());
-            client
+            let create = client
                 .create_function()
                 .function_name(name)
                 .runtime(Runtime::from(
@@ -169,22 +226,40 @@ pub async fn apply(
                         .zip_file(Blob::new(artifact.to_vec()))
                         .build(),
                 )
-                .set_tags(tags)
-                .send()
-                .await
-                .map_err(|e| DeployError::aws("lambda:CreateFunction", &id, &e))?;
-            Ok(())
+                .set_tags(tags);
+            // A role made a moment ago may not be assumable by Lambda yet (IAM is eventually
+            // consistent): retry that one refusal for up to a minute.
+            let mut attempt = 0;
+            loop {
+                match create.clone().send().await {
+                    Ok(_) => break,
+                    Err(e) if attempt < ROLE_RETRIES && role_not_ready(&e) => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                    Err(e) => return Err(DeployError::aws("lambda:CreateFunction", &id, &e)),
+                }
+            }
+            wait_updated(client, name, &id).await
         }
         (Action::Update { changes } | Action::Replace { changes }, Some(want)) => {
             let p = &want.props;
-            if changes.iter().any(|c| c.field == "code_sha256") {
+            if changes
+                .iter()
+                .any(|c| c.field == "code_sha256" || c.field == "architecture")
+            {
                 client
                     .update_function_code()
                     .function_name(name)
                     .zip_file(Blob::new(artifact.to_vec()))
+                    .architectures(Architecture::from(
+                        text(p, "architecture").unwrap_or("x86_64"),
+                    ))
                     .send()
                     .await
                     .map_err(|e| DeployError::aws("lambda:UpdateFunctionCode", &id, &e))?;
+                // A configuration update while the code update runs is refused (409).
+                wait_updated(client, name, &id).await?;
             }
             let config_fields = [
                 "runtime",
@@ -212,16 +287,18 @@ pub async fn apply(
                     .send()
                     .await
                     .map_err(|e| DeployError::aws("lambda:UpdateFunctionConfiguration", &id, &e))?;
+                wait_updated(client, name, &id).await?;
             }
-            if let Some(c) = changes
-                .iter()
-                .find(|c| c.field == "architecture" || c.field == "tags")
-            {
-                return Err(DeployError::refused(
-                    "lambda:UpdateFunctionConfiguration",
-                    &id,
-                    format!("changing {} in place is not supported yet", c.field),
-                ));
+            if changes.iter().any(|c| c.field == "tags") {
+                // Adopting a function made by hand: add the managed tags (others stay).
+                let arn = super::observed_str(observed, "arn");
+                client
+                    .tag_resource()
+                    .resource(arn)
+                    .set_tags(Some(super::tag_pairs(p).into_iter().collect()))
+                    .send()
+                    .await
+                    .map_err(|e| DeployError::aws("lambda:TagResource", &id, &e))?;
             }
             Ok(())
         }
