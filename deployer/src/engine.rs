@@ -128,6 +128,11 @@ pub fn references(observed: &[Resource]) -> Resolved {
 /// that carry no tags (a permission statement, a base path mapping, a usage plan key, a DNS record),
 /// named by this deployment. Only such resources are ever deleted.
 pub fn is_ours(r: &Resource, scope: &Scope, targets: &[Resource]) -> bool {
+    // A certificate given by ARN in the config is the operator's: used while wanted, never deleted
+    // (its apply would leave it in place anyway, so `down` could never finish).
+    if r.kind == Kind::Certificate && r.props.contains_key("given_arn") {
+        return false;
+    }
     match r.props.get("tags").and_then(Value::as_object) {
         Some(tags) => {
             tags.get(crate::resources::APP_TAG).and_then(Value::as_str) == Some(scope.app.as_str())
@@ -216,11 +221,21 @@ impl Engine {
             .unwrap_or_default();
         let desired = desired(&deployment, &sha);
         // Observe the names of every mode too, so that switching the replicator from lww to one-way
-        // finds (and deletes) the primary region's replicator.
+        // finds (and deletes) the primary region's replicator, and switching the routing finds (and
+        // deletes) the other routing's records (`<domain>/PRIMARY` or `<domain>/<region>`).
         let mut lww = deployment.clone();
         lww.file.replicator.mode = "lww".to_owned();
+        let mut other_routing = deployment.clone();
+        other_routing.routing = match deployment.routing {
+            Routing::Failover => Routing::Latency,
+            Routing::Latency => Routing::Failover,
+        };
         let mut targets = desired.clone();
-        for r in crate::desired::desired(&lww, &sha) {
+        let variants = [
+            crate::desired::desired(&lww, &sha),
+            crate::desired::desired(&other_routing, &sha),
+        ];
+        for r in variants.into_iter().flatten() {
             if find(&targets, r.kind, r.region.as_deref(), &r.name).is_none() {
                 targets.push(r);
             }
@@ -624,6 +639,12 @@ impl Engine {
             let want = find(desired, change.kind, region, &change.name)
                 .map(|w| resolve(std::slice::from_ref(w), &resolved).remove(0));
             let have = find(observed, change.kind, region, &change.name).cloned();
+            if matches!(change.action, Action::Delete) && have.is_none() {
+                // Gone since the plan was made: an earlier change replaced it (a record whose routing
+                // changed is deleted and recreated in one Route 53 batch).
+                let _ = writeln!(progress, "{} ... already gone", describe(change));
+                continue;
+            }
             let started = Instant::now();
             let _ = write!(progress, "{} ... ", describe(change));
             let _ = progress.flush();
@@ -860,7 +881,9 @@ impl Engine {
             let found = self
                 .observe_group(Kind::HealthCheck, Some(region), &[])
                 .await?;
-            let Some(check) = found.first() else {
+            // The check by its name: never a stale one left by an interrupted replacement.
+            let name = format!("{}-{}-{region}", self.scope.app, self.scope.stage);
+            let Some(check) = find(&found, Kind::HealthCheck, Some(region), &name) else {
                 return Err(DeployError::refused(
                     "failover",
                     region,
@@ -1155,6 +1178,22 @@ mod tests {
                 ("old".to_owned(), "Delete".to_owned()),
             ]
         );
+    }
+
+    #[test]
+    fn a_given_certificate_is_used_but_never_deleted() {
+        let given = res(
+            Kind::Certificate,
+            Some("r1"),
+            "api.example.com",
+            json!({"domain_name": "api.example.com", "given_arn": "arn:aws:acm:r1:1:certificate/x"}),
+        );
+        let targets = vec![given.clone()];
+        assert!(!is_ours(&given, &scope(), &targets));
+        // `down`: nothing to delete.
+        assert!(reconcile(&[], std::slice::from_ref(&given), &scope(), &targets).is_empty());
+        // `up`: still compared (and found equal).
+        assert!(reconcile(&targets, std::slice::from_ref(&given), &scope(), &targets).is_empty());
     }
 
     #[test]

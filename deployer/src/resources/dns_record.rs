@@ -59,11 +59,64 @@ pub async fn observe(
 ) -> Result<Vec<Resource>, DeployError> {
     let zone_id = zone_id(client, zone).await?;
     let prefix = format!("{}-{}-", scope.app, scope.stage);
+    let mut found = Vec::new();
+    for set in a_records(client, &zone_id, zone, domain).await? {
+        let Some(identifier) = set.set_identifier() else {
+            continue;
+        };
+        if !identifier.starts_with(&prefix) {
+            continue;
+        }
+        let routing = match (set.failover(), set.region()) {
+            (Some(f), _) => json!({ "failover": f.as_str() }),
+            (None, Some(r)) => json!({ "latency_region": r.as_str() }),
+            _ => Value::Null,
+        };
+        let label = match set.failover() {
+            Some(f) => f.as_str().to_owned(),
+            None => set
+                .region()
+                .map(|r| r.as_str().to_owned())
+                .unwrap_or_default(),
+        };
+        let alias = set.alias_target().map(
+            |a| json!({ "dns_name": dotted(a.dns_name()), "hosted_zone_id": a.hosted_zone_id() }),
+        );
+        let props = json!({
+            "zone": zone,
+            "type": "A",
+            "alias_to": alias,
+            "set_identifier": identifier,
+            "routing": routing,
+            "health_check": set.health_check_id(),
+        });
+        found.push(Resource {
+            kind: Kind::DnsRecord,
+            region: None,
+            name: format!("{domain}/{label}"),
+            props: props
+                .as_object()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+        });
+    }
+    Ok(found)
+}
+
+/// Every A record set named `domain` in the zone `zone_id` (`zone` names it in errors).
+async fn a_records(
+    client: &Client,
+    zone_id: &str,
+    zone: &str,
+    domain: &str,
+) -> Result<Vec<ResourceRecordSet>, DeployError> {
     let wanted = dotted(domain);
     let mut found = Vec::new();
     let mut start: Option<(String, RrType, Option<String>)> = None;
     loop {
-        let mut request = client.list_resource_record_sets().hosted_zone_id(&zone_id);
+        let mut request = client.list_resource_record_sets().hosted_zone_id(zone_id);
         if let Some((name, kind, set)) = start.take() {
             request = request
                 .start_record_name(name)
@@ -74,51 +127,12 @@ pub async fn observe(
             .send()
             .await
             .map_err(|e| DeployError::aws("route53:ListResourceRecordSets", zone, &e))?;
-        for set in page.resource_record_sets() {
-            let Some(identifier) = set.set_identifier() else {
-                continue;
-            };
-            if dotted(set.name()) != wanted
-                || !identifier.starts_with(&prefix)
-                || set.r#type() != &RrType::A
-            {
-                continue;
-            }
-            let routing = match (set.failover(), set.region()) {
-                (Some(f), _) => json!({ "failover": f.as_str() }),
-                (None, Some(r)) => json!({ "latency_region": r.as_str() }),
-                _ => Value::Null,
-            };
-            let label = match set.failover() {
-                Some(f) => f.as_str().to_owned(),
-                None => set
-                    .region()
-                    .map(|r| r.as_str().to_owned())
-                    .unwrap_or_default(),
-            };
-            let alias = set.alias_target().map(|a| {
-                json!({ "dns_name": dotted(a.dns_name()), "hosted_zone_id": a.hosted_zone_id() })
-            });
-            let props = json!({
-                "zone": zone,
-                "type": "A",
-                "alias_to": alias,
-                "set_identifier": identifier,
-                "routing": routing,
-                "health_check": set.health_check_id(),
-            });
-            found.push(Resource {
-                kind: Kind::DnsRecord,
-                region: None,
-                name: format!("{domain}/{label}"),
-                props: props
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect(),
-            });
-        }
+        found.extend(
+            page.resource_record_sets()
+                .iter()
+                .filter(|set| dotted(set.name()) == wanted && set.r#type() == &RrType::A)
+                .cloned(),
+        );
         if page.is_truncated() {
             start = page
                 .next_record_name
@@ -133,6 +147,12 @@ pub async fn observe(
         }
     }
     Ok(found)
+}
+
+/// Whether two record sets with one set identifier use the same routing policy (an UPSERT cannot
+/// change it: the old set is deleted and the new one created in one batch).
+fn same_routing(a: &ResourceRecordSet, b: &ResourceRecordSet) -> bool {
+    a.failover() == b.failover() && a.region() == b.region()
 }
 
 fn record(domain: &str, props: &BTreeMap<String, Value>) -> Result<ResourceRecordSet, String> {
@@ -204,16 +224,33 @@ pub async fn apply(
     let zone_id = zone_id(client, &zone).await?;
     let set = record(domain, &source.props)
         .map_err(|e| DeployError::refused("route53:ChangeResourceRecordSets", &id, e))?;
-    let batch = ChangeBatch::builder()
-        .changes(
+    let mut changes = Vec::new();
+    if action == ChangeAction::Upsert {
+        // A set with this identifier but another routing policy (the config switched between
+        // failover and latency): Route 53 cannot change the policy in place.
+        let old = a_records(client, &zone_id, &zone, domain)
+            .await?
+            .into_iter()
+            .find(|old| old.set_identifier() == set.set_identifier() && !same_routing(old, &set));
+        if let Some(old) = old {
+            changes.push((ChangeAction::Delete, old));
+        }
+    }
+    changes.push((action, set));
+    let changes = changes
+        .into_iter()
+        .map(|(action, set)| {
             R53Change::builder()
                 .action(action)
                 .resource_record_set(set)
                 .build()
-                .map_err(|e| {
-                    DeployError::refused("route53:ChangeResourceRecordSets", &id, e.to_string())
-                })?,
-        )
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            DeployError::refused("route53:ChangeResourceRecordSets", &id, e.to_string())
+        })?;
+    let batch = ChangeBatch::builder()
+        .set_changes(Some(changes))
         .build()
         .map_err(|e| {
             DeployError::refused("route53:ChangeResourceRecordSets", &id, e.to_string())

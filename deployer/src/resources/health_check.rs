@@ -82,19 +82,46 @@ pub async fn observe(client: &Client, scope: &Scope) -> Result<Vec<Resource>, De
             // Operational state, not managed by `up` (`failover` and `failback` set it).
             "inverted": config.inverted(),
         });
-        found.push(Resource {
-            kind: Kind::HealthCheck,
-            region,
-            name: name.clone(),
-            props: props
-                .as_object()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
-        });
+        found.push((
+            created_millis(check.caller_reference()),
+            Resource {
+                kind: Kind::HealthCheck,
+                region,
+                name: name.clone(),
+                props: props
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            },
+        ));
     }
-    Ok(found)
+    Ok(newest_keeps_the_name(found))
+}
+
+/// When the caller reference is `<name>-<millis>` (as `create` writes it), the millis.
+fn created_millis(caller_reference: &str) -> u128 {
+    caller_reference
+        .rsplit_once('-')
+        .and_then(|(_, millis)| millis.parse().ok())
+        .unwrap_or_default()
+}
+
+/// Of several checks with one `Name` (an interrupted replacement leaves the old one), the newest
+/// keeps the name; the others are reported as `<name>/<id>` so that `up` and `down` delete them and
+/// `failover` never inverts a stale one.
+fn newest_keeps_the_name(mut found: Vec<(u128, Resource)>) -> Vec<Resource> {
+    found.sort_by(|(a, ra), (b, rb)| ra.name.cmp(&rb.name).then(b.cmp(a)));
+    let mut out: Vec<Resource> = Vec::new();
+    for (_, mut r) in found {
+        if out.iter().any(|o| o.name == r.name) {
+            let id = super::observed_str(Some(&r), "id").to_owned();
+            r.name = format!("{}/{id}", r.name);
+        }
+        out.push(r);
+    }
+    out
 }
 
 /// The region at the end of a check's name (`todos-dev-us-east-1`), as `desired` names them.
@@ -291,5 +318,49 @@ pub async fn apply(
             Ok(())
         }
         _ => Err(DeployError::unplanned(&id)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(name: &str, id: &str) -> Resource {
+        Resource {
+            kind: Kind::HealthCheck,
+            region: Some("us-east-1".to_owned()),
+            name: name.to_owned(),
+            props: [("id".to_owned(), json!(id))].into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn of_two_checks_with_one_name_the_newest_keeps_it() {
+        assert_eq!(
+            created_millis("todos-dev-us-east-1-1700000000000"),
+            1_700_000_000_000
+        );
+        assert_eq!(created_millis("by-hand"), 0);
+        let found = newest_keeps_the_name(vec![
+            (2, check("a-us-east-1", "new")),
+            (1, check("a-us-east-1", "old")),
+            (5, check("b-us-east-1", "only")),
+        ]);
+        let names: Vec<(&str, &str)> = found
+            .iter()
+            .map(|r| (r.name.as_str(), observed_str_id(r)))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("a-us-east-1", "new"),
+                ("a-us-east-1/old", "old"),
+                ("b-us-east-1", "only")
+            ]
+        );
+    }
+
+    fn observed_str_id(r: &Resource) -> &str {
+        super::super::observed_str(Some(r), "id")
     }
 }
