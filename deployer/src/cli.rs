@@ -1,7 +1,8 @@
 //! The command line: `deployer --config FILE plan | up | status | failover --to R | failback | down --yes`.
 //!
-//! Exit codes: 0 success (for `plan`: nothing to change), 2 for `plan` with changes and for usage
-//! errors (bad flags, invalid config, `down` without `--yes`), 1 when AWS refused or failed.
+//! Exit codes, as Terraform's `plan -detailed-exitcode`: 0 success (for `plan`: nothing to change),
+//! 2 only for `plan` with changes, 1 for every error (bad flags, invalid config, `down` without
+//! `--yes`, AWS refusing or failing), so that a script can tell drift from a broken run.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -64,10 +65,10 @@ pub enum Command {
     },
 }
 
-/// A failure, with its exit code.
+/// A failure (exit code 1).
 #[derive(Debug)]
 pub struct Failure {
-    /// 1 (AWS) or 2 (usage).
+    /// Always 1: 2 means "changes" for `plan`.
     pub code: u8,
     /// What to tell the user.
     pub message: String,
@@ -75,7 +76,7 @@ pub struct Failure {
 
 fn usage(message: impl Into<String>) -> Failure {
     Failure {
-        code: 2,
+        code: 1,
         message: message.into(),
     }
 }

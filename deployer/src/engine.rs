@@ -133,6 +133,10 @@ pub fn is_ours(r: &Resource, scope: &Scope, targets: &[Resource]) -> bool {
     if r.kind == Kind::Certificate && r.props.contains_key("given_arn") {
         return false;
     }
+    // A health check whose caller reference says this deployment made it, even before it is tagged.
+    if r.props.get("created_by_deployment") == Some(&Value::Bool(true)) {
+        return true;
+    }
     match r.props.get("tags").and_then(Value::as_object) {
         Some(tags) => {
             tags.get(crate::resources::APP_TAG).and_then(Value::as_str) == Some(scope.app.as_str())
@@ -468,13 +472,29 @@ impl Engine {
                     // Not created yet (or already deleted): it holds no records.
                     return Ok(Vec::new());
                 }
+                // Exactly this deployment's set identifiers: app `a-b` stage `c` and app `a` stage
+                // `b-c` share the prefix `a-b-c-`.
+                let ours: Vec<String> = self
+                    .deployment
+                    .regions
+                    .iter()
+                    .map(|r| format!("{}-{}-{r}", f.app, f.stage))
+                    .collect();
                 found = dns_record::observe(
                     &self.clients.route53,
                     scope,
                     &f.dns.hosted_zone,
                     &f.dns.domain_name,
                 )
-                .await?;
+                .await?
+                .into_iter()
+                .filter(|r| {
+                    r.props
+                        .get("set_identifier")
+                        .and_then(Value::as_str)
+                        .is_some_and(|id| ours.iter().any(|o| o == id))
+                })
+                .collect();
             }
         }
         Ok(found.into_iter().filter(|r| here(r)).collect())
@@ -1178,6 +1198,19 @@ mod tests {
                 ("old".to_owned(), "Delete".to_owned()),
             ]
         );
+    }
+
+    #[test]
+    fn an_untagged_check_this_deployment_created_is_deleted() {
+        let orphan = res(
+            Kind::HealthCheck,
+            Some("r1"),
+            "todos-dev-r1/abc",
+            json!({"tags": {}, "created_by_deployment": true}),
+        );
+        let p = reconcile(&[], std::slice::from_ref(&orphan), &scope(), &[]);
+        assert_eq!(p.changes.len(), 1);
+        assert_eq!(p.changes[0].action, Action::Delete);
     }
 
     #[test]

@@ -2,17 +2,28 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::Parser as _;
 use deployer::cli::{Cli, run};
 use tworegion_common::telemetry::{LogFormat, init_logging};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // 2 is reserved for `plan` with changes; help and version are not errors.
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let filter = std::env::var("DEPLOYER_LOG").unwrap_or_else(|_| "warn".to_owned());
     if let Err(error) = init_logging(LogFormat::Auto, &filter) {
         eprintln!("error: DEPLOYER_LOG: {error}");
-        return ExitCode::from(2);
+        return ExitCode::from(1);
     }
     let mut stdout = std::io::stdout();
     match run(&cli, &mut stdout).await {

@@ -425,7 +425,7 @@ async fn up_plan_change_status_failover_down() {
         1
     );
     let run = deployer(&local, &w.config, &["failover", "--to", "eu-west-1"], &[]);
-    expect(&run, 2, "failover to a region not in the config");
+    expect(&run, 1, "failover to a region not in the config");
     assert!(run.stderr.contains("--to must be one of"), "{}", run.stderr);
     let run = deployer(&local, &w.config, &["failover", "--to", REGION_B], &[]);
     expect(&run, 0, "failover");
@@ -442,7 +442,7 @@ async fn up_plan_change_status_failover_down() {
 
     // --- down ---
     let run = deployer(&local, &w.config, &["down"], &[]);
-    expect(&run, 2, "down without --yes");
+    expect(&run, 1, "down without --yes");
     assert!(run.stderr.contains("--yes"), "{}", run.stderr);
     let run = deployer(&local, &w.config, &["down", "--yes"], &[]);
     expect(&run, 0, "down --yes");
@@ -583,11 +583,16 @@ fn invalid_configs_fail_naming_the_field() {
     for (text, field, env) in cases {
         w.write(&text);
         let run = deployer(&local, &w.config, &["plan"], &env);
-        expect(&run, 2, field);
+        expect(&run, 1, field);
         assert!(run.stderr.contains(field), "{field}: {}", run.stderr);
     }
+    // Bad flags are errors (1), never "changes" (2); help is not an error.
+    let run = deployer(&local, &w.config, &["plan", "--colour"], &[]);
+    expect(&run, 1, "unknown flag");
+    let run = deployer(&local, &w.config, &["--help"], &[]);
+    expect(&run, 0, "--help");
     let run = deployer(&local, &w.dir.join("missing.toml"), &["plan"], &[]);
-    expect(&run, 2, "missing config");
+    expect(&run, 1, "missing config");
     assert!(run.stderr.contains("--config"), "{}", run.stderr);
 }
 

@@ -135,7 +135,15 @@ async fn health_checks_reconcile() {
     assert!(observed.iter().all(|c| c.props["failure_threshold"] == 5));
     assert!(plan(&wanted(&app, 5, 10), &observed).is_empty());
 
-    // The interval is fixed once created: a replacement.
+    // The interval is fixed once created: a replacement, which keeps a controlled failover's
+    // inversion (up never undoes a failover).
+    let primary = observed
+        .iter()
+        .find(|c| c.region.as_deref() == Some(REGION_A))
+        .unwrap();
+    health_check::set_inverted(&client, primary.props["id"].as_str().unwrap(), true)
+        .await
+        .unwrap();
     let replaced = up(&client, &scope, &wanted(&app, 5, 30)).await;
     assert!(
         replaced
@@ -146,6 +154,38 @@ async fn health_checks_reconcile() {
     let observed = health_check::observe(&client, &scope).await.unwrap();
     assert_eq!(observed.len(), 2);
     assert!(observed.iter().all(|c| c.props["request_interval"] == 30));
+    for c in &observed {
+        let inverted = c.region.as_deref() == Some(REGION_A);
+        assert_eq!(c.props["inverted"], inverted, "{}", c.name);
+    }
+
+    // Interrupted between creating and tagging: an untagged check whose caller reference is ours
+    // is found, and adopted (tagged) by exactly a tags update.
+    let secondary = observed
+        .iter()
+        .find(|c| c.region.as_deref() == Some(REGION_B))
+        .unwrap()
+        .clone();
+    client
+        .change_tags_for_resource()
+        .resource_type(aws_sdk_route53::types::TagResourceType::Healthcheck)
+        .resource_id(secondary.props["id"].as_str().unwrap())
+        .set_remove_tag_keys(Some(vec![
+            "Name".into(),
+            "tworegion:app".into(),
+            "tworegion:stage".into(),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    let adopted = up(&client, &scope, &wanted(&app, 5, 30)).await;
+    assert_eq!(adopted.len(), 1, "{adopted:?}");
+    assert!(
+        matches!(&adopted[0].action, Action::Update { changes } if changes.len() == 1 && changes[0].field == "tags"),
+        "{adopted:?}"
+    );
+    let observed = health_check::observe(&client, &scope).await.unwrap();
+    assert!(plan(&wanted(&app, 5, 30), &observed).is_empty());
 
     // Down: ours go, the foreign one stays.
     let removed = up(&client, &scope, &[]).await;

@@ -52,14 +52,25 @@ pub async fn observe(client: &Client, scope: &Scope) -> Result<Vec<Resource>, De
         }
     }
     let mut found = Vec::new();
+    let no_tags = BTreeMap::new();
     for check in checks {
-        let Some(tags) = tags.get(check.id()) else {
+        let tags = tags.get(check.id()).unwrap_or(&no_tags);
+        // A check is ours when tagged so, or when its caller reference is one `create` wrote for
+        // this app and stage and it has no tags yet (interrupted between creating and tagging).
+        let from_reference = created_name(scope, check.caller_reference());
+        let name = if scope.owns(tags) {
+            match tags.get(NAME) {
+                Some(name) => name.clone(),
+                None => continue,
+            }
+        } else if tags.is_empty()
+            && let Some(name) = from_reference
+        {
+            name
+        } else {
             continue;
         };
-        if !scope.owns(tags) {
-            continue;
-        }
-        let Some(name) = tags.get(NAME) else { continue };
+        let name = &name;
         let Some(config) = check.health_check_config() else {
             continue;
         };
@@ -73,12 +84,14 @@ pub async fn observe(client: &Client, scope: &Scope) -> Result<Vec<Resource>, De
             "request_interval": config.request_interval(),
             "failure_threshold": config.failure_threshold(),
             "regions": config.regions().iter().map(|r| r.as_str().to_owned()).collect::<Vec<_>>(),
-            "tags": {
+            "tags": if tags.is_empty() { json!({}) } else { json!({
                 NAME: name,
                 super::APP_TAG: scope.app,
                 super::STAGE_TAG: scope.stage,
-            },
+            }) },
             "id": check.id(),
+            // Made by this deployment (its caller reference says so), tagged or not yet.
+            "created_by_deployment": true,
             // Operational state, not managed by `up` (`failover` and `failback` set it).
             "inverted": config.inverted(),
         });
@@ -98,6 +111,22 @@ pub async fn observe(client: &Client, scope: &Scope) -> Result<Vec<Resource>, De
         ));
     }
     Ok(newest_keeps_the_name(found))
+}
+
+/// The check's name when its caller reference is `<app>-<stage>-<region>-<millis>`, as `create` writes
+/// it for this scope (the region exactly three dash-separated parts).
+fn created_name(scope: &Scope, caller_reference: &str) -> Option<String> {
+    let (name, millis) = caller_reference.rsplit_once('-')?;
+    millis.parse::<u128>().ok()?;
+    let region = name.strip_prefix(&format!("{}-{}-", scope.app, scope.stage))?;
+    let parts: Vec<&str> = region.split('-').collect();
+    let looks_like_region = parts.len() == 3
+        && parts[..2]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && !parts[2].is_empty()
+        && parts[2].bytes().all(|b| b.is_ascii_digit());
+    looks_like_region.then(|| name.to_owned())
 }
 
 /// When the caller reference is `<name>-<millis>` (as `create` writes it), the millis.
@@ -181,9 +210,16 @@ fn regions(props: &BTreeMap<String, Value>) -> Option<Vec<HealthCheckRegion>> {
     (!list.is_empty()).then_some(list)
 }
 
-async fn create(client: &Client, want: &Resource, id: &str) -> Result<(), DeployError> {
-    let config = config(&want.props)
+async fn create(
+    client: &Client,
+    want: &Resource,
+    inverted: bool,
+    id: &str,
+) -> Result<(), DeployError> {
+    let mut config = config(&want.props)
         .map_err(|e| DeployError::refused("route53:CreateHealthCheck", id, e))?;
+    // A replacement during a controlled failover stays inverted (`up` never undoes a failover).
+    config.inverted = Some(inverted);
     let caller_reference = format!(
         "{}-{}",
         want.name,
@@ -200,6 +236,15 @@ async fn create(client: &Client, want: &Resource, id: &str) -> Result<(), Deploy
         .health_check()
         .map(|h| h.id().to_owned())
         .unwrap_or_default();
+    tag(client, &check_id, want, id).await
+}
+
+async fn tag(
+    client: &Client,
+    check_id: &str,
+    want: &Resource,
+    id: &str,
+) -> Result<(), DeployError> {
     let tags: Vec<Tag> = super::tag_pairs(&want.props)
         .into_iter()
         .map(|(k, v)| Tag::builder().key(k).value(v).build())
@@ -207,7 +252,7 @@ async fn create(client: &Client, want: &Resource, id: &str) -> Result<(), Deploy
     client
         .change_tags_for_resource()
         .resource_type(TagResourceType::Healthcheck)
-        .resource_id(&check_id)
+        .resource_id(check_id)
         .set_add_tags(Some(tags))
         .send()
         .await
@@ -275,9 +320,15 @@ pub async fn apply(
 ) -> Result<(), DeployError> {
     let id = format!("HealthCheck/{}", change.name);
     match (&change.action, desired) {
-        (Action::Create, Some(want)) => create(client, want, &id).await,
-        (Action::Update { .. }, Some(want)) => {
+        (Action::Create, Some(want)) => create(client, want, false, &id).await,
+        (Action::Update { changes }, Some(want)) => {
             let check_id = observed_id(observed, &id)?;
+            if changes.iter().any(|c| c.field == "tags") {
+                tag(client, &check_id, want, &id).await?;
+            }
+            if changes.iter().all(|c| c.field == "tags") {
+                return Ok(());
+            }
             let c = config(&want.props)
                 .map_err(|e| DeployError::refused("route53:UpdateHealthCheck", &id, e))?;
             client
@@ -298,7 +349,11 @@ pub async fn apply(
             // The interval and type are fixed once created: a new check, then the old one goes.
             // (The failover records that point at it are updated after, in dependency order.)
             let check_id = observed_id(observed, &id)?;
-            create(client, want, &id).await?;
+            let inverted = observed
+                .and_then(|o| o.props.get("inverted"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            create(client, want, inverted, &id).await?;
             client
                 .delete_health_check()
                 .health_check_id(check_id)
@@ -324,6 +379,33 @@ pub async fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn caller_references_name_only_this_scopes_checks() {
+        let scope = Scope {
+            app: "a".into(),
+            stage: "b-c".into(),
+        };
+        assert_eq!(
+            created_name(&scope, "a-b-c-us-east-1-1732890000000").as_deref(),
+            Some("a-b-c-us-east-1")
+        );
+        // App `a-b`, stage `c`: another deployment's check with the same prefix.
+        let other = Scope {
+            app: "a-b".into(),
+            stage: "c".into(),
+        };
+        assert_eq!(
+            created_name(&other, "a-b-c-us-east-1-1732890000000").as_deref(),
+            Some("a-b-c-us-east-1")
+        );
+        assert_eq!(
+            created_name(&scope, "a-b-c-x-us-east-1-1732890000000"),
+            None
+        );
+        assert_eq!(created_name(&scope, "a-b-c-us-east-1-notmillis"), None);
+        assert_eq!(created_name(&scope, "foreign-123"), None);
+    }
 
     fn check(name: &str, id: &str) -> Resource {
         Resource {
