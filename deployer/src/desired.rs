@@ -108,13 +108,19 @@ pub struct Resource {
 
 impl Resource {
     fn new(kind: Kind, region: Option<&str>, name: String, props: Value) -> Resource {
+        Resource::from_props(kind, region.map(str::to_owned), name, props)
+    }
+
+    /// A resource from a JSON object of properties (anything else gives no properties), as
+    /// observers build them.
+    pub fn from_props(kind: Kind, region: Option<String>, name: String, props: Value) -> Resource {
         let props = match props {
             Value::Object(map) => map.into_iter().collect(),
             _ => BTreeMap::new(),
         };
         Resource {
             kind,
-            region: region.map(str::to_owned),
+            region,
             name,
             props,
         }

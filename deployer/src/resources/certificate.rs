@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::time::{Instant, sleep};
 
-use super::{DeployError, Scope, dns_record, tag_pairs};
+use super::{DeployError, Scope, dns_record, dotted, tag_pairs};
 use crate::desired::{Kind, Resource};
 use crate::plan::{Action, Change};
 
@@ -53,15 +53,6 @@ struct ValidationRecord {
     name: String,
     /// As ACM gives it, with the trailing dot.
     value: String,
-}
-
-fn dotted(name: &str) -> String {
-    let lower = name.to_ascii_lowercase();
-    if lower.ends_with('.') {
-        lower
-    } else {
-        format!("{lower}.")
-    }
 }
 
 fn status_str(detail: &CertificateDetail) -> String {
@@ -352,17 +343,7 @@ impl Requested {
 }
 
 fn resource(region: &str, name: String, props: Value) -> Resource {
-    Resource {
-        kind: Kind::Certificate,
-        region: Some(region.to_owned()),
-        name,
-        props: props
-            .as_object()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-    }
+    Resource::from_props(Kind::Certificate, Some(region.to_owned()), name, props)
 }
 
 /// The certificates of the custom domain in `region`, in the desired form.

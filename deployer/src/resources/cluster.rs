@@ -33,17 +33,12 @@ pub async fn observe(
         .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
         .collect();
     let props = json!({ "tags": Scope::managed_tags(&tags), "arn": cluster.cluster_arn() });
-    Ok(Some(Resource {
-        kind: Kind::EcsCluster,
-        region: Some(region.to_owned()),
-        name: name.to_owned(),
-        props: props
-            .as_object()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-    }))
+    Ok(Some(Resource::from_props(
+        Kind::EcsCluster,
+        Some(region.to_owned()),
+        name.to_owned(),
+        props,
+    )))
 }
 
 fn tags(props: &BTreeMap<String, Value>) -> Vec<Tag> {

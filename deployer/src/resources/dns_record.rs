@@ -11,18 +11,9 @@ use aws_sdk_route53::types::{
 };
 use serde_json::{Value, json};
 
-use super::{DeployError, Scope};
+use super::{DeployError, Scope, dotted};
 use crate::desired::{Kind, Resource};
 use crate::plan::{Action, Change};
-
-fn dotted(name: &str) -> String {
-    let lower = name.to_ascii_lowercase();
-    if lower.ends_with('.') {
-        lower
-    } else {
-        format!("{lower}.")
-    }
-}
 
 /// The hosted zone's ID, from its ID or its name.
 pub async fn zone_id(client: &Client, zone: &str) -> Result<String, DeployError> {
@@ -90,17 +81,12 @@ pub async fn observe(
             "routing": routing,
             "health_check": set.health_check_id(),
         });
-        found.push(Resource {
-            kind: Kind::DnsRecord,
-            region: None,
-            name: format!("{domain}/{label}"),
-            props: props
-                .as_object()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
-        });
+        found.push(Resource::from_props(
+            Kind::DnsRecord,
+            None,
+            format!("{domain}/{label}"),
+            props,
+        ));
     }
     Ok(found)
 }

@@ -10,21 +10,12 @@ use aws_sdk_apigateway::types::{
 };
 use serde_json::{Value, json};
 
-use super::{DeployError, Scope, tag_pairs};
+use super::{DeployError, Scope, dotted, tag_pairs, text};
 use crate::desired::{Kind, Resource};
 use crate::plan::{Action, Change};
 
 /// How API Gateway names the empty base path.
 const NO_BASE_PATH: &str = "(none)";
-
-fn dotted(name: &str) -> String {
-    let lower = name.to_ascii_lowercase();
-    if lower.ends_with('.') {
-        lower
-    } else {
-        format!("{lower}.")
-    }
-}
 
 fn props_of(value: Value) -> BTreeMap<String, Value> {
     value
@@ -33,10 +24,6 @@ fn props_of(value: Value) -> BTreeMap<String, Value> {
         .unwrap_or_default()
         .into_iter()
         .collect()
-}
-
-fn text<'a>(props: &'a BTreeMap<String, Value>, field: &str) -> Option<&'a str> {
-    props.get(field).and_then(Value::as_str)
 }
 
 /// The ARN API Gateway tags a custom domain by.

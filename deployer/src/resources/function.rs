@@ -15,7 +15,7 @@ use aws_sdk_lambda::types::{
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{DeployError, Scope};
+use super::{DeployError, Scope, text};
 use crate::desired::{Kind, Resource};
 use crate::plan::{Action, Change};
 
@@ -90,21 +90,12 @@ pub async fn observe(
         "tags": Scope::managed_tags(&tags),
         "arn": config.function_arn(),
     });
-    Ok(Some(Resource {
-        kind: Kind::LambdaFunction,
-        region: Some(region.to_owned()),
-        name: name.to_owned(),
-        props: props
-            .as_object()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-    }))
-}
-
-fn text<'a>(props: &'a BTreeMap<String, Value>, field: &str) -> Option<&'a str> {
-    props.get(field).and_then(Value::as_str)
+    Ok(Some(Resource::from_props(
+        Kind::LambdaFunction,
+        Some(region.to_owned()),
+        name.to_owned(),
+        props,
+    )))
 }
 
 fn int(props: &BTreeMap<String, Value>, field: &str) -> Option<i32> {

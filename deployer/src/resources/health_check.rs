@@ -97,17 +97,7 @@ pub async fn observe(client: &Client, scope: &Scope) -> Result<Vec<Resource>, De
         });
         found.push((
             created_millis(check.caller_reference()),
-            Resource {
-                kind: Kind::HealthCheck,
-                region,
-                name: name.clone(),
-                props: props
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect(),
-            },
+            Resource::from_props(Kind::HealthCheck, region, name.clone(), props),
         ));
     }
     Ok(newest_keeps_the_name(found))

@@ -10,13 +10,9 @@ use aws_sdk_route53::Client;
 use aws_sdk_route53::types::{Tag, TagResourceType};
 use serde_json::json;
 
-use super::{DeployError, Scope, tag_pairs};
+use super::{DeployError, Scope, dotted, tag_pairs};
 use crate::desired::{Kind, Resource};
 use crate::plan::{Action, Change};
-
-fn dotted(name: &str) -> String {
-    format!("{}.", name.trim_end_matches('.').to_ascii_lowercase())
-}
 
 /// The public hosted zone named `name`, if it exists, with its managed tags and `id`.
 pub async fn observe(client: &Client, name: &str) -> Result<Option<Resource>, DeployError> {
@@ -49,17 +45,12 @@ pub async fn observe(client: &Client, name: &str) -> Result<Option<Resource>, De
         })
         .unwrap_or_default();
     let props = json!({ "tags": Scope::managed_tags(&tags), "id": zone_id });
-    Ok(Some(Resource {
-        kind: Kind::HostedZone,
-        region: None,
-        name: name.to_owned(),
-        props: props
-            .as_object()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-    }))
+    Ok(Some(Resource::from_props(
+        Kind::HostedZone,
+        None,
+        name.to_owned(),
+        props,
+    )))
 }
 
 async fn tag(client: &Client, zone_id: &str, want: &Resource, id: &str) -> Result<(), DeployError> {

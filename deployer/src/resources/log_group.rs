@@ -50,17 +50,12 @@ pub async fn observe(
         "tags": Scope::managed_tags(&tags),
         "arn": arn,
     });
-    Ok(Some(Resource {
-        kind: Kind::LogGroup,
-        region: Some(region.to_owned()),
-        name: name.to_owned(),
-        props: props
-            .as_object()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-    }))
+    Ok(Some(Resource::from_props(
+        Kind::LogGroup,
+        Some(region.to_owned()),
+        name.to_owned(),
+        props,
+    )))
 }
 
 fn retention(props: &BTreeMap<String, Value>) -> Option<i32> {

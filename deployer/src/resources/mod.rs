@@ -73,6 +73,21 @@ pub fn tag_pairs(props: &BTreeMap<String, Value>) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// A DNS name as Route 53 reports it: lower case, with the trailing dot.
+pub fn dotted(name: &str) -> String {
+    let lower = name.to_ascii_lowercase();
+    if lower.ends_with('.') {
+        lower
+    } else {
+        format!("{lower}.")
+    }
+}
+
+/// A string property, if it is one.
+pub fn text<'a>(props: &'a BTreeMap<String, Value>, field: &str) -> Option<&'a str> {
+    props.get(field).and_then(Value::as_str)
+}
+
 /// A string property of an observed resource (its `arn`, `id`, ...), or "" when it is not known.
 pub fn observed_str<'a>(observed: Option<&'a crate::desired::Resource>, field: &str) -> &'a str {
     observed

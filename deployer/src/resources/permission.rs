@@ -41,17 +41,12 @@ pub async fn observe(
         .as_str()
         .map(str::to_owned);
     let props = json!({ "function": function, "principal": principal, "source": source });
-    Ok(Some(Resource {
-        kind: Kind::LambdaPermission,
-        region: Some(region.to_owned()),
-        name: name.to_owned(),
-        props: props
-            .as_object()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-    }))
+    Ok(Some(Resource::from_props(
+        Kind::LambdaPermission,
+        Some(region.to_owned()),
+        name.to_owned(),
+        props,
+    )))
 }
 
 async fn add(client: &Client, want: &Resource, id: &str) -> Result<(), DeployError> {

@@ -128,17 +128,7 @@ async fn read(
         "tags": Scope::managed_tags(&tags),
         "arn": role.arn(),
     });
-    let resource = Resource {
-        kind,
-        region: Some(region.to_owned()),
-        name: name.to_owned(),
-        props: props
-            .as_object()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-    };
+    let resource = Resource::from_props(kind, Some(region.to_owned()), name.to_owned(), props);
     Ok(Some((resource, tags)))
 }
 

@@ -310,17 +310,12 @@ pub async fn observe(
             "running_count": service.running_count(),
             "status": service.status(),
         });
-        found.push(Resource {
-            kind: Kind::EcsService,
-            region: Some(region.to_owned()),
-            name: name.to_owned(),
-            props: props
-                .as_object()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
-        });
+        found.push(Resource::from_props(
+            Kind::EcsService,
+            Some(region.to_owned()),
+            name.to_owned(),
+            props,
+        ));
     }
     Ok(found)
 }

@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::types::{
 };
 use serde_json::{Value, json};
 
-use super::{DeployError, Scope};
+use super::{DeployError, Scope, text};
 use crate::desired::{Kind, Resource};
 use crate::plan::{Action, Change};
 
@@ -135,17 +135,8 @@ async fn read(
         "tags": Scope::managed_tags(&tags),
         "arn": arn,
     });
-    let resource = Resource {
-        kind: Kind::Table,
-        region: Some(region.to_owned()),
-        name: name.to_owned(),
-        props: props
-            .as_object()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-    };
+    let resource =
+        Resource::from_props(Kind::Table, Some(region.to_owned()), name.to_owned(), props);
     Ok(Some((resource, tags)))
 }
 
@@ -188,10 +179,6 @@ pub async fn observe(
             None => return Ok(found),
         }
     }
-}
-
-fn text<'a>(props: &'a BTreeMap<String, Value>, field: &str) -> Option<&'a str> {
-    props.get(field).and_then(Value::as_str)
 }
 
 fn key_part(props: &BTreeMap<String, Value>, field: &str) -> Option<(String, String)> {

@@ -79,17 +79,12 @@ pub async fn observe(
         "arn": def.task_definition_arn(),
         "revision": def.revision(),
     });
-    Ok(Some(Resource {
-        kind: Kind::TaskDefinition,
-        region: Some(region.to_owned()),
-        name: name.to_owned(),
-        props: props
-            .as_object()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-    }))
+    Ok(Some(Resource::from_props(
+        Kind::TaskDefinition,
+        Some(region.to_owned()),
+        name.to_owned(),
+        props,
+    )))
 }
 
 fn text(props: &BTreeMap<String, Value>, field: &str) -> Option<String> {
