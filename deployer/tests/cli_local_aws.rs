@@ -7,120 +7,14 @@
 // Test helpers report failure by panicking.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod cli_support;
+
 use std::process::Command;
 
-use serde_json::Value;
-use tworegion_common::test_support::{LocalAws, REGION_A, REGION_B, unique_name};
+use cli_support::{EXAMPLE, Workspace, deployer, edit, expect};
+use tworegion_common::test_support::{LocalAws, REGION_A, REGION_B};
 
-const EXAMPLE: &str = include_str!("../examples/local.toml");
 const AWS_EXAMPLE: &str = include_str!("../examples/aws.toml");
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
-    }
-}
-
-fn deployer(local: &LocalAws, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_deployer"));
-    command.arg("--config").arg(config).args(args);
-    command.env_remove("DEPLOYER_CONFIG");
-    for (k, v) in local.child_env() {
-        command.env(k, v);
-    }
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let out = command.output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn expect(run: &Run, code: i32, what: &str) {
-    assert_eq!(
-        run.code, code,
-        "{what}: exit {} (wanted {code})\nstdout:\n{}\nstderr:\n{}",
-        run.code, run.stdout, run.stderr
-    );
-}
-
-/// `text` with the line that starts with `start` replaced; the line must exist.
-fn edit(text: &str, start: &str, line: &str) -> String {
-    assert!(
-        text.lines().any(|l| l.starts_with(start)),
-        "the example has no line starting with {start:?}"
-    );
-    text.lines()
-        .map(|l| if l.starts_with(start) { line } else { l })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-struct Workspace {
-    dir: PathBuf,
-    config: PathBuf,
-    app: String,
-}
-
-impl Workspace {
-    fn new() -> Workspace {
-        let n = unique_name("d");
-        // Short: the app is part of IAM role names (at most 64 characters).
-        let app = format!("e{}", &n[n.len() - 6..]);
-        let dir = std::env::temp_dir().join(unique_name("deployer-cli"));
-        std::fs::create_dir_all(&dir).unwrap();
-        // An empty zip archive: the local AWS stores the code without running it.
-        let mut zip = vec![0x50, 0x4b, 0x05, 0x06];
-        zip.extend([0u8; 18]);
-        std::fs::write(dir.join("lambda.zip"), zip).unwrap();
-        let config = dir.join("tworegion.toml");
-        let w = Workspace { dir, config, app };
-        w.write(&w.text());
-        w
-    }
-
-    fn text(&self) -> String {
-        let app = &self.app;
-        let mut text = edit(EXAMPLE, "app = ", &format!("app = \"{app}\""));
-        text = edit(
-            &text,
-            "domain_name = ",
-            &format!("domain_name = \"api.{app}.test\""),
-        );
-        text = edit(
-            &text,
-            "hosted_zone = ",
-            &format!("hosted_zone = \"{app}.test\""),
-        );
-        text = edit(
-            &text,
-            "name = \"todos-local\"",
-            &format!("name = \"{app}-todos\""),
-        );
-        edit(&text, "artifact = ", "artifact = \"lambda.zip\"")
-    }
-
-    fn write(&self, text: &str) {
-        std::fs::write(&self.config, text).unwrap();
-    }
-}
-
-impl Drop for Workspace {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 async fn health_checks(
     r53: &aws_sdk_route53::Client,

@@ -6,99 +6,11 @@
 // Test helpers report failure by panicking.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod cli_support;
 
 use aws_sdk_route53::types::{HealthCheckConfig, HealthCheckType, RrType, Tag, TagResourceType};
-use tworegion_common::test_support::{LocalAws, REGION_A, REGION_B, unique_name};
-
-const EXAMPLE: &str = include_str!("../examples/local.toml");
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn deployer(local: &LocalAws, config: &Path, args: &[&str]) -> Run {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_deployer"));
-    command.arg("--config").arg(config).args(args);
-    command.env_remove("DEPLOYER_CONFIG");
-    for (k, v) in local.child_env() {
-        command.env(k, v);
-    }
-    let out = command.output().unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn expect(run: &Run, code: i32, what: &str) {
-    assert_eq!(
-        run.code, code,
-        "{what}: exit {} (wanted {code})\nstdout:\n{}\nstderr:\n{}",
-        run.code, run.stdout, run.stderr
-    );
-}
-
-/// The example with unique names, a small artifact, and each `(line start, replacement)` applied.
-struct Workspace {
-    dir: PathBuf,
-    config: PathBuf,
-    app: String,
-}
-
-impl Workspace {
-    fn new() -> Workspace {
-        // `r-<pid>-<counter>-<millis>`: the counter keeps tests started in one millisecond apart.
-        let n = unique_name("r");
-        let parts: Vec<&str> = n.split('-').collect();
-        let app = format!("r{}x{}", parts[2], &parts[3][parts[3].len() - 6..]);
-        let dir = std::env::temp_dir().join(unique_name("deployer-review"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut zip = vec![0x50, 0x4b, 0x05, 0x06];
-        zip.extend([0u8; 18]);
-        std::fs::write(dir.join("lambda.zip"), zip).unwrap();
-        let config = dir.join("tworegion.toml");
-        let w = Workspace { dir, config, app };
-        w.write(&[]);
-        w
-    }
-
-    fn write(&self, edits: &[(&str, String)]) {
-        let app = &self.app;
-        let mut lines: Vec<(&str, String)> = vec![
-            ("app = ", format!("app = \"{app}\"")),
-            (
-                "domain_name = ",
-                format!("domain_name = \"api.{app}.test\""),
-            ),
-            ("hosted_zone = ", format!("hosted_zone = \"{app}.test\"")),
-            ("name = \"todos-local\"", format!("name = \"{app}-todos\"")),
-            ("artifact = ", "artifact = \"lambda.zip\"".to_owned()),
-        ];
-        lines.extend(edits.iter().cloned());
-        let text: Vec<String> = EXAMPLE
-            .lines()
-            .map(|l| {
-                lines
-                    .iter()
-                    .find(|(start, _)| l.starts_with(start))
-                    .map(|(_, line)| line.clone())
-                    .unwrap_or_else(|| l.to_owned())
-            })
-            .collect();
-        std::fs::write(&self.config, text.join("\n")).unwrap();
-    }
-}
-
-impl Drop for Workspace {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use cli_support::{Workspace, deployer, expect};
+use tworegion_common::test_support::{LocalAws, REGION_A, REGION_B};
 
 /// An issued ACM certificate for `domain` in `region`, made outside the deployer.
 async fn issued_certificate(local: &LocalAws, region: &str, domain: &str) -> String {
@@ -137,13 +49,17 @@ async fn given_certificates_are_used_and_down_leaves_them() {
     let domain = format!("api.{}.test", w.app);
     let a = issued_certificate(&local, REGION_A, &domain).await;
     let b = issued_certificate(&local, REGION_B, &domain).await;
-    w.write(&[(
+    w.write_with(&[(
         "[certificates]",
         format!("[certificates]\narns = {{ {REGION_A} = \"{a}\", {REGION_B} = \"{b}\" }}"),
     )]);
-    expect(&deployer(&local, &w.config, &["up"]), 0, "up");
-    expect(&deployer(&local, &w.config, &["plan"]), 0, "plan after up");
-    let run = deployer(&local, &w.config, &["--json", "down", "--yes"]);
+    expect(&deployer(&local, &w.config, &["up"], &[]), 0, "up");
+    expect(
+        &deployer(&local, &w.config, &["plan"], &[]),
+        0,
+        "plan after up",
+    );
+    let run = deployer(&local, &w.config, &["--json", "down", "--yes"], &[]);
     expect(&run, 0, "down");
     let deleted: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert!(
@@ -210,14 +126,14 @@ async fn switching_the_routing_replaces_the_records() {
     let local = LocalAws::from_env();
     let w = Workspace::new();
     let app = w.app.clone();
-    expect(&deployer(&local, &w.config, &["up"]), 0, "up");
+    expect(&deployer(&local, &w.config, &["up"], &[]), 0, "up");
     let ids = [
         format!("{app}-local-{REGION_A}"),
         format!("{app}-local-{REGION_B}"),
     ];
     for (from, to) in [("failover", "latency"), ("latency", "failover")] {
-        w.write(&[("mode = \"failover\"", format!("mode = \"{to}\""))]);
-        let run = deployer(&local, &w.config, &["plan"]);
+        w.write_with(&[("mode = \"failover\"", format!("mode = \"{to}\""))]);
+        let run = deployer(&local, &w.config, &["plan"], &[]);
         expect(&run, 2, &format!("plan {from} -> {to}"));
         let old: Vec<String> = if from == "failover" {
             vec!["PRIMARY".into(), "SECONDARY".into()]
@@ -233,8 +149,12 @@ async fn switching_the_routing_replaces_the_records() {
                 run.stdout
             );
         }
-        expect(&deployer(&local, &w.config, &["up"]), 0, "up");
-        expect(&deployer(&local, &w.config, &["plan"]), 0, "plan after up");
+        expect(&deployer(&local, &w.config, &["up"], &[]), 0, "up");
+        expect(
+            &deployer(&local, &w.config, &["plan"], &[]),
+            0,
+            "plan after up",
+        );
         let want = if to == "latency" {
             vec![
                 (ids[0].clone(), None, Some(REGION_A.to_owned())),
@@ -248,7 +168,11 @@ async fn switching_the_routing_replaces_the_records() {
         };
         assert_eq!(records(&local, &app).await, want);
     }
-    expect(&deployer(&local, &w.config, &["down", "--yes"]), 0, "down");
+    expect(
+        &deployer(&local, &w.config, &["down", "--yes"], &[]),
+        0,
+        "down",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,7 +180,7 @@ async fn a_stale_health_check_is_deleted_and_failover_inverts_the_right_one() {
     let local = LocalAws::from_env();
     let w = Workspace::new();
     let app = w.app.clone();
-    expect(&deployer(&local, &w.config, &["up"]), 0, "up");
+    expect(&deployer(&local, &w.config, &["up"], &[]), 0, "up");
     let r53 = aws_sdk_route53::Client::new(&local.sdk_config(REGION_A));
     // What an `up` killed inside a health check's replacement leaves: an older check, tagged with
     // the same Name (its caller reference is older too).
@@ -299,7 +223,7 @@ async fn a_stale_health_check_is_deleted_and_failover_inverts_the_right_one() {
         .await
         .unwrap();
 
-    let run = deployer(&local, &w.config, &["plan"]);
+    let run = deployer(&local, &w.config, &["plan"], &[]);
     expect(&run, 2, "plan with a stale health check");
     assert!(
         run.stdout.contains(&format!(
@@ -312,7 +236,7 @@ async fn a_stale_health_check_is_deleted_and_failover_inverts_the_right_one() {
     );
     // Failover inverts the check DNS uses, not the stale one.
     expect(
-        &deployer(&local, &w.config, &["failover", "--to", REGION_B]),
+        &deployer(&local, &w.config, &["failover", "--to", REGION_B], &[]),
         0,
         "failover",
     );
@@ -330,9 +254,17 @@ async fn a_stale_health_check_is_deleted_and_failover_inverts_the_right_one() {
         Some(true),
         "failover inverted the stale check"
     );
-    expect(&deployer(&local, &w.config, &["failback"]), 0, "failback");
-    expect(&deployer(&local, &w.config, &["up"]), 0, "up");
-    expect(&deployer(&local, &w.config, &["plan"]), 0, "plan after up");
+    expect(
+        &deployer(&local, &w.config, &["failback"], &[]),
+        0,
+        "failback",
+    );
+    expect(&deployer(&local, &w.config, &["up"], &[]), 0, "up");
+    expect(
+        &deployer(&local, &w.config, &["plan"], &[]),
+        0,
+        "plan after up",
+    );
     assert!(
         r53.get_health_check()
             .health_check_id(&stale)
@@ -341,5 +273,9 @@ async fn a_stale_health_check_is_deleted_and_failover_inverts_the_right_one() {
             .is_err(),
         "the stale check {stale} still exists"
     );
-    expect(&deployer(&local, &w.config, &["down", "--yes"]), 0, "down");
+    expect(
+        &deployer(&local, &w.config, &["down", "--yes"], &[]),
+        0,
+        "down",
+    );
 }
