@@ -181,6 +181,23 @@ pub fn reference_attr_key(kind: Kind, region: &str, name: &str, attr: &str) -> S
     format!("ref:{kind:?}/{region}/{name}#{attr}")
 }
 
+/// The ARN partition of `region`: `aws-cn` in China, `aws-us-gov` in GovCloud, the ISO partitions,
+/// and `aws` everywhere else. Every ARN the deployer writes itself starts with `arn:<partition>:`.
+pub fn partition(region: &str) -> &'static str {
+    const PARTITIONS: [(&str, &str); 6] = [
+        ("cn-", "aws-cn"),
+        ("us-gov-", "aws-us-gov"),
+        ("us-isob-", "aws-iso-b"),
+        ("us-isof-", "aws-iso-f"),
+        ("us-iso-", "aws-iso"),
+        ("eu-isoe-", "aws-iso-e"),
+    ];
+    PARTITIONS
+        .iter()
+        .find(|(prefix, _)| region.starts_with(prefix))
+        .map_or("aws", |(_, partition)| partition)
+}
+
 fn reference(kind: Kind, region: &str, name: &str) -> Value {
     Value::String(format!("ref:{kind:?}/{region}/{name}"))
 }
@@ -207,7 +224,8 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
     };
     for (index, region) in d.regions.iter().enumerate() {
         let r = region.as_str();
-        let table_arn = format!("arn:aws:dynamodb:{r}:*:table/{}", f.table.name);
+        let arn = partition(r);
+        let table_arn = format!("arn:{arn}:dynamodb:{r}:*:table/{}", f.table.name);
         out.push(Resource::new(
             Kind::Table,
             Some(r),
@@ -234,14 +252,16 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
                 "policy": {
                     "Version": "2012-10-17",
                     "Statement": [
+                        // What sample-app's DynamoStore calls: GetItem (also its ping), a
+                        // conditional PutItem, Scan.
                         { "Effect": "Allow",
-                          "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Scan", "dynamodb:DescribeTable"],
+                          "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Scan"],
                           "Resource": table_arn },
+                        // Lambda creates its own log group on the first invocation. CloudWatch Logs
+                        // authorizes CreateLogGroup too against the `log-group:<name>:*` form.
                         { "Effect": "Allow",
-                          "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-                          "Resource": format!("arn:aws:logs:{r}:*:log-group:/aws/lambda/{function}:*") },
-                        { "Effect": "Allow", "Action": "logs:CreateLogGroup",
-                          "Resource": format!("arn:aws:logs:{r}:*:*") }
+                          "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+                          "Resource": format!("arn:{arn}:logs:{r}:*:log-group:/aws/lambda/{function}:*") }
                     ]
                 },
                 "tags": tags,
@@ -386,15 +406,19 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
                     "policy": {
                         "Version": "2012-10-17",
                         "Statement": [
+                            // What the replicator calls: the source stream (startup and
+                            // stream/aws.rs), both tables' descriptions (startup), conditional
+                            // writes to the target (apply/target.rs), the lease table
+                            // (lease/dynamo.rs, created on-demand if missing).
                             { "Effect": "Allow",
-                              "Action": ["dynamodb:DescribeStream", "dynamodb:GetShardIterator", "dynamodb:GetRecords", "dynamodb:ListStreams"],
-                              "Resource": format!("arn:aws:dynamodb:{other}:*:table/{}/stream/*", f.table.name) },
+                              "Action": ["dynamodb:DescribeStream", "dynamodb:GetShardIterator", "dynamodb:GetRecords"],
+                              "Resource": format!("arn:{}:dynamodb:{other}:*:table/{}/stream/*", partition(other), f.table.name) },
                             { "Effect": "Allow", "Action": ["dynamodb:DescribeTable"],
-                              "Resource": [format!("arn:aws:dynamodb:{other}:*:table/{}", f.table.name), table_arn] },
+                              "Resource": [format!("arn:{}:dynamodb:{other}:*:table/{}", partition(other), f.table.name), table_arn] },
                             { "Effect": "Allow", "Action": ["dynamodb:PutItem", "dynamodb:DeleteItem"], "Resource": table_arn },
                             { "Effect": "Allow",
-                              "Action": ["dynamodb:CreateTable", "dynamodb:DescribeTable", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query"],
-                              "Resource": format!("arn:aws:dynamodb:{r}:*:table/{lease_table}") }
+                              "Action": ["dynamodb:CreateTable", "dynamodb:DescribeTable", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query"],
+                              "Resource": format!("arn:{arn}:dynamodb:{r}:*:table/{lease_table}") }
                         ]
                     },
                     "tags": tags,
@@ -415,7 +439,7 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
                               "Action": ["ecr:GetAuthorizationToken", "ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"],
                               "Resource": "*" },
                             { "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-                              "Resource": format!("arn:aws:logs:{r}:*:log-group:{log_group}:*") }
+                              "Resource": format!("arn:{arn}:logs:{r}:*:log-group:{log_group}:*") }
                         ]
                     },
                     "tags": tags,
@@ -586,6 +610,89 @@ image = "img"
             records[0].props["routing"],
             json!({"latency_region": "us-east-1"})
         );
+    }
+
+    fn actions(r: &Resource) -> Vec<String> {
+        let mut out: Vec<String> = r.props["policy"]["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| match &s["Action"] {
+                Value::String(a) => vec![a.clone()],
+                Value::Array(a) => a.iter().map(|v| v.as_str().unwrap().to_owned()).collect(),
+                _ => panic!("action"),
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    #[test]
+    fn policies_grant_what_the_function_and_the_replicator_call_and_no_more() {
+        let all = desired(&deployment("lww", "failover"), "abc");
+        let role = |kind: Kind| all.iter().find(|r| r.kind == kind).unwrap();
+        // sample-app's DynamoStore: get (and ping), conditional put, scan; Lambda's own logs.
+        assert_eq!(
+            actions(role(Kind::LambdaRole)),
+            [
+                "dynamodb:GetItem",
+                "dynamodb:PutItem",
+                "dynamodb:Scan",
+                "logs:CreateLogGroup",
+                "logs:CreateLogStream",
+                "logs:PutLogEvents"
+            ]
+        );
+        let logs = &role(Kind::LambdaRole).props["policy"]["Statement"][1];
+        assert_eq!(
+            logs["Resource"],
+            "arn:aws:logs:us-east-1:*:log-group:/aws/lambda/todos-dev-api:*"
+        );
+        // The replicator: stream reads, both descriptions, target writes, the lease table.
+        assert_eq!(
+            actions(role(Kind::TaskRole)),
+            [
+                "dynamodb:CreateTable",
+                "dynamodb:DeleteItem",
+                "dynamodb:DescribeStream",
+                "dynamodb:DescribeTable",
+                "dynamodb:GetRecords",
+                "dynamodb:GetShardIterator",
+                "dynamodb:PutItem",
+                "dynamodb:Query",
+                "dynamodb:UpdateItem"
+            ]
+        );
+    }
+
+    #[test]
+    fn arns_name_the_regions_partition() {
+        assert_eq!(partition("us-east-1"), "aws");
+        assert_eq!(partition("cn-northwest-1"), "aws-cn");
+        assert_eq!(partition("us-gov-west-1"), "aws-us-gov");
+        assert_eq!(partition("us-iso-east-1"), "aws-iso");
+        assert_eq!(partition("us-isob-east-1"), "aws-iso-b");
+        let mut d = deployment("lww", "failover");
+        d.regions = ["cn-north-1".to_owned(), "cn-northwest-1".to_owned()];
+        for r in desired(&d, "abc") {
+            let Some(policy) = r.props.get("policy") else {
+                continue;
+            };
+            for statement in policy["Statement"].as_array().unwrap() {
+                let resources = match &statement["Resource"] {
+                    Value::String(one) => vec![one.clone()],
+                    Value::Array(many) => many
+                        .iter()
+                        .map(|v| v.as_str().unwrap().to_owned())
+                        .collect(),
+                    _ => panic!("resource"),
+                };
+                for arn in resources.iter().filter(|a| *a != "*") {
+                    assert!(arn.starts_with("arn:aws-cn:"), "{}: {arn}", r.id());
+                }
+            }
+        }
     }
 
     #[test]

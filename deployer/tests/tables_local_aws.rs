@@ -153,3 +153,46 @@ async fn tables_reconcile_adopt_and_are_removed_alone() {
         .await;
     assert!(still.is_ok(), "the unrelated table is untouched");
 }
+
+#[tokio::test]
+async fn a_stream_of_another_view_type_is_refused_not_replaced() {
+    let local = LocalAws::from_env();
+    let cleanup = TablesCleanup::new(&local);
+    let app = format!("s{}", std::process::id() % 100_000);
+    let scope = Scope {
+        app: app.clone(),
+        stage: "test".to_owned(),
+    };
+    let name = unique_name("keys-only");
+    cleanup.table(REGION_A, &name);
+    let wanted: Vec<Resource> = desired(&config(&app, "test", &name), "sha")
+        .into_iter()
+        .filter(|r| r.kind == Kind::Table && r.region.as_deref() == Some(REGION_A))
+        .collect();
+    let a = local.dynamodb(REGION_A);
+    create_table(
+        &a,
+        &name,
+        "id",
+        Some(aws_sdk_dynamodb::types::StreamViewType::KeysOnly),
+    )
+    .await;
+
+    let observed = observe_all(&local, &scope, &wanted).await;
+    assert_eq!(observed[0].props["stream"], "KEYS_ONLY");
+    let update = plan(&wanted, &observed);
+    let change = update
+        .changes
+        .iter()
+        .find(|c| c.kind == Kind::Table)
+        .expect("the table is updated");
+    let error = table::apply(&a, change, wanted.first(), observed.first())
+        .await
+        .expect_err("DynamoDB cannot change an enabled stream's view type in place");
+    let text = error.to_string();
+    assert!(text.contains("KEYS_ONLY"), "{text}");
+    assert!(text.contains("StreamEnabled=false"), "{text}");
+    // Nothing was changed: the stream (and its unread records) is still there.
+    let after = observe_all(&local, &scope, &wanted).await;
+    assert_eq!(after[0].props["stream"], "KEYS_ONLY");
+}

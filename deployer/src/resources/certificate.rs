@@ -30,8 +30,9 @@ use crate::plan::{Action, Change};
 const RECORDS_WAIT: Duration = Duration::from_secs(120);
 /// How long to wait for ACM to issue a certificate once its records are in the zone.
 const ISSUE_WAIT: Duration = Duration::from_secs(600);
-/// How long API Gateway may take to release a certificate of a deleted custom domain.
-const IN_USE_WAIT: Duration = Duration::from_secs(180);
+/// How long API Gateway may take to release a certificate of a deleted custom domain: minutes, not
+/// seconds (Terraform's aws_acm_certificate retries ResourceInUseException for 20 minutes).
+const IN_USE_WAIT: Duration = Duration::from_secs(15 * 60);
 /// The validation records' TTL.
 const RECORD_TTL: i64 = 300;
 

@@ -28,14 +28,7 @@ fn props_of(value: Value) -> BTreeMap<String, Value> {
 
 /// The ARN API Gateway tags a custom domain by.
 fn domain_arn(region: &str, domain: &str) -> String {
-    let partition = if region.starts_with("cn-") {
-        "aws-cn"
-    } else if region.starts_with("us-gov-") {
-        "aws-us-gov"
-    } else {
-        "aws"
-    };
-    format!("arn:{partition}:apigateway:{region}::/domainnames/{domain}")
+    super::rest_api::tagging_arn(region, &format!("/domainnames/{domain}"))
 }
 
 fn domain_resource(region: &str, domain: &DomainName) -> Resource {

@@ -14,7 +14,7 @@ use aws_sdk_apigateway::types::{
 use serde_json::{Value, json};
 
 use super::{DeployError, Scope, observed_str, tag_pairs};
-use crate::desired::{Kind, Resource};
+use crate::desired::{Kind, Resource, partition};
 use crate::plan::{Action, Change};
 
 /// API Gateway's page size for list calls (its maximum).
@@ -23,8 +23,19 @@ const PAGE: i32 = 500;
 /// The Lambda proxy integration URI that invokes `function_arn` from an API in `region`.
 pub fn integration_uri(region: &str, function_arn: &str) -> String {
     format!(
-        "arn:aws:apigateway:{region}:lambda:path/2015-03-31/functions/{function_arn}/invocations"
+        "arn:{}:apigateway:{region}:lambda:path/2015-03-31/functions/{function_arn}/invocations",
+        partition(region)
     )
+}
+
+/// The default endpoint's host name of the API `api_id` in `region` (China's names end in `.com.cn`).
+pub fn execute_api_host(region: &str, api_id: &str) -> String {
+    let suffix = if partition(region) == "aws-cn" {
+        "amazonaws.com.cn"
+    } else {
+        "amazonaws.com"
+    };
+    format!("{api_id}.execute-api.{region}.{suffix}")
 }
 
 /// The function ARN inside a Lambda integration URI, if `uri` is one.
@@ -36,7 +47,7 @@ pub fn function_of(uri: &str) -> Option<&str> {
 /// The ARN that API Gateway's tagging calls take for a resource at `path` (`/restapis/{id}`,
 /// `/apikeys/{id}`, `/usageplans/{id}`).
 pub(crate) fn tagging_arn(region: &str, path: &str) -> String {
-    format!("arn:aws:apigateway:{region}::{path}")
+    format!("arn:{}:apigateway:{region}::{path}", partition(region))
 }
 
 /// Sets the managed tags of an API Gateway resource to the desired ones: tags what is wanted and
@@ -265,8 +276,8 @@ async fn read(client: &Client, region: &str, api: &RestApi) -> Result<Resource, 
         "stage": stage,
         "tags": Scope::managed_tags(&tags),
         "id": api_id,
-        "host": format!("{api_id}.execute-api.{region}.amazonaws.com"),
-        "source_arn": format!("arn:aws:execute-api:{region}:{account}:{api_id}/*"),
+        "host": execute_api_host(region, api_id),
+        "source_arn": format!("arn:{}:execute-api:{region}:{account}:{api_id}/*", partition(region)),
     });
     Ok(resource(Kind::RestApi, region, name, props))
 }
@@ -659,6 +670,27 @@ mod tests {
         );
         assert_eq!(function_of(&uri), Some(arn));
         assert_eq!(function_of("https://example.com/"), None);
+    }
+
+    #[test]
+    fn arns_and_hosts_follow_the_partition() {
+        assert_eq!(
+            tagging_arn("us-east-1", "/restapis/a1"),
+            "arn:aws:apigateway:us-east-1::/restapis/a1"
+        );
+        assert_eq!(
+            tagging_arn("cn-north-1", "/restapis/a1"),
+            "arn:aws-cn:apigateway:cn-north-1::/restapis/a1"
+        );
+        assert!(integration_uri("us-gov-west-1", "f").starts_with("arn:aws-us-gov:apigateway:"));
+        assert_eq!(
+            execute_api_host("cn-north-1", "a1"),
+            "a1.execute-api.cn-north-1.amazonaws.com.cn"
+        );
+        assert_eq!(
+            execute_api_host("eu-west-1", "a1"),
+            "a1.execute-api.eu-west-1.amazonaws.com"
+        );
     }
 
     #[test]

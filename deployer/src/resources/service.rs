@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_sdk_ecs::Client;
+use aws_sdk_ecs::error::ProvideErrorMetadata;
 use aws_sdk_ecs::types::{
     AssignPublicIp, AwsVpcConfiguration, DeploymentCircuitBreaker, DeploymentConfiguration,
     LaunchType, NetworkConfiguration, PropagateTags, Service, ServiceField, Tag,
@@ -34,6 +35,17 @@ pub const DEFAULT_VPC: &str = "default VPC";
 
 /// How long a deletion (or a creation behind a draining namesake) waits for `INACTIVE`.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long a creation retries while ECS cannot yet assume its service-linked role.
+const LINKED_ROLE_WAIT: Duration = Duration::from_secs(90);
+
+/// Whether a refused CreateService is ECS's service-linked role not being usable yet: ECS creates
+/// `AWSServiceRoleForECS` on the account's first cluster, and services created in the next moments
+/// fail with this message until IAM has propagated it; a retry a few seconds later succeeds.
+fn linked_role_not_ready(code: Option<&str>, message: Option<&str>) -> bool {
+    code == Some("InvalidParameterException")
+        && message.is_some_and(|m| m.contains("Unable to assume the service linked role"))
+}
 
 /// `describe_services` takes at most this many services per call.
 const DESCRIBE_BATCH: usize = 10;
@@ -505,7 +517,8 @@ async fn create(
         .enable(true)
         .rollback(true)
         .build();
-    ecs.create_service()
+    let request = ecs
+        .create_service()
         .cluster(cluster)
         .service_name(name)
         .task_definition(task_definition)
@@ -518,11 +531,22 @@ async fn create(
                 .build(),
         )
         .set_tags(Some(tags(&want.props)))
-        .propagate_tags(PropagateTags::Service)
-        .send()
-        .await
-        .map_err(|e| DeployError::aws(ACTION, id, &e))?;
-    Ok(())
+        .propagate_tags(PropagateTags::Service);
+    let started = tokio::time::Instant::now();
+    loop {
+        match request.clone().send().await {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if started.elapsed() < LINKED_ROLE_WAIT
+                    && e.as_service_error()
+                        .is_some_and(|s| linked_role_not_ready(s.code(), s.message())) =>
+            {
+                tracing::info!(service = %name, "ECS's service-linked role is not usable yet; retrying.");
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+            Err(e) => return Err(DeployError::aws(ACTION, id, &e)),
+        }
+    }
 }
 
 async fn delete(ecs: &Client, cluster: &str, name: &str, id: &str) -> Result<(), DeployError> {
@@ -666,6 +690,25 @@ mod tests {
         };
         assert_eq!(subnets, ids(&["subnet-a", "subnet-b"]));
         assert_eq!(groups, ids(&["sg-1"]));
+    }
+
+    #[test]
+    fn only_the_linked_role_refusal_is_retried() {
+        let message = "Unable to assume the service linked role. Please verify that the ECS service \
+                       linked role exists.";
+        assert!(linked_role_not_ready(
+            Some("InvalidParameterException"),
+            Some(message)
+        ));
+        assert!(!linked_role_not_ready(
+            Some("InvalidParameterException"),
+            Some("subnet-1 is not in the VPC")
+        ));
+        assert!(!linked_role_not_ready(
+            Some("ClientException"),
+            Some(message)
+        ));
+        assert!(!linked_role_not_ready(None, None));
     }
 
     #[test]

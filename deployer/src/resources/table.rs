@@ -319,6 +319,17 @@ pub async fn apply(
                         }
                     }
                     "stream" => {
+                        // DynamoDB refuses to enable a stream on a table that has one
+                        // ("Table already has an enabled stream"): another view type means
+                        // disabling it first, which drops the records not yet read from it.
+                        let view = super::observed_str(observed, "stream");
+                        if !view.is_empty() {
+                            return Err(DeployError::refused(
+                                "dynamodb:UpdateTable",
+                                &id,
+                                stream_change_refusal(name, region, view),
+                            ));
+                        }
                         client
                             .update_table()
                             .table_name(name)
@@ -376,6 +387,17 @@ pub async fn apply(
         }
         _ => Err(DeployError::unplanned(&id)),
     }
+}
+
+/// Why the deployer does not switch an existing stream's view type itself, and how to do it.
+fn stream_change_refusal(table: &str, region: &str, view: &str) -> String {
+    format!(
+        "the table's stream is {view}, the replicator needs NEW_AND_OLD_IMAGES, and DynamoDB cannot \
+         change the view type of an enabled stream: disabling it drops the records nobody has read \
+         yet, so do it by hand once nothing reads it (aws dynamodb update-table --region {region} \
+         --table-name {table} --stream-specification StreamEnabled=false, wait until the table is \
+         ACTIVE, then run up again)"
+    )
 }
 
 async fn enable_ttl(
