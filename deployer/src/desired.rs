@@ -283,6 +283,14 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
                 "tags": tags,
             }),
         ));
+        // The function's log group, managed so that it has a retention and tags and goes with
+        // `down` (Lambda would create it on the first invocation, kept forever, untagged).
+        out.push(Resource::new(
+            Kind::LogGroup,
+            Some(r),
+            format!("/aws/lambda/{function}"),
+            json!({ "retention_days": 30, "tags": tags }),
+        ));
         out.push(Resource::new(
             Kind::RestApi,
             Some(r),

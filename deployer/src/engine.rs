@@ -75,7 +75,11 @@ impl Clients {
                 RegionClients {
                     dynamodb: aws_sdk_dynamodb::Client::new(&config),
                     lambda: aws_sdk_lambda::Client::new(&config),
-                    apigateway: aws_sdk_apigateway::Client::new(&config),
+                    apigateway: aws_sdk_apigateway::Client::from_conf(
+                        aws_sdk_apigateway::config::Builder::from(&config)
+                            .retry_config(apigateway_retries())
+                            .build(),
+                    ),
                     acm: aws_sdk_acm::Client::new(&config),
                     logs: aws_sdk_cloudwatchlogs::Client::new(&config),
                     ecs: aws_sdk_ecs::Client::new(&config),
@@ -98,6 +102,15 @@ impl Clients {
             DeployError::refused("deployer", name, "not one of the configured regions")
         })
     }
+}
+
+/// API Gateway's control plane throttles hard (DeleteRestApi and CreateDomainName: one request per
+/// 30 s per account; CreateDeployment: one per 5 s): more attempts and a longer backoff than the
+/// SDK's default (3 attempts, 20 s) so that runs close together wait instead of failing.
+fn apigateway_retries() -> aws_sdk_apigateway::config::retry::RetryConfig {
+    aws_sdk_apigateway::config::retry::RetryConfig::standard()
+        .with_max_attempts(8)
+        .with_max_backoff(std::time::Duration::from_secs(35))
 }
 
 /// The values that references resolve to, from what exists: an API's, key's, plan's or health
@@ -634,7 +647,7 @@ impl Engine {
                 log_group::apply(&global.region(region)?.logs, change, want, have).await
             }
             Kind::TaskDefinition => {
-                task_definition::apply(&global.region(region)?.ecs, change, want).await
+                task_definition::apply(&global.region(region)?.ecs, change, want, have).await
             }
             Kind::EcsService => {
                 let c = global.region(region)?;

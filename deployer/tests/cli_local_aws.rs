@@ -129,6 +129,26 @@ async fn up_plan_change_status_failover_down() {
         let ttl = ttl.time_to_live_description().unwrap();
         assert_eq!(ttl.attribute_name(), Some("rep_expires"), "{region}");
     }
+    // The function's log group, with a retention.
+    for region in [REGION_A, REGION_B] {
+        let logs = aws_sdk_cloudwatchlogs::Client::new(&local.sdk_config(region));
+        let name = format!("/aws/lambda/{app}-local-api");
+        let groups = logs
+            .describe_log_groups()
+            .log_group_name_prefix(&name)
+            .send()
+            .await
+            .unwrap();
+        let group = groups
+            .log_groups()
+            .iter()
+            .find(|g| g.log_group_name() == Some(&name));
+        assert_eq!(
+            group.and_then(|g| g.retention_in_days()),
+            Some(30),
+            "{region}"
+        );
+    }
     // The API key: one value in both regions, attached to each region's usage plan.
     let mut values = Vec::new();
     for region in [REGION_A, REGION_B] {

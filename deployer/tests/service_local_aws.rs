@@ -146,7 +146,7 @@ async fn prerequisites(local: &LocalAws, app: &str) -> Resolved {
         .props["arn"]
         .clone();
     let task = wanted(app, "", Kind::TaskDefinition, &resolved);
-    task_definition::apply(&ecs, &create(&task), Some(&task))
+    task_definition::apply(&ecs, &create(&task), Some(&task), None)
         .await
         .unwrap();
     let task_arn = ecs

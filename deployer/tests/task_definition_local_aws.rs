@@ -77,7 +77,7 @@ async fn task_definition_reconciles() {
             let want: Vec<Resource> = want.into_iter().collect();
             let plan = plan(&want, &observed);
             for change in &plan.changes {
-                task_definition::apply(&ecs, change, want.first())
+                task_definition::apply(&ecs, change, want.first(), observed.first())
                     .await
                     .unwrap_or_else(|e| panic!("{e}"));
             }
@@ -101,6 +101,7 @@ async fn task_definition_reconciles() {
     let second = plan(std::slice::from_ref(&want), std::slice::from_ref(&observed));
     assert!(second.is_empty(), "a second up changes nothing: {second:?}");
 
+    let first_arn = observed.props["arn"].as_str().unwrap().to_owned();
     let newer = wanted(&app, "registry.example/replicator:2");
     let changed = step(Some(newer.clone())).await;
     assert!(
@@ -115,6 +116,17 @@ async fn task_definition_reconciles() {
     assert!(
         observed.props["revision"].as_i64().unwrap() >= 2,
         "a new revision"
+    );
+    // The superseded revision is deregistered: revisions do not pile up.
+    let first = ecs
+        .describe_task_definition()
+        .task_definition(&first_arn)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        first.task_definition().unwrap().status().unwrap().as_str(),
+        "INACTIVE"
     );
 
     assert_eq!(step(None).await.len(), 1);

@@ -192,18 +192,31 @@ async fn register(
     Ok(())
 }
 
-/// Applies one planned change: register a revision, or deregister every revision on removal.
+/// Applies one planned change: register a revision (and deregister the one it supersedes, so that
+/// revisions do not pile up; a service still using it keeps running and scaling, and moves to the new
+/// revision with the service's own update), or deregister every revision on removal.
 pub async fn apply(
     client: &Client,
     change: &Change,
     desired: Option<&Resource>,
+    observed: Option<&Resource>,
 ) -> Result<(), DeployError> {
     let region = change.region.as_deref().unwrap_or_default();
     let name = &change.name;
     let id = format!("TaskDefinition/{region}/{name}");
     match (&change.action, desired) {
         (Action::Create | Action::Update { .. } | Action::Replace { .. }, Some(want)) => {
-            register(client, region, name, &want.props, &id).await
+            register(client, region, name, &want.props, &id).await?;
+            let previous = super::observed_str(observed, "arn");
+            if !previous.is_empty() {
+                client
+                    .deregister_task_definition()
+                    .task_definition(previous)
+                    .send()
+                    .await
+                    .map_err(|e| DeployError::aws("ecs:DeregisterTaskDefinition", &id, &e))?;
+            }
+            Ok(())
         }
         (Action::Delete, _) => {
             let mut token = None;
