@@ -43,7 +43,7 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show what `up` would change; exit 0 when nothing, 2 when something.
+    /// Show what `up` would change; exit 0 when nothing, 2 when something, 1 on an error.
     Plan,
     /// Create, update and delete until both regions match the config (safe to re-run and resume).
     Up,
