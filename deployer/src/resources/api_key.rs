@@ -18,14 +18,12 @@ use crate::plan::{Action, Change};
 
 /// All API keys in the region, with their values (never returned to callers).
 async fn list_keys(client: &Client, region: &str) -> Result<Vec<ApiKey>, DeployError> {
-    let mut keys = Vec::new();
-    let mut position: Option<String> = None;
-    loop {
+    super::apigateway_pages(|position| async move {
         let page = client
             .get_api_keys()
             .include_values(true)
             .limit(500)
-            .set_position(position.take())
+            .set_position(position)
             .send()
             .await
             .map_err(|e| {
@@ -35,14 +33,9 @@ async fn list_keys(client: &Client, region: &str) -> Result<Vec<ApiKey>, DeployE
                     &e,
                 )
             })?;
-        keys.extend(page.items().iter().cloned());
-        match page.position() {
-            Some(next) if !next.is_empty() && !page.items().is_empty() => {
-                position = Some(next.to_owned());
-            }
-            _ => return Ok(keys),
-        }
-    }
+        Ok((page.items().to_vec(), page.position().map(str::to_owned)))
+    })
+    .await
 }
 
 /// The `value` prop of an existing key: `desired_value_prop` when nothing is expected or the key

@@ -17,15 +17,6 @@ use crate::plan::{Action, Change};
 /// How API Gateway names the empty base path.
 const NO_BASE_PATH: &str = "(none)";
 
-fn props_of(value: Value) -> BTreeMap<String, Value> {
-    value
-        .as_object()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .collect()
-}
-
 /// The ARN API Gateway tags a custom domain by.
 fn domain_arn(region: &str, domain: &str) -> String {
     super::rest_api::tagging_arn(region, &format!("/domainnames/{domain}"))
@@ -48,19 +39,19 @@ fn domain_resource(region: &str, domain: &DomainName) -> Resource {
         (Some(name), Some(zone)) => json!({ "dns_name": dotted(name), "hosted_zone_id": zone }),
         _ => Value::Null,
     };
-    Resource {
-        kind: Kind::DomainName,
-        region: Some(region.to_owned()),
-        name: domain.domain_name().unwrap_or_default().to_owned(),
-        props: props_of(json!({
+    Resource::from_props(
+        Kind::DomainName,
+        Some(region.to_owned()),
+        domain.domain_name().unwrap_or_default().to_owned(),
+        json!({
             "endpoint": endpoint,
             "security_policy": domain.security_policy().map(|p| p.as_str()),
             "certificate": domain.regional_certificate_arn(),
             "tags": Scope::managed_tags(&tags),
             "alias": alias,
             "status": domain.domain_name_status().map(|s| s.as_str()),
-        })),
-    }
+        }),
+    )
 }
 
 /// The custom domains in `region` that are named in `wanted` (adopted even without tags) or tagged
@@ -73,36 +64,32 @@ pub async fn observe(
     scope: &Scope,
     wanted: &[String],
 ) -> Result<Vec<Resource>, DeployError> {
-    let id = format!("DomainName/{region}");
+    let id = &format!("DomainName/{region}");
     let mut found = Vec::new();
-    let mut position: Option<String> = None;
-    loop {
+    let domains = super::apigateway_pages(|position| async move {
         let page = client
             .get_domain_names()
             .limit(500)
-            .set_position(position.take())
+            .set_position(position)
             .send()
             .await
-            .map_err(|e| DeployError::aws("apigateway:GET /domainnames", &id, &e))?;
-        for domain in page.items() {
-            let Some(name) = domain.domain_name() else {
-                continue;
-            };
-            let tags: BTreeMap<String, String> = domain
-                .tags()
-                .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                .unwrap_or_default();
-            if wanted.iter().any(|w| w == name) || scope.owns(&tags) {
-                found.push(domain_resource(region, domain));
-            }
-        }
-        match page.position() {
-            Some(next) if !next.is_empty() && !page.items().is_empty() => {
-                position = Some(next.to_owned());
-            }
-            _ => return Ok(found),
+            .map_err(|e| DeployError::aws("apigateway:GET /domainnames", id, &e))?;
+        Ok((page.items().to_vec(), page.position().map(str::to_owned)))
+    })
+    .await?;
+    for domain in &domains {
+        let Some(name) = domain.domain_name() else {
+            continue;
+        };
+        let tags: BTreeMap<String, String> = domain
+            .tags()
+            .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        if wanted.iter().any(|w| w == name) || scope.owns(&tags) {
+            found.push(domain_resource(region, domain));
         }
     }
+    Ok(found)
 }
 
 fn patch(path: &str, value: &str) -> PatchOperation {
@@ -271,54 +258,47 @@ pub async fn observe_mapping(
     unique.dedup();
     let mut found = Vec::new();
     for domain in unique {
-        let id = format!("BasePathMapping/{region}/{domain}/{NO_BASE_PATH}");
-        let mut position: Option<String> = None;
-        loop {
-            let page = match client
+        let id = &format!("BasePathMapping/{region}/{domain}/{NO_BASE_PATH}");
+        let mappings = super::apigateway_pages(|position| async move {
+            match client
                 .get_base_path_mappings()
                 .domain_name(domain)
                 .limit(500)
-                .set_position(position.take())
+                .set_position(position)
                 .send()
                 .await
             {
-                Ok(page) => page,
+                Ok(page) => Ok((page.items().to_vec(), page.position().map(str::to_owned))),
+                // No such domain: no mappings.
                 Err(e)
                     if e.as_service_error()
                         .is_some_and(|s| s.is_not_found_exception()) =>
                 {
-                    break;
+                    Ok((Vec::new(), None))
                 }
-                Err(e) => {
-                    return Err(DeployError::aws(
-                        "apigateway:GET /domainnames/basepathmappings",
-                        &id,
-                        &e,
-                    ));
-                }
-            };
-            for mapping in page.items() {
-                let base = mapping.base_path().unwrap_or(NO_BASE_PATH);
-                if base != NO_BASE_PATH && !base.is_empty() {
-                    continue;
-                }
-                found.push(Resource {
-                    kind: Kind::BasePathMapping,
-                    region: Some(region.to_owned()),
-                    name: format!("{domain}/{NO_BASE_PATH}"),
-                    props: props_of(json!({
-                        "base_path": "",
-                        "api": mapping.rest_api_id(),
-                        "stage": mapping.stage(),
-                    })),
-                });
+                Err(e) => Err(DeployError::aws(
+                    "apigateway:GET /domainnames/basepathmappings",
+                    id,
+                    &e,
+                )),
             }
-            match page.position() {
-                Some(next) if !next.is_empty() && !page.items().is_empty() => {
-                    position = Some(next.to_owned());
-                }
-                _ => break,
+        })
+        .await?;
+        for mapping in &mappings {
+            let base = mapping.base_path().unwrap_or(NO_BASE_PATH);
+            if base != NO_BASE_PATH && !base.is_empty() {
+                continue;
             }
+            found.push(Resource::from_props(
+                Kind::BasePathMapping,
+                Some(region.to_owned()),
+                format!("{domain}/{NO_BASE_PATH}"),
+                json!({
+                    "base_path": "",
+                    "api": mapping.rest_api_id(),
+                    "stage": mapping.stage(),
+                }),
+            ));
         }
     }
     Ok(found)

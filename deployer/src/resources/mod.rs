@@ -73,6 +73,27 @@ pub fn tag_pairs(props: &BTreeMap<String, Value>) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// Every item of an API Gateway listing: follows `position` until a page has none, or is empty (the
+/// local AWS repeats the last position on an empty page). `fetch` gets the position to start from and
+/// returns the page's items and its `position`.
+pub(crate) async fn apigateway_pages<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, DeployError>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, Option<String>), DeployError>>,
+{
+    let mut items = Vec::new();
+    let mut position = None;
+    loop {
+        let (page, next) = fetch(position.take()).await?;
+        let empty = page.is_empty();
+        items.extend(page);
+        match next {
+            Some(next) if !next.is_empty() && !empty => position = Some(next),
+            _ => return Ok(items),
+        }
+    }
+}
+
 /// A DNS name as Route 53 reports it: lower case, with the trailing dot.
 pub fn dotted(name: &str) -> String {
     let lower = name.to_ascii_lowercase();

@@ -93,15 +93,7 @@ pub(crate) async fn retag(
 
 /// A resource of `kind` with `props` (a JSON object).
 pub(crate) fn resource(kind: Kind, region: &str, name: &str, props: Value) -> Resource {
-    Resource {
-        kind,
-        region: Some(region.to_owned()),
-        name: name.to_owned(),
-        props: match props {
-            Value::Object(map) => map.into_iter().collect(),
-            _ => BTreeMap::new(),
-        },
-    }
+    Resource::from_props(kind, Some(region.to_owned()), name.to_owned(), props)
 }
 
 /// A JSON value for a list of things that should be one: the thing when there is exactly one,
@@ -116,13 +108,11 @@ pub(crate) fn one_or_all(mut values: Vec<Value>) -> Value {
 
 /// All REST APIs in the region.
 async fn list_apis(client: &Client, region: &str) -> Result<Vec<RestApi>, DeployError> {
-    let mut apis = Vec::new();
-    let mut position: Option<String> = None;
-    loop {
+    super::apigateway_pages(|position| async move {
         let page = client
             .get_rest_apis()
             .limit(PAGE)
-            .set_position(position.take())
+            .set_position(position)
             .send()
             .await
             .map_err(|e| {
@@ -132,14 +122,9 @@ async fn list_apis(client: &Client, region: &str) -> Result<Vec<RestApi>, Deploy
                     &e,
                 )
             })?;
-        apis.extend(page.items().iter().cloned());
-        match page.position() {
-            Some(next) if !next.is_empty() && !page.items().is_empty() => {
-                position = Some(next.to_owned());
-            }
-            _ => return Ok(apis),
-        }
-    }
+        Ok((page.items().to_vec(), page.position().map(str::to_owned)))
+    })
+    .await
 }
 
 /// One method of the API as it exists.
@@ -161,48 +146,41 @@ async fn read_routes(
 ) -> Result<(Vec<Route>, BTreeMap<String, String>), DeployError> {
     let mut routes = Vec::new();
     let mut resources = BTreeMap::new();
-    let mut position: Option<String> = None;
-    loop {
+    let items = super::apigateway_pages(|position| async move {
         let page = client
             .get_resources()
             .rest_api_id(api_id)
             .embed("methods")
             .limit(PAGE)
-            .set_position(position.take())
+            .set_position(position)
             .send()
             .await
             .map_err(|e| DeployError::aws("apigateway:GET (GetResources)", id, &e))?;
-        for r in page.items() {
-            let path = r.path().unwrap_or_default().to_owned();
-            let resource_id = r.id().unwrap_or_default().to_owned();
-            for (method, m) in r.resource_methods().into_iter().flatten() {
-                let integration = m.method_integration().map(|i| {
-                    let kind = i.r#type().map(|t| t.as_str()).unwrap_or_default();
-                    let verb = i.http_method().unwrap_or_default();
-                    let uri = i.uri().unwrap_or_default();
-                    match function_of(uri) {
-                        Some(function) if kind == "AWS_PROXY" && verb == "POST" => {
-                            function.to_owned()
-                        }
-                        _ => format!("{kind} {verb} {uri}"),
-                    }
-                });
-                routes.push(Route {
-                    path: path.clone(),
-                    method: method.clone(),
-                    api_key_required: m.api_key_required().unwrap_or(false),
-                    integration,
-                    resource_id: resource_id.clone(),
-                });
-            }
-            resources.insert(path, resource_id);
+        Ok((page.items().to_vec(), page.position().map(str::to_owned)))
+    })
+    .await?;
+    for r in &items {
+        let path = r.path().unwrap_or_default().to_owned();
+        let resource_id = r.id().unwrap_or_default().to_owned();
+        for (method, m) in r.resource_methods().into_iter().flatten() {
+            let integration = m.method_integration().map(|i| {
+                let kind = i.r#type().map(|t| t.as_str()).unwrap_or_default();
+                let verb = i.http_method().unwrap_or_default();
+                let uri = i.uri().unwrap_or_default();
+                match function_of(uri) {
+                    Some(function) if kind == "AWS_PROXY" && verb == "POST" => function.to_owned(),
+                    _ => format!("{kind} {verb} {uri}"),
+                }
+            });
+            routes.push(Route {
+                path: path.clone(),
+                method: method.clone(),
+                api_key_required: m.api_key_required().unwrap_or(false),
+                integration,
+                resource_id: resource_id.clone(),
+            });
         }
-        match page.position() {
-            Some(next) if !next.is_empty() && !page.items().is_empty() => {
-                position = Some(next.to_owned());
-            }
-            _ => break,
-        }
+        resources.insert(path, resource_id);
     }
     routes.sort_by(|a, b| (&a.path, &a.method).cmp(&(&b.path, &b.method)));
     Ok((routes, resources))

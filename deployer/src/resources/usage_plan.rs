@@ -19,13 +19,11 @@ use crate::plan::{Action, Change};
 
 /// All usage plans in the region.
 async fn list_plans(client: &Client, region: &str) -> Result<Vec<UsagePlan>, DeployError> {
-    let mut plans = Vec::new();
-    let mut position: Option<String> = None;
-    loop {
+    super::apigateway_pages(|position| async move {
         let page = client
             .get_usage_plans()
             .limit(500)
-            .set_position(position.take())
+            .set_position(position)
             .send()
             .await
             .map_err(|e| {
@@ -35,14 +33,9 @@ async fn list_plans(client: &Client, region: &str) -> Result<Vec<UsagePlan>, Dep
                     &e,
                 )
             })?;
-        plans.extend(page.items().iter().cloned());
-        match page.position() {
-            Some(next) if !next.is_empty() && !page.items().is_empty() => {
-                position = Some(next.to_owned());
-            }
-            _ => return Ok(plans),
-        }
-    }
+        Ok((page.items().to_vec(), page.position().map(str::to_owned)))
+    })
+    .await
 }
 
 fn tags_of(plan: &UsagePlan) -> BTreeMap<String, String> {
@@ -130,31 +123,30 @@ pub async fn observe_key(
     ) else {
         return Ok(None);
     };
-    let mut position: Option<String> = None;
-    loop {
+    let (plan, id) = (&plan_id, &id);
+    let members = super::apigateway_pages(|position| async move {
         let page = client
             .get_usage_plan_keys()
-            .usage_plan_id(&plan_id)
+            .usage_plan_id(plan)
             .limit(500)
-            .set_position(position.take())
+            .set_position(position)
             .send()
             .await
-            .map_err(|e| DeployError::aws("apigateway:GET (GetUsagePlanKeys)", &id, &e))?;
-        if page.items().iter().any(|k| k.id() == Some(key_id.as_str())) {
-            return Ok(Some(resource(
+            .map_err(|e| DeployError::aws("apigateway:GET (GetUsagePlanKeys)", id, &e))?;
+        Ok((page.items().to_vec(), page.position().map(str::to_owned)))
+    })
+    .await?;
+    Ok(members
+        .iter()
+        .any(|k| k.id() == Some(key_id.as_str()))
+        .then(|| {
+            resource(
                 Kind::UsagePlanKey,
                 region,
                 name,
                 json!({ "plan": plan_id, "key": key_id }),
-            )));
-        }
-        match page.position() {
-            Some(next) if !next.is_empty() && !page.items().is_empty() => {
-                position = Some(next.to_owned());
-            }
-            _ => return Ok(None),
-        }
-    }
+            )
+        }))
 }
 
 fn text<'a>(props: &'a BTreeMap<String, Value>, field: &str) -> &'a str {
