@@ -137,18 +137,14 @@ pub fn references(observed: &[Resource]) -> Resolved {
     resolved
 }
 
-/// Whether an observed resource belongs to this app and stage: tagged with it, or, for the kinds
-/// that carry no tags (a permission statement, a base path mapping, a usage plan key, a DNS record),
-/// named by this deployment. Only such resources are ever deleted.
+/// Whether an observed resource belongs to this app and stage. An observer that knows better says
+/// so in an `owned` property (a certificate given by ARN is the operator's; a health check whose
+/// caller reference this deployment wrote is ours even before it is tagged); otherwise tagged with
+/// the scope, or, for the kinds that carry no tags (a permission statement, a base path mapping, a
+/// usage plan key, a DNS record), named by this deployment. Only such resources are ever deleted.
 pub fn is_ours(r: &Resource, scope: &Scope, targets: &[Resource]) -> bool {
-    // A certificate given by ARN in the config is the operator's: used while wanted, never deleted
-    // (its apply would leave it in place anyway, so `down` could never finish).
-    if r.kind == Kind::Certificate && r.props.contains_key("given_arn") {
-        return false;
-    }
-    // A health check whose caller reference says this deployment made it, even before it is tagged.
-    if r.props.get("created_by_deployment") == Some(&Value::Bool(true)) {
-        return true;
+    if let Some(owned) = r.props.get("owned").and_then(Value::as_bool) {
+        return owned;
     }
     match r.props.get("tags").and_then(Value::as_object) {
         Some(tags) => {
@@ -1254,7 +1250,7 @@ mod tests {
             Kind::HealthCheck,
             Some("r1"),
             "todos-dev-r1/abc",
-            json!({"tags": {}, "created_by_deployment": true}),
+            json!({"tags": {}, "owned": true}),
         );
         let p = reconcile(&[], std::slice::from_ref(&orphan), &scope(), &[]);
         assert_eq!(p.changes.len(), 1);
@@ -1267,7 +1263,7 @@ mod tests {
             Kind::Certificate,
             Some("r1"),
             "api.example.com",
-            json!({"domain_name": "api.example.com", "given_arn": "arn:aws:acm:r1:1:certificate/x"}),
+            json!({"domain_name": "api.example.com", "given_arn": "arn:aws:acm:r1:1:certificate/x", "owned": false}),
         );
         let targets = vec![given.clone()];
         assert!(!is_ours(&given, &scope(), &targets));

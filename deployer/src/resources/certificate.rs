@@ -422,7 +422,8 @@ pub async fn observe(
             found.push(resource(
                 region,
                 domain.to_owned(),
-                json!({ "domain_name": domain_name, "given_arn": given_arn, "arn": arn, "status": status }),
+                // The operator's: used while wanted, never deleted (nor reported for deletion).
+                json!({ "domain_name": domain_name, "given_arn": given_arn, "arn": arn, "status": status, "owned": false }),
             ));
         }
     } else if let Some((chosen, rest)) = ours.split_first() {

@@ -90,8 +90,9 @@ pub async fn observe(client: &Client, scope: &Scope) -> Result<Vec<Resource>, De
                 super::STAGE_TAG: scope.stage,
             }) },
             "id": check.id(),
-            // Made by this deployment (its caller reference says so), tagged or not yet.
-            "created_by_deployment": true,
+            // Ours (tagged, or its caller reference says this deployment made it), so that `down`
+            // also removes one whose tagging was interrupted.
+            "owned": true,
             // Operational state, not managed by `up` (`failover` and `failback` set it).
             "inverted": config.inverted(),
         });
