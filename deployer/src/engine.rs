@@ -183,20 +183,6 @@ pub fn reconcile(
     plan(&resolve(desired, &resolved), &considered)
 }
 
-/// Whether a DNS record carries exactly one of this deployment's set identifiers
-/// (`<app>-<stage>-<region>`): app `a-b` stage `c` and app `a` stage `b-c` share the prefix `a-b-c-`,
-/// so a prefix match would take another deployment's records.
-pub fn record_is_ours(r: &Resource, scope: &Scope, regions: &[String]) -> bool {
-    r.props
-        .get("set_identifier")
-        .and_then(Value::as_str)
-        .is_some_and(|id| {
-            regions
-                .iter()
-                .any(|region| id == format!("{}-{}-{region}", scope.app, scope.stage))
-        })
-}
-
 fn find<'a>(
     list: &'a [Resource],
     kind: Kind,
@@ -498,13 +484,11 @@ impl Engine {
                 found = dns_record::observe(
                     &self.clients.route53,
                     scope,
+                    &self.deployment.regions,
                     &f.dns.hosted_zone,
                     &f.dns.domain_name,
                 )
-                .await?
-                .into_iter()
-                .filter(|r| record_is_ours(r, scope, &self.deployment.regions))
-                .collect();
+                .await?;
             }
         }
         Ok(found.into_iter().filter(|r| here(r)).collect())
@@ -1208,40 +1192,6 @@ mod tests {
                 ("old".to_owned(), "Delete".to_owned()),
             ]
         );
-    }
-
-    #[test]
-    fn dns_records_are_ours_by_exact_set_identifier() {
-        let regions = ["us-east-1".to_owned(), "us-west-2".to_owned()];
-        let record = |id: &str| {
-            res(
-                Kind::DnsRecord,
-                None,
-                "api.example.com/PRIMARY",
-                json!({"set_identifier": id}),
-            )
-        };
-        let ab_c = Scope {
-            app: "a-b".into(),
-            stage: "c".into(),
-        };
-        let a_bc = Scope {
-            app: "a".into(),
-            stage: "b-c".into(),
-        };
-        assert!(record_is_ours(&record("a-b-c-us-east-1"), &ab_c, &regions));
-        // Same prefix, other deployment's region list: only exact identifiers count.
-        assert!(!record_is_ours(&record("a-b-c-eu-west-1"), &ab_c, &regions));
-        assert!(!record_is_ours(
-            &record("a-b-c-d-us-east-1"),
-            &a_bc,
-            &regions
-        ));
-        assert!(!record_is_ours(
-            &record("a-b-c-us-east-1x"),
-            &ab_c,
-            &regions
-        ));
     }
 
     #[test]

@@ -120,14 +120,16 @@ async fn failover_records_reconcile() {
         app: "dns".into(),
         stage: "test".into(),
     };
+    let regions = vec![REGION_A.to_owned(), REGION_B.to_owned()];
 
     let up = |want: Vec<Resource>| {
         let client = client.clone();
         let scope = scope.clone();
+        let regions = regions.clone();
         let zone_name = zone_name.clone();
         let domain = domain.clone();
         async move {
-            let observed = dns_record::observe(&client, &scope, &zone_name, &domain)
+            let observed = dns_record::observe(&client, &scope, &regions, &zone_name, &domain)
                 .await
                 .expect("observe");
             let plan = plan(&want, &observed);
@@ -146,7 +148,7 @@ async fn failover_records_reconcile() {
         }
     };
     assert_eq!(up(want.clone()).await, 2);
-    let observed = dns_record::observe(&client, &scope, &zone_name, &domain)
+    let observed = dns_record::observe(&client, &scope, &regions, &zone_name, &domain)
         .await
         .unwrap();
     let mut routing: Vec<(String, String)> = observed
@@ -174,7 +176,7 @@ async fn failover_records_reconcile() {
     // Down: ours go, the foreign record stays.
     assert_eq!(up(Vec::new()).await, 2);
     assert!(
-        dns_record::observe(&client, &scope, &zone_name, &domain)
+        dns_record::observe(&client, &scope, &regions, &zone_name, &domain)
             .await
             .unwrap()
             .is_empty()

@@ -41,21 +41,30 @@ pub async fn zone_id(client: &Client, zone: &str) -> Result<String, DeployError>
         })
 }
 
+/// Whether a set identifier is exactly one of this deployment's (`<app>-<stage>-<region>`): app
+/// `a-b` stage `c` and app `a` stage `b-c` share the prefix `a-b-c-`, so a prefix match would take
+/// another deployment's records.
+fn is_ours(identifier: &str, scope: &Scope, regions: &[String]) -> bool {
+    regions
+        .iter()
+        .any(|region| identifier == format!("{}-{}-{region}", scope.app, scope.stage))
+}
+
 /// This deployment's records for `domain` in the zone, in the desired form.
 pub async fn observe(
     client: &Client,
     scope: &Scope,
+    regions: &[String],
     zone: &str,
     domain: &str,
 ) -> Result<Vec<Resource>, DeployError> {
     let zone_id = zone_id(client, zone).await?;
-    let prefix = format!("{}-{}-", scope.app, scope.stage);
     let mut found = Vec::new();
     for set in a_records(client, &zone_id, zone, domain).await? {
         let Some(identifier) = set.set_identifier() else {
             continue;
         };
-        if !identifier.starts_with(&prefix) {
+        if !is_ours(identifier, scope, regions) {
             continue;
         }
         let routing = match (set.failover(), set.region()) {
@@ -249,4 +258,27 @@ pub async fn apply(
         .await
         .map_err(|e| DeployError::aws("route53:ChangeResourceRecordSets", &id, &e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_ours_by_exact_set_identifier() {
+        let regions = ["us-east-1".to_owned(), "us-west-2".to_owned()];
+        let ab_c = Scope {
+            app: "a-b".into(),
+            stage: "c".into(),
+        };
+        let a_bc = Scope {
+            app: "a".into(),
+            stage: "b-c".into(),
+        };
+        assert!(is_ours("a-b-c-us-east-1", &ab_c, &regions));
+        // Same prefix, other deployment's region list: only exact identifiers count.
+        assert!(!is_ours("a-b-c-eu-west-1", &ab_c, &regions));
+        assert!(!is_ours("a-b-c-d-us-east-1", &a_bc, &regions));
+        assert!(!is_ours("a-b-c-us-east-1x", &ab_c, &regions));
+    }
 }
