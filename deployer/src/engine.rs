@@ -498,6 +498,32 @@ impl Engine {
     pub async fn observe(&self) -> Result<Vec<Resource>, DeployError> {
         let mut observed = Vec::new();
         for kind in Kind::ALL {
+            // Global listings (IAM roles, Route 53 health checks) serve both regions at once.
+            let in_deployment = |r: &Resource| {
+                r.kind == kind
+                    && r.region
+                        .as_ref()
+                        .is_some_and(|region| self.deployment.regions.contains(region))
+            };
+            match kind {
+                Kind::HealthCheck => {
+                    let found = health_check::observe(&self.clients.route53, &self.scope).await?;
+                    observed.extend(found.into_iter().filter(in_deployment));
+                    continue;
+                }
+                Kind::LambdaRole | Kind::TaskRole | Kind::ExecutionRole => {
+                    let wanted: Vec<Resource> = self
+                        .targets
+                        .iter()
+                        .filter(|r| r.kind == kind)
+                        .cloned()
+                        .collect();
+                    let found = role::observe(&self.clients.iam, &self.scope, &wanted).await?;
+                    observed.extend(found.into_iter().filter(in_deployment));
+                    continue;
+                }
+                _ => {}
+            }
             for region in self.regions(kind) {
                 let found = self
                     .observe_group(kind, region.as_deref(), &observed)
@@ -758,11 +784,11 @@ impl Engine {
         }
     }
 
-    fn health_check_id<'a>(&self, observed: &'a [Resource], region: &str) -> Option<&'a str> {
+    /// The region's health check, by its name (never a stale one left by an interrupted
+    /// replacement, which is observed under `<name>/<id>`).
+    fn health_check<'a>(&self, observed: &'a [Resource], region: &str) -> Option<&'a Resource> {
         let name = format!("{}-{}-{region}", self.scope.app, self.scope.stage);
         find(observed, Kind::HealthCheck, Some(region), &name)
-            .and_then(|c| c.props.get("id"))
-            .and_then(Value::as_str)
     }
 
     /// `status`: what exists, whether it matches the config, each region's health, and which region
@@ -790,19 +816,16 @@ impl Engine {
                 .iter()
                 .filter(|w| find(&observed, w.kind, Some(region), &w.name).is_some())
                 .count();
-            let health = match self.health_check_id(&observed, region) {
-                Some(id) => {
+            let health = match self.health_check(&observed, region) {
+                Some(check) => {
+                    let id = crate::resources::observed_str(Some(check), "id");
                     let (healthy, reporting) =
                         health_check::checker_status(&self.clients.route53, id).await?;
-                    let inverted = find(
-                        &observed,
-                        Kind::HealthCheck,
-                        Some(region),
-                        &format!("{}-{}-{region}", self.scope.app, self.scope.stage),
-                    )
-                    .and_then(|c| c.props.get("inverted"))
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false);
+                    let inverted = check
+                        .props
+                        .get("inverted")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false);
                     Some(Health {
                         id: id.to_owned(),
                         checkers_healthy: healthy,
@@ -891,13 +914,10 @@ impl Engine {
             ));
         }
         let mut checks = Vec::new();
+        // Health checks are global: one listing serves both regions.
+        let found = health_check::observe(&self.clients.route53, &self.scope).await?;
         for region in &self.deployment.regions {
-            let found = self
-                .observe_group(Kind::HealthCheck, Some(region), &[])
-                .await?;
-            // The check by its name: never a stale one left by an interrupted replacement.
-            let name = format!("{}-{}-{region}", self.scope.app, self.scope.stage);
-            let Some(check) = find(&found, Kind::HealthCheck, Some(region), &name) else {
+            let Some(check) = self.health_check(&found, region) else {
                 return Err(DeployError::refused(
                     "failover",
                     region,
@@ -914,11 +934,7 @@ impl Engine {
                 .get("inverted")
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
-            let id = check
-                .props
-                .get("id")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
+            let id = crate::resources::observed_str(Some(&check), "id");
             if want != have {
                 health_check::set_inverted(&self.clients.route53, id, want).await?;
                 changed.push((region, want));
