@@ -10,7 +10,7 @@ use aws_sdk_route53::types::{
     Change, ChangeAction, ChangeBatch, HealthCheckConfig, HealthCheckType, ResourceRecord,
     ResourceRecordSet, RrType,
 };
-use deployer::desired::{Kind, Resolved, Resource, desired, reference_key, resolve};
+use deployer::desired::{Kind, Resolved, Resource, reference_key};
 use deployer::plan::plan;
 use deployer::resources::{Scope, dns_record};
 use serde_json::json;
@@ -109,13 +109,7 @@ async fn failover_records_reconcile() {
             json!({ "dns_name": format!("d-{region}.execute-api.{region}.amazonaws.com."), "hosted_zone_id": "Z1UJRXOUMOOFQ8" }),
         );
     }
-    let want: Vec<Resource> = resolve(
-        &desired(&d, "sha")
-            .into_iter()
-            .filter(|r| r.kind == Kind::DnsRecord)
-            .collect::<Vec<_>>(),
-        &resolved,
-    );
+    let want: Vec<Resource> = support::wanted(&d, "sha", Kind::DnsRecord, None, &resolved);
     let scope = Scope {
         app: "dns".into(),
         stage: "test".into(),

@@ -6,7 +6,7 @@
 
 mod support;
 
-use deployer::desired::{Kind, Resolved, Resource, desired, reference_key, resolve};
+use deployer::desired::{Kind, Resolved, Resource, reference_key};
 use deployer::plan::{Action, plan};
 use deployer::resources::{function, role};
 use serde_json::json;
@@ -23,11 +23,14 @@ fn wanted(app: &str, memory: i32, artifact: &[u8], role_arn: &str) -> Resource {
         ),
         json!(role_arn),
     );
-    let all: Vec<Resource> = desired(&d, &function::code_sha256(artifact))
-        .into_iter()
-        .filter(|r| r.kind == Kind::LambdaFunction && r.region.as_deref() == Some(REGION_A))
-        .collect();
-    resolve(&all, &resolved).remove(0)
+    support::wanted(
+        &d,
+        &function::code_sha256(artifact),
+        Kind::LambdaFunction,
+        Some(REGION_A),
+        &resolved,
+    )
+    .remove(0)
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@
 mod support;
 
 use aws_sdk_route53::types::{HealthCheckConfig, HealthCheckType};
-use deployer::desired::{Kind, Resolved, Resource, desired, reference_attr_key, resolve};
+use deployer::desired::{Kind, Resolved, Resource, reference_attr_key};
 use deployer::plan::{Action, FieldChange, plan};
 use deployer::resources::{Scope, health_check};
 use serde_json::json;
@@ -34,11 +34,7 @@ fn wanted(app: &str, threshold: i32, interval: i32) -> Vec<Resource> {
             json!(format!("abc123.execute-api.{region}.amazonaws.com")),
         );
     }
-    let all: Vec<Resource> = desired(&d, "sha")
-        .into_iter()
-        .filter(|r| r.kind == Kind::HealthCheck)
-        .collect();
-    resolve(&all, &resolved)
+    support::wanted(&d, "sha", Kind::HealthCheck, None, &resolved)
 }
 
 async fn up(

@@ -6,7 +6,7 @@
 
 mod support;
 
-use deployer::desired::{Kind, Resolved, Resource, desired, reference_attr_key, resolve};
+use deployer::desired::{Kind, Resolved, Resource, reference_attr_key};
 use deployer::plan::{Action, plan};
 use deployer::resources::{permission, role};
 use serde_json::json;
@@ -26,11 +26,7 @@ fn wanted(app: &str, api_id: &str) -> Resource {
             "arn:aws:execute-api:{REGION_A}:123456789012:{api_id}/*/*"
         )),
     );
-    let all: Vec<Resource> = desired(&d, "sha")
-        .into_iter()
-        .filter(|r| r.kind == Kind::LambdaPermission && r.region.as_deref() == Some(REGION_A))
-        .collect();
-    resolve(&all, &resolved).remove(0)
+    support::wanted(&d, "sha", Kind::LambdaPermission, Some(REGION_A), &resolved).remove(0)
 }
 
 #[tokio::test]

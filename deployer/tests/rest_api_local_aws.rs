@@ -8,7 +8,7 @@
 mod support;
 
 use aws_sdk_apigateway::Client;
-use deployer::desired::{Kind, Resolved, Resource, desired, reference_key, resolve};
+use deployer::desired::{Kind, Resolved, Resource, reference_key};
 use deployer::plan::{Action, Change, plan};
 use deployer::resources::{Scope, rest_api};
 use serde_json::{Value, json};
@@ -28,11 +28,7 @@ fn wanted(app: &str, region: &str) -> Resource {
             json!(function_arn(r, app)),
         );
     }
-    let all: Vec<Resource> = desired(&d, "sha")
-        .into_iter()
-        .filter(|r| r.kind == Kind::RestApi && r.region.as_deref() == Some(region))
-        .collect();
-    resolve(&all, &resolved).remove(0)
+    support::wanted(&d, "sha", Kind::RestApi, Some(region), &resolved).remove(0)
 }
 
 fn scope(app: &str) -> Scope {

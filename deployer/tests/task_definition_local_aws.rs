@@ -7,7 +7,7 @@
 
 mod support;
 
-use deployer::desired::{Kind, Resolved, Resource, desired, reference_key, resolve};
+use deployer::desired::{Kind, Resolved, Resource, reference_key};
 use deployer::plan::{Action, plan};
 use deployer::resources::task_definition;
 use serde_json::json;
@@ -45,12 +45,9 @@ fn wanted(app: &str, image: &str) -> Resource {
             "arn:aws:iam::123456789012:role/{prefix}-replicator-exec-{REGION_B}"
         )),
     );
-    let all: Vec<Resource> = desired(&d, "sha")
-        .into_iter()
-        .filter(|r| r.kind == Kind::TaskDefinition)
-        .collect();
+    let all = support::wanted(&d, "sha", Kind::TaskDefinition, None, &resolved);
     assert_eq!(all.len(), 1);
-    resolve(&all, &resolved).remove(0)
+    all.into_iter().next().unwrap()
 }
 
 #[tokio::test]

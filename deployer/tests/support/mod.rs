@@ -1,6 +1,7 @@
 //! The config the deployer's integration tests start from; each test changes only what it is about.
 
 use deployer::config::{ConfigFile, Deployment};
+use deployer::desired::{Kind, Resolved, Resource, desired, resolve};
 use tworegion_common::test_support::{REGION_A, REGION_B};
 
 /// A valid config (defaults written out), with `{app}` for the app's name and the test regions.
@@ -50,4 +51,22 @@ pub fn deployment(app: &str, edits: &[(&str, String)]) -> Deployment {
     ConfigFile::parse(&text)
         .and_then(|f| f.validate(&|_| None))
         .unwrap_or_else(|e| panic!("test config: {e}"))
+}
+
+/// The desired resources of `kind` (in `region` if given) for `d`, with the references in `resolved`
+/// filled in.
+// Not every test binary that includes this module needs it.
+#[allow(dead_code)]
+pub fn wanted(
+    d: &Deployment,
+    artifact_sha256: &str,
+    kind: Kind,
+    region: Option<&str>,
+    resolved: &Resolved,
+) -> Vec<Resource> {
+    let all: Vec<Resource> = desired(d, artifact_sha256)
+        .into_iter()
+        .filter(|r| r.kind == kind && region.is_none_or(|want| r.region.as_deref() == Some(want)))
+        .collect();
+    resolve(&all, resolved)
 }
