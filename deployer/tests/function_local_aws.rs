@@ -8,7 +8,7 @@ mod support;
 
 use deployer::desired::{Kind, Resolved, Resource, reference_key};
 use deployer::plan::{Action, plan};
-use deployer::resources::{function, role};
+use deployer::resources::function;
 use serde_json::json;
 use tworegion_common::test_support::{LocalAws, REGION_A};
 
@@ -40,17 +40,7 @@ async fn function_reconciles() {
     let iam = aws_sdk_iam::Client::new(&local.sdk_config(REGION_A));
     let app = format!("f{}", std::process::id() % 1_000_000);
     let role_name = format!("{app}-test-api-{REGION_A}");
-    let role_arn = iam
-        .create_role()
-        .role_name(&role_name)
-        .assume_role_policy_document(role::trust_policy("lambda.amazonaws.com").to_string())
-        .send()
-        .await
-        .unwrap()
-        .role
-        .unwrap()
-        .arn()
-        .to_owned();
+    let role_arn = support::lambda_role(&iam, &role_name).await;
     let v1 = b"PK first build".to_vec();
     let v2 = b"PK second build".to_vec();
 

@@ -8,7 +8,7 @@ mod support;
 
 use deployer::desired::{Kind, Resolved, Resource, reference_attr_key};
 use deployer::plan::{Action, plan};
-use deployer::resources::{permission, role};
+use deployer::resources::permission;
 use serde_json::json;
 use tworegion_common::test_support::{LocalAws, REGION_A};
 
@@ -37,17 +37,7 @@ async fn invoke_permission_reconciles() {
     let app = format!("p{}", std::process::id() % 1_000_000);
     let function = format!("{app}-test-api");
     let role_name = format!("{app}-perm-role");
-    let role_arn = iam
-        .create_role()
-        .role_name(&role_name)
-        .assume_role_policy_document(role::trust_policy("lambda.amazonaws.com").to_string())
-        .send()
-        .await
-        .unwrap()
-        .role
-        .unwrap()
-        .arn()
-        .to_owned();
+    let role_arn = support::lambda_role(&iam, &role_name).await;
     lambda
         .create_function()
         .function_name(&function)

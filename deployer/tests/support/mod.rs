@@ -70,3 +70,19 @@ pub fn wanted(
         .collect();
     resolve(&all, resolved)
 }
+
+/// A role Lambda can assume, made outside the deployer; returns its ARN.
+// Not every test binary that includes this module needs it.
+#[allow(dead_code)]
+pub async fn lambda_role(iam: &aws_sdk_iam::Client, name: &str) -> String {
+    let document = deployer::resources::role::trust_policy("lambda.amazonaws.com").to_string();
+    iam.create_role()
+        .role_name(name)
+        .assume_role_policy_document(document)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create role {name}: {e}"))
+        .role
+        .map(|r| r.arn().to_owned())
+        .unwrap_or_else(|| panic!("create role {name}: no role in the answer"))
+}
