@@ -293,13 +293,21 @@ impl Engine {
         }
     }
 
-    /// The API key value both regions must have, if known: the configured one, or (generated) the
-    /// primary region's key as it exists. `None`: let API Gateway generate it (primary, first `up`).
-    async fn api_key_value(&self, observed: &[Resource]) -> Result<Option<String>, DeployError> {
+    /// The value `region`'s API key must have: the configured one; with `generate`, none in the
+    /// primary (API Gateway generates it there) and the primary's value elsewhere (`None` until the
+    /// primary's key exists).
+    async fn api_key_value(
+        &self,
+        region: Option<&str>,
+        observed: &[Resource],
+    ) -> Result<Option<String>, DeployError> {
         match &self.deployment.api_key {
             ApiKeySource::Value(v) => Ok(Some(v.clone())),
             ApiKeySource::Generate => {
                 let primary = &self.deployment.regions[0];
+                if region == Some(primary.as_str()) {
+                    return Ok(None);
+                }
                 let name = format!("{}-{}-key", self.scope.app, self.scope.stage);
                 let Some(id) = find(observed, Kind::ApiKey, Some(primary), &name)
                     .and_then(|k| k.props.get("id"))
@@ -366,10 +374,7 @@ impl Engine {
             }
             Kind::ApiKey => {
                 let c = &self.clients.region(region)?.apigateway;
-                let expected = match (&self.deployment.api_key, region) {
-                    (ApiKeySource::Generate, Some(r)) if r == self.deployment.regions[0] => None,
-                    _ => self.api_key_value(so_far).await?,
-                };
+                let expected = self.api_key_value(region, so_far).await?;
                 for t in self.targets.iter().filter(|r| here(r)) {
                     let value_prop = t.props.get("value").cloned().unwrap_or(Value::Null);
                     found.extend(
@@ -594,18 +599,19 @@ impl Engine {
                 permission::apply(&global.region(region)?.lambda, change, want, have).await
             }
             Kind::ApiKey => {
-                let value = self.api_key_value(observed).await?;
-                let value = match (&self.deployment.api_key, region) {
-                    (ApiKeySource::Generate, Some(r)) if r == self.deployment.regions[0] => None,
-                    (ApiKeySource::Generate, _) if value.is_none() => {
-                        return Err(DeployError::refused(
-                            "apigateway:CreateApiKey",
-                            &change.name,
-                            "the primary region's generated key does not exist yet",
-                        ));
-                    }
-                    _ => value,
-                };
+                let value = self.api_key_value(region, observed).await?;
+                // Only a creation needs the value: a secondary key can be updated or deleted
+                // whether or not the primary's still exists (an interrupted `down`).
+                let creates = matches!(change.action, Action::Create | Action::Replace { .. });
+                let generated = self.deployment.api_key == ApiKeySource::Generate;
+                let primary = region == Some(self.deployment.regions[0].as_str());
+                if creates && generated && !primary && value.is_none() {
+                    return Err(DeployError::refused(
+                        "apigateway:CreateApiKey",
+                        &change.name,
+                        "the primary region's generated key does not exist yet",
+                    ));
+                }
                 api_key::apply(
                     &global.region(region)?.apigateway,
                     change,

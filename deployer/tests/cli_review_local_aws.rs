@@ -279,3 +279,31 @@ async fn a_stale_health_check_is_deleted_and_failover_inverts_the_right_one() {
         "down",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_finishes_when_the_primary_key_is_already_gone() {
+    // A `down` interrupted after deleting the primary's generated key: the secondary key (created
+    // from the primary's value) must still be deletable.
+    let local = LocalAws::from_env();
+    let w = Workspace::new();
+    expect(&deployer(&local, &w.config, &["up"], &[]), 0, "up");
+    let apigw = aws_sdk_apigateway::Client::new(&local.sdk_config(REGION_A));
+    let name = format!("{}-local-key", w.app);
+    let keys = apigw.get_api_keys().name_query(&name).send().await.unwrap();
+    let key = keys
+        .items()
+        .iter()
+        .find(|k| k.name() == Some(name.as_str()))
+        .unwrap();
+    apigw
+        .delete_api_key()
+        .api_key(key.id().unwrap())
+        .send()
+        .await
+        .unwrap();
+    expect(
+        &deployer(&local, &w.config, &["down", "--yes"], &[]),
+        0,
+        "down",
+    );
+}
