@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Instant;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tworegion_common::aws::{AwsOptions, parse_region, sdk_config};
 
 use crate::config::{ApiKeySource, Deployment, Routing};
@@ -712,61 +712,54 @@ impl Engine {
         Ok(())
     }
 
-    /// `up`: applies plans until one is empty. Returns what was done.
-    pub async fn up(&self, progress: &mut dyn Write) -> Result<UpReport, DeployError> {
+    /// Observes, plans and applies until the plan for `desired` is empty; returns what was applied,
+    /// the rounds run (the last found nothing to do) and what exists at the end. `action` names the
+    /// command in the error when the plan does not empty within [`MAX_ROUNDS`].
+    async fn converge(
+        &self,
+        desired: &[Resource],
+        action: &str,
+        progress: &mut dyn Write,
+    ) -> Result<(Vec<Change>, usize, Vec<Resource>), DeployError> {
         let mut applied = Vec::new();
-        for round in 1..=MAX_ROUNDS + 1 {
+        let mut round = 0;
+        loop {
+            round += 1;
             let mut observed = self.observe().await?;
-            let plan = reconcile(&self.desired, &observed, &self.scope, &self.targets);
+            let plan = reconcile(desired, &observed, &self.scope, &self.targets);
             if plan.is_empty() {
-                let endpoints = self.endpoints(&observed);
-                return Ok(UpReport {
-                    applied,
-                    rounds: round,
-                    endpoints,
-                });
+                return Ok((applied, round, observed));
             }
             if round > MAX_ROUNDS {
                 let left: Vec<String> = plan.changes.iter().map(describe).collect();
                 return Err(DeployError::refused(
-                    "up",
+                    action,
                     "deployment",
                     format!(
-                        "still not converged after {MAX_ROUNDS} rounds; left: {}",
+                        "still not done after {MAX_ROUNDS} rounds; left: {}",
                         left.join("; ")
                     ),
                 ));
             }
-            self.apply_plan(&plan, &mut observed, &self.desired, progress, &mut applied)
+            self.apply_plan(&plan, &mut observed, desired, progress, &mut applied)
                 .await?;
         }
-        Err(DeployError::refused("up", "deployment", "unreachable"))
+    }
+
+    /// `up`: applies plans until one is empty. Returns what was done.
+    pub async fn up(&self, progress: &mut dyn Write) -> Result<UpReport, DeployError> {
+        let (applied, rounds, observed) = self.converge(&self.desired, "up", progress).await?;
+        Ok(UpReport {
+            applied,
+            rounds,
+            endpoints: self.endpoints(&observed),
+        })
     }
 
     /// `down`: deletes everything of this app and stage (in reverse dependency order), nothing else.
     pub async fn down(&self, progress: &mut dyn Write) -> Result<Vec<Change>, DeployError> {
-        let mut applied = Vec::new();
-        for _ in 0..MAX_ROUNDS {
-            let mut observed = self.observe().await?;
-            let plan = reconcile(&[], &observed, &self.scope, &self.targets);
-            if plan.is_empty() {
-                return Ok(applied);
-            }
-            self.apply_plan(&plan, &mut observed, &[], progress, &mut applied)
-                .await?;
-        }
-        let observed = self.observe().await?;
-        let left = reconcile(&[], &observed, &self.scope, &self.targets);
-        if left.is_empty() {
-            Ok(applied)
-        } else {
-            let left: Vec<String> = left.changes.iter().map(describe).collect();
-            Err(DeployError::refused(
-                "down",
-                "deployment",
-                format!("could not delete: {}", left.join("; ")),
-            ))
-        }
+        let (deleted, _, _) = self.converge(&[], "down", progress).await?;
+        Ok(deleted)
     }
 
     fn endpoints(&self, observed: &[Resource]) -> Endpoints {
@@ -1083,14 +1076,10 @@ pub fn describe(change: &Change) -> String {
     }
 }
 
-/// A JSON value for `up`'s and `down`'s machine output.
-pub fn changes_json(changes: &[Change]) -> Value {
-    json!(changes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn res(kind: Kind, region: Option<&str>, name: &str, props: Value) -> Resource {
         Resource {
