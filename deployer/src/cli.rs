@@ -65,40 +65,37 @@ pub enum Command {
     },
 }
 
-/// A failure (exit code 1).
+/// A failure: what to tell the user (the exit code is always 1; 2 means "changes" for `plan`).
 #[derive(Debug)]
-pub struct Failure {
-    /// Always 1: 2 means "changes" for `plan`.
-    pub code: u8,
-    /// What to tell the user.
-    pub message: String,
+pub struct Failure(pub String);
+
+fn fail(error: impl std::fmt::Display) -> Failure {
+    Failure(error.to_string())
 }
 
-fn usage(message: impl Into<String>) -> Failure {
-    Failure {
-        code: 1,
-        message: message.into(),
+impl From<crate::resources::DeployError> for Failure {
+    fn from(error: crate::resources::DeployError) -> Failure {
+        fail(error)
     }
 }
 
-fn aws(error: impl std::fmt::Display) -> Failure {
-    Failure {
-        code: 1,
-        message: error.to_string(),
+impl From<std::io::Error> for Failure {
+    fn from(error: std::io::Error) -> Failure {
+        fail(error)
     }
 }
 
 /// Reads and validates the config file (API key values from the environment).
 pub fn load(path: &Path) -> Result<Deployment, Failure> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        usage(format!(
+        fail(format!(
             "cannot read the config file {}: {e}; pass --config FILE (or DEPLOYER_CONFIG)",
             path.display()
         ))
     })?;
     ConfigFile::parse(&text)
         .and_then(|f| f.validate(&|name| std::env::var(name).ok()))
-        .map_err(|e| usage(format!("{}: {e}", path.display())))
+        .map_err(|e| fail(format!("{}: {e}", path.display())))
 }
 
 /// The Lambda artifact's path: relative paths are relative to the config file's directory.
@@ -116,7 +113,7 @@ pub fn artifact_path(config: &Path, artifact: &str) -> PathBuf {
 fn read_artifact(config: &Path, d: &Deployment) -> Result<Vec<u8>, Failure> {
     let path = artifact_path(config, &d.file.lambda.artifact);
     std::fs::read(&path).map_err(|e| {
-        usage(format!(
+        fail(format!(
             "lambda.artifact: cannot read {}: {e}; build it with scripts/package-lambda or fix the \
              path (relative paths are relative to the config file)",
             path.display()
@@ -134,7 +131,7 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<u8, Failure> {
         _ => None,
     };
     if let Command::Down { yes: false } = cli.command {
-        return Err(usage(format!(
+        return Err(fail(format!(
             "down deletes every resource tagged tworegion:app={} tworegion:stage={} in {} and {} \
              (tables and their data included); add --yes to confirm",
             d.file.app, d.file.stage, d.regions[0], d.regions[1]
@@ -144,22 +141,20 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<u8, Failure> {
         profile: cli.profile.clone(),
         endpoint_url: None,
     };
-    let clients = Clients::load(&d.regions, &options)
-        .await
-        .map_err(usage_or_aws)?;
+    let clients = Clients::load(&d.regions, &options).await?;
     let engine = Engine::new(d, clients, artifact);
     let mut sink = std::io::sink();
     let progress: &mut dyn Write = if cli.json { &mut sink } else { out };
     match &cli.command {
         Command::Plan => {
-            let plan = engine.plan().await.map_err(aws)?;
-            render(&plan, cli.json, out).map_err(aws)?;
+            let plan = engine.plan().await?;
+            render(&plan, cli.json, out)?;
             Ok(if plan.is_empty() { 0 } else { 2 })
         }
         Command::Up => {
-            let report = engine.up(progress).await.map_err(aws)?;
+            let report = engine.up(progress).await?;
             if cli.json {
-                writeln!(out, "{}", json!(report)).map_err(aws)?;
+                writeln!(out, "{}", json!(report))?;
             } else {
                 let f = &engine.deployment().file;
                 if report.applied.is_empty() {
@@ -167,79 +162,56 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<u8, Failure> {
                         out,
                         "Nothing to change: {}/{} matches the config.",
                         f.app, f.stage
-                    )
-                    .map_err(aws)?;
+                    )?;
                 } else {
                     writeln!(
                         out,
                         "Applied {} change(s) in {} round(s); a second plan is empty.",
                         report.applied.len(),
                         report.rounds - 1
-                    )
-                    .map_err(aws)?;
+                    )?;
                 }
-                writeln!(out, "Public endpoint: {}", report.endpoints.public).map_err(aws)?;
+                writeln!(out, "Public endpoint: {}", report.endpoints.public)?;
                 for (region, url) in &report.endpoints.regional {
                     writeln!(
                         out,
                         "  {region}: {}",
                         url.as_deref().unwrap_or("(no API yet)")
-                    )
-                    .map_err(aws)?;
+                    )?;
                 }
             }
             Ok(0)
         }
         Command::Status => {
-            let status = engine.status().await.map_err(aws)?;
+            let status = engine.status().await?;
             if cli.json {
-                writeln!(out, "{}", json!(status)).map_err(aws)?;
+                writeln!(out, "{}", json!(status))?;
             } else {
-                render_status(&status, out).map_err(aws)?;
+                render_status(&status, out)?;
             }
             Ok(0)
         }
         Command::Failover { to } => {
-            let changed = engine.failover(Some(to)).await.map_err(|e| {
-                if e.action == "failover" {
-                    usage(e.to_string())
-                } else {
-                    aws(e)
-                }
-            })?;
+            let changed = engine.failover(Some(to)).await?;
             report_failover(&engine, Some(to), &changed, cli.json, out)?;
             Ok(0)
         }
         Command::Failback => {
-            let changed = engine.failover(None).await.map_err(|e| {
-                if e.action == "failover" {
-                    usage(e.to_string())
-                } else {
-                    aws(e)
-                }
-            })?;
+            let changed = engine.failover(None).await?;
             report_failover(&engine, None, &changed, cli.json, out)?;
             Ok(0)
         }
         Command::Down { .. } => {
-            let deleted = engine.down(progress).await.map_err(aws)?;
+            let deleted = engine.down(progress).await?;
             if cli.json {
-                writeln!(out, "{}", json!({ "deleted": deleted })).map_err(aws)?;
+                writeln!(out, "{}", json!({ "deleted": deleted }))?;
             } else if deleted.is_empty() {
-                writeln!(out, "Nothing to delete.").map_err(aws)?;
+                writeln!(out, "Nothing to delete.")?;
             } else {
-                writeln!(out, "Deleted {} resource(s).", deleted.len()).map_err(aws)?;
+                writeln!(out, "Deleted {} resource(s).", deleted.len())?;
             }
             Ok(0)
         }
-    }
-}
-
-fn usage_or_aws(e: crate::resources::DeployError) -> Failure {
-    if e.action == "config" {
-        usage(e.to_string())
-    } else {
-        aws(e)
     }
 }
 
@@ -261,16 +233,14 @@ fn report_failover(
             out,
             "{}",
             json!({ "to": to, "changed": changed, "expected_seconds": seconds })
-        )
-        .map_err(aws)?;
+        )?;
         return Ok(());
     }
     if changed.is_empty() {
         writeln!(
             out,
             "Nothing to change: the health checks are already set so."
-        )
-        .map_err(aws)?;
+        )?;
     }
     for (region, inverted) in changed {
         let what = if *inverted {
@@ -278,7 +248,7 @@ fn report_failover(
         } else {
             "restored"
         };
-        writeln!(out, "{region}: health check {what}").map_err(aws)?;
+        writeln!(out, "{region}: health check {what}")?;
     }
     match to {
         Some(to) => writeln!(
@@ -290,8 +260,7 @@ fn report_failover(
             out,
             "Route 53 routes by health again; the primary serves once its check passes (about {seconds} s)."
         ),
-    }
-    .map_err(aws)?;
+    }?;
     Ok(())
 }
 

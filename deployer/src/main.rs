@@ -29,8 +29,8 @@ async fn main() -> ExitCode {
     match run(&cli, &mut stdout).await {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
-            eprintln!("error: {}", failure.message);
-            ExitCode::from(failure.code)
+            eprintln!("error: {}", failure.0);
+            ExitCode::from(1)
         }
     }
 }
