@@ -7,7 +7,7 @@
 //!     plan = last write per key, skips     a record that cannot be planned -> stop shard
 //!     apply writes concurrently (bounded), retry retryable failures; a fatal one -> stop shard
 //!     checkpoint the watermark (every record up to it settled), fenced by the lease counter
-//!     no next iterator -> shard ended: checkpoint finished, create the children's leases, exit
+//!     no next iterator -> shard ended: create the children's leases, checkpoint finished, exit
 //! ```
 
 use std::sync::Arc;
@@ -408,6 +408,43 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
     }
 
     async fn end_shard(&self, held: &Held, shard: &str, last: Option<&SeqNo>) -> ShardExit {
+        // The children's leases first, then the "finished" mark that lets them start: a crash between
+        // the two leaves the parent unfinished (it is read to its end again, which costs one empty read),
+        // never a finished parent whose children have no lease and would later be found without it.
+        let stop = held.stop.clone();
+        'children: loop {
+            let failure = match self.source.children(shard).await {
+                Ok(children) => {
+                    let mut created_all = true;
+                    for child in children {
+                        if let Err(error) = self
+                            .leases
+                            .create(&child.id, &[shard.to_owned()], child.starting.as_ref())
+                            .await
+                        {
+                            self.metrics.error(error.kind());
+                            tracing::warn!(shard_id = %child.id, error = %error, "Could not create a child lease; retrying.");
+                            created_all = false;
+                            break;
+                        }
+                    }
+                    if created_all {
+                        break 'children;
+                    }
+                    None
+                }
+                Err(error) => Some(error),
+            };
+            if let Some(error) = failure {
+                self.metrics.error(error.kind());
+                tracing::warn!(shard_id = %shard, error = %error, "Listing child shards failed; retrying.");
+            }
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return ShardExit::Stopped,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
         // The "finished" mark lets the children start: write it, however long that takes.
         loop {
             match self.checkpoint(held, last, true).await {
@@ -423,34 +460,7 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
             }
         }
         tracing::info!(shard_id = %shard, "Shard ended and fully applied.");
-        // Make the children's leases now, so no one waits for the next periodic listing.
-        let stop = held.stop.clone();
-        loop {
-            match self.source.children(shard).await {
-                Ok(children) => {
-                    for child in children {
-                        if let Err(error) = self
-                            .leases
-                            .create(&child.id, &[shard.to_owned()], child.starting.as_ref())
-                            .await
-                        {
-                            self.metrics.error(error.kind());
-                            tracing::warn!(shard_id = %child.id, error = %error, "Could not create a child lease; the next shard listing will.");
-                        }
-                    }
-                    return ShardExit::Finished;
-                }
-                Err(error) => {
-                    self.metrics.error(error.kind());
-                    tracing::warn!(shard_id = %shard, error = %error, "Listing child shards failed; retrying.");
-                    tokio::select! {
-                    biased;
-                            _ = stop.cancelled() => return ShardExit::Finished,
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        }
-                }
-            }
-        }
+        ShardExit::Finished
     }
 
     /// Applies a batch. Returns the new watermark (if it moved) and whether the shard must halt.
@@ -497,29 +507,35 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
                     let Ok(_permit) = self.in_flight.acquire().await else {
                         return (planned, Err(GaveUp::Stopped));
                     };
-                    let result = retry
-                        .run(
-                            &batch_stop,
-                            seed,
-                            |f| self.metrics.error(f.kind),
-                            || {
-                                // Every attempt, retries included, needs a recently renewed lease:
-                                // past that, another worker may already own the shard.
-                                let valid = held.valid(lease_duration);
-                                let write = &planned.write;
-                                async move {
-                                    if !valid {
-                                        return Err(AwsFailure::synthetic(
-                                            ErrorClass::Retryable,
-                                            "lease_not_renewed",
-                                            "the lease was not renewed recently; waiting",
-                                        ));
+                    // A key's chain is applied in order; each write is retried on its own.
+                    let mut result = Err(GaveUp::Stopped);
+                    for write in planned.before.iter().chain(std::iter::once(&planned.write)) {
+                        result = retry
+                            .run(
+                                &batch_stop,
+                                seed,
+                                |f| self.metrics.error(f.kind),
+                                || {
+                                    // Every attempt, retries included, needs a recently renewed
+                                    // lease: past that, another worker may already own the shard.
+                                    let valid = held.valid(lease_duration);
+                                    async move {
+                                        if !valid {
+                                            return Err(AwsFailure::synthetic(
+                                                ErrorClass::Retryable,
+                                                "lease_not_renewed",
+                                                "the lease was not renewed recently; waiting",
+                                            ));
+                                        }
+                                        self.target.write(write).await
                                     }
-                                    self.target.write(write).await
-                                }
-                            },
-                        )
-                        .await;
+                                },
+                            )
+                            .await;
+                        if result.is_err() {
+                            break;
+                        }
+                    }
                     (planned, result)
                 }
             })

@@ -444,10 +444,21 @@ impl World {
     }
 
     /// A checkpoint by `worker` on `shard` of path `source` moves to `seq`: every record it newly covers
-    /// must have been applied by that worker after the worker read it (records trimmed before anyone
-    /// began reading the shard were never part of the replication).
+    /// must have been applied by that worker after the worker read it (records of a root shard trimmed
+    /// before anyone began reading it were never part of the replication).
     pub fn checkpoint_moved(&mut self, worker: &str, source: usize, shard: &str, seq: &SeqNo) {
-        let before_start = self.started[source].get(shard).copied().unwrap_or(0);
+        // A root shard's records trimmed before anyone began reading it were never part of the
+        // replication; a child shard's always are (it is read from its first record).
+        let is_child = self.regions[source]
+            .stream
+            .shards
+            .iter()
+            .any(|s| s.id == shard && s.parent.is_some());
+        let before_start = if is_child {
+            0
+        } else {
+            self.started[source].get(shard).copied().unwrap_or(0)
+        };
         let previous = self.checkpoints[source].get(shard).cloned();
         let target = 1 - source;
         let mut problems = Vec::new();

@@ -9,8 +9,12 @@
 //!     while held < share: take a free or expired lease whose parents are finished
 //!     if none and a worker holds more than the share: ask it to hand one over
 //!     a held lease that another worker asked for: stop its task, then release it
+//! a lost lease's task is told to stop; the shard is not taken again until that task has ended
+//! a task's exit counts only if its generation is the shard's current one
 //! on shutdown: stop every task (they finish in-flight writes and checkpoint), release every lease
 //! ```
+
+pub mod decide;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -20,23 +24,35 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use self::decide::{AfterExit, AfterRenewal, Observations, Requests, Snapshot};
 use crate::apply::target::TargetTable;
-use crate::lease::{Lease, LeaseError, LeaseStore};
+use crate::lease::{LeaseError, LeaseStore};
 use crate::stream::StreamSource;
 use crate::worker::{Engine, Held, ShardExit};
 
-struct Observation {
-    counter: u64,
-    since: Instant,
-}
-
+/// A shard task of this worker, as the lease loop sees it.
 struct Running {
     held: Arc<Held>,
+    /// Which task this is: exits of older tasks of the same shard are told apart by it.
+    generation: u64,
     /// The task ended and the shard is halted: keep the lease (so no one skips the problem), renew it.
     halted: bool,
     /// Another worker asked for it: release once the task has stopped.
     handing_off: bool,
 }
+
+/// The loop's own bookkeeping of its shard tasks.
+#[derive(Default)]
+struct Tasks {
+    /// Shards this worker holds, with their current task.
+    running: BTreeMap<String, Running>,
+    /// Shards whose lease was lost while their task still runs: task generation, told to stop. The
+    /// shard is not taken again until that task has ended.
+    draining: BTreeMap<String, u64>,
+    next_generation: u64,
+}
+
+type Joined = Result<(String, u64, ShardExit), tokio::task::JoinError>;
 
 /// Runs the lease loop until `shutdown` is cancelled and every lease is released.
 pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
@@ -45,15 +61,15 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
 ) {
     let me = engine.worker_id.clone();
     let duration = engine.tuning.lease_duration;
-    let mut running: BTreeMap<String, Running> = BTreeMap::new();
-    let mut tasks: JoinSet<(String, ShardExit)> = JoinSet::new();
-    let mut observed: BTreeMap<String, Observation> = BTreeMap::new();
+    let mut state = Tasks::default();
+    let mut tasks: JoinSet<(String, u64, ShardExit)> = JoinSet::new();
+    // Which shard and generation each task is, for a task that panicked (its result is lost).
+    let mut task_ids: BTreeMap<tokio::task::Id, (String, u64)> = BTreeMap::new();
+    let mut observations = Observations::default();
     let (ended_tx, mut ended_rx) = mpsc::channel::<()>(16);
     let mut next_discovery = Instant::now();
     let mut first = true;
-    // Hand-off requests: the one in flight, and shards whose owner declined (halted there).
-    let mut requested: Option<(String, String)> = None;
-    let mut declined: BTreeSet<String> = BTreeSet::new();
+    let mut requests = Requests::default();
     // The shard IDs of the last successful listing.
     let mut listed: Option<BTreeSet<String>> = None;
 
@@ -64,21 +80,23 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(engine.tuning.lease_interval()) => {}
                 Some(()) = ended_rx.recv() => next_discovery = Instant::now(),
-                Some(joined) = tasks.join_next() => {
-                    handle_exit(&engine, &mut running, joined, &ended_tx).await;
+                Some(joined) = tasks.join_next_with_id() => {
+                    let joined = identify(&engine, joined, &mut task_ids);
+                    handle_exit(&engine, &mut state, joined, &ended_tx).await;
                     continue;
                 }
             }
         }
         first = false;
-        while let Some(joined) = tasks.try_join_next() {
-            handle_exit(&engine, &mut running, joined, &ended_tx).await;
+        while let Some(joined) = tasks.try_join_next_with_id() {
+            let joined = identify(&engine, joined, &mut task_ids);
+            handle_exit(&engine, &mut state, joined, &ended_tx).await;
         }
 
         // Renew.
         let mut renew_ok = true;
         let mut lost = Vec::new();
-        for (shard, run) in &mut running {
+        for (shard, run) in &mut state.running {
             let expires = crate::worker::now_millis() + duration.as_millis() as u64;
             let leases = &engine.leases;
             match run
@@ -86,28 +104,28 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
                 .change(|lease| async move { leases.renew(&lease, expires).await })
                 .await
             {
-                Ok(lease) => {
-                    if let Some(to) = lease.handoff_to.as_deref().filter(|to| *to != me) {
-                        if run.halted {
-                            // A halted shard stays here (nobody may read past its problem): say no, so
-                            // the requester asks for another lease.
-                            let expires = crate::worker::now_millis() + duration.as_millis() as u64;
-                            let declined = run
-                                .held
-                                .change(|lease| async move {
-                                    leases.decline_handoff(&lease, expires).await
-                                })
-                                .await;
-                            if declined.is_ok() {
-                                tracing::info!(shard_id = %shard, to, "Hand-off of a halted shard declined.");
-                            }
-                        } else if !run.handing_off {
-                            tracing::info!(shard_id = %shard, to, "Handing the lease over to balance load.");
-                            run.handing_off = true;
-                            run.held.stop.cancel();
+                Ok(lease) => match decide::after_renewal(&lease, &me, run.halted, run.handing_off) {
+                    AfterRenewal::Keep => {}
+                    AfterRenewal::Decline => {
+                        let to = lease.handoff_to.clone().unwrap_or_default();
+                        let expires = crate::worker::now_millis() + duration.as_millis() as u64;
+                        let declined = run
+                            .held
+                            .change(|lease| async move {
+                                leases.decline_handoff(&lease, expires).await
+                            })
+                            .await;
+                        if declined.is_ok() {
+                            tracing::info!(shard_id = %shard, to, "Hand-off of a halted shard declined.");
                         }
                     }
-                }
+                    AfterRenewal::HandOver => {
+                        let to = lease.handoff_to.clone().unwrap_or_default();
+                        tracing::info!(shard_id = %shard, to, "Handing the lease over to balance load.");
+                        run.handing_off = true;
+                        run.held.stop.cancel();
+                    }
+                },
                 Err(LeaseError::Lost { .. }) => {
                     engine.metrics.lease_change("lost");
                     tracing::warn!(shard_id = %shard, "Lease lost to another worker; stopping the shard.");
@@ -121,12 +139,17 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
             }
         }
         for shard in lost {
-            if let Some(run) = running.remove(&shard) {
+            if let Some(run) = state.running.remove(&shard) {
                 run.held.stop.cancel();
                 if run.halted {
-                    // Someone else holds the halted shard now; it is theirs to report.
+                    // The task has ended already. Someone else holds the halted shard now; it is
+                    // theirs to report.
                     engine.health.shard_resumed();
                     engine.metrics.shards_stopped.dec();
+                } else {
+                    // Its task may still be finishing a write: the shard is not taken again (even
+                    // if the lease row still names this worker) until the task has ended.
+                    state.draining.insert(shard, run.generation);
                 }
             }
         }
@@ -157,103 +180,54 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
         if renew_ok {
             engine.health.lease_synced();
         }
-        let now = Instant::now();
-        for lease in &leases {
-            let entry = observed.entry(lease.shard.clone()).or_insert(Observation {
-                counter: lease.counter,
-                since: now,
-            });
-            if entry.counter != lease.counter {
-                *entry = Observation {
-                    counter: lease.counter,
-                    since: now,
-                };
-            }
-        }
-        // Unchanged for a whole lease duration on this worker's clock.
-        let stale = |lease: &Lease| {
-            observed
-                .get(&lease.shard)
-                .is_some_and(|o| o.counter == lease.counter && o.since.elapsed() >= duration)
+        observations.update(&leases, Instant::now());
+        let held: BTreeSet<String> = state.running.keys().cloned().collect();
+        let draining: BTreeSet<String> = state.draining.keys().cloned().collect();
+        let snapshot = Snapshot {
+            me: &me,
+            leases: &leases,
+            observations: &observations,
+            now: Instant::now(),
+            duration,
+            listed: listed.as_ref(),
+            held: &held,
+            draining: &draining,
         };
-        let expired = |lease: &Lease| lease.owner.is_some() && stale(lease);
-        // Released for another worker that asked for it: leave it to that worker for a lease duration.
-        let reserved_for_other = |lease: &Lease| {
-            lease.owner.is_none()
-                && lease.handoff_to.as_deref().is_some_and(|to| to != me)
-                && !stale(lease)
-        };
-        let by_shard: BTreeMap<&str, &Lease> =
-            leases.iter().map(|l| (l.shard.as_str(), l)).collect();
-        // A parent is done when its lease is finished, or when it has no lease and the last shard
-        // listing no longer has it (trimmed away). Before the first listing, a missing parent is not done.
-        let parents_done = |lease: &Lease| {
-            lease
-                .parents
-                .iter()
-                .all(|p| match by_shard.get(p.as_str()) {
-                    Some(parent) => parent.finished,
-                    None => listed.as_ref().is_some_and(|ids| !ids.contains(p)),
-                })
-        };
-        // Leases that can be worked on now: held, or whose parents are done. Children waiting for
-        // their parents do not count toward a worker's share.
-        let unfinished: Vec<&Lease> = leases
-            .iter()
-            .filter(|l| !l.finished && (l.owner.is_some() || parents_done(l)))
-            .collect();
-        let mut workers: BTreeSet<&str> = unfinished
-            .iter()
-            .filter(|l| !expired(l))
-            .filter_map(|l| l.owner.as_deref())
-            .collect();
-        workers.insert(&me);
-        let share = unfinished.len().div_ceil(workers.len());
-        let mut candidates: Vec<&Lease> = unfinished
-            .iter()
-            .copied()
-            .filter(|l| !running.contains_key(&l.shard))
-            .filter(|l| l.owner.is_none() || l.owner.as_deref() == Some(me.as_str()) || expired(l))
-            .filter(|l| !reserved_for_other(l))
-            .filter(|l| parents_done(l))
-            .collect();
-        // Leases reserved for this worker first, then free ones, then expired ones.
-        candidates.sort_by_key(|l| {
-            (
-                l.handoff_to.as_deref() != Some(me.as_str()),
-                l.owner.is_some(),
-                l.shard.clone(),
-            )
-        });
+        let share = snapshot.share();
+        let candidates = snapshot.to_take();
         let mut took_any = false;
         for lease in candidates {
-            if running.len() >= share || shutdown.is_cancelled() {
+            if state.running.len() >= share || shutdown.is_cancelled() {
                 break;
             }
             let expires = crate::worker::now_millis() + duration.as_millis() as u64;
-            match engine.leases.take(lease, &me, expires).await {
+            // The lease is valid from when the take was sent, not from when its answer arrived: a
+            // slow answer must not stretch this worker's belief past what other workers observe.
+            let sent = Instant::now();
+            match engine.leases.take(&lease, &me, expires).await {
                 Ok(taken) => {
                     took_any = true;
                     engine.metrics.lease_change("taken");
                     tracing::info!(shard_id = %taken.shard, previous_owner = ?lease.owner, "Lease taken.");
-                    let held = Arc::new(Held::new(
-                        taken.clone(),
-                        shutdown.child_token(),
-                        Instant::now(),
-                    ));
-                    running.insert(
+                    let held_lease = Arc::new(Held::new(taken.clone(), shutdown.child_token(), sent));
+                    state.next_generation += 1;
+                    let generation = state.next_generation;
+                    state.running.insert(
                         taken.shard.clone(),
                         Running {
-                            held: held.clone(),
+                            held: held_lease.clone(),
+                            generation,
                             halted: false,
                             handing_off: false,
                         },
                     );
                     let engine = engine.clone();
-                    tasks.spawn(async move {
-                        let exit = engine.run_shard(held).await;
-                        (taken.shard, exit)
+                    let shard = taken.shard.clone();
+                    let handle = tasks.spawn(async move {
+                        let exit = engine.run_shard(held_lease).await;
+                        (taken.shard, generation, exit)
                     });
+                    task_ids.insert(handle.id(), (shard, generation));
                 }
                 Err(LeaseError::Lost { .. }) => {} // someone else was quicker
                 Err(error) => {
@@ -262,43 +236,11 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
                 }
             }
         }
-        if !took_any && running.len() < share {
-            // Ask the busiest worker for one lease, if it holds more than its share.
-            let mut counts: BTreeMap<&str, Vec<&Lease>> = BTreeMap::new();
-            for lease in &unfinished {
-                if let Some(owner) = lease.owner.as_deref()
-                    && owner != me
-                    && !expired(lease)
-                {
-                    counts.entry(owner).or_default().push(lease);
-                }
-            }
-            // One request at a time: wait while a lease is on its way to this worker.
-            let pending = unfinished
-                .iter()
-                .any(|l| l.handoff_to.as_deref() == Some(me.as_str()));
-            // A request that came back cleared while the owner kept the lease was declined.
-            if let Some((shard, owner)) = &requested
-                && let Some(lease) = by_shard.get(shard.as_str())
-            {
-                if lease.owner.as_deref() == Some(owner.as_str()) && lease.handoff_to.is_none() {
-                    declined.insert(shard.clone());
-                }
-                if lease.handoff_to.as_deref() != Some(me.as_str()) {
-                    requested = None;
-                }
-            }
-            if let Some((owner, owned)) = counts.into_iter().max_by_key(|(_, v)| v.len())
-                && !pending
-                && owned.len() > share
-                && owned.iter().all(|l| l.handoff_to.is_none())
-                && let Some(lease) = owned
-                    .iter()
-                    .find(|l| parents_done(l) && !declined.contains(&l.shard))
-            {
-                match engine.leases.request_handoff(lease, &me).await {
+        if !took_any {
+            if let Some((lease, owner)) = snapshot.handoff(&mut requests) {
+                match engine.leases.request_handoff(&lease, &me).await {
                     Ok(()) => {
-                        requested = Some((lease.shard.clone(), owner.to_owned()));
+                        requests.pending = Some((lease.shard.clone(), owner.clone()));
                         engine.metrics.lease_change("handoff_requested");
                         tracing::info!(shard_id = %lease.shard, owner, "Asked for a lease to balance load.");
                     }
@@ -306,18 +248,44 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
                 }
             }
         }
-        engine.metrics.shards_owned.set(running.len() as i64);
+        engine.metrics.shards_owned.set(state.running.len() as i64);
     }
 
     // Shutdown: tasks were cancelled with the shutdown token; wait for their final checkpoints.
-    tracing::info!(shards = running.len(), "Stopping shard tasks.");
-    while let Some(joined) = tasks.join_next().await {
-        handle_exit(&engine, &mut running, joined, &ended_tx).await;
+    tracing::info!(shards = state.running.len(), "Stopping shard tasks.");
+    while let Some(joined) = tasks.join_next_with_id().await {
+        let joined = identify(&engine, joined, &mut task_ids);
+        handle_exit(&engine, &mut state, joined, &ended_tx).await;
     }
-    for (shard, run) in std::mem::take(&mut running) {
+    for (shard, run) in std::mem::take(&mut state.running) {
         release(&engine, &shard, &run.held).await;
     }
     engine.metrics.shards_owned.set(0);
+}
+
+/// A joined task with its shard and generation (also for a task that panicked).
+fn identify<S: StreamSource, T: TargetTable, L: LeaseStore>(
+    engine: &Engine<S, T, L>,
+    joined: Result<(tokio::task::Id, (String, u64, ShardExit)), tokio::task::JoinError>,
+    ids: &mut BTreeMap<tokio::task::Id, (String, u64)>,
+) -> Joined {
+    match joined {
+        Ok((id, done)) => {
+            ids.remove(&id);
+            Ok(done)
+        }
+        Err(error) => {
+            if let Some((shard, generation)) = ids.remove(&error.id()) {
+                // A panic is a bug in this process: halt the shard loudly (the lease stays here and is
+                // renewed, so nobody reads past the record that caused it) instead of losing track.
+                tracing::error!(shard_id = %shard, error = %error, "A shard task panicked; the shard is stopped.");
+                engine.metrics.shards_stopped.inc();
+                engine.health.shard_stopped();
+                return Ok((shard, generation, ShardExit::Halted));
+            }
+            Err(error)
+        }
+    }
 }
 
 async fn release<S: StreamSource, T: TargetTable, L: LeaseStore>(
@@ -340,37 +308,44 @@ async fn release<S: StreamSource, T: TargetTable, L: LeaseStore>(
 
 async fn handle_exit<S: StreamSource, T: TargetTable, L: LeaseStore>(
     engine: &Engine<S, T, L>,
-    running: &mut BTreeMap<String, Running>,
-    joined: Result<(String, ShardExit), tokio::task::JoinError>,
+    state: &mut Tasks,
+    joined: Joined,
     ended: &mpsc::Sender<()>,
 ) {
-    let (shard, exit) = match joined {
+    let (shard, generation, exit) = match joined {
         Ok(done) => done,
         Err(error) => {
-            // A panic in a shard task is a bug; its lease stays held until the process exits and then
-            // expires, so the shard is retried by another worker from its checkpoint.
-            tracing::error!(error = %error, "A shard task panicked.");
+            tracing::error!(error = %error, "A shard task of unknown shard failed.");
             engine.health.shard_stopped();
             return;
         }
     };
-    match exit {
-        ShardExit::Finished => {
-            if let Some(run) = running.remove(&shard) {
+    if state.draining.get(&shard) == Some(&generation) {
+        state.draining.remove(&shard);
+    }
+    let current = state.running.get(&shard).map(|r| r.generation);
+    match decide::after_exit(current, generation, &exit) {
+        AfterExit::Stale => {
+            if exit == ShardExit::Halted {
+                // The old task halted after its lease was lost: the new owner meets the same problem
+                // and reports it; this worker no longer counts the shard as stopped.
+                engine.health.shard_resumed();
+                engine.metrics.shards_stopped.dec();
+            }
+        }
+        AfterExit::Release { discover } => {
+            if let Some(run) = state.running.remove(&shard) {
                 release(engine, &shard, &run.held).await;
             }
-            let _ = ended.try_send(());
-        }
-        ShardExit::Stopped => {
-            if let Some(run) = running.remove(&shard) {
-                release(engine, &shard, &run.held).await;
+            if discover {
+                let _ = ended.try_send(());
             }
         }
-        ShardExit::LeaseLost => {
-            running.remove(&shard);
+        AfterExit::Forget => {
+            state.running.remove(&shard);
         }
-        ShardExit::Halted => {
-            if let Some(run) = running.get_mut(&shard) {
+        AfterExit::Halt => {
+            if let Some(run) = state.running.get_mut(&shard) {
                 run.halted = true;
             }
         }
@@ -383,14 +358,24 @@ async fn handle_exit<S: StreamSource, T: TargetTable, L: LeaseStore>(
 async fn discover<S: StreamSource, T: TargetTable, L: LeaseStore>(
     engine: &Engine<S, T, L>,
 ) -> Result<BTreeSet<String>, DiscoverError> {
+    // The lease table first, then the stream: shards only ever leave the listing, and a finished lease
+    // is deleted only after a listing lacked its shard, so no lease missing from this (older) read can
+    // belong to a shard that the (newer) listing still shows. The other order re-creates, from a stale
+    // listing, the lease of a shard that another worker just deleted as finished and trimmed away.
+    let leases = engine.leases.list().await.map_err(DiscoverError::Lease)?;
     let shards = engine
         .source
         .shards()
         .await
         .map_err(DiscoverError::Stream)?;
     let ids: BTreeSet<String> = shards.iter().map(|s| s.id.clone()).collect();
-    let leases = engine.leases.list().await.map_err(DiscoverError::Lease)?;
     let mut known: BTreeSet<String> = leases.iter().map(|l| l.shard.clone()).collect();
+    // Once the path has leases, replication has begun: a new shard's parent is kept even when it has
+    // neither a lease nor a place in the listing any more (trimmed away, for example after an outage
+    // longer than the retention), so the shard is read as a child, from its first record, and a trim
+    // there is a reported gap. Only on the path's first discovery is such a shard a root that starts
+    // at --start-position (its parent was never part of the replication).
+    let began = !leases.is_empty();
     // Parents first: repeat passes over the shards whose parent has a lease (or is gone).
     let mut pending: Vec<&crate::stream::Shard> =
         shards.iter().filter(|s| !known.contains(&s.id)).collect();
@@ -407,7 +392,7 @@ async fn discover<S: StreamSource, T: TargetTable, L: LeaseStore>(
             let parents: Vec<String> = shard
                 .parent
                 .iter()
-                .filter(|p| ids.contains(*p) || known.contains(*p))
+                .filter(|p| began || ids.contains(*p) || known.contains(*p))
                 .cloned()
                 .collect();
             match engine
