@@ -104,6 +104,8 @@ fn faults_actually_happen() {
         "read 5xx",
         "write 5xx",
         "ambiguous 5xx",
+        "ambiguous lease calls",
+        "ambiguous reads",
         "conflicts",
         "outages",
         "gaps reported",

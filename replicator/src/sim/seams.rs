@@ -31,6 +31,21 @@ fn server_error() -> AwsFailure {
     }
 }
 
+/// Whether the answer of a call that took effect is lost (a timeout or 5xx after the service applied
+/// it): the caller cannot tell it from a failure before. Counted under `what`.
+fn lose_answer(w: &mut super::world::World, what: &'static str) -> bool {
+    if w.healed {
+        return false;
+    }
+    let p = w.config.ambiguous_error;
+    if w.rng.chance(p) {
+        w.count(what);
+        true
+    } else {
+        false
+    }
+}
+
 /// Waits a latency drawn from the world: uniform in `range`, with a rare spike up to 800 ms.
 async fn latency(world: &Shared, range: (u64, u64)) {
     let delay = {
@@ -178,7 +193,14 @@ impl StreamSource for SimSource {
         let ttl = w.config.iterator_ttl;
         let (records_limit, bytes_limit) = (w.config.records_limit, w.config.bytes_limit);
         let stream = &mut w.regions[self.region].stream;
-        let Some(cursor) = stream.iterators.remove(iterator) else {
+        // An iterator can be used again until it expires (a retry after a lost answer reads the same
+        // page), as GetRecords allows. Long-expired ones are forgotten.
+        if let Some(ttl) = ttl {
+            stream
+                .iterators
+                .retain(|_, c| now.saturating_sub(c.created) <= ttl * 2);
+        }
+        let Some(cursor) = stream.iterators.get(iterator).cloned() else {
             return Err(StreamError::ExpiredIterator);
         };
         if ttl.is_some_and(|ttl| now.saturating_sub(cursor.created) > ttl) {
@@ -233,6 +255,9 @@ impl StreamSource for SimSource {
         let n = changes.len();
         if n > 0 {
             w.event(|| format!("{worker} read {n} from {shard_id}"));
+        }
+        if lose_answer(&mut w, "ambiguous reads") {
+            return Err(StreamError::Aws(server_error()));
         }
         Ok(Page { changes, next })
     }
@@ -412,6 +437,16 @@ impl SimLeases {
     }
 }
 
+impl SimLeases {
+    /// The answer of a lease call that was applied, unless it is lost on the way back.
+    fn answer<T>(&self, result: Result<T, LeaseError>) -> Result<T, LeaseError> {
+        if result.is_ok() && lose_answer(&mut lock(&self.world), "ambiguous lease calls") {
+            return Err(LeaseError::Aws(server_error()));
+        }
+        result
+    }
+}
+
 impl LeaseStore for SimLeases {
     async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
         self.call().await?;
@@ -425,7 +460,7 @@ impl LeaseStore for SimLeases {
         starting: Option<&SeqNo>,
     ) -> Result<bool, LeaseError> {
         self.call().await?;
-        self.leases.create(shard, parents, starting).await
+        self.answer(self.leases.create(shard, parents, starting).await)
     }
 
     async fn take(
@@ -437,12 +472,14 @@ impl LeaseStore for SimLeases {
         self.call().await?;
         let result = self.leases.take(observed, worker, expires_ms).await;
         self.note("take", &observed.shard, &result);
-        result
+        self.answer(result)
     }
 
     async fn renew(&self, held: &Lease, expires_ms: u64) -> Result<Lease, LeaseError> {
         self.call().await?;
-        self.leases.renew(held, expires_ms).await
+        let result = self.leases.renew(held, expires_ms).await;
+        self.note("renew", &held.shard, &result);
+        self.answer(result)
     }
 
     async fn checkpoint(
@@ -465,7 +502,7 @@ impl LeaseStore for SimLeases {
             }
         }
         self.note("checkpoint", &held.shard, &result);
-        result
+        self.answer(result)
     }
 
     async fn release(&self, held: &Lease) -> Result<(), LeaseError> {
@@ -476,12 +513,12 @@ impl LeaseStore for SimLeases {
             &held.shard,
             &result.clone().map(|()| held.clone()),
         );
-        result
+        self.answer(result)
     }
 
     async fn decline_handoff(&self, held: &Lease, expires_ms: u64) -> Result<Lease, LeaseError> {
         self.call().await?;
-        self.leases.decline_handoff(held, expires_ms).await
+        self.answer(self.leases.decline_handoff(held, expires_ms).await)
     }
 
     async fn delete_finished(&self, observed: &Lease) -> Result<(), LeaseError> {
@@ -490,11 +527,11 @@ impl LeaseStore for SimLeases {
         if result.is_ok() {
             lock(&self.world).count("finished leases deleted");
         }
-        result
+        self.answer(result)
     }
 
     async fn request_handoff(&self, observed: &Lease, worker: &str) -> Result<(), LeaseError> {
         self.call().await?;
-        self.leases.request_handoff(observed, worker).await
+        self.answer(self.leases.request_handoff(observed, worker).await)
     }
 }
