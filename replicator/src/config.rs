@@ -119,6 +119,15 @@ pub struct RunArgs {
     /// Time allowed for a graceful stop after SIGTERM (below ECS's 30 s stop timeout).
     #[arg(long, env = "REPLICATOR_SHUTDOWN_DEADLINE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_deadline: Duration,
+    /// Longest wait for one stream or lease-table call (GetRecords, DescribeStream, lease reads and
+    /// writes) before it counts as failed and is retried. Target writes get a quarter of the lease
+    /// duration instead.
+    #[arg(long, env = "REPLICATOR_AWS_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub aws_timeout: Duration,
+    /// A shard that this worker holds and that makes no progress (no successful read that found it
+    /// caught up, no checkpoint moving) for this long fails /healthz, so ECS replaces the task.
+    #[arg(long, env = "REPLICATOR_STALL_TIMEOUT", default_value = "3m", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
 }
 
 /// Parses `250ms`, `2s`, `1.5s`, `3m`.
@@ -178,6 +187,10 @@ pub struct Tuning {
     pub max_backoff: Duration,
     /// Graceful-stop deadline.
     pub shutdown_deadline: Duration,
+    /// Timeout of one stream or lease-table call.
+    pub aws_timeout: Duration,
+    /// No progress on a held shard for this long fails /healthz.
+    pub stall_timeout: Duration,
 }
 
 impl Tuning {
@@ -198,6 +211,8 @@ impl Default for Tuning {
             lease_duration: Duration::from_secs(10),
             max_backoff: Duration::from_secs(5),
             shutdown_deadline: Duration::from_secs(20),
+            aws_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(180),
         }
     }
 }
@@ -385,6 +400,22 @@ impl RunArgs {
             Duration::from_millis(100),
             secs(600),
         )?;
+        within("aws-timeout", self.aws_timeout, secs(1), secs(120))?;
+        within(
+            "stall-timeout",
+            self.stall_timeout,
+            secs(10),
+            secs(24 * 3600),
+        )?;
+        if self.stall_timeout <= self.aws_timeout * 2 {
+            return Err(bad(
+                "stall-timeout",
+                format!(
+                    "{:?} must be more than twice --aws-timeout ({:?}), or one slow call would fail the health check",
+                    self.stall_timeout, self.aws_timeout
+                ),
+            ));
+        }
         Ok(Config {
             source,
             target,
@@ -403,6 +434,8 @@ impl RunArgs {
                 lease_duration: self.lease_duration,
                 max_backoff: self.max_backoff,
                 shutdown_deadline: self.shutdown_deadline,
+                aws_timeout: self.aws_timeout,
+                stall_timeout: self.stall_timeout,
             },
         })
     }

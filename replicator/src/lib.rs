@@ -88,9 +88,34 @@ pub async fn run(
     let target_sdk = sdk_config(parse_region(&config.target.region)?, &aws).await;
     let lease_sdk = sdk_config(parse_region(&config.lease.region)?, &aws).await;
     let source_ddb = aws_sdk_dynamodb::Client::new(&source_sdk);
-    let streams = aws_sdk_dynamodbstreams::Client::new(&source_sdk);
     let target_ddb = aws_sdk_dynamodb::Client::new(&target_sdk);
-    let lease_ddb = aws_sdk_dynamodb::Client::new(&lease_sdk);
+    // Every call the engine makes has a deadline, so a hung connection is a retried failure, never a
+    // silent stall.
+    let deadline = aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
+        .operation_attempt_timeout(config.tuning.aws_timeout)
+        .operation_timeout(config.tuning.aws_timeout * 3)
+        .build();
+    // Stream reads are idempotent: the SDK's standard retries are fine.
+    let streams = aws_sdk_dynamodbstreams::Client::from_conf(
+        aws_sdk_dynamodbstreams::config::Builder::from(&source_sdk)
+            .timeout_config(deadline.clone())
+            .build(),
+    );
+    // Lease writes are conditional on the counter: an SDK retry of a write that DynamoDB applied but
+    // whose answer was lost fails its own condition and looks like a lost lease. One attempt each; the
+    // lease loop retries at its own pace (renewals every third of the lease duration, checkpoints on
+    // the next turn), and a lease that was really renewed shows up as such in the next listing.
+    let lease_ddb = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&lease_sdk)
+            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::standard().with_max_attempts(1))
+            .timeout_config(
+                aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(config.tuning.aws_timeout)
+                    .operation_timeout(config.tuning.aws_timeout)
+                    .build(),
+            )
+            .build(),
+    );
 
     let checks = async {
         let checked = startup::check(&config, &source_ddb, &streams, &target_ddb).await?;
@@ -118,7 +143,7 @@ pub async fn run(
     let target_writes = aws_sdk_dynamodb::Client::from_conf(write_config);
 
     let metrics = Arc::new(Metrics::default());
-    let health = Arc::new(Health::new(config.tuning.lease_interval()));
+    let health = Arc::new(Health::new(config.tuning.lease_interval(), config.tuning.stall_timeout));
     let http_stop = CancellationToken::new();
     let (bound, http) = metrics::serve(
         config.metrics_addr,

@@ -1,5 +1,10 @@
 //! Every metric the replicator exposes (defined here and nowhere else), the health state, and the HTTP
 //! endpoints `/metrics`, `/healthz` and `/readyz`.
+//!
+//! `/healthz` (the ECS container health check, through `replicator healthcheck`) fails while a shard
+//! this worker holds has made no progress for `--stall-timeout`: no read that found it caught up and no
+//! checkpoint moving (a hung call, a write retried forever, a lease never renewed). `/readyz` fails
+//! while a shard is halted or the lease loop is behind.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,6 +58,14 @@ pub struct Metrics {
     pub gaps: Counter,
     /// lww records without a version that got the fallback.
     pub unversioned: Counter,
+    /// lww records written by a writer that does not stamp versions (data changed, stamp did not),
+    /// replicated with a fresh version.
+    pub restamped: Counter,
+    /// Age in seconds of the oldest record read but not yet applied, over the shards held (0 when all
+    /// are caught up). Kept current on every scrape, also when nothing arrives.
+    pub oldest_unapplied_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Shards held that have made no progress for the stall timeout.
+    pub shards_stalled: Gauge,
 }
 
 fn lag_histogram() -> Histogram {
@@ -78,6 +91,9 @@ impl Default for Metrics {
             checkpoints: Counter::default(),
             gaps: Counter::default(),
             unversioned: Counter::default(),
+            restamped: Counter::default(),
+            oldest_unapplied_age: Gauge::default(),
+            shards_stalled: Gauge::default(),
         };
         registry.register(
             "records_read",
@@ -139,6 +155,21 @@ impl Default for Metrics {
             "lww records without a version (fallback applied)",
             m.unversioned.clone(),
         );
+        registry.register(
+            "records_restamped",
+            "lww records from writers that do not stamp versions, replicated with a fresh version",
+            m.restamped.clone(),
+        );
+        registry.register(
+            "oldest_unapplied_age_seconds",
+            "Age of the oldest record read but not yet applied, over the shards held (0 when caught up)",
+            m.oldest_unapplied_age.clone(),
+        );
+        registry.register(
+            "shards_stalled",
+            "Shards held that made no progress for the stall timeout",
+            m.shards_stalled.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -165,24 +196,176 @@ impl Metrics {
     }
 }
 
-/// What `/readyz` reports.
+/// Progress of one shard task, for `/healthz` and the lag gauge.
+#[derive(Debug)]
+struct ShardProgress {
+    /// Last read that found the shard caught up, or last checkpoint that moved.
+    last: Instant,
+    /// ApproximateCreationDateTime (epoch seconds) of the oldest record read and not yet applied.
+    oldest_unapplied: Option<f64>,
+    /// What the task is doing, for the stall report.
+    doing: &'static str,
+    /// The current stall was logged.
+    reported: bool,
+}
+
+/// What `/healthz` and `/readyz` report.
 #[derive(Debug)]
 pub struct Health {
     stopped: AtomicI64,
     stopping: std::sync::atomic::AtomicBool,
     last_lease_sync: Mutex<Option<Instant>>,
     lease_interval: Duration,
+    stall_timeout: Duration,
+    shards: Mutex<std::collections::BTreeMap<String, ShardProgress>>,
+}
+
+/// Tracks one shard task's progress while it lives; dropping it (the task ended, or was aborted) stops
+/// tracking.
+#[derive(Debug)]
+pub struct ShardTracker {
+    health: Arc<Health>,
+    shard: String,
+}
+
+impl ShardTracker {
+    /// The shard is caught up: a read returned nothing new (or every record read so far is applied).
+    pub fn caught_up(&self) {
+        self.health.update(&self.shard, |p| {
+            p.last = Instant::now();
+            p.oldest_unapplied = None;
+            p.reported = false;
+        });
+    }
+
+    /// Records were read that are not applied yet; `created` is the oldest one's creation time.
+    pub fn pending(&self, created: Option<f64>) {
+        self.health.update(&self.shard, |p| {
+            if p.oldest_unapplied.is_none() {
+                p.oldest_unapplied = created;
+            }
+        });
+    }
+
+    /// A checkpoint moved: progress, and the records before `next_created` (if any remain) are applied.
+    pub fn checkpointed(&self, next_created: Option<f64>) {
+        self.health.update(&self.shard, |p| {
+            p.last = Instant::now();
+            p.oldest_unapplied = next_created;
+            p.reported = false;
+        });
+    }
+
+    /// What the task is doing now (for the stall report).
+    pub fn doing(&self, what: &'static str) {
+        self.health.update(&self.shard, |p| p.doing = what);
+    }
+}
+
+impl Drop for ShardTracker {
+    fn drop(&mut self) {
+        self.health
+            .shards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.shard);
+    }
 }
 
 impl Health {
-    /// Health for a worker whose lease loop runs every `lease_interval`.
-    pub fn new(lease_interval: Duration) -> Health {
+    /// Health for a worker whose lease loop runs every `lease_interval`, with the stall timeout.
+    pub fn new(lease_interval: Duration, stall_timeout: Duration) -> Health {
         Health {
             stopped: AtomicI64::new(0),
             stopping: std::sync::atomic::AtomicBool::new(false),
             last_lease_sync: Mutex::new(None),
             lease_interval,
+            stall_timeout,
+            shards: Mutex::new(std::collections::BTreeMap::new()),
         }
+    }
+
+    /// Starts tracking a shard task.
+    pub fn track(self: &Arc<Self>, shard: &str) -> ShardTracker {
+        self.shards.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            shard.to_owned(),
+            ShardProgress {
+                last: Instant::now(),
+                oldest_unapplied: None,
+                doing: "starting",
+                reported: false,
+            },
+        );
+        ShardTracker {
+            health: self.clone(),
+            shard: shard.to_owned(),
+        }
+    }
+
+    fn update(&self, shard: &str, change: impl FnOnce(&mut ShardProgress)) {
+        if let Some(p) = self
+            .shards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(shard)
+        {
+            change(p);
+        }
+    }
+
+    /// Shards with no progress for the stall timeout, with how long and what they were doing. Each
+    /// stall is logged once (ERROR: the task will be replaced).
+    pub fn stalled(&self) -> Vec<String> {
+        let mut shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for (shard, p) in shards.iter_mut() {
+            let idle = p.last.elapsed();
+            if idle >= self.stall_timeout {
+                if !p.reported {
+                    p.reported = true;
+                    tracing::error!(
+                        shard_id = %shard, seconds = idle.as_secs(), doing = p.doing,
+                        "Shard stalled: no progress for longer than --stall-timeout; /healthz fails so the task is replaced."
+                    );
+                }
+                out.push(format!(
+                    "shard {shard} made no progress for {}s ({})",
+                    idle.as_secs(),
+                    p.doing
+                ));
+            }
+        }
+        out
+    }
+
+    /// `/healthz`: fails while a held shard is stalled.
+    pub fn live(&self) -> Result<(), String> {
+        let stalled = self.stalled();
+        if stalled.is_empty() {
+            Ok(())
+        } else {
+            Err(stalled.join("; "))
+        }
+    }
+
+    /// Age of the oldest unapplied record over the tracked shards, at `now_epoch_secs`.
+    pub fn oldest_unapplied_age(&self, now_epoch_secs: f64) -> f64 {
+        self.shards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(|p| p.oldest_unapplied)
+            .map(|created| (now_epoch_secs - created).max(0.0))
+            .fold(0.0, f64::max)
+    }
+
+    /// Sets the gauges that follow progress (called on every scrape and every lease-loop pass).
+    pub fn publish(&self, metrics: &Metrics) {
+        let now = tworegion_common::version::system_millis() as f64 / 1000.0;
+        metrics
+            .oldest_unapplied_age
+            .set(self.oldest_unapplied_age(now));
+        metrics.shards_stalled.set(self.stalled().len() as i64);
     }
 
     /// Shutdown began: not ready any more.
@@ -239,6 +422,7 @@ struct AppState {
 }
 
 async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    state.health.publish(&state.metrics);
     (
         [(
             header::CONTENT_TYPE,
@@ -248,8 +432,11 @@ async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+async fn healthz(State(state): State<AppState>) -> (StatusCode, String) {
+    match state.health.live() {
+        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")),
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
@@ -342,7 +529,7 @@ mod tests {
     #[tokio::test]
     async fn endpoints_answer_and_readiness_follows_health() {
         let metrics = Arc::new(Metrics::default());
-        let health = Arc::new(Health::new(Duration::from_secs(1)));
+        let health = Arc::new(Health::new(Duration::from_secs(1), Duration::from_secs(60)));
         let stop = CancellationToken::new();
         let (addr, task) = serve(
             "127.0.0.1:0".parse().unwrap(),

@@ -312,6 +312,8 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
             self.start_position,
         );
         tracing::info!(shard_id = %shard, from = %start, "Shard started.");
+        // Progress for /healthz and the lag gauge, for as long as this task lives.
+        let progress = self.health.track(&shard);
         if lease.checkpoint.is_none() && !lease.started {
             // Record that reading began, so a restart or hand-off before the first checkpoint starts at
             // the shard's first record instead of skipping records (at LATEST) or a trim (at the horizon).
@@ -328,8 +330,12 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
         let mut unsaved: Option<SeqNo> = None;
         loop {
             if let Some(seq) = unsaved.clone() {
+                progress.doing("writing the checkpoint");
                 match self.checkpoint(&held, Some(&seq), false).await {
-                    Ok(true) => unsaved = None,
+                    Ok(true) => {
+                        unsaved = None;
+                        progress.checkpointed(None);
+                    }
                     Ok(false) => {}
                     Err(exit) => return exit,
                 }
@@ -339,12 +345,14 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
             }
             if !held.valid(self.tuning.lease_duration) {
                 // Not renewed recently: another worker may take over soon, so apply nothing.
+                progress.doing("waiting for the lease to be renewed");
                 tokio::select! {
                 biased;
                     _ = stop.cancelled() => return ShardExit::Stopped,
                     _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
                 }
             }
+            progress.doing("reading the stream");
             let page = match self.source.read(&iterator, self.tuning.batch_size).await {
                 Ok(page) => page,
                 Err(StreamError::ExpiredIterator) => {
@@ -374,12 +382,20 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
                 }
             };
             let count = page.changes.len();
-            if count > 0 {
+            if count == 0 {
+                progress.caught_up();
+            } else {
+                progress.pending(page.changes.first().and_then(|c| c.created_at));
                 self.metrics.records_read.inc_by(count as u64);
+                progress.doing("applying writes");
                 let (applied_to, halted) = self.apply_batch(&shard, &page.changes, &held).await;
                 if let Some(seq) = applied_to {
+                    progress.doing("writing the checkpoint");
                     match self.checkpoint(&held, Some(&seq), false).await {
-                        Ok(true) => unsaved = None,
+                        Ok(true) => {
+                            unsaved = None;
+                            progress.checkpointed(None);
+                        }
                         Ok(false) => unsaved = Some(seq.clone()),
                         Err(exit) => return exit,
                     }

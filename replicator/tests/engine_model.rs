@@ -246,6 +246,8 @@ fn tuning() -> Tuning {
         lease_duration: Duration::from_secs(1),
         max_backoff: Duration::from_millis(50),
         shutdown_deadline: Duration::from_secs(5),
+        aws_timeout: Duration::from_secs(5),
+        stall_timeout: Duration::from_secs(60),
     }
 }
 
@@ -290,7 +292,7 @@ fn engine_from<T: TargetTable>(
         worker_id: worker.to_owned(),
         start_position,
         metrics: Arc::new(Metrics::default()),
-        health: Arc::new(Health::new(tuning.lease_interval())),
+        health: Arc::new(Health::new(tuning.lease_interval(), tuning.stall_timeout)),
         in_flight: Arc::new(Semaphore::new(tuning.max_in_flight)),
         jitter_seed: AtomicU64::new(7),
         tuning,
@@ -1520,5 +1522,81 @@ fn child_records_trimmed_before_the_child_started_are_reported_as_a_gap() {
             "k1 was neither applied nor reported as a gap: target {items:?}, metrics:\n{}",
             second.metrics.render()
         );
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stalls: /healthz and the lag gauge
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_hung_stream_read_fails_healthz_after_the_stall_timeout_and_says_why() {
+    model_test(|| async {
+        let stream = Arc::new(MemoryStream::default());
+        let target = Arc::new(MemoryTarget::new(&["id"], VersionAttributes::default()));
+        let leases = Arc::new(MemoryLeases::default());
+        stream.open_shard("s1", None);
+        put(&stream, "s1", "a", "a1");
+        stream.hang_reads(true);
+        let tuning = Tuning {
+            stall_timeout: Duration::from_secs(30),
+            ..tuning()
+        };
+        let engine = engine("w1", Mode::OneWay, tuning, &stream, &target, &leases);
+        let worker = start(&engine);
+        sleep(Duration::from_secs(10)).await;
+        assert_eq!(engine.health.live(), Ok(()), "not stalled yet");
+        sleep(Duration::from_secs(25)).await;
+        let why = engine.health.live().expect_err("stalled after 30 s");
+        assert!(why.contains("s1") && why.contains("reading the stream"), "{why}");
+        engine.health.publish(&engine.metrics);
+        assert_eq!(metric(&engine.metrics, "replicator_shards_stalled"), Some(1.0));
+        // The read answers again: the record is applied and the shard is healthy.
+        stream.hang_reads(false);
+        eventually("the record to be applied", || target.items().len() == 1).await;
+        assert_eq!(engine.health.live(), Ok(()));
+        stop(worker).await;
+    });
+}
+
+#[test]
+fn lag_is_reported_while_writes_are_refused_and_a_write_retried_forever_is_a_stall() {
+    model_test(|| async {
+        let stream = Arc::new(MemoryStream::default());
+        // Throttled for 700 attempts: 35 to 70 s of backoffs (50 ms, jittered).
+        let target = Arc::new(ModelTarget::throttling_first(700));
+        let leases = Arc::new(MemoryLeases::default());
+        stream.open_shard("s1", None);
+        put(&stream, "s1", "a", "a1");
+        let tuning = Tuning {
+            stall_timeout: Duration::from_secs(30),
+            ..tuning()
+        };
+        let engine = engine("w1", Mode::OneWay, tuning, &stream, &target, &leases);
+        let worker = start(&engine);
+        sleep(Duration::from_secs(5)).await;
+        engine.health.publish(&engine.metrics);
+        let age = metric(&engine.metrics, "replicator_oldest_unapplied_age_seconds")
+            .expect("the lag gauge");
+        // The record's ApproximateCreationDateTime is in 2023: its age is years, and it is reported
+        // although nothing new arrives.
+        assert!(age > 1e7, "age {age}");
+        sleep(Duration::from_secs(30)).await;
+        let why = engine.health.live().expect_err("a write retried for 30 s is a stall");
+        assert!(why.contains("applying writes"), "{why}");
+        let through = timeout(Duration::from_secs(120), async {
+            while target.items().len() != 1 {
+                sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(through.is_ok(), "the write gets through once throttling ends");
+        eventually("the shard to be caught up", || {
+            engine.health.publish(&engine.metrics);
+            metric(&engine.metrics, "replicator_oldest_unapplied_age_seconds") == Some(0.0)
+        })
+        .await;
+        assert_eq!(engine.health.live(), Ok(()));
+        stop(worker).await;
     });
 }

@@ -249,6 +249,7 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
             }
         }
         engine.metrics.shards_owned.set(state.running.len() as i64);
+        engine.health.publish(&engine.metrics);
     }
 
     // Shutdown: tasks were cancelled with the shutdown token; wait for their final checkpoints.

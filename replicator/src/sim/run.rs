@@ -76,6 +76,8 @@ fn tuning() -> Tuning {
         lease_duration: Duration::from_secs(6),
         max_backoff: Duration::from_secs(1),
         shutdown_deadline: Duration::from_secs(20),
+        aws_timeout: Duration::from_secs(5),
+        stall_timeout: Duration::from_secs(60),
     }
 }
 
@@ -146,7 +148,7 @@ fn spawn_worker(world: &Shared, paths: &mut Paths, path: usize, sabotage: Sabota
                 start_position: StartPosition::TrimHorizon,
                 tuning: tuning.clone(),
                 metrics: metrics.clone(),
-                health: Arc::new(Health::new(tuning.lease_interval())),
+                health: Arc::new(Health::new(tuning.lease_interval(), tuning.stall_timeout)),
                 in_flight: Arc::new(Semaphore::new(tuning.max_in_flight)),
                 jitter_seed: AtomicU64::new(paths.next_id * 1_000_000),
             })

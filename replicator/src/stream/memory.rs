@@ -33,6 +33,7 @@ struct State {
     cursors: HashMap<String, Cursor>,
     next_cursor: u64,
     reads: usize,
+    hang: bool,
 }
 
 /// Sequence numbers start here, so they have 21 digits as on AWS.
@@ -118,6 +119,11 @@ impl MemoryStream {
         for cursor in self.lock().cursors.values_mut() {
             cursor.expired = true;
         }
+    }
+
+    /// While on, GetRecords calls hang (a connection that never answers) until it is switched off.
+    pub fn hang_reads(&self, on: bool) {
+        self.lock().hang = on;
     }
 
     /// GetRecords calls served so far.
@@ -211,6 +217,9 @@ impl StreamSource for MemoryStream {
     }
 
     async fn read(&self, iterator: &str, limit: i32) -> Result<Page, StreamError> {
+        while self.lock().hang {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
         let mut state = self.lock();
         state.reads += 1;
         let cursor = state
