@@ -435,7 +435,12 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
                     for child in children {
                         if let Err(error) = self
                             .leases
-                            .create(&child.id, &[shard.to_owned()], child.starting.as_ref())
+                            .create(
+                                &child.id,
+                                &[shard.to_owned()],
+                                child.starting.as_ref(),
+                                false,
+                            )
                             .await
                         {
                             self.metrics.error(error.kind());

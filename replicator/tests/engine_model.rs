@@ -380,7 +380,7 @@ async fn run_shard_to_end<T: TargetTable>(engine: &Arc<Eng<T>>, held: Arc<Held>)
 
 /// Creates the lease of `shard` (if needed) and takes it for `worker`, as the coordinator would.
 async fn take_lease(leases: &MemoryLeases, shard: &str, worker: &str) -> Arc<Held> {
-    leases.create(shard, &[], None).await.expect("create lease");
+    leases.create(shard, &[], None, false).await.expect("create lease");
     let observed = leases.get(shard).expect("lease row");
     let taken = leases
         .take(&observed, worker, u64::MAX)
@@ -1305,6 +1305,47 @@ fn latest_start_skips_older_records_and_applies_newer_ones() {
         .await;
         stop(worker).await;
         assert_eq!(target.items(), state(&[("after", "v")]));
+    });
+}
+
+#[test]
+fn latest_start_after_rollovers_begins_at_the_newest_records_of_the_open_shards() {
+    model_test(|| async {
+        // Hours of history in a lineage: closed root r, closed child c, open grandchild g. LATEST must
+        // not replay r, c or g's older records (before, a closed root was read from its trim horizon
+        // and its descendants from their first records: up to 24 hours of replay).
+        let stream = Arc::new(MemoryStream::default());
+        let target = Arc::new(MemoryTarget::new(&["id"], VersionAttributes::default()));
+        let leases = Arc::new(MemoryLeases::default());
+        stream.open_shard("r", None);
+        put(&stream, "r", "old-r", "v");
+        stream.split("r", &["c"]);
+        put(&stream, "c", "old-c", "v");
+        stream.split("c", &["g"]);
+        put(&stream, "g", "old-g", "v");
+        let engine = engine_from(
+            "w1",
+            Mode::OneWay,
+            StartPosition::Latest,
+            tuning(),
+            &stream,
+            &target,
+            &leases,
+        );
+        let worker = start(&engine);
+        eventually("the open shard to be polled", || {
+            leases.get("g").is_some_and(|l| l.started) && stream.reads() >= 2
+        })
+        .await;
+        let last = put(&stream, "g", "new", "v");
+        eventually("the new record to be checkpointed", || {
+            leases.get("g").and_then(|l| l.checkpoint) == Some(last.clone())
+        })
+        .await;
+        stop(worker).await;
+        assert_eq!(target.items(), state(&[("new", "v")]));
+        assert!(lease(&leases, "r").finished && lease(&leases, "c").finished);
+        assert_eq!(lease(&leases, "r").checkpoint, None, "never read");
     });
 }
 

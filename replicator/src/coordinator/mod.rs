@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::decide::{AfterExit, AfterRenewal, Observations, Requests, Snapshot};
 use crate::apply::target::TargetTable;
+use crate::config::StartPosition;
 use crate::lease::{LeaseError, LeaseStore};
 use crate::stream::StreamSource;
 use crate::worker::{Engine, Held, ShardExit};
@@ -390,15 +391,21 @@ async fn discover<S: StreamSource, T: TargetTable, L: LeaseStore>(
             break; // a parent cycle cannot happen; be safe anyway
         }
         for shard in ready {
+            // `--start-position latest` on the path's first discovery means the newest records of the
+            // shards open now: closed shards are marked finished unread, and open shards are roots that
+            // start at LATEST (not children that would replay their whole lineage from the first
+            // record, up to 24 hours back).
+            let latest = !began && engine.start_position == StartPosition::Latest;
+            let finished = latest && shard.ending.is_some();
             let parents: Vec<String> = shard
                 .parent
                 .iter()
-                .filter(|p| began || ids.contains(*p) || known.contains(*p))
+                .filter(|p| !latest && (began || ids.contains(*p) || known.contains(*p)))
                 .cloned()
                 .collect();
             match engine
                 .leases
-                .create(&shard.id, &parents, shard.starting.as_ref())
+                .create(&shard.id, &parents, shard.starting.as_ref(), finished)
                 .await
             {
                 Ok(created) => {

@@ -317,13 +317,14 @@ impl LeaseStore for DynamoLeases {
         shard: &str,
         parents: &[String],
         starting: Option<&SeqNo>,
+        finished: bool,
     ) -> Result<bool, LeaseError> {
         let mut item = self.key(shard);
         if let Some(seq) = starting {
             item.insert("starting".to_owned(), s(seq.as_str()));
         }
         item.insert("counter".to_owned(), n(0));
-        item.insert("finished".to_owned(), AttributeValue::Bool(false));
+        item.insert("finished".to_owned(), AttributeValue::Bool(finished));
         item.insert(
             "parents".to_owned(),
             AttributeValue::L(parents.iter().map(|p| s(p)).collect()),

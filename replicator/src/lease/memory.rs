@@ -78,6 +78,7 @@ impl LeaseStore for MemoryLeases {
         shard: &str,
         parents: &[String],
         starting: Option<&SeqNo>,
+        finished: bool,
     ) -> Result<bool, LeaseError> {
         let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
         if rows.contains_key(shard) {
@@ -93,7 +94,7 @@ impl LeaseStore for MemoryLeases {
                 parents: parents.to_vec(),
                 starting: starting.cloned(),
                 started: false,
-                finished: false,
+                finished,
                 handoff_to: None,
                 expires_ms: 0,
             },
@@ -207,9 +208,9 @@ mod tests {
     #[tokio::test]
     async fn a_worker_that_lost_its_lease_cannot_move_the_checkpoint() {
         let store = MemoryLeases::default();
-        assert!(store.create("s1", &[], None).await.unwrap());
+        assert!(store.create("s1", &[], None, false).await.unwrap());
         assert!(
-            !store.create("s1", &[], None).await.unwrap(),
+            !store.create("s1", &[], None, false).await.unwrap(),
             "create is idempotent"
         );
         let free = store.get("s1").unwrap();

@@ -81,12 +81,14 @@ impl LeaseError {
 pub trait LeaseStore: Send + Sync + 'static {
     /// Every lease of the path (consistent read).
     fn list(&self) -> impl Future<Output = Result<Vec<Lease>, LeaseError>> + Send;
-    /// Creates a free lease for a new shard; `false` if it already exists.
+    /// Creates a free lease for a new shard; `false` if it already exists. A lease created `finished`
+    /// is never read (a shard closed before replication began at `--start-position latest`).
     fn create(
         &self,
         shard: &str,
         parents: &[String],
         starting: Option<&SeqNo>,
+        finished: bool,
     ) -> impl Future<Output = Result<bool, LeaseError>> + Send;
     /// Takes `observed` for `worker` if its counter is still the one observed.
     fn take(

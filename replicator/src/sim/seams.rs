@@ -458,9 +458,10 @@ impl LeaseStore for SimLeases {
         shard: &str,
         parents: &[String],
         starting: Option<&SeqNo>,
+        finished: bool,
     ) -> Result<bool, LeaseError> {
         self.call().await?;
-        self.answer(self.leases.create(shard, parents, starting).await)
+        self.answer(self.leases.create(shard, parents, starting, finished).await)
     }
 
     async fn take(
