@@ -107,7 +107,9 @@ pub async fn run(
     // the next turn), and a lease that was really renewed shows up as such in the next listing.
     let lease_ddb = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(&lease_sdk)
-            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::standard().with_max_attempts(1))
+            .retry_config(
+                aws_sdk_dynamodb::config::retry::RetryConfig::standard().with_max_attempts(1),
+            )
             .timeout_config(
                 aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
                     .operation_attempt_timeout(config.tuning.aws_timeout)
@@ -143,7 +145,10 @@ pub async fn run(
     let target_writes = aws_sdk_dynamodb::Client::from_conf(write_config);
 
     let metrics = Arc::new(Metrics::default());
-    let health = Arc::new(Health::new(config.tuning.lease_interval(), config.tuning.stall_timeout));
+    let health = Arc::new(Health::new(
+        config.tuning.lease_interval(),
+        config.tuning.stall_timeout,
+    ));
     let http_stop = CancellationToken::new();
     let (bound, http) = metrics::serve(
         config.metrics_addr,

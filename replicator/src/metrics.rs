@@ -287,15 +287,18 @@ impl Health {
 
     /// Starts tracking a shard task.
     pub fn track(self: &Arc<Self>, shard: &str) -> ShardTracker {
-        self.shards.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            shard.to_owned(),
-            ShardProgress {
-                last: Instant::now(),
-                oldest_unapplied: None,
-                doing: "starting",
-                reported: false,
-            },
-        );
+        self.shards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                shard.to_owned(),
+                ShardProgress {
+                    last: Instant::now(),
+                    oldest_unapplied: None,
+                    doing: "starting",
+                    reported: false,
+                },
+            );
         ShardTracker {
             health: self.clone(),
             shard: shard.to_owned(),
@@ -435,7 +438,10 @@ async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
 async fn healthz(State(state): State<AppState>) -> (StatusCode, String) {
     match state.health.live() {
         Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {why}\n")),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        ),
     }
 }
 

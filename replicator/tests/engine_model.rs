@@ -380,7 +380,10 @@ async fn run_shard_to_end<T: TargetTable>(engine: &Arc<Eng<T>>, held: Arc<Held>)
 
 /// Creates the lease of `shard` (if needed) and takes it for `worker`, as the coordinator would.
 async fn take_lease(leases: &MemoryLeases, shard: &str, worker: &str) -> Arc<Held> {
-    leases.create(shard, &[], None, false).await.expect("create lease");
+    leases
+        .create(shard, &[], None, false)
+        .await
+        .expect("create lease");
     let observed = leases.get(shard).expect("lease row");
     let taken = leases
         .take(&observed, worker, u64::MAX)
@@ -1589,9 +1592,15 @@ fn a_hung_stream_read_fails_healthz_after_the_stall_timeout_and_says_why() {
         assert_eq!(engine.health.live(), Ok(()), "not stalled yet");
         sleep(Duration::from_secs(25)).await;
         let why = engine.health.live().expect_err("stalled after 30 s");
-        assert!(why.contains("s1") && why.contains("reading the stream"), "{why}");
+        assert!(
+            why.contains("s1") && why.contains("reading the stream"),
+            "{why}"
+        );
         engine.health.publish(&engine.metrics);
-        assert_eq!(metric(&engine.metrics, "replicator_shards_stalled"), Some(1.0));
+        assert_eq!(
+            metric(&engine.metrics, "replicator_shards_stalled"),
+            Some(1.0)
+        );
         // The read answers again: the record is applied and the shard is healthy.
         stream.hang_reads(false);
         eventually("the record to be applied", || target.items().len() == 1).await;
@@ -1623,7 +1632,10 @@ fn lag_is_reported_while_writes_are_refused_and_a_write_retried_forever_is_a_sta
         // although nothing new arrives.
         assert!(age > 1e7, "age {age}");
         sleep(Duration::from_secs(30)).await;
-        let why = engine.health.live().expect_err("a write retried for 30 s is a stall");
+        let why = engine
+            .health
+            .live()
+            .expect_err("a write retried for 30 s is a stall");
         assert!(why.contains("applying writes"), "{why}");
         let through = timeout(Duration::from_secs(120), async {
             while target.items().len() != 1 {
@@ -1631,7 +1643,10 @@ fn lag_is_reported_while_writes_are_refused_and_a_write_retried_forever_is_a_sta
             }
         })
         .await;
-        assert!(through.is_ok(), "the write gets through once throttling ends");
+        assert!(
+            through.is_ok(),
+            "the write gets through once throttling ends"
+        );
         eventually("the shard to be caught up", || {
             engine.health.publish(&engine.metrics);
             metric(&engine.metrics, "replicator_oldest_unapplied_age_seconds") == Some(0.0)

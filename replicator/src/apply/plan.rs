@@ -295,7 +295,11 @@ pub fn squash(first: &Write, second: &Write) -> Option<Write> {
             Some(Newer { version: p, .. }),
             Write::Delete { .. },
             Some(NotNewerThan { version: d }),
-        ) => Some(if d >= p { second.clone() } else { first.clone() }),
+        ) => Some(if d >= p {
+            second.clone()
+        } else {
+            first.clone()
+        }),
         (
             Write::Delete { .. },
             Some(NotNewerThan { version: a }),
@@ -303,9 +307,7 @@ pub fn squash(first: &Write, second: &Write) -> Option<Write> {
             Some(NotNewerThan { version: b }),
         ) => Some(Write::Delete {
             key: key.clone(),
-            condition: Some(NotNewerThan {
-                version: a.max(b),
-            }),
+            condition: Some(NotNewerThan { version: a.max(b) }),
         }),
         (
             Write::Delete { .. },
@@ -325,7 +327,9 @@ pub fn squash(first: &Write, second: &Write) -> Option<Write> {
                 origin: o2,
             }),
         ) => Some(
-            if tworegion_common::version::compare_writes((v2, o2.as_str()), (v1, o1.as_str())).is_ge() {
+            if tworegion_common::version::compare_writes((v2, o2.as_str()), (v1, o1.as_str()))
+                .is_ge()
+            {
                 second.clone()
             } else {
                 first.clone()
@@ -521,14 +525,22 @@ mod tests {
         let attrs = VersionAttributes::default();
         match write {
             Write::Put { item, condition } => {
-                if super::super::target::condition_holds(condition.as_ref(), target.as_ref(), &attrs) {
+                if super::super::target::condition_holds(
+                    condition.as_ref(),
+                    target.as_ref(),
+                    &attrs,
+                ) {
                     Some(item.clone())
                 } else {
                     target
                 }
             }
             Write::Delete { condition, .. } => {
-                if super::super::target::condition_holds(condition.as_ref(), target.as_ref(), &attrs) {
+                if super::super::target::condition_holds(
+                    condition.as_ref(),
+                    target.as_ref(),
+                    &attrs,
+                ) {
                     None
                 } else {
                     target

@@ -39,11 +39,9 @@ impl Observations {
 
     /// The counter has not moved for a whole lease duration on this worker's clock.
     pub fn stale(&self, lease: &Lease, now: Instant, duration: Duration) -> bool {
-        self.seen
-            .get(&lease.shard)
-            .is_some_and(|(counter, since)| {
-                *counter == lease.counter && now.saturating_duration_since(*since) >= duration
-            })
+        self.seen.get(&lease.shard).is_some_and(|(counter, since)| {
+            *counter == lease.counter && now.saturating_duration_since(*since) >= duration
+        })
     }
 }
 
@@ -97,12 +95,13 @@ impl Snapshot<'_> {
     /// A parent is done when its lease is finished, or when it has no lease and the last shard listing
     /// no longer has it (trimmed away). Before the first listing, a missing parent is not done.
     pub fn parents_done(&self, lease: &Lease) -> bool {
-        lease.parents.iter().all(|p| {
-            match self.leases.iter().find(|l| &l.shard == p) {
+        lease
+            .parents
+            .iter()
+            .all(|p| match self.leases.iter().find(|l| &l.shard == p) {
                 Some(parent) => parent.finished,
                 None => self.listed.is_some_and(|ids| !ids.contains(p)),
-            }
-        })
+            })
     }
 
     /// Leases that can be worked on now: held by someone, or whose parents are done. Children waiting
@@ -414,7 +413,11 @@ mod tests {
                 .len(),
             1
         );
-        assert!(snapshot(&orphan, &obs, now, None, &none).to_take().is_empty());
+        assert!(
+            snapshot(&orphan, &obs, now, None, &none)
+                .to_take()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -456,7 +459,10 @@ mod tests {
         let mut l = lease("s", Some("me"), 1);
         assert_eq!(after_renewal(&l, "me", false, false), AfterRenewal::Keep);
         l.handoff_to = Some("other".to_owned());
-        assert_eq!(after_renewal(&l, "me", false, false), AfterRenewal::HandOver);
+        assert_eq!(
+            after_renewal(&l, "me", false, false),
+            AfterRenewal::HandOver
+        );
         assert_eq!(after_renewal(&l, "me", false, true), AfterRenewal::Keep);
         assert_eq!(after_renewal(&l, "me", true, false), AfterRenewal::Decline);
     }

@@ -105,28 +105,30 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
                 .change(|lease| async move { leases.renew(&lease, expires).await })
                 .await
             {
-                Ok(lease) => match decide::after_renewal(&lease, &me, run.halted, run.handing_off) {
-                    AfterRenewal::Keep => {}
-                    AfterRenewal::Decline => {
-                        let to = lease.handoff_to.clone().unwrap_or_default();
-                        let expires = crate::worker::now_millis() + duration.as_millis() as u64;
-                        let declined = run
-                            .held
-                            .change(|lease| async move {
-                                leases.decline_handoff(&lease, expires).await
-                            })
-                            .await;
-                        if declined.is_ok() {
-                            tracing::info!(shard_id = %shard, to, "Hand-off of a halted shard declined.");
+                Ok(lease) => {
+                    match decide::after_renewal(&lease, &me, run.halted, run.handing_off) {
+                        AfterRenewal::Keep => {}
+                        AfterRenewal::Decline => {
+                            let to = lease.handoff_to.clone().unwrap_or_default();
+                            let expires = crate::worker::now_millis() + duration.as_millis() as u64;
+                            let declined = run
+                                .held
+                                .change(|lease| async move {
+                                    leases.decline_handoff(&lease, expires).await
+                                })
+                                .await;
+                            if declined.is_ok() {
+                                tracing::info!(shard_id = %shard, to, "Hand-off of a halted shard declined.");
+                            }
+                        }
+                        AfterRenewal::HandOver => {
+                            let to = lease.handoff_to.clone().unwrap_or_default();
+                            tracing::info!(shard_id = %shard, to, "Handing the lease over to balance load.");
+                            run.handing_off = true;
+                            run.held.stop.cancel();
                         }
                     }
-                    AfterRenewal::HandOver => {
-                        let to = lease.handoff_to.clone().unwrap_or_default();
-                        tracing::info!(shard_id = %shard, to, "Handing the lease over to balance load.");
-                        run.handing_off = true;
-                        run.held.stop.cancel();
-                    }
-                },
+                }
                 Err(LeaseError::Lost { .. }) => {
                     engine.metrics.lease_change("lost");
                     tracing::warn!(shard_id = %shard, "Lease lost to another worker; stopping the shard.");
@@ -210,7 +212,8 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
                     took_any = true;
                     engine.metrics.lease_change("taken");
                     tracing::info!(shard_id = %taken.shard, previous_owner = ?lease.owner, "Lease taken.");
-                    let held_lease = Arc::new(Held::new(taken.clone(), shutdown.child_token(), sent));
+                    let held_lease =
+                        Arc::new(Held::new(taken.clone(), shutdown.child_token(), sent));
                     state.next_generation += 1;
                     let generation = state.next_generation;
                     state.running.insert(
@@ -237,16 +240,14 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
                 }
             }
         }
-        if !took_any {
-            if let Some((lease, owner)) = snapshot.handoff(&mut requests) {
-                match engine.leases.request_handoff(&lease, &me).await {
-                    Ok(()) => {
-                        requests.pending = Some((lease.shard.clone(), owner.clone()));
-                        engine.metrics.lease_change("handoff_requested");
-                        tracing::info!(shard_id = %lease.shard, owner, "Asked for a lease to balance load.");
-                    }
-                    Err(error) => tracing::debug!(error = %error, "Hand-off request lost a race."),
+        if !took_any && let Some((lease, owner)) = snapshot.handoff(&mut requests) {
+            match engine.leases.request_handoff(&lease, &me).await {
+                Ok(()) => {
+                    requests.pending = Some((lease.shard.clone(), owner.clone()));
+                    engine.metrics.lease_change("handoff_requested");
+                    tracing::info!(shard_id = %lease.shard, owner, "Asked for a lease to balance load.");
                 }
+                Err(error) => tracing::debug!(error = %error, "Hand-off request lost a race."),
             }
         }
         engine.metrics.shards_owned.set(state.running.len() as i64);
