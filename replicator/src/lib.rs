@@ -179,11 +179,12 @@ pub async fn run(
             config.lease.table.clone(),
             path,
         )),
-        plan: PlanContext {
-            mode: config.mode,
-            source_region: config.source.region.clone(),
-            attributes: config.attributes.clone(),
-        },
+        plan: PlanContext::new(
+            config.mode,
+            config.source.region.clone(),
+            config.target.region.clone(),
+            config.attributes.clone(),
+        ),
         target_name: config.target.to_string(),
         worker_id: config.worker_id.clone(),
         start_position: config.start_position,

@@ -515,6 +515,9 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
         if plan.unversioned > 0 {
             self.metrics.unversioned.inc_by(plan.unversioned as u64);
         }
+        if plan.restamped > 0 {
+            self.metrics.restamped.inc_by(plan.restamped as u64);
+        }
         let batch_stop = stop.child_token();
         let retry = self.retry();
         let writes = futures::stream::iter(plan.writes)

@@ -176,11 +176,8 @@ fn planning_random_changes_never_panics_and_errors_name_record_and_attribute() {
             .filter_map(|_| decode(&record(&mut rng)).ok())
             .collect();
         for mode in [Mode::OneWay, Mode::Lww] {
-            let ctx = PlanContext {
-                mode,
-                source_region: "us-east-1".into(),
-                attributes: VersionAttributes::default(),
-            };
+            let ctx =
+                PlanContext::new(mode, "us-east-1", "us-west-2", VersionAttributes::default());
             match ctx.plan(&changes) {
                 Ok(plan) => {
                     planned += 1;

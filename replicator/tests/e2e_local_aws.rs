@@ -698,3 +698,105 @@ async fn start_up_errors_name_the_problem() {
         "{log}"
     );
 }
+
+/// A writer that knows nothing of the convention: `UpdateItem SET text = :t`, no stamps touched.
+async fn plain_update(client: &Client, table: &str, id: &str, text: &str) {
+    client
+        .update_item()
+        .table_name(table)
+        .key("id", s(id))
+        .update_expression("SET #t = :t")
+        .expression_attribute_names("#t", "text")
+        .expression_attribute_values(":t", s(text))
+        .send()
+        .await
+        .expect("update_item");
+}
+
+fn text_of(items: &Items, id: &str) -> Option<String> {
+    match items.get(id)?.get("text")? {
+        AttributeValue::S(t) => Some(t.clone()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn lww_plain_update_items_without_stamps_reach_the_other_region_both_ways() {
+    let local = LocalAws::from_env();
+    let cleanup = TablesCleanup::new(&local);
+    let (a, b) = (local.dynamodb(REGION_A), local.dynamodb(REGION_B));
+    let table = unique_name("todos");
+    let lease_table = unique_name("leases");
+    for (client, region) in [(&a, REGION_A), (&b, REGION_B)] {
+        create_table(client, &table, "id", Some(StreamViewType::NewAndOldImages)).await;
+        cleanup.table(region, &table);
+        cleanup.table(region, &lease_table);
+    }
+    let a_to_b = Replicator::start(
+        &local,
+        &path_args(&table, &table, "lww", &lease_table, REGION_A, REGION_B),
+    );
+    let b_to_a = Replicator::start(
+        &local,
+        &path_args(&table, &table, "lww", &lease_table, REGION_B, REGION_A),
+    );
+    let logs = || format!("A->B log:\n{}\nB->A log:\n{}", a_to_b.log(), b_to_a.log());
+    let both_hold = |id: &'static str, text: &'static str| {
+        let (a, b, table) = (a.clone(), b.clone(), table.clone());
+        async move {
+            let (ia, ib) = (scan(&a, &table).await, scan(&b, &table).await);
+            text_of(&ia, id).as_deref() == Some(text) && text_of(&ib, id).as_deref() == Some(text)
+        }
+    };
+
+    // A stamped item written in A arrives in B carrying A's origin.
+    let clock = HybridClock::default();
+    versioned_write(&a, &table, REGION_A, &clock, "k1", false, 0)
+        .await
+        .expect("stamped write");
+    assert!(
+        eventually(Duration::from_secs(60), || both_hold(
+            "k1",
+            "us-east-1 write 0"
+        ))
+        .await,
+        "the stamped item reaches B\n{}",
+        logs()
+    );
+    // A console-style edit in B of the item that arrived from A (its origin is A's): before, it was
+    // skipped as "replicated in" and never reached A.
+    plain_update(&b, &table, "k1", "edited in B").await;
+    assert!(
+        eventually(Duration::from_secs(60), || both_hold("k1", "edited in B")).await,
+        "the unstamped edit in B reaches A\n{}",
+        logs()
+    );
+    // And the same the other way.
+    plain_update(&a, &table, "k1", "edited in A").await;
+    assert!(
+        eventually(Duration::from_secs(60), || both_hold("k1", "edited in A")).await,
+        "the unstamped edit in A reaches B\n{}",
+        logs()
+    );
+    // A new item without any stamp (the fallback version) too.
+    plain_update(&b, &table, "k2", "new in B").await;
+    assert!(
+        eventually(Duration::from_secs(60), || both_hold("k2", "new in B")).await,
+        "an unstamped new item reaches A\n{}",
+        logs()
+    );
+    // It settles: nothing keeps flowing (no ping-pong of re-stamped copies).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = (
+        a_to_b.counter("replicator_records_read_total").await,
+        b_to_a.counter("replicator_records_read_total").await,
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = (
+        a_to_b.counter("replicator_records_read_total").await,
+        b_to_a.counter("replicator_records_read_total").await,
+    );
+    assert_eq!(before, after, "records kept flowing\n{}", logs());
+    assert!(a_to_b.counter("replicator_records_restamped_total").await >= 1.0);
+    assert!(b_to_a.counter("replicator_records_restamped_total").await >= 1.0);
+}

@@ -283,11 +283,12 @@ fn engine_from<T: TargetTable>(
         source: stream.clone(),
         target: target.clone(),
         leases: leases.clone(),
-        plan: PlanContext {
+        plan: PlanContext::new(
             mode,
-            source_region: SOURCE_REGION.to_owned(),
-            attributes: VersionAttributes::default(),
-        },
+            SOURCE_REGION,
+            OTHER_REGION,
+            VersionAttributes::default(),
+        ),
         target_name: "us-west-2/model".to_owned(),
         worker_id: worker.to_owned(),
         start_position,

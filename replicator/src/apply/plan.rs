@@ -7,7 +7,8 @@
 //! other. A chain "covers" every record of its key in the batch: they all count as applied once its
 //! last write is done.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use tworegion_common::version::{Version, VersionAttributes};
@@ -20,8 +21,12 @@ use crate::stream::{Change, EventKind};
 /// Why a change needs no write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SkipReason {
-    /// lww: the write came from another region (it was replicated in): loop prevention.
+    /// lww: the item's origin is the target region: the replicator wrote it here (an echo); loop
+    /// prevention.
     ReplicatedIn,
+    /// lww: the old and new images are identical (a write that changed nothing; AWS emits no record
+    /// for it, the local AWS does).
+    NoOp,
     /// lww: a deletion by DynamoDB's TTL process; each region expires its own tombstones.
     TtlDelete,
 }
@@ -31,6 +36,7 @@ impl SkipReason {
     pub fn label(self) -> &'static str {
         match self {
             SkipReason::ReplicatedIn => "replicated_in",
+            SkipReason::NoOp => "no_op",
             SkipReason::TtlDelete => "ttl_delete",
         }
     }
@@ -55,8 +61,13 @@ pub struct PlanContext {
     pub mode: Mode,
     /// The source table's region: the origin of local writes.
     pub source_region: String,
+    /// The target table's region: an item whose origin is this region was written by the replicator
+    /// (an echo).
+    pub target_region: String,
     /// The convention's attribute names.
     pub attributes: VersionAttributes,
+    /// Origins that are neither region, already warned about (once per origin per process).
+    pub warned_origins: Arc<Mutex<BTreeSet<String>>>,
 }
 
 /// One key's writes and the batch positions they cover.
@@ -83,6 +94,9 @@ pub struct Plan {
     pub skipped: Vec<(usize, SkipReason)>,
     /// lww: records without a version, given the documented fallback.
     pub unversioned: usize,
+    /// lww: records whose data changed while their stamp did not (a writer that does not stamp),
+    /// replicated with a fresh version.
+    pub restamped: usize,
 }
 
 enum Decision {
@@ -98,11 +112,43 @@ pub fn fallback_version(change: &Change) -> Version {
 }
 
 impl PlanContext {
+    /// The context of a path from `source_region` to `target_region`.
+    pub fn new(
+        mode: Mode,
+        source_region: impl Into<String>,
+        target_region: impl Into<String>,
+        attributes: VersionAttributes,
+    ) -> PlanContext {
+        PlanContext {
+            mode,
+            source_region: source_region.into(),
+            target_region: target_region.into(),
+            attributes,
+            warned_origins: Arc::default(),
+        }
+    }
+
     fn error(&self, change: &Change, problem: impl Into<String>) -> PlanError {
         PlanError {
             seq: change.seq.to_string(),
             key: key_string(&change.keys),
             problem: problem.into(),
+        }
+    }
+
+    /// An origin that is neither region of the path (a typo, a third region): replicated as it is,
+    /// and logged once per origin.
+    fn warn_unknown_origin(&self, change: &Change, origin: &str) {
+        let mut warned = self
+            .warned_origins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if warned.insert(origin.to_owned()) {
+            tracing::warn!(
+                origin, source_region = %self.source_region, target_region = %self.target_region,
+                key = %key_string(&change.keys), seq = %change.seq,
+                "An item's origin is neither region of this path; it is replicated as written. Check the writer's region name."
+            );
         }
     }
 
@@ -136,7 +182,7 @@ impl PlanContext {
         }
     }
 
-    fn decide(&self, change: &Change, unversioned: &mut usize) -> Result<Decision, PlanError> {
+    fn decide(&self, change: &Change, plan: &mut Plan) -> Result<Decision, PlanError> {
         match (self.mode, change.kind) {
             (Mode::OneWay, EventKind::Insert | EventKind::Modify) => {
                 let item = change.new_image.clone().ok_or_else(|| {
@@ -167,19 +213,39 @@ impl PlanContext {
                         "no new image: lww mode needs a NEW_AND_OLD_IMAGES stream",
                     )
                 })?;
-                let (version, origin) = match self.stamp(change, &item)? {
-                    Some((version, origin)) => (version, origin),
-                    None => {
-                        *unversioned += 1;
-                        (fallback_version(change), None)
-                    }
+                if change.old_image.as_ref() == Some(&item) {
+                    return Ok(Decision::Skip(SkipReason::NoOp));
+                }
+                let stamp = self.stamp(change, &item)?;
+                let old_stamp = match change.old_image.as_ref() {
+                    Some(old) => self.stamp(change, old)?,
+                    None => None,
                 };
-                let origin = match origin {
-                    Some(o) if o != self.source_region => {
+                let (version, origin) = match stamp {
+                    // The data changed but the stamp did not: a writer that does not know the
+                    // convention (a plain UpdateItem, a console edit) changed an item, perhaps one that
+                    // arrived by replication and carries the other region's origin. It is a local
+                    // write: a fresh version from the record's creation time, above the one it
+                    // replaces, with the source region as origin.
+                    Some((version, _)) if old_stamp == stamp => {
+                        plan.restamped += 1;
+                        let fresh = fallback_version(change).max(Version(version.0 + 1));
+                        (fresh, self.source_region.clone())
+                    }
+                    Some((_, Some(origin))) if origin == self.target_region => {
                         return Ok(Decision::Skip(SkipReason::ReplicatedIn));
                     }
-                    Some(o) => o,
-                    None => self.source_region.clone(),
+                    Some((version, Some(origin))) => {
+                        if origin != self.source_region {
+                            self.warn_unknown_origin(change, &origin);
+                        }
+                        (version, origin)
+                    }
+                    Some((version, None)) => (version, self.source_region.clone()),
+                    None => {
+                        plan.unversioned += 1;
+                        (fallback_version(change), self.source_region.clone())
+                    }
                 };
                 // Stamp what the fallback assumed, so the copy is not replicated back as a local write.
                 item.insert(
@@ -208,12 +274,12 @@ impl PlanContext {
                     Some(old) => match self.stamp(change, old)? {
                         Some((v, _)) => v,
                         None => {
-                            *unversioned += 1;
+                            plan.unversioned += 1;
                             fallback_version(change)
                         }
                     },
                     None => {
-                        *unversioned += 1;
+                        plan.unversioned += 1;
                         fallback_version(change)
                     }
                 };
@@ -233,7 +299,7 @@ impl PlanContext {
         let mut plan = Plan::default();
         let mut by_key: HashMap<String, usize> = HashMap::new();
         for (index, change) in changes.iter().enumerate() {
-            match self.decide(change, &mut plan.unversioned)? {
+            match self.decide(change, &mut plan)? {
                 Decision::Skip(reason) => plan.skipped.push((index, reason)),
                 Decision::Write(write, version_millis) => {
                     let key = key_string(&change.keys);
@@ -376,11 +442,7 @@ mod tests {
         }
     }
     fn ctx(mode: Mode) -> PlanContext {
-        PlanContext {
-            mode,
-            source_region: "us-east-1".into(),
-            attributes: VersionAttributes::default(),
-        }
+        PlanContext::new(mode, "us-east-1", "us-west-2", VersionAttributes::default())
     }
 
     #[test]
@@ -573,10 +635,12 @@ mod tests {
         // lww seed 5002721: in one batch of us-west-2's stream, a local update v20 and its hard delete,
         // then a replicated-in put v10 from us-east-1 (skipped) and the echo of its removal. Keeping
         // only the last write (delete <= 10) loses the local delete against a target holding v15.
-        let ctx = PlanContext {
-            source_region: "us-west-2".into(),
-            ..ctx(Mode::Lww)
-        };
+        let ctx = PlanContext::new(
+            Mode::Lww,
+            "us-west-2",
+            "us-east-1",
+            VersionAttributes::default(),
+        );
         let west = |v| item("a", Some(v), Some("us-west-2"));
         let east = |v| item("a", Some(v), Some("us-east-1"));
         let batch = vec![
@@ -645,5 +709,79 @@ mod tests {
                 "case {case}: start {start:?}, writes {writes:?}, chain {chain:?}"
             );
         }
+    }
+    fn text(mut i: Item, t: &str) -> Item {
+        i.insert("text".into(), s(t));
+        i
+    }
+
+    #[test]
+    fn lww_an_unstamped_edit_of_a_replicated_in_item_is_a_local_write_with_a_fresh_version() {
+        // A plain UpdateItem in us-east-1 on an item that arrived from us-west-2: the stamp stays
+        // (v10, us-west-2), the data changes. Before, it was skipped as "replicated in", forever.
+        let old = text(item("a", Some(10), Some("us-west-2")), "before");
+        let new = text(item("a", Some(10), Some("us-west-2")), "after");
+        let plan = ctx(Mode::Lww)
+            .plan(&[change(1, EventKind::Modify, "a", Some(new), Some(old))])
+            .unwrap();
+        assert!(plan.skipped.is_empty(), "{plan:?}");
+        assert_eq!(plan.restamped, 1);
+        let fresh = Version::from_millis(1_700_000_000_000);
+        assert_eq!(
+            plan.writes[0].write,
+            Write::Put {
+                item: text(item("a", Some(fresh.0), Some("us-east-1")), "after"),
+                condition: Some(Condition::Newer {
+                    version: fresh,
+                    origin: "us-east-1".into()
+                })
+            }
+        );
+        // The fresh version is above the one it replaces even when that one is in the future.
+        let future = 1_700_000_000_000_000 + 5_000;
+        let old = text(item("a", Some(future), Some("us-east-1")), "x");
+        let new = text(item("a", Some(future), Some("us-east-1")), "y");
+        let plan = ctx(Mode::Lww)
+            .plan(&[change(2, EventKind::Modify, "a", Some(new), Some(old))])
+            .unwrap();
+        assert_eq!(plan.writes[0].version_millis, Some((future + 1) / 1000));
+        match &plan.writes[0].write {
+            Write::Put {
+                condition: Some(Condition::Newer { version, .. }),
+                ..
+            } => assert_eq!(*version, Version(future + 1)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn lww_echoes_and_no_ops_are_skipped_unknown_origins_replicated() {
+        let echo_old = text(item("a", Some(5), Some("us-east-1")), "x");
+        let echo_new = text(item("a", Some(9), Some("us-west-2")), "y");
+        let same = text(item("b", Some(5), Some("us-east-1")), "x");
+        let typo = text(item("c", Some(7), Some("us-east1")), "z");
+        let plan = ctx(Mode::Lww)
+            .plan(&[
+                change(1, EventKind::Modify, "a", Some(echo_new), Some(echo_old)),
+                change(2, EventKind::Modify, "b", Some(same.clone()), Some(same)),
+                change(3, EventKind::Insert, "c", Some(typo.clone()), None),
+            ])
+            .unwrap();
+        assert_eq!(
+            plan.skipped,
+            vec![(0, SkipReason::ReplicatedIn), (1, SkipReason::NoOp)]
+        );
+        assert_eq!(plan.writes.len(), 1);
+        assert_eq!(
+            plan.writes[0].write,
+            Write::Put {
+                item: typo,
+                condition: Some(Condition::Newer {
+                    version: Version(7),
+                    origin: "us-east1".into()
+                })
+            }
+        );
+        assert!(ctx(Mode::Lww).warned_origins.lock().unwrap().is_empty());
     }
 }

@@ -131,11 +131,12 @@ fn spawn_worker(world: &Shared, paths: &mut Paths, path: usize, sabotage: Sabota
         source: path,
         worker: id.clone(),
     };
-    let plan = PlanContext {
-        mode: config.mode,
-        source_region: REGIONS[path].to_owned(),
-        attributes: lock(world).attributes.clone(),
-    };
+    let plan = PlanContext::new(
+        config.mode,
+        REGIONS[path],
+        REGIONS[1 - path],
+        lock(world).attributes.clone(),
+    );
     macro_rules! engine {
         ($target:expr) => {
             Arc::new(Engine {

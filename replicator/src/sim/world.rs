@@ -414,7 +414,8 @@ impl World {
         }
     }
 
-    /// Whether the lww rules skip this record when replicating out of `source`.
+    /// Whether the lww rules skip this record when replicating out of `source`: a TTL deletion, a
+    /// write that changed nothing, or an echo (origin the target region, stamp changed).
     pub fn skippable(&self, change: &Change, source: usize) -> bool {
         if self.config.mode != crate::config::Mode::Lww {
             return false;
@@ -426,8 +427,24 @@ impl World {
             EventKind::Remove => return false,
             _ => change.new_image.as_ref(),
         };
+        if image.is_some() && image == change.old_image.as_ref() {
+            return true;
+        }
+        let stamp = |i: Option<&Item>| {
+            i.map(|i| {
+                (
+                    i.get(&self.attributes.version).cloned(),
+                    i.get(&self.attributes.origin).cloned(),
+                )
+            })
+        };
+        let new = stamp(image);
+        if new.as_ref().is_some_and(|(v, _)| v.is_some()) && new == stamp(change.old_image.as_ref())
+        {
+            return false; // a writer that does not stamp: replicated with a fresh version
+        }
         matches!(image.and_then(|i| i.get(&self.attributes.origin)),
-            Some(AttributeValue::S(origin)) if origin != REGIONS[source])
+            Some(AttributeValue::S(origin)) if origin == REGIONS[1 - source])
     }
 
     /// A lease change marked `shard` of path `source` as started (its first read is about to happen).
