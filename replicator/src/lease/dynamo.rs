@@ -14,8 +14,10 @@ use super::{Lease, LeaseError, LeaseStore};
 use crate::error::{AwsFailure, ErrorClass};
 use crate::stream::SeqNo;
 
-const PATH: &str = "path";
-const SHARD: &str = "shard";
+/// The lease table's partition key: the path (source stream ARN + `>` + target region/table).
+pub const PATH: &str = "path";
+/// The lease table's sort key: the shard ID.
+pub const SHARD: &str = "shard";
 
 /// The lease table of one path, on DynamoDB.
 #[derive(Debug, Clone)]
@@ -161,7 +163,8 @@ fn n(v: u64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-fn decode(item: &HashMap<String, AttributeValue>) -> Option<Lease> {
+/// A lease row as stored (`None` when it is not a lease row).
+pub fn decode(item: &HashMap<String, AttributeValue>) -> Option<Lease> {
     let text = |name: &str| match item.get(name) {
         Some(AttributeValue::S(v)) => Some(v.clone()),
         _ => None,
