@@ -119,6 +119,11 @@ pub struct RunArgs {
     /// Time allowed for a graceful stop after SIGTERM (below ECS's 30 s stop timeout).
     #[arg(long, env = "REPLICATOR_SHUTDOWN_DEADLINE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_deadline: Duration,
+    /// How long the tombstone that a one-way delete leaves in the target lives (its `--expires-attribute`
+    /// value; the target table's TTL removes it then). It must outlast any replay of the stream (24 h
+    /// retention) by a stale worker.
+    #[arg(long, env = "REPLICATOR_TOMBSTONE_TTL", default_value = "2d", value_parser = parse_duration)]
+    pub tombstone_ttl: Duration,
     /// Longest wait for one stream or lease-table call (GetRecords, DescribeStream, lease reads and
     /// writes) before it counts as failed and is retried. Target writes get a quarter of the lease
     /// duration instead.
@@ -144,9 +149,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => value / 1000.0,
         "s" => value,
         "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86_400.0,
         other => {
             return Err(format!(
-                "unknown unit {other:?} in {text:?}: use ms, s or m"
+                "unknown unit {other:?} in {text:?}: use ms, s, m, h or d"
             ));
         }
     };
@@ -189,6 +196,8 @@ pub struct Tuning {
     pub shutdown_deadline: Duration,
     /// Timeout of one stream or lease-table call.
     pub aws_timeout: Duration,
+    /// Lifetime of a one-way delete's tombstone in the target.
+    pub tombstone_ttl: Duration,
     /// No progress on a held shard for this long fails /healthz.
     pub stall_timeout: Duration,
 }
@@ -212,6 +221,7 @@ impl Default for Tuning {
             max_backoff: Duration::from_secs(5),
             shutdown_deadline: Duration::from_secs(20),
             aws_timeout: Duration::from_secs(10),
+            tombstone_ttl: Duration::from_secs(2 * 86_400),
             stall_timeout: Duration::from_secs(180),
         }
     }
@@ -402,6 +412,12 @@ impl RunArgs {
         )?;
         within("aws-timeout", self.aws_timeout, secs(1), secs(120))?;
         within(
+            "tombstone-ttl",
+            self.tombstone_ttl,
+            secs(25 * 3600),
+            secs(365 * 86_400),
+        )?;
+        within(
             "stall-timeout",
             self.stall_timeout,
             secs(10),
@@ -435,6 +451,7 @@ impl RunArgs {
                 max_backoff: self.max_backoff,
                 shutdown_deadline: self.shutdown_deadline,
                 aws_timeout: self.aws_timeout,
+                tombstone_ttl: self.tombstone_ttl,
                 stall_timeout: self.stall_timeout,
             },
         })

@@ -2,6 +2,7 @@
 //! another region, one-way (active-passive) or last-writer-wins both ways (active-active).
 //!
 //! # Layout
+//! - `admin/`: operator commands on the lease table (`replicator leases list | release | reset-checkpoint`).
 //! - `config`: flags and their validation into a [`config::Config`].
 //! - `startup`: checks of the source stream, the target's key schema and the lease table.
 //! - `stream/`: the [`stream::StreamSource`] seam (DynamoDB Streams, in-memory), record decoding.
@@ -21,6 +22,7 @@
 //! - Every write is safe to replay: one-way writes are idempotent per key in stream order; lww
 //!   writes are conditional on `(rep_version, rep_origin)`.
 
+pub mod admin;
 pub mod apply;
 pub mod config;
 pub mod coordinator;

@@ -1,11 +1,14 @@
-//! `replicator run | healthcheck`.
+//! `replicator run | healthcheck | leases`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use replicator::admin::PathSpec;
+use replicator::admin::leases::LeasesCommand;
 use replicator::config::RunArgs;
-use tworegion_common::aws::AwsOptions;
+use tworegion_common::aws::{AwsOptions, parse_region, sdk_config};
 use tworegion_common::telemetry::{LogFormat, init_logging};
 
 /// Replicates a DynamoDB table's stream into a table in another region, one-way (active-passive) or
@@ -41,6 +44,11 @@ enum Command {
         #[arg(long, env = "REPLICATOR_METRICS_ADDR", default_value = "0.0.0.0:9464")]
         metrics_addr: SocketAddr,
     },
+    /// Look at or change the lease table: list, release or reset-checkpoint (instead of editing rows).
+    Leases {
+        #[command(subcommand)]
+        command: LeasesCommand,
+    },
 }
 
 fn default_worker_id() -> String {
@@ -50,6 +58,27 @@ fn default_worker_id() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "worker".to_owned());
     format!("{host}-{}", std::process::id())
+}
+
+/// `replicator leases ...` on the validated path `spec`, with AWS clients made as `run` makes them.
+async fn leases(command: &LeasesCommand, spec: &PathSpec, aws: &AwsOptions) -> anyhow::Result<()> {
+    let source_sdk = sdk_config(parse_region(&spec.source.region)?, aws).await;
+    let lease_sdk = sdk_config(parse_region(&spec.lease.region)?, aws).await;
+    let source = aws_sdk_dynamodb::Client::new(&source_sdk);
+    // Lease writes are conditional on the counter: an SDK retry of a write that DynamoDB applied but
+    // whose answer was lost would fail its own condition and be reported as a lease that moved. One
+    // attempt each, as in `run`; the operator repeats the command.
+    let lease = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&lease_sdk)
+            .retry_config(
+                aws_sdk_dynamodb::config::retry::RetryConfig::standard().with_max_attempts(1),
+            )
+            .build(),
+    );
+    let mut stdout = std::io::stdout();
+    let result = replicator::admin::leases::run(command, spec, &source, &lease, &mut stdout).await;
+    std::io::Write::flush(&mut stdout).context("writing the output")?;
+    Ok(result?)
 }
 
 #[tokio::main]
@@ -98,6 +127,26 @@ async fn main() -> ExitCode {
                     }
                 },
                 signal = forced => ExitCode::from(u8::try_from(signal.exit_code()).unwrap_or(1)),
+            }
+        }
+        Command::Leases { command } => {
+            let spec = match command.path().validate() {
+                Ok(spec) => spec,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            let aws = AwsOptions {
+                profile: cli.profile,
+                endpoint_url: None,
+            };
+            match leases(&command, &spec, &aws).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::FAILURE
+                }
             }
         }
     }

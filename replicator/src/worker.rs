@@ -62,6 +62,8 @@ pub struct Engine<S, T, L> {
 pub struct Held {
     lease: Mutex<Lease>,
     renewed_at: std::sync::Mutex<Instant>,
+    /// The fencing token drawn for this take (one-way writes carry it); 0 when none was drawn.
+    pub fence: u64,
     /// Cancelled to make the shard task stop reading (shutdown, hand-off, lease lost).
     pub stop: CancellationToken,
 }
@@ -72,8 +74,15 @@ impl Held {
         Held {
             lease: Mutex::new(lease),
             renewed_at: std::sync::Mutex::new(renewed_at),
+            fence: 0,
             stop,
         }
+    }
+
+    /// The same, with the fencing token drawn before the take.
+    pub fn with_fence(mut self, fence: u64) -> Held {
+        self.fence = fence;
+        self
     }
 
     /// A copy of the lease as last written.
@@ -520,7 +529,27 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
         }
         let batch_stop = stop.child_token();
         let retry = self.retry();
-        let writes = futures::stream::iter(plan.writes)
+        let mut planned_writes = plan.writes;
+        if self.plan.mode == crate::config::Mode::OneWay {
+            // Fenced by the lease owner's token: a stale owner's late write never lands over a newer
+            // owner's, and a delete leaves a tombstone so such a write cannot bring the item back.
+            let expires = now_millis() / 1000 + self.tuning.tombstone_ttl.as_secs();
+            for planned in &mut planned_writes {
+                for write in planned
+                    .before
+                    .iter_mut()
+                    .chain(std::iter::once(&mut planned.write))
+                {
+                    *write = crate::apply::plan::fenced(
+                        write,
+                        held.fence,
+                        &self.plan.attributes,
+                        expires,
+                    );
+                }
+            }
+        }
+        let writes = futures::stream::iter(planned_writes)
             .map(|planned| {
                 let batch_stop = batch_stop.clone();
                 let seed = self.jitter_seed.fetch_add(1, Ordering::Relaxed);

@@ -152,3 +152,109 @@ async fn conflict_rule_over_every_ordering_and_tie() {
         );
     }
 }
+
+/// (what is checked, writes in order with their fencing token (0: outside the replicator), the last
+/// write's outcome)
+type FencedCase = (&'static str, Vec<(Write, u64)>, Outcome);
+
+#[tokio::test]
+async fn fenced_one_way_writes_never_land_over_a_later_owners_copy() {
+    let local = LocalAws::from_env();
+    let cleanup = TablesCleanup::new(&local);
+    let client = local.dynamodb(REGION_B);
+    let table = unique_name("fenced");
+    create_table(&client, &table, "id", None).await;
+    cleanup.table(REGION_B, &table);
+    let attributes = VersionAttributes::default();
+    let aws = AwsTarget::new(client.clone(), table.clone(), attributes.clone());
+    let memory = MemoryTarget::new(&["id"], attributes.clone());
+    let plain = |id: &str, text: &str| Write::Put {
+        item: [
+            ("id".to_owned(), AttributeValue::S(id.to_owned())),
+            ("text".to_owned(), AttributeValue::S(text.to_owned())),
+        ]
+        .into(),
+        condition: None,
+    };
+    let delete = |id: &str| Write::Delete {
+        key: [("id".to_owned(), AttributeValue::S(id.to_owned()))].into(),
+        condition: None,
+    };
+    let fenced = |write: &Write, fence| {
+        replicator::apply::plan::fenced(write, fence, &attributes, 4_102_444_800)
+    };
+    // (what, the writes in order with their fence, the outcome of the last one)
+    let cases: Vec<FencedCase> = vec![
+        ("first copy", vec![(plain("f1", "a"), 3)], Outcome::Applied),
+        (
+            "the same owner again",
+            vec![(plain("f2", "a"), 3), (plain("f2", "b"), 3)],
+            Outcome::Applied,
+        ),
+        (
+            "a later owner",
+            vec![(plain("f3", "a"), 3), (plain("f3", "b"), 4)],
+            Outcome::Applied,
+        ),
+        (
+            "a stale owner after a later one",
+            vec![(plain("f4", "b"), 4), (plain("f4", "a"), 3)],
+            Outcome::Conflict,
+        ),
+        (
+            "a stale owner's put after a later owner's delete (the tombstone holds)",
+            vec![
+                (plain("f5", "a"), 3),
+                (delete("f5"), 4),
+                (plain("f5", "a"), 3),
+            ],
+            Outcome::Conflict,
+        ),
+        (
+            "a later owner's put over a tombstone",
+            vec![(delete("f6"), 3), (plain("f6", "c"), 4)],
+            Outcome::Applied,
+        ),
+        (
+            "over an item written outside the replicator (no token)",
+            vec![(plain("f7", "x"), 0), (plain("f7", "y"), 2)],
+            Outcome::Applied,
+        ),
+    ];
+    for (name, writes, expected) in cases {
+        let mut last = None;
+        for (write, fence) in &writes {
+            // Fence 0 stands for a write made outside the replicator (unconditional, no token).
+            let write = if *fence == 0 {
+                write.clone()
+            } else {
+                fenced(write, *fence)
+            };
+            let got_aws = aws.write(&write).await.expect("write");
+            let got_memory = memory.write(&write).await.expect("write");
+            assert_eq!(got_aws, got_memory, "model and DynamoDB agree: {name}");
+            last = Some(got_aws);
+        }
+        assert_eq!(last, Some(expected), "{name}");
+    }
+    let stored = memory.items();
+    for (key, item) in &stored {
+        let AttributeValue::S(id) = &item["id"] else {
+            panic!("{key}")
+        };
+        let got = client
+            .get_item()
+            .table_name(&table)
+            .key("id", AttributeValue::S(id.clone()))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("get")
+            .item
+            .expect("stored");
+        assert_eq!(
+            &got, item,
+            "{id}: DynamoDB and the model hold the same item"
+        );
+    }
+}

@@ -187,8 +187,8 @@ impl ModelTarget {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn items(&self) -> HashMap<String, Item> {
-        self.inner.items()
+    fn live_items(&self) -> HashMap<String, Item> {
+        self.inner.live_items()
     }
 }
 
@@ -247,6 +247,7 @@ fn tuning() -> Tuning {
         max_backoff: Duration::from_millis(50),
         shutdown_deadline: Duration::from_secs(5),
         aws_timeout: Duration::from_secs(5),
+        tombstone_ttl: Duration::from_secs(2 * 86_400),
         stall_timeout: Duration::from_secs(60),
     }
 }
@@ -462,14 +463,14 @@ fn one_way_replication_reaches_the_final_state_checkpoints_and_releases() {
         );
         let worker = start(&engine);
         eventually("the target to reach the final state and checkpoint", || {
-            target.items() == expected
+            target.live_items() == expected
                 && leases.get("s1").and_then(|l| l.checkpoint) == Some(last.clone())
         })
         .await;
         assert_eq!(lease(&leases, "s1").owner.as_deref(), Some("w1"));
         stop(worker).await;
 
-        assert_eq!(target.items(), expected);
+        assert_eq!(target.live_items(), expected);
         let row = lease(&leases, "s1");
         assert_eq!(
             row.checkpoint,
@@ -540,14 +541,14 @@ fn parent_shard_is_applied_before_its_children() {
             ("z", "c1-z1"),
         ]);
         eventually("the children to be applied", || {
-            target.items() == expected
+            target.live_items() == expected
                 && leases.get("c1").and_then(|l| l.checkpoint) == Some(c1_last.clone())
                 && leases.get("c2").and_then(|l| l.checkpoint) == Some(c2_last.clone())
         })
         .await;
         stop(worker).await;
 
-        assert_eq!(text_of(&target.items(), "k").as_deref(), Some("c1-v3"));
+        assert_eq!(text_of(&target.live_items(), "k").as_deref(), Some("c1-v3"));
         let log = target.log();
         let from = |prefix: &str| -> Vec<&WriteEvent> {
             log.iter()
@@ -619,13 +620,13 @@ fn expired_iterator_is_resought_after_the_checkpoint_without_replay_or_loss() {
             ("f", "f1"),
         ]);
         eventually("the later records to be checkpointed", || {
-            target.items() == expected
+            target.live_items() == expected
                 && leases.get("s1").and_then(|l| l.checkpoint) == Some(last.clone())
         })
         .await;
         stop(worker).await;
 
-        assert_eq!(target.items(), expected);
+        assert_eq!(target.live_items(), expected);
         assert_eq!(
             target.writes(),
             6,
@@ -681,7 +682,7 @@ fn trimmed_gap_behind_the_checkpoint_halts_the_shard_loudly() {
         held.stop.cancel();
         let exit = timeout(WAIT, task).await.expect("stops").expect("no panic");
         assert_eq!(exit, ShardExit::Stopped);
-        assert_eq!(target.items(), state(&[("r1", "v"), ("r2", "v")]));
+        assert_eq!(target.live_items(), state(&[("r1", "v"), ("r2", "v")]));
 
         // While no one reads: r3, r4 arrive and are trimmed away unread; r5, r6 arrive after them.
         put(&stream, "s1", "r3", "v");
@@ -712,7 +713,7 @@ fn trimmed_gap_behind_the_checkpoint_halts_the_shard_loudly() {
             .expect_err("not ready with a halted shard");
         assert!(why.contains("stopped"), "{why}");
         assert_eq!(
-            target.items(),
+            target.live_items(),
             state(&[("r1", "v"), ("r2", "v")]),
             "r5 and r6 (after the gap) must not be applied"
         );
@@ -757,7 +758,7 @@ fn trimmed_gap_found_while_reading_halts_the_shard() {
             .expect("no panic");
         assert_eq!(exit, ShardExit::Halted);
         assert_eq!(metric(&engine.metrics, "replicator_gaps_total"), Some(1.0));
-        assert_eq!(target.items(), state(&[("r1", "v"), ("r2", "v")]));
+        assert_eq!(target.live_items(), state(&[("r1", "v"), ("r2", "v")]));
         assert_eq!(lease(&leases, "s1").checkpoint, Some(applied));
     });
 }
@@ -810,7 +811,7 @@ fn fatal_apply_error_halts_the_shard_before_the_failing_record() {
             Some("w1"),
             "a halted shard keeps its lease"
         );
-        let items = target.items();
+        let items = target.live_items();
         assert_eq!(text_of(&items, "a").as_deref(), Some("a1"));
         assert_eq!(text_of(&items, "b").as_deref(), Some("b1"));
         assert_eq!(text_of(&items, "bad"), None);
@@ -870,7 +871,7 @@ fn halted_shard_keeps_its_lease_until_shutdown_and_the_next_owner_halts_too() {
             1,
             "the failing record is attempted once, by a only, while a holds the shard"
         );
-        assert_eq!(text_of(&target.items(), "c"), None);
+        assert_eq!(text_of(&target.live_items(), "c"), None);
         assert!(a.health.ready().is_err(), "a reports the halted shard");
 
         // a shuts down and gives the lease up; b resumes from the checkpoint, meets the same record
@@ -890,7 +891,7 @@ fn halted_shard_keeps_its_lease_until_shutdown_and_the_next_owner_halts_too() {
         assert_eq!(row.owner.as_deref(), Some("b"));
         assert_eq!(row.checkpoint, Some(before));
         assert_eq!(target.log().iter().filter(|e| e.id == "bad").count(), 2);
-        assert_eq!(text_of(&target.items(), "c"), None);
+        assert_eq!(text_of(&target.live_items(), "c"), None);
         stop(worker_b).await;
     });
 }
@@ -919,7 +920,7 @@ fn retryable_errors_are_retried_until_applied() {
         let exit = run_shard_to_end(&engine, held).await;
 
         assert_eq!(exit, ShardExit::Finished);
-        assert_eq!(target.items(), state(&[("a", "a2"), ("b", "b1")]));
+        assert_eq!(target.live_items(), state(&[("a", "a2"), ("b", "b1")]));
         let row = lease(&leases, "s1");
         assert_eq!(row.checkpoint, Some(last));
         assert!(row.finished);
@@ -1005,7 +1006,7 @@ fn lww_skips_replicated_in_records_and_never_overwrites_newer_versions() {
         let exit = run_shard_to_end(&engine, held).await;
 
         assert_eq!(exit, ShardExit::Finished);
-        let items = target.items();
+        let items = target.live_items();
         assert_eq!(
             items.get(&key_string(&key("a"))),
             Some(&lww_item("a", "a2", 150, SOURCE_REGION))
@@ -1139,11 +1140,11 @@ fn two_workers_balance_and_the_survivor_takes_over_released_leases() {
             .collect();
         let expected = state(&pairs);
         eventually("b to hold every lease and apply everything", || {
-            count_owned(&leases, &SHARDS, "b") == 4 && target.items() == expected
+            count_owned(&leases, &SHARDS, "b") == 4 && target.live_items() == expected
         })
         .await;
         stop(worker_b).await;
-        assert_eq!(target.items(), expected);
+        assert_eq!(target.live_items(), expected);
         assert_eq!(owners(&leases, &SHARDS), vec![None; 4], "all released");
     });
 }
@@ -1189,7 +1190,10 @@ fn crashed_workers_leases_are_taken_over_only_after_the_lease_duration() {
             update(&stream, shard, shard, "v1", "v2");
         }
         let expected = state(&[("s1", "v2"), ("s2", "v2")]);
-        eventually("b to apply the new records", || target.items() == expected).await;
+        eventually("b to apply the new records", || {
+            target.live_items() == expected
+        })
+        .await;
         assert_eq!(
             target.writes(),
             4,
@@ -1246,7 +1250,7 @@ fn split_while_running_moves_on_to_the_children_in_order() {
         let engine = engine("w1", Mode::OneWay, tuning(), &stream, &target, &leases);
         let worker = start(&engine);
         eventually("the parent's first record", || {
-            text_of(&target.items(), "k").as_deref() == Some("p-v1")
+            text_of(&target.live_items(), "k").as_deref() == Some("p-v1")
         })
         .await;
         // More records, then the split, then the children's records, with no pause in between:
@@ -1257,7 +1261,7 @@ fn split_while_running_moves_on_to_the_children_in_order() {
         update(&stream, "c1", "k", "p-v2", "c1-v3");
         update(&stream, "c2", "m", "p-m1", "c2-m2");
         let expected = state(&[("k", "c1-v3"), ("m", "c2-m2")]);
-        eventually("the children's records", || target.items() == expected).await;
+        eventually("the children's records", || target.live_items() == expected).await;
         stop(worker).await;
 
         let log = target.log();
@@ -1308,7 +1312,7 @@ fn latest_start_skips_older_records_and_applies_newer_ones() {
         })
         .await;
         stop(worker).await;
-        assert_eq!(target.items(), state(&[("after", "v")]));
+        assert_eq!(target.live_items(), state(&[("after", "v")]));
     });
 }
 
@@ -1347,7 +1351,7 @@ fn latest_start_after_rollovers_begins_at_the_newest_records_of_the_open_shards(
         })
         .await;
         stop(worker).await;
-        assert_eq!(target.items(), state(&[("new", "v")]));
+        assert_eq!(target.live_items(), state(&[("new", "v")]));
         assert!(lease(&leases, "r").finished && lease(&leases, "c").finished);
         assert_eq!(lease(&leases, "r").checkpoint, None, "never read");
     });
@@ -1377,7 +1381,7 @@ fn latest_start_expired_iterator_before_the_first_checkpoint_loses_nothing() {
         stream.expire_iterators();
         put(&stream, "s1", "after", "v");
         let applied = timeout(Duration::from_secs(5), async {
-            while text_of(&target.items(), "after").is_none() {
+            while text_of(&target.live_items(), "after").is_none() {
                 sleep(Duration::from_millis(10)).await;
             }
         })
@@ -1391,7 +1395,7 @@ fn latest_start_expired_iterator_before_the_first_checkpoint_loses_nothing() {
         assert!(
             applied.is_ok(),
             "a change made after the replicator started was skipped silently: {:?}",
-            target.items()
+            target.live_items()
         );
     });
 }
@@ -1432,7 +1436,7 @@ fn latest_start_restart_before_the_first_checkpoint_loses_nothing() {
         );
         let worker = start(&second);
         let applied = timeout(Duration::from_secs(5), async {
-            while text_of(&target.items(), "after").is_none() {
+            while text_of(&target.live_items(), "after").is_none() {
                 sleep(Duration::from_millis(10)).await;
             }
         })
@@ -1441,7 +1445,7 @@ fn latest_start_restart_before_the_first_checkpoint_loses_nothing() {
         assert!(
             applied.is_ok(),
             "a change made while the replicator ran was skipped silently: {:?}",
-            target.items()
+            target.live_items()
         );
     });
 }
@@ -1514,7 +1518,7 @@ fn children_of_a_halted_parent_never_start() {
         assert!(!p.finished);
         assert_eq!(c1.owner, None, "the child was never taken");
         assert_eq!(c1.checkpoint, None);
-        assert_eq!(text_of(&target.items(), "k").as_deref(), Some("p-v1"));
+        assert_eq!(text_of(&target.live_items(), "k").as_deref(), Some("p-v1"));
         assert!(
             target
                 .log()
@@ -1553,14 +1557,14 @@ fn child_records_trimmed_before_the_child_started_are_reported_as_a_gap() {
         let worker = start(&second);
         eventually("p to finish and c1 to be read", || {
             leases.get("p").is_some_and(|l| l.finished) && {
-                let items = target.items();
+                let items = target.live_items();
                 text_of(&items, "k2").is_some()
                     || metric(&second.metrics, "replicator_gaps_total") == Some(1.0)
             }
         })
         .await;
         stop(worker).await;
-        let items = target.items();
+        let items = target.live_items();
         assert!(
             text_of(&items, "k1").is_some()
                 || metric(&second.metrics, "replicator_gaps_total") == Some(1.0),
@@ -1604,7 +1608,10 @@ fn a_hung_stream_read_fails_healthz_after_the_stall_timeout_and_says_why() {
         );
         // The read answers again: the record is applied and the shard is healthy.
         stream.hang_reads(false);
-        eventually("the record to be applied", || target.items().len() == 1).await;
+        eventually("the record to be applied", || {
+            target.live_items().len() == 1
+        })
+        .await;
         assert_eq!(engine.health.live(), Ok(()));
         stop(worker).await;
     });
@@ -1639,7 +1646,7 @@ fn lag_is_reported_while_writes_are_refused_and_a_write_retried_forever_is_a_sta
             .expect_err("a write retried for 30 s is a stall");
         assert!(why.contains("applying writes"), "{why}");
         let through = timeout(Duration::from_secs(120), async {
-            while target.items().len() != 1 {
+            while target.live_items().len() != 1 {
                 sleep(Duration::from_millis(100)).await;
             }
         })

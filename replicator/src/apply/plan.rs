@@ -339,6 +339,40 @@ impl PlanContext {
     }
 }
 
+/// A one-way write fenced by the lease owner's token: a put carries the token and applies only over an
+/// item written with the same or a lower one; a delete becomes a tombstone (the key, the deleted flag,
+/// the expiry `expires_epoch_secs` for the table's TTL, and the token) under the same condition, so a
+/// stale owner's put of an older image cannot bring a deleted item back.
+pub fn fenced(
+    write: &Write,
+    fence: u64,
+    attributes: &VersionAttributes,
+    expires_epoch_secs: u64,
+) -> Write {
+    let token = (
+        super::target::FENCE_ATTRIBUTE.to_owned(),
+        AttributeValue::N(fence.to_string()),
+    );
+    let condition = Some(Condition::Fenced { fence });
+    match write {
+        Write::Put { item, .. } => {
+            let mut item = item.clone();
+            item.insert(token.0, token.1);
+            Write::Put { item, condition }
+        }
+        Write::Delete { key, .. } => {
+            let mut item = key.clone();
+            item.insert(attributes.deleted.clone(), AttributeValue::Bool(true));
+            item.insert(
+                attributes.expires.clone(),
+                AttributeValue::N(expires_epoch_secs.to_string()),
+            );
+            item.insert(token.0, token.1);
+            Write::Put { item, condition }
+        }
+    }
+}
+
 /// The one write that leaves the target as `first` followed by `second` would (same key), if there is
 /// one. With last-writer-wins conditions (`t` is the target's version, `p` a put's, `d` a delete's):
 /// - `second` unconditional: `second` (whatever `first` did is overwritten or deleted);

@@ -28,7 +28,17 @@ pub enum Condition {
         /// The removed item's version.
         version: Version,
     },
+    /// One-way: write only if the target item was not written by a later lease owner (its fencing
+    /// token, [`FENCE_ATTRIBUTE`], is absent or not higher than this one).
+    Fenced {
+        /// The writer's fencing token.
+        fence: u64,
+    },
 }
+
+/// The attribute that carries, on every one-way copy, the fencing token of the lease owner that wrote
+/// it (bookkeeping of the replicator, like the lease table; `verify` ignores it).
+pub const FENCE_ATTRIBUTE: &str = "rep_fence";
 
 /// One write to the target.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,6 +123,11 @@ pub fn expression(condition: &Condition, attributes: &VersionAttributes) -> Expr
             text: "attribute_not_exists(#v) OR #v <= :v",
             names: [("#v".to_owned(), attributes.version.clone())].into(),
             values: [(":v".to_owned(), AttributeValue::N(version.to_string()))].into(),
+        },
+        Condition::Fenced { fence } => Expression {
+            text: "attribute_not_exists(#f) OR #f <= :f",
+            names: [("#f".to_owned(), FENCE_ATTRIBUTE.to_owned())].into(),
+            values: [(":f".to_owned(), AttributeValue::N(fence.to_string()))].into(),
         },
     }
 }
@@ -201,6 +216,11 @@ impl MemoryTarget {
         self.items.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The items as a reader that follows the convention sees them (see [`live`]).
+    pub fn live_items(&self) -> HashMap<String, Item> {
+        live(self.items(), &self.attributes)
+    }
+
     /// Writes attempted so far.
     pub fn writes(&self) -> usize {
         *self.writes.lock().unwrap_or_else(|p| p.into_inner())
@@ -223,6 +243,25 @@ pub fn stored_version(
     Some((version, origin))
 }
 
+/// `items` as a reader that follows the convention sees them: tombstones (the deleted flag set, whether
+/// a writer or a one-way delete left them) are absent, and the replicator's fencing token is left out.
+pub fn live<K: Eq + std::hash::Hash>(
+    items: HashMap<K, Item>,
+    attributes: &VersionAttributes,
+) -> HashMap<K, Item> {
+    items
+        .into_iter()
+        .filter_map(|(key, mut item)| {
+            item.remove(FENCE_ATTRIBUTE);
+            let tombstone = matches!(
+                item.get(&attributes.deleted),
+                Some(AttributeValue::Bool(true))
+            );
+            (!tombstone).then_some((key, item))
+        })
+        .collect()
+}
+
 /// Whether a write's condition holds against the stored item, exactly as DynamoDB evaluates the
 /// expressions from [`expression`] (a missing attribute makes a comparison false). In-process models
 /// use it.
@@ -234,6 +273,13 @@ pub fn condition_holds(
     let Some(condition) = condition else {
         return true;
     };
+    if let Condition::Fenced { fence } = condition {
+        return match current.and_then(|item| item.get(FENCE_ATTRIBUTE)) {
+            None => true,
+            Some(AttributeValue::N(stored)) => stored.parse::<u64>().is_ok_and(|s| s <= *fence),
+            Some(_) => false, // a comparison across types is false in DynamoDB
+        };
+    }
     let Some((version, origin)) = current.and_then(|item| stored_version(item, attributes)) else {
         return true; // attribute_not_exists(#v)
     };
@@ -248,6 +294,7 @@ pub fn condition_holds(
                         .is_some_and(|stored| compare_writes((*v, o), (version, &stored)).is_ge()))
         }
         Condition::NotNewerThan { version: v } => version <= *v,
+        Condition::Fenced { .. } => true, // answered above
     }
 }
 

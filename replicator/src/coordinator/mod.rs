@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::decide::{AfterExit, AfterRenewal, Observations, Requests, Snapshot};
 use crate::apply::target::TargetTable;
-use crate::config::StartPosition;
+use crate::config::{Mode, StartPosition};
 use crate::lease::{LeaseError, LeaseStore};
 use crate::stream::StreamSource;
 use crate::worker::{Engine, Held, ShardExit};
@@ -203,6 +203,20 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
             if state.running.len() >= share || shutdown.is_cancelled() {
                 break;
             }
+            // One-way writes are fenced: draw the token after observing the lease and before taking
+            // it, so every later owner of this shard (or of its children) holds a higher one.
+            let fence = if engine.plan.mode == Mode::OneWay {
+                match engine.leases.next_fence().await {
+                    Ok(fence) => fence,
+                    Err(error) => {
+                        engine.metrics.error(error.kind());
+                        tracing::warn!(shard_id = %lease.shard, error = %error, "Drawing a fencing token failed; the take waits for the next pass.");
+                        break;
+                    }
+                }
+            } else {
+                0
+            };
             let expires = crate::worker::now_millis() + duration.as_millis() as u64;
             // The lease is valid from when the take was sent, not from when its answer arrived: a
             // slow answer must not stretch this worker's belief past what other workers observe.
@@ -212,8 +226,9 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
                     took_any = true;
                     engine.metrics.lease_change("taken");
                     tracing::info!(shard_id = %taken.shard, previous_owner = ?lease.owner, "Lease taken.");
-                    let held_lease =
-                        Arc::new(Held::new(taken.clone(), shutdown.child_token(), sent));
+                    let held_lease = Arc::new(
+                        Held::new(taken.clone(), shutdown.child_token(), sent).with_fence(fence),
+                    );
                     state.next_generation += 1;
                     let generation = state.next_generation;
                     state.running.insert(

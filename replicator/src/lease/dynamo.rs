@@ -163,8 +163,14 @@ fn n(v: u64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-/// A lease row as stored (`None` when it is not a lease row).
+/// The sort key of the path's fencing-token row (not a shard: shard IDs never start with `#`).
+pub const FENCE_ROW: &str = "#fence";
+
+/// A lease row as stored (`None` when it is not a lease row, like the fencing-token row).
 pub fn decode(item: &HashMap<String, AttributeValue>) -> Option<Lease> {
+    if matches!(item.get(SHARD), Some(AttributeValue::S(shard)) if shard.starts_with('#')) {
+        return None;
+    }
     let text = |name: &str| match item.get(name) {
         Some(AttributeValue::S(v)) => Some(v.clone()),
         _ => None,
@@ -435,6 +441,37 @@ impl LeaseStore for DynamoLeases {
         match out {
             Ok(_) => Ok(()),
             Err(error) => Err(lost_or_failed(&error, observed)),
+        }
+    }
+
+    async fn next_fence(&self) -> Result<u64, LeaseError> {
+        // ADD on a missing row creates it: the first token is 1. Not conditional, so a retried call
+        // whose first attempt was applied only skips a number.
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(self.key(FENCE_ROW)))
+            .update_expression("ADD #n :one")
+            .expression_attribute_names("#n", "fence")
+            .expression_attribute_values(":one", n(1))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await
+            .map_err(|e| LeaseError::Aws(AwsFailure::from_sdk(&e)))?;
+        match out.attributes().and_then(|a| a.get("fence")) {
+            Some(AttributeValue::N(v)) => v.parse().map_err(|_| {
+                LeaseError::Aws(AwsFailure::synthetic(
+                    ErrorClass::Fatal,
+                    "lease_row",
+                    format!("the fencing-token row holds {v:?}, not a number"),
+                ))
+            }),
+            _ => Err(LeaseError::Aws(AwsFailure::synthetic(
+                ErrorClass::Fatal,
+                "lease_row",
+                "the fencing-token update returned no number",
+            ))),
         }
     }
 

@@ -10,6 +10,7 @@ use crate::stream::SeqNo;
 #[derive(Debug, Default)]
 pub struct MemoryLeases {
     rows: Mutex<BTreeMap<String, Lease>>,
+    fence: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryLeases {
@@ -184,6 +185,10 @@ impl LeaseStore for MemoryLeases {
                 counter: row.counter,
             }),
         }
+    }
+
+    async fn next_fence(&self) -> Result<u64, LeaseError> {
+        Ok(self.fence.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1)
     }
 
     async fn request_handoff(&self, observed: &Lease, worker: &str) -> Result<(), LeaseError> {

@@ -83,6 +83,10 @@ pub struct SimConfig {
     pub crash_every: Option<Duration>,
     /// Mean time between worker stalls; `None` = none.
     pub stall_every: Option<Duration>,
+    /// A stall freezes the whole worker, its writes in flight included (they land when it ends), not
+    /// only its lease calls. One-way mode only: lww hard deletes leave nothing that could fence a
+    /// frozen put (docs/replicator.md, "Stale owners").
+    pub freeze_writes: bool,
     /// Whether all workers of path A-to-B go down for longer than the retention (a gap must be reported).
     pub outage: bool,
     /// Hot keys the writers use.
@@ -141,6 +145,7 @@ impl SimConfig {
             stall_every: (switches.stalls && rng.chance(0.5))
                 .then(|| Duration::from_millis(5000 + rng.below(15_000))),
             outage: switches.trim && rng.chance(0.05),
+            freeze_writes: mode == Mode::OneWay,
             keys: 3 + rng.below(10),
             write_for: Duration::from_secs(20 + rng.below(20)),
             write_gap: (20, 200 + rng.below(400)),

@@ -332,6 +332,24 @@ impl TargetTable for SimTarget {
             settled: false,
         };
         latency(&self.world, range).await;
+        // A frozen process (a CPU-starved task, a GC-like pause) that had passed its lease check: the
+        // write reaches the table only when the pause ends, perhaps long after the lease was taken over.
+        let frozen = {
+            let mut w = lock(&self.world);
+            let now = w.now();
+            let until = w.stalled_until.get(&self.worker).copied();
+            match until.filter(|u| *u > now && w.config.freeze_writes) {
+                Some(until) => {
+                    w.count("frozen writes");
+                    w.write_frozen(&self.worker, self.region, &key, started);
+                    Some(until - now)
+                }
+                None => None,
+            }
+        };
+        if let Some(pause) = frozen {
+            tokio::time::sleep(pause).await;
+        }
         let mut guard = guard;
         let mut w = lock(&self.world);
         let attributes = w.attributes.clone();
@@ -529,6 +547,11 @@ impl LeaseStore for SimLeases {
             lock(&self.world).count("finished leases deleted");
         }
         self.answer(result)
+    }
+
+    async fn next_fence(&self) -> Result<u64, LeaseError> {
+        self.call().await?;
+        self.answer(self.leases.next_fence().await)
     }
 
     async fn request_handoff(&self, observed: &Lease, worker: &str) -> Result<(), LeaseError> {

@@ -105,6 +105,9 @@ pub struct Acknowledged {
 struct InFlight {
     worker: String,
     started: Duration,
+    /// Its process froze after the lease check: it may overlap a newer owner's writes, which is why
+    /// writes are conditional; it is left out of the one-writer check.
+    frozen: bool,
 }
 
 /// Everything simulated. Shared by all tasks behind one mutex that is never held across an await.
@@ -372,7 +375,7 @@ impl World {
     pub fn write_started(&mut self, worker: &str, region: usize, key: &str) -> Duration {
         let now = self.now();
         let list = self.in_flight.entry((region, key.to_owned())).or_default();
-        if let Some(other) = list.iter().find(|w| w.worker != worker) {
+        if let Some(other) = list.iter().find(|w| w.worker != worker && !w.frozen) {
             let text = format!(
                 "two workers apply key {key} in {} at once: {} (since {:?}) and {worker}",
                 REGIONS[region], other.worker, other.started
@@ -385,8 +388,23 @@ impl World {
             .push(InFlight {
                 worker: worker.to_owned(),
                 started: now,
+                frozen: false,
             });
         now
+    }
+
+    /// The write started at `started` by `worker` froze (see [`InFlight::frozen`]).
+    pub fn write_frozen(&mut self, worker: &str, region: usize, key: &str, started: Duration) {
+        if let Some(w) = self
+            .in_flight
+            .get_mut(&(region, key.to_owned()))
+            .and_then(|list| {
+                list.iter_mut()
+                    .find(|w| w.worker == worker && w.started == started)
+            })
+        {
+            w.frozen = true;
+        }
     }
 
     /// A replicator write ended; `settled` when it was applied or lost its condition.
