@@ -25,6 +25,16 @@ pub enum StartPosition {
     Latest,
 }
 
+/// What happens to a record that the target refuses for good (an item over 400 KB once stamped, a key
+/// or index attribute of the wrong type, a version that is not a number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnRefusedRecord {
+    /// Park it in the dead-letter table (`--dead-letter-table`) and go on with the shard.
+    DeadLetter,
+    /// Stop the shard before it until an operator acts (nothing after it is applied).
+    Stop,
+}
+
 /// `replicator run` flags. Every flag can also be given as `REPLICATOR_<FLAG>`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -53,6 +63,22 @@ pub struct RunArgs {
     /// Region of the lease table [default: the target region].
     #[arg(long, env = "REPLICATOR_LEASE_REGION")]
     pub lease_region: Option<String>,
+    /// What to do with a record that the target refuses for good.
+    #[arg(
+        long,
+        env = "REPLICATOR_ON_REFUSED_RECORD",
+        value_enum,
+        default_value = "dead-letter"
+    )]
+    pub on_refused_record: OnRefusedRecord,
+    /// Table (in the lease table's region) where refused records are parked; created (on-demand
+    /// billing) when the first one is.
+    #[arg(
+        long,
+        env = "REPLICATOR_DEAD_LETTER_TABLE",
+        default_value = "tworegion-replicator-dead-letters"
+    )]
+    pub dead_letter_table: String,
     /// This worker's name in the lease table [default: <hostname>-<pid>].
     #[arg(long, env = "REPLICATOR_WORKER_ID")]
     pub worker_id: Option<String>,
@@ -238,6 +264,8 @@ pub struct Config {
     pub mode: Mode,
     /// The lease table.
     pub lease: TableRef,
+    /// Where refused records are parked (`None`: `--on-refused-record stop`).
+    pub dead_letters: Option<TableRef>,
     /// This worker's name.
     pub worker_id: String,
     /// Where /metrics, /healthz, /readyz listen.
@@ -323,6 +351,25 @@ impl RunArgs {
             },
             table: table_name("lease-table", &self.lease_table)?,
         };
+        let dead_letters = match self.on_refused_record {
+            OnRefusedRecord::Stop => None,
+            OnRefusedRecord::DeadLetter => Some(TableRef {
+                region: lease.region.clone(),
+                table: table_name("dead-letter-table", &self.dead_letter_table)?,
+            }),
+        };
+        if dead_letters
+            .as_ref()
+            .is_some_and(|d| d.table == lease.table)
+        {
+            return Err(bad(
+                "dead-letter-table",
+                format!(
+                    "{:?} is the lease table; give the dead letters a table of their own",
+                    self.dead_letter_table
+                ),
+            ));
+        }
         let worker_id = self.worker_id.unwrap_or(default_worker_id);
         if worker_id.is_empty() || worker_id.len() > 256 {
             return Err(bad("worker-id", "must have 1 to 256 characters"));
@@ -437,6 +484,7 @@ impl RunArgs {
             target,
             mode: self.mode,
             lease,
+            dead_letters,
             worker_id,
             metrics_addr,
             start_position: self.start_position,

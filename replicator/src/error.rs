@@ -24,8 +24,11 @@ pub struct AwsFailure {
     pub kind: &'static str,
     /// The service's error code, if it gave one.
     pub code: Option<String>,
-    /// The full message, for logs.
+    /// What went wrong, for logs: `Code: the service's message` for a service error, the cause chain
+    /// otherwise (never a dump of the raw HTTP response).
     pub message: String,
+    /// The service's request ID, when it answered (for AWS support).
+    pub request_id: Option<String>,
 }
 
 const THROTTLING: &[&str] = &[
@@ -70,7 +73,18 @@ impl AwsFailure {
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        let message = DisplayErrorContext(error).to_string();
+        use aws_sdk_dynamodb::operation::RequestId;
+        let request_id = error.request_id().map(str::to_owned);
+        let message = match error {
+            SdkError::ServiceError(service) => {
+                let code = service.err().code().unwrap_or("UnknownError");
+                match service.err().message() {
+                    Some(text) => format!("{code}: {text}"),
+                    None => format!("{code} (HTTP {})", service.raw().status().as_u16()),
+                }
+            }
+            other => DisplayErrorContext(other).to_string(),
+        };
         let (class, kind, code) = match error {
             SdkError::TimeoutError(_) => (ErrorClass::Retryable, "timeout", None),
             SdkError::DispatchFailure(_) => (ErrorClass::Retryable, "dispatch", None),
@@ -89,6 +103,7 @@ impl AwsFailure {
             kind,
             code,
             message,
+            request_id,
         }
     }
 
@@ -99,6 +114,7 @@ impl AwsFailure {
             kind,
             code: None,
             message: message.into(),
+            request_id: None,
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod admin;
 pub mod apply;
 pub mod config;
 pub mod coordinator;
+pub mod dead_letter;
 pub mod error;
 pub mod item;
 pub mod lease;
@@ -169,6 +170,14 @@ pub async fn run(
         lease_table = %config.lease, stream_arn = %checked.stream_arn, metrics_addr = %bound,
         "Replicator started."
     );
+    let dead_letters: Option<Arc<dyn dead_letter::DeadLetterSink>> =
+        config.dead_letters.as_ref().map(|table| {
+            Arc::new(dead_letter::dynamo::DynamoDeadLetters::new(
+                lease_ddb.clone(),
+                table.table.clone(),
+                path.clone(),
+            )) as Arc<dyn dead_letter::DeadLetterSink>
+        });
     let engine = Arc::new(Engine {
         source: Arc::new(AwsStream::new(streams, checked.stream_arn.clone())),
         target: Arc::new(AwsTarget::new(
@@ -181,6 +190,7 @@ pub async fn run(
             config.lease.table.clone(),
             path,
         )),
+        dead_letters,
         plan: PlanContext::new(
             config.mode,
             config.source.region.clone(),

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub oldest_unapplied_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Shards held that have made no progress for the stall timeout.
     pub shards_stalled: Gauge,
+    /// Records the target refused for good, parked in the dead-letter table.
+    pub dead_letters: Counter,
 }
 
 fn lag_histogram() -> Histogram {
@@ -94,6 +96,7 @@ impl Default for Metrics {
             restamped: Counter::default(),
             oldest_unapplied_age: Gauge::default(),
             shards_stalled: Gauge::default(),
+            dead_letters: Counter::default(),
         };
         registry.register(
             "records_read",
@@ -169,6 +172,11 @@ impl Default for Metrics {
             "shards_stalled",
             "Shards held that made no progress for the stall timeout",
             m.shards_stalled.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Records the target refused for good, parked in the dead-letter table",
+            m.dead_letters.clone(),
         );
         Metrics { registry, ..m }
     }

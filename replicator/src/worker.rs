@@ -24,6 +24,7 @@ use crate::apply::retry::{GaveUp, RetryPolicy};
 use crate::apply::target::{Outcome, TargetTable};
 use crate::apply::watermark::Watermark;
 use crate::config::{StartPosition, Tuning};
+use crate::dead_letter::{DeadLetter, DeadLetterSink, refused_for_good};
 use crate::error::{AwsFailure, ErrorClass};
 use crate::lease::{Lease, LeaseError, LeaseStore};
 use crate::metrics::{Health, Metrics};
@@ -55,6 +56,9 @@ pub struct Engine<S, T, L> {
     pub in_flight: Arc<Semaphore>,
     /// Seeds retry jitter.
     pub jitter_seed: AtomicU64,
+    /// Where records the target refuses for good are parked; `None`: the shard stops instead
+    /// (`--on-refused-record stop`).
+    pub dead_letters: Option<Arc<dyn DeadLetterSink>>,
 }
 
 /// A lease this worker holds, shared by the shard task (checkpoints) and the lease loop (renewals).
@@ -119,6 +123,16 @@ impl Held {
         }
         result
     }
+}
+
+/// How parking refused records went.
+enum Parked {
+    /// Every record is in the dead-letter table.
+    Yes,
+    /// Told to stop first.
+    Stopped,
+    /// The dead-letter table refused for good: stop the shard.
+    Failed,
 }
 
 /// How a shard task ended.
@@ -493,6 +507,63 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
         ShardExit::Finished
     }
 
+    /// Parks refused records in the dead-letter table (retrying until it works, the worker is told to
+    /// stop, or the table refuses for good).
+    async fn park(
+        &self,
+        shard: &str,
+        records: &[&Change],
+        failure: &AwsFailure,
+        stop: &CancellationToken,
+    ) -> Parked {
+        let Some(sink) = &self.dead_letters else {
+            return Parked::Failed;
+        };
+        let retry = self.retry();
+        for change in records {
+            let letter = DeadLetter {
+                shard: shard.to_owned(),
+                change: (*change).clone(),
+                error: failure.message.clone(),
+                code: failure.code.clone(),
+                request_id: failure.request_id.clone(),
+                worker: self.worker_id.clone(),
+                at_ms: now_millis(),
+                images_omitted: false,
+            };
+            let seed = self.jitter_seed.fetch_add(1, Ordering::Relaxed);
+            let result = retry
+                .run(
+                    stop,
+                    seed,
+                    |f| self.metrics.error(f.kind),
+                    || sink.park(&letter),
+                )
+                .await;
+            match result {
+                Ok(()) => {
+                    self.metrics.dead_letters.inc();
+                    tracing::error!(
+                        shard_id = %shard, table = %self.target_name, key = %crate::item::key_string(&change.keys),
+                        seq = %change.seq, error = %failure, code = ?failure.code, request_id = ?failure.request_id,
+                        "The target refused a record for good; it is parked in the dead-letter table and the shard goes on (replicator dlq list)."
+                    );
+                }
+                Err(GaveUp::Stopped) => return Parked::Stopped,
+                Err(GaveUp::Fatal(parking)) => {
+                    self.metrics.error(parking.kind);
+                    tracing::error!(
+                        shard_id = %shard, table = %self.target_name, key = %crate::item::key_string(&change.keys),
+                        seq = %change.seq, error = %failure, parking_error = %parking,
+                        "The target refused a record and it could not be parked; the shard is stopped."
+                    );
+                    return Parked::Failed;
+                }
+            }
+        }
+        Parked::Yes
+    }
+
     /// Applies a batch. Returns the new watermark (if it moved) and whether the shard must halt.
     pub async fn apply_batch(
         &self,
@@ -503,17 +574,37 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
         let stop = &held.stop;
         let lease_duration = self.tuning.lease_duration;
         let mut watermark = Watermark::new(changes.iter().map(|c| c.seq.clone()).collect());
-        let plan = match self.plan.plan(changes) {
-            Ok(plan) => plan,
-            Err(error) => {
-                self.metrics.error("unappliable_record");
+        let plan = self.plan.plan_all(changes);
+        if !plan.refused.is_empty() {
+            self.metrics.error("unappliable_record");
+            if self.dead_letters.is_none() {
+                let (_, error) = &plan.refused[0];
                 tracing::error!(
                     shard_id = %shard, table = %self.target_name, key = %error.key, seq = %error.seq,
-                    error = %error.problem, "A record cannot be applied; the shard is stopped."
+                    error = %error.problem, "A record cannot be applied; the shard is stopped (--on-refused-record stop)."
                 );
                 return (None, true);
             }
-        };
+            for (index, error) in &plan.refused {
+                let parked = self
+                    .park(
+                        shard,
+                        &[&changes[*index]],
+                        &AwsFailure::synthetic(
+                            ErrorClass::Fatal,
+                            "unappliable_record",
+                            error.problem.clone(),
+                        ),
+                        stop,
+                    )
+                    .await;
+                match parked {
+                    Parked::Yes => watermark.settle(&[*index]),
+                    Parked::Stopped => return (watermark.advance(), false),
+                    Parked::Failed => return (watermark.advance(), true),
+                }
+            }
+        }
         for (index, reason) in &plan.skipped {
             self.metrics
                 .records_skipped
@@ -617,10 +708,28 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
                 Err(GaveUp::Stopped) => {}
                 Err(GaveUp::Fatal(failure)) => {
                     self.metrics.error(failure.kind);
-                    tracing::error!(
-                        shard_id = %shard, table = %self.target_name, key = %planned.key, error = %failure,
-                        "A record cannot be applied; the shard is stopped."
-                    );
+                    if self.dead_letters.is_some() && refused_for_good(&failure) {
+                        // The record's own problem: park every record the refused write covers, and go on.
+                        let covered: Vec<&Change> =
+                            planned.covers.iter().map(|&i| &changes[i]).collect();
+                        match self.park(shard, &covered, &failure, stop).await {
+                            Parked::Yes => {
+                                watermark.settle(&planned.covers);
+                                continue;
+                            }
+                            Parked::Stopped => {
+                                batch_stop.cancel();
+                                continue;
+                            }
+                            Parked::Failed => {}
+                        }
+                    } else {
+                        tracing::error!(
+                            shard_id = %shard, table = %self.target_name, key = %planned.key,
+                            error = %failure, code = ?failure.code, request_id = ?failure.request_id,
+                            "A write failed for good; the shard is stopped until an operator acts."
+                        );
+                    }
                     halted = true;
                     batch_stop.cancel();
                 }

@@ -21,6 +21,7 @@ use replicator::apply::plan::PlanContext;
 use replicator::apply::target::{MemoryTarget, Outcome, TargetTable, Write};
 use replicator::config::{Mode, StartPosition, Tuning};
 use replicator::coordinator;
+use replicator::dead_letter::MemoryDeadLetters;
 use replicator::error::{AwsFailure, ErrorClass};
 use replicator::item::{Item, key_string};
 use replicator::lease::memory::MemoryLeases;
@@ -297,6 +298,8 @@ fn engine_from<T: TargetTable>(
         health: Arc::new(Health::new(tuning.lease_interval(), tuning.stall_timeout)),
         in_flight: Arc::new(Semaphore::new(tuning.max_in_flight)),
         jitter_seed: AtomicU64::new(7),
+        // The stop policy unless a test parks refused records (`with_dead_letters`).
+        dead_letters: None,
         tuning,
     })
 }
@@ -766,6 +769,56 @@ fn trimmed_gap_found_while_reading_halts_the_shard() {
 // ---------------------------------------------------------------------------------------------
 // 5. A fatal apply error stops the shard
 // ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_refused_record_is_parked_and_the_records_after_it_are_applied() {
+    model_test(|| async {
+        let stream = Arc::new(MemoryStream::default());
+        let target = Arc::new(ModelTarget::failing_on("bad"));
+        let leases = Arc::new(MemoryLeases::default());
+        let parked = Arc::new(MemoryDeadLetters::default());
+        stream.open_shard("s1", None);
+        put(&stream, "s1", "a", "a1");
+        let failing = put(&stream, "s1", "bad", "x");
+        put(&stream, "s1", "c", "c1");
+        let last = put(&stream, "s1", "d", "d1");
+        stream.split("s1", &[]);
+        let mut engine = engine(
+            "w1",
+            Mode::OneWay,
+            Tuning {
+                batch_size: 2,
+                ..tuning()
+            },
+            &stream,
+            &target,
+            &leases,
+        );
+        Arc::get_mut(&mut engine).expect("unshared").dead_letters = Some(parked.clone());
+        let held = take_lease(&leases, "s1", "w1").await;
+        let exit = run_shard_to_end(&engine, held).await;
+
+        assert_eq!(exit, ShardExit::Finished, "the shard goes on");
+        assert_eq!(lease(&leases, "s1").checkpoint, Some(last));
+        assert_eq!(
+            target.live_items(),
+            state(&[("a", "a1"), ("c", "c1"), ("d", "d1")])
+        );
+        let letters = parked.letters();
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        assert_eq!(letters[0].shard, "s1");
+        assert_eq!(letters[0].change.seq, failing);
+        assert!(
+            letters[0].error.contains("item bad is invalid"),
+            "{}",
+            letters[0].error
+        );
+        assert_eq!(
+            metric(&engine.metrics, "replicator_dead_letters_total"),
+            Some(1.0)
+        );
+    });
+}
 
 #[test]
 fn fatal_apply_error_halts_the_shard_before_the_failing_record() {

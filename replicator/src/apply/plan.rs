@@ -97,6 +97,8 @@ pub struct Plan {
     /// lww: records whose data changed while their stamp did not (a writer that does not stamp),
     /// replicated with a fresh version.
     pub restamped: usize,
+    /// Records that cannot be turned into a write (a version that is not a number, no image), with why.
+    pub refused: Vec<(usize, PlanError)>,
 }
 
 enum Decision {
@@ -296,10 +298,27 @@ impl PlanContext {
 
     /// Plans a batch. An error names the first record that cannot be applied.
     pub fn plan(&self, changes: &[Change]) -> Result<Plan, PlanError> {
+        let mut plan = self.plan_all(changes);
+        if plan.refused.is_empty() {
+            Ok(plan)
+        } else {
+            Err(plan.refused.swap_remove(0).1)
+        }
+    }
+
+    /// Plans a batch, setting aside (in `refused`) the records that cannot be turned into writes.
+    pub fn plan_all(&self, changes: &[Change]) -> Plan {
         let mut plan = Plan::default();
         let mut by_key: HashMap<String, usize> = HashMap::new();
         for (index, change) in changes.iter().enumerate() {
-            match self.decide(change, &mut plan)? {
+            let decision = match self.decide(change, &mut plan) {
+                Ok(decision) => decision,
+                Err(error) => {
+                    plan.refused.push((index, error));
+                    continue;
+                }
+            };
+            match decision {
                 Decision::Skip(reason) => plan.skipped.push((index, reason)),
                 Decision::Write(write, version_millis) => {
                     let key = key_string(&change.keys);
@@ -335,7 +354,7 @@ impl PlanContext {
                 }
             }
         }
-        Ok(plan)
+        plan
     }
 }
 

@@ -38,16 +38,18 @@ impl DynamoLeases {
     }
 }
 
-/// A lease-table problem found at start-up.
+/// A problem with the lease table (or the dead-letter table) found when making sure it exists.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseTableError {
     /// The table exists with another key schema.
     #[error(
-        "lease table {table} exists but its key schema is not (path: S HASH, shard: S RANGE); use another --lease-table"
+        "table {table} exists but its key schema is not (path: S HASH, {range}: S RANGE); name another table"
     )]
     WrongSchema {
         /// The table.
         table: String,
+        /// The sort key it should have.
+        range: String,
     },
     /// Creating or describing failed.
     #[error("lease table {table}: {source}")]
@@ -67,6 +69,16 @@ pub enum LeaseTableError {
 
 /// Makes sure the lease table exists with the right key schema, creating it (on-demand) if missing.
 pub async fn ensure_table(client: &Client, table: &str) -> Result<(), LeaseTableError> {
+    ensure_keyed_table(client, table, SHARD).await
+}
+
+/// Makes sure `table` exists with the key schema (`path`: S HASH, `range`: S RANGE), creating it
+/// (on-demand billing) if missing.
+pub async fn ensure_keyed_table(
+    client: &Client,
+    table: &str,
+    range: &str,
+) -> Result<(), LeaseTableError> {
     let aws = |source: AwsFailure| LeaseTableError::Aws {
         table: table.to_owned(),
         source,
@@ -82,11 +94,12 @@ pub async fn ensure_table(client: &Client, table: &str) -> Result<(), LeaseTable
                 .collect();
             let expected = vec![
                 (PATH.to_owned(), KeyType::Hash),
-                (SHARD.to_owned(), KeyType::Range),
+                (range.to_owned(), KeyType::Range),
             ];
             if schema != expected {
                 return Err(LeaseTableError::WrongSchema {
                     table: table.to_owned(),
+                    range: range.to_owned(),
                 });
             }
         }
@@ -95,7 +108,7 @@ pub async fn ensure_table(client: &Client, table: &str) -> Result<(), LeaseTable
             if failure.kind != "not_found" {
                 return Err(aws(failure));
             }
-            tracing::info!(table, "Creating the lease table (on-demand billing).");
+            tracing::info!(table, "Creating the table (on-demand billing).");
             let attr = |name: &str| {
                 AttributeDefinition::builder()
                     .attribute_name(name)
@@ -110,8 +123,8 @@ pub async fn ensure_table(client: &Client, table: &str) -> Result<(), LeaseTable
             };
             let built = (|| {
                 Ok::<_, aws_sdk_dynamodb::error::BuildError>((
-                    vec![attr(PATH)?, attr(SHARD)?],
-                    vec![key(PATH, KeyType::Hash)?, key(SHARD, KeyType::Range)?],
+                    vec![attr(PATH)?, attr(range)?],
+                    vec![key(PATH, KeyType::Hash)?, key(range, KeyType::Range)?],
                 ))
             })()
             .map_err(|e| {

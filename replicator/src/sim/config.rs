@@ -87,6 +87,9 @@ pub struct SimConfig {
     /// only its lease calls. One-way mode only: lww hard deletes leave nothing that could fence a
     /// frozen put (docs/replicator.md, "Stale owners").
     pub freeze_writes: bool,
+    /// Probability that a workload put or update writes an item the target refuses for good (a
+    /// "poison" record: it must be parked as a dead letter, and the records after it applied).
+    pub poison: f64,
     /// Whether all workers of path A-to-B go down for longer than the retention (a gap must be reported).
     pub outage: bool,
     /// Hot keys the writers use.
@@ -146,6 +149,11 @@ impl SimConfig {
                 .then(|| Duration::from_millis(5000 + rng.below(15_000))),
             outage: switches.trim && rng.chance(0.05),
             freeze_writes: mode == Mode::OneWay,
+            poison: if switches.errors && rng.chance(0.3) {
+                0.02
+            } else {
+                0.0
+            },
             keys: 3 + rng.below(10),
             write_for: Duration::from_secs(20 + rng.below(20)),
             write_gap: (20, 200 + rng.below(400)),

@@ -14,11 +14,12 @@ use tworegion_common::version::{Version, compare_writes};
 
 use super::config::{SimConfig, Switches};
 use super::rng::Rng;
-use super::seams::{SimLeases, SimSource, SimTarget};
+use super::seams::{POISON, SimDeadLetters, SimLeases, SimSource, SimTarget};
 use super::world::{Acknowledged, REGIONS, Shared, World, lock};
 use crate::apply::plan::PlanContext;
 use crate::apply::target::stored_version;
 use crate::config::{Mode, StartPosition, Tuning};
+use crate::dead_letter::MemoryDeadLetters;
 use crate::item::Item;
 use crate::lease::memory::MemoryLeases;
 use crate::metrics::{Health, Metrics};
@@ -61,6 +62,7 @@ struct WorkerSlot {
 
 struct Paths {
     leases: [Arc<MemoryLeases>; 2],
+    dead_letters: [Arc<MemoryDeadLetters>; 2],
     slots: Vec<WorkerSlot>,
     next_id: u64,
     dead_metrics: Vec<(usize, Arc<Metrics>)>,
@@ -153,6 +155,11 @@ fn spawn_worker(world: &Shared, paths: &mut Paths, path: usize, sabotage: Sabota
                 health: Arc::new(Health::new(tuning.lease_interval(), tuning.stall_timeout)),
                 in_flight: Arc::new(Semaphore::new(tuning.max_in_flight)),
                 jitter_seed: AtomicU64::new(paths.next_id * 1_000_000),
+                dead_letters: Some(Arc::new(SimDeadLetters {
+                    world: world.clone(),
+                    store: paths.dead_letters[path].clone(),
+                    source: path,
+                })),
             })
         };
     }
@@ -201,7 +208,12 @@ fn workload_write(world: &mut World, region: usize, writer_clock: &mut u64) {
     let version = Version(*writer_clock);
     let origin = REGIONS[region].to_owned();
     let size = if world.rng.chance(0.05) { 30_000 } else { 20 };
-    let text = format!("{origin} #{version} {}", "x".repeat(size));
+    let poison = world.config.poison;
+    let text = if poison > 0.0 && world.rng.chance(poison) {
+        format!("{POISON} {origin} #{version}")
+    } else {
+        format!("{origin} #{version} {}", "x".repeat(size))
+    };
     let (new, kind) = match op {
         // hard delete of an existing item
         0 if current.is_some() => (None, "hard-delete"),
@@ -469,6 +481,10 @@ async fn simulate(
             Arc::new(MemoryLeases::default()),
             Arc::new(MemoryLeases::default()),
         ],
+        dead_letters: [
+            Arc::new(MemoryDeadLetters::default()),
+            Arc::new(MemoryDeadLetters::default()),
+        ],
         slots: Vec::new(),
         next_id: 0,
         dead_metrics: Vec::new(),
@@ -633,7 +649,38 @@ fn check(w: &mut World, mode: Mode, metrics: &[(usize, Arc<Metrics>)]) {
     if lost_any {
         return; // data was lost and reported: the tables cannot match
     }
-    let (a, b) = (w.regions[0].table.clone(), w.regions[1].table.clone());
+    let (mut a, mut b) = (w.regions[0].table.clone(), w.regions[1].table.clone());
+    // Keys whose current item (in either region) or highest acknowledged write is a poison record: the
+    // target refused it for good, so the regions may rightly differ there, but only if it was parked
+    // as a dead letter (nothing dropped silently). They are left out of the comparisons below.
+    let is_poison = |item: Option<&Item>| matches!(item.and_then(|i| i.get("text")), Some(AttributeValue::S(t)) if t.starts_with(POISON));
+    let mut poisoned: Vec<String> = a
+        .iter()
+        .chain(b.iter())
+        .filter(|(_, item)| is_poison(Some(item)))
+        .map(|(key, _)| key.clone())
+        .collect();
+    if mode == Mode::Lww {
+        for (key, writes) in &w.history {
+            if let Expect::Highest(item) = expected(writes)
+                && is_poison(item.as_ref())
+            {
+                poisoned.push(key.clone());
+            }
+        }
+    }
+    poisoned.sort();
+    poisoned.dedup();
+    for key in &poisoned {
+        let parked = w.dead_letters.iter().any(|d| d.values().any(|k| k == key));
+        if !parked {
+            w.violation(format!(
+                "key {key} ends with a record the target refuses, which was neither applied nor parked as a dead letter"
+            ));
+        }
+        a.remove(key);
+        b.remove(key);
+    }
     match mode {
         Mode::OneWay => {
             // What a reader that follows the convention sees: tombstones (the workload's soft deletes,
@@ -661,6 +708,9 @@ fn check(w: &mut World, mode: Mode, metrics: &[(usize, Arc<Metrics>)]) {
             }
             let history = w.history.clone();
             for (key, writes) in &history {
+                if poisoned.contains(key) {
+                    continue;
+                }
                 let want = match expected(writes) {
                     Expect::Highest(item) => item,
                     Expect::AnyAcknowledged(items) => {

@@ -19,6 +19,7 @@ fn throttled(code: &str) -> AwsFailure {
         kind: "throttled",
         code: Some(code.to_owned()),
         message: format!("{code} (simulated)"),
+        request_id: None,
     }
 }
 
@@ -28,6 +29,7 @@ fn server_error() -> AwsFailure {
         kind: "server",
         code: Some("InternalServerError".to_owned()),
         message: "HTTP 500 (simulated)".to_owned(),
+        request_id: None,
     }
 }
 
@@ -291,8 +293,29 @@ pub struct SimTarget {
     pub worker: String,
 }
 
+/// Items whose text starts with this are refused by every target for good (a poison record).
+pub const POISON: &str = "POISON";
+
+fn poisoned(write: &Write) -> bool {
+    matches!(write, Write::Put { item, .. }
+        if matches!(item.get("text"), Some(AttributeValue::S(t)) if t.starts_with(POISON)))
+}
+
 impl TargetTable for SimTarget {
     async fn write(&self, write: &Write) -> Result<Outcome, AwsFailure> {
+        if poisoned(write) {
+            let range = lock(&self.world).config.local_latency;
+            latency(&self.world, range).await;
+            lock(&self.world).count("refused writes");
+            return Err(AwsFailure {
+                class: ErrorClass::Fatal,
+                kind: "validation",
+                code: Some("ValidationException".to_owned()),
+                message: "ValidationException: Item size has exceeded the maximum allowed size (simulated)"
+                    .to_owned(),
+                request_id: None,
+            });
+        }
         let key = match write {
             Write::Put { item, .. } => item.get("id"),
             Write::Delete { key, .. } => key.get("id"),
@@ -557,5 +580,39 @@ impl LeaseStore for SimLeases {
     async fn request_handoff(&self, observed: &Lease, worker: &str) -> Result<(), LeaseError> {
         self.call().await?;
         self.answer(self.leases.request_handoff(observed, worker).await)
+    }
+}
+
+/// One path's dead letters, noting in the world which records were parked (they count as settled for
+/// the checkpoint check).
+#[derive(Debug)]
+pub struct SimDeadLetters {
+    /// The world.
+    pub world: Shared,
+    /// The path's parked records.
+    pub store: Arc<crate::dead_letter::MemoryDeadLetters>,
+    /// The path's source region.
+    pub source: usize,
+}
+
+impl crate::dead_letter::DeadLetterSink for SimDeadLetters {
+    fn park<'a>(
+        &'a self,
+        letter: &'a crate::dead_letter::DeadLetter,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), AwsFailure>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let range = lock(&self.world).config.local_latency;
+            latency(&self.world, range).await;
+            {
+                let mut w = lock(&self.world);
+                let p = w.config.server_error;
+                if !w.healed && w.rng.chance(p) {
+                    return Err(server_error());
+                }
+                w.parked(self.source, &letter.shard, &letter.change);
+            }
+            self.store.park(letter).await
+        })
     }
 }

@@ -148,6 +148,8 @@ pub struct World {
     pub started: [BTreeMap<String, usize>; 2],
     /// Counters for the summary.
     pub stats: BTreeMap<&'static str, u64>,
+    /// Per path: records parked as dead letters, by (shard, seq), with their key.
+    pub dead_letters: [BTreeMap<(String, SeqNo), String>; 2],
 }
 
 /// The shared world.
@@ -185,6 +187,7 @@ impl World {
             checkpoints: [BTreeMap::new(), BTreeMap::new()],
             started: [BTreeMap::new(), BTreeMap::new()],
             stats: BTreeMap::new(),
+            dead_letters: [BTreeMap::new(), BTreeMap::new()],
         };
         for region in 0..2 {
             let n = world.config.initial_shards.max(1) as u64;
@@ -465,6 +468,26 @@ impl World {
             Some(AttributeValue::S(origin)) if origin == REGIONS[1 - source])
     }
 
+    /// A record of `shard` on path `source` was parked as a dead letter.
+    pub fn parked(&mut self, source: usize, shard: &str, change: &Change) {
+        let key = match change.keys.get("id") {
+            Some(AttributeValue::S(id)) => id.clone(),
+            _ => crate::item::key_string(&change.keys),
+        };
+        if self.dead_letters[source]
+            .insert((shard.to_owned(), change.seq.clone()), key.clone())
+            .is_none()
+        {
+            self.count("dead letters");
+            self.event(|| {
+                format!(
+                    "dead letter {} {shard} {} {key}",
+                    REGIONS[source], change.seq
+                )
+            });
+        }
+    }
+
     /// A lease change marked `shard` of path `source` as started (its first read is about to happen).
     pub fn shard_started(&mut self, source: usize, shard: &str) {
         if !self.started[source].contains_key(shard) {
@@ -508,7 +531,9 @@ impl World {
                 if previous.as_ref().is_some_and(|p| &r.seq <= p) || &r.seq > seq {
                     continue;
                 }
-                if self.skippable(r, source) {
+                if self.skippable(r, source)
+                    || self.dead_letters[source].contains_key(&(shard.to_owned(), r.seq.clone()))
+                {
                     continue;
                 }
                 let key = crate::item::key_string(&r.keys);
