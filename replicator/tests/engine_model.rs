@@ -1583,6 +1583,50 @@ fn children_of_a_halted_parent_never_start() {
 }
 
 #[test]
+fn after_an_outage_a_shard_whose_parent_was_trimmed_away_starts_at_its_first_record_and_reports_the_gap()
+{
+    model_test(|| async {
+        // Fresh seed 900108's kind: replication began on p; during an outage longer than the retention
+        // p split into c, c into g; p and c were trimmed away and left the listing, and g's first record
+        // was trimmed too. g must be read as a child (AT its first record: a reported gap), not as a new
+        // root from the trim horizon (which silently skipped k1).
+        let stream = Arc::new(MemoryStream::default());
+        let target = Arc::new(MemoryTarget::new(&["id"], VersionAttributes::default()));
+        let leases = Arc::new(MemoryLeases::default());
+        stream.open_shard("p", None);
+        let first = put(&stream, "p", "k0", "v");
+        let first_engine = engine("w1", Mode::OneWay, tuning(), &stream, &target, &leases);
+        let worker = start(&first_engine);
+        eventually("p's first record to be checkpointed", || {
+            leases.get("p").and_then(|l| l.checkpoint) == Some(first.clone())
+        })
+        .await;
+        stop(worker).await;
+        // The outage.
+        put(&stream, "p", "k9", "lost");
+        stream.split("p", &["c"]);
+        put(&stream, "c", "k8", "lost");
+        stream.split("c", &["g"]);
+        put(&stream, "g", "k1", "lost");
+        put(&stream, "g", "k2", "v");
+        stream.unlist("p");
+        stream.unlist("c");
+        stream.trim("g", 1);
+        let second = engine("w2", Mode::OneWay, tuning(), &stream, &target, &leases);
+        let worker = start(&second);
+        eventually("both gaps to be reported", || {
+            metric(&second.metrics, "replicator_gaps_total") == Some(2.0)
+        })
+        .await;
+        stop(worker).await;
+        assert_eq!(lease(&leases, "g").parents, vec!["c".to_owned()]);
+        assert_eq!(lease(&leases, "g").checkpoint, None, "g halted before anything");
+        assert_eq!(text_of(&target.live_items(), "k2"), None, "nothing after the gap");
+        assert_eq!(text_of(&target.live_items(), "k0").as_deref(), Some("v"));
+    });
+}
+
+#[test]
 fn child_records_trimmed_before_the_child_started_are_reported_as_a_gap() {
     model_test(|| async {
         let stream = Arc::new(MemoryStream::default());

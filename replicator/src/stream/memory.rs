@@ -17,6 +17,8 @@ struct ShardState {
     records: Vec<Change>,
     trimmed: usize,
     closed: bool,
+    /// Gone from DescribeStream (closed and trimmed away, 24 hours after it closed).
+    gone: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +63,7 @@ impl MemoryStream {
             records: Vec::new(),
             trimmed: 0,
             closed: false,
+            gone: false,
         });
     }
 
@@ -114,6 +117,16 @@ impl MemoryStream {
         }
     }
 
+    /// Drops a closed shard from the listing, with all its records (as DynamoDB does 24 hours after the
+    /// shard closed): GetShardIterator on it then fails as trimmed.
+    pub fn unlist(&self, shard: &str) {
+        let mut state = self.lock();
+        if let Some(s) = state.shards.iter_mut().find(|s| s.id == shard) {
+            s.gone = true;
+            s.trimmed = s.records.len();
+        }
+    }
+
     /// Makes every iterator handed out so far expire (the 15-minute limit, compressed).
     pub fn expire_iterators(&self) {
         for cursor in self.lock().cursors.values_mut() {
@@ -138,6 +151,7 @@ impl StreamSource for MemoryStream {
             .lock()
             .shards
             .iter()
+            .filter(|s| !s.gone)
             .map(|s| Shard {
                 id: s.id.clone(),
                 parent: s.parent.clone(),
@@ -170,7 +184,7 @@ impl StreamSource for MemoryStream {
         let index = state
             .shards
             .iter()
-            .position(|s| s.id == shard)
+            .position(|s| s.id == shard && !s.gone)
             .ok_or_else(|| StreamError::Trimmed(format!("no shard {shard}")))?;
         let s = &state.shards[index];
         let position = match at {
