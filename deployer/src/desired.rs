@@ -392,6 +392,7 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
             let task_role = format!("{prefix}-replicator-{r}");
             let exec_role = format!("{prefix}-replicator-exec-{r}");
             let lease_table = format!("{prefix}-replicator-leases");
+            let dead_letter_table = format!("{prefix}-replicator-dead-letters");
             let network = f.replicator.network.get(region);
             out.push(Resource::new(
                 Kind::EcsCluster,
@@ -416,17 +417,21 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
                         "Statement": [
                             // What the replicator calls: the source stream (startup and
                             // stream/aws.rs), both tables' descriptions (startup), conditional
-                            // writes to the target (apply/target.rs), the lease table
-                            // (lease/dynamo.rs, created on-demand if missing).
+                            // writes to the target (apply/target.rs) and its TTL setting
+                            // (startup), the lease table (lease/dynamo.rs) and the dead-letter
+                            // table (dead_letter/dynamo.rs), both created on demand if missing.
                             { "Effect": "Allow",
                               "Action": ["dynamodb:DescribeStream", "dynamodb:GetShardIterator", "dynamodb:GetRecords"],
                               "Resource": format!("arn:{}:dynamodb:{other}:*:table/{}/stream/*", partition(other), f.table.name) },
                             { "Effect": "Allow", "Action": ["dynamodb:DescribeTable"],
                               "Resource": [format!("arn:{}:dynamodb:{other}:*:table/{}", partition(other), f.table.name), table_arn] },
-                            { "Effect": "Allow", "Action": ["dynamodb:PutItem", "dynamodb:DeleteItem"], "Resource": table_arn },
+                            { "Effect": "Allow", "Action": ["dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:DescribeTimeToLive"], "Resource": table_arn },
                             { "Effect": "Allow",
                               "Action": ["dynamodb:CreateTable", "dynamodb:DescribeTable", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query"],
-                              "Resource": format!("arn:{arn}:dynamodb:{r}:*:table/{lease_table}") }
+                              "Resource": [
+                                  format!("arn:{arn}:dynamodb:{r}:*:table/{lease_table}"),
+                                  format!("arn:{arn}:dynamodb:{r}:*:table/{dead_letter_table}")
+                              ] }
                         ]
                     },
                     "tags": tags,
@@ -470,6 +475,7 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
                         "REPLICATOR_SOURCE_REGION": other, "REPLICATOR_SOURCE_TABLE": f.table.name,
                         "REPLICATOR_TARGET_REGION": r, "REPLICATOR_TARGET_TABLE": f.table.name,
                         "REPLICATOR_MODE": f.replicator.mode, "REPLICATOR_LEASE_TABLE": lease_table,
+                        "REPLICATOR_DEAD_LETTER_TABLE": dead_letter_table,
                         "REPLICATOR_METRICS_ADDR": "0.0.0.0:9464"
                     },
                     "health_check": ["CMD", "/replicator", "healthcheck"],
@@ -665,6 +671,7 @@ image = "img"
                 "dynamodb:DeleteItem",
                 "dynamodb:DescribeStream",
                 "dynamodb:DescribeTable",
+                "dynamodb:DescribeTimeToLive",
                 "dynamodb:GetRecords",
                 "dynamodb:GetShardIterator",
                 "dynamodb:PutItem",

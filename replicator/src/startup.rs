@@ -1,10 +1,14 @@
 //! Start-up checks: refuse to run, with a message that says what to fix, rather than fail later.
+//!
+//! Some findings do not stop the replicator because correctness does not depend on them (the target's
+//! Time to Live, a short `--tombstone-ttl`): they are logged as warnings and returned in [`Checked`].
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{KeyType, StreamViewType, TableDescription};
+use aws_sdk_dynamodb::types::{KeyType, StreamViewType, TableDescription, TimeToLiveStatus};
 
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, Tuning};
 use crate::error::AwsFailure;
 
 /// What start-up found wrong.
@@ -85,6 +89,204 @@ pub struct Checked {
     pub stream_arn: String,
     /// The key attribute names.
     pub key_names: Vec<String>,
+    /// The target table's Time to Live, which removes the tombstones the replicator writes or copies.
+    pub target_ttl: TargetTtl,
+    /// One-way mode: `--tombstone-ttl` is below [`tombstone_ttl_floor`], so a stale worker's replay
+    /// could re-create an item whose tombstone has expired (logged as a warning).
+    pub tombstone_ttl_too_short: bool,
+}
+
+/// What start-up found about the target table's Time to Live. Tombstones land in the target in both
+/// modes (lww copies the application's, one-way turns every delete into one), and only TTL on the
+/// `--expires-attribute` removes them. Anything but [`TargetTtl::Enabled`] is logged as a warning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetTtl {
+    /// TTL is enabled (or being enabled) on the expires attribute: tombstones are removed.
+    Enabled,
+    /// TTL is off (or being turned off): tombstones are never removed.
+    Disabled {
+        /// `DISABLED`, `DISABLING`, or empty when DynamoDB gave no status.
+        status: String,
+    },
+    /// TTL is on another attribute: tombstones are never removed.
+    OtherAttribute {
+        /// The attribute the table's TTL uses.
+        attribute: String,
+    },
+    /// Not checked: DescribeTimeToLive was denied.
+    Unchecked,
+}
+
+impl TargetTtl {
+    /// Whether tombstones may stay in the target forever (or nobody could tell).
+    pub fn is_problem(&self) -> bool {
+        !matches!(self, TargetTtl::Enabled)
+    }
+
+    /// Short, low-cardinality name for a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TargetTtl::Enabled => "enabled",
+            TargetTtl::Disabled { .. } => "disabled",
+            TargetTtl::OtherAttribute { .. } => "other_attribute",
+            TargetTtl::Unchecked => "unchecked",
+        }
+    }
+}
+
+/// How long DynamoDB Streams keeps records.
+pub const STREAM_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// The shortest `--tombstone-ttl` that outlives every replay: the stream's retention plus the time a
+/// stalled worker may lag before its lease is taken over and its task is replaced (two lease durations
+/// plus the stall timeout).
+pub fn tombstone_ttl_floor(tuning: &Tuning) -> Duration {
+    STREAM_RETENTION + tuning.lease_duration * 2 + tuning.stall_timeout
+}
+
+/// Reads a DescribeTimeToLive answer: `status` and `attribute` of its description, `expires` the
+/// attribute tombstones carry their expiry in.
+pub fn assess_ttl(
+    status: Option<&TimeToLiveStatus>,
+    attribute: Option<&str>,
+    expires: &str,
+) -> TargetTtl {
+    match (status, attribute) {
+        (Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling), Some(a)) if a == expires => {
+            TargetTtl::Enabled
+        }
+        (Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling), Some(a)) => {
+            TargetTtl::OtherAttribute {
+                attribute: a.to_owned(),
+            }
+        }
+        (status, _) => TargetTtl::Disabled {
+            status: status.map(|s| s.as_str().to_owned()).unwrap_or_default(),
+        },
+    }
+}
+
+fn enable_command(config: &Config) -> String {
+    format!(
+        "aws dynamodb update-time-to-live --region {} --table-name {} \
+         --time-to-live-specification Enabled=true,AttributeName={}",
+        config.target.region, config.target.table, config.attributes.expires
+    )
+}
+
+/// Logs what a finding means and how to fix it.
+fn warn_ttl(config: &Config, finding: &TargetTtl) {
+    let expires = &config.attributes.expires;
+    match finding {
+        TargetTtl::Enabled => {}
+        TargetTtl::Disabled { status } => tracing::warn!(
+            table = %config.target,
+            ttl_status = %status,
+            expires_attribute = %expires,
+            fix = %format!(
+                "{}; or, with the deployer, set the table's ttl_attribute to \"{expires}\"",
+                enable_command(config)
+            ),
+            "The target table's Time to Live is not enabled, so the tombstones that deletes leave there \
+             are never removed: they accumulate, cost storage, and every scan reads them. Replication \
+             stays correct; enable TTL on the expires attribute."
+        ),
+        TargetTtl::OtherAttribute { attribute } => tracing::warn!(
+            table = %config.target,
+            ttl_attribute = %attribute,
+            expires_attribute = %expires,
+            fix = %format!(
+                "a table has one TTL attribute: disable TTL on \"{attribute}\" (aws dynamodb \
+                 update-time-to-live --region {region} --table-name {table} --time-to-live-specification \
+                 Enabled=false,AttributeName={attribute}), then run {enable} (or, with the deployer, set \
+                 the table's ttl_attribute to \"{expires}\"); or, if every writer's tombstones carry their \
+                 expiry in \"{attribute}\", pass --expires-attribute {attribute}",
+                region = config.target.region,
+                table = config.target.table,
+                enable = enable_command(config),
+            ),
+            "The target table's Time to Live is enabled on an attribute other than the expires attribute, \
+             so the tombstones that deletes leave there are never removed: they accumulate, cost storage, \
+             and every scan reads them. Replication stays correct; move TTL to the expires attribute."
+        ),
+        TargetTtl::Unchecked => {}
+    }
+}
+
+/// Asks DynamoDB for the target's Time to Live and warns about what is wrong with it.
+async fn check_target_ttl(
+    config: &Config,
+    target: &aws_sdk_dynamodb::Client,
+) -> Result<TargetTtl, StartupError> {
+    let answer = target
+        .describe_time_to_live()
+        .table_name(&config.target.table)
+        .send()
+        .await;
+    let finding = match answer {
+        Ok(out) => {
+            let description = out.time_to_live_description();
+            assess_ttl(
+                description.and_then(|d| d.time_to_live_status()),
+                description.and_then(|d| d.attribute_name()),
+                &config.attributes.expires,
+            )
+        }
+        Err(error) => ttl_failure(config, AwsFailure::from_sdk(&error))?,
+    };
+    warn_ttl(config, &finding);
+    Ok(finding)
+}
+
+/// A failed DescribeTimeToLive: a missing permission skips the check (with a warning), anything else
+/// fails start-up like the other checks.
+fn ttl_failure(config: &Config, failure: AwsFailure) -> Result<TargetTtl, StartupError> {
+    match (failure.code.as_deref(), failure.kind) {
+        (Some("AccessDeniedException"), _) => {
+            tracing::warn!(
+                table = %config.target,
+                permission = "dynamodb:DescribeTimeToLive",
+                error = %failure,
+                "Skipped the check of the target table's Time to Live: this role may not call \
+                 dynamodb:DescribeTimeToLive on it. Grant that permission to have tombstone clean-up \
+                 checked at start-up."
+            );
+            Ok(TargetTtl::Unchecked)
+        }
+        (_, "not_found") => Err(StartupError::NoTable {
+            role: "target",
+            table: config.target.table.clone(),
+            region: config.target.region.clone(),
+        }),
+        _ => Err(StartupError::Aws {
+            what: format!(
+                "describing the Time to Live of target table {} in {}",
+                config.target.table, config.target.region
+            ),
+            source: failure,
+        }),
+    }
+}
+
+/// One-way mode: warns when a delete's tombstone may expire before every replay of the delete's
+/// predecessors is over. Returns whether it warned.
+fn check_tombstone_ttl(config: &Config) -> bool {
+    let floor = tombstone_ttl_floor(&config.tuning);
+    let short = config.mode == Mode::OneWay && config.tuning.tombstone_ttl < floor;
+    if short {
+        tracing::warn!(
+            tombstone_ttl = ?config.tuning.tombstone_ttl,
+            minimum = ?floor,
+            stream_retention = ?STREAM_RETENTION,
+            lease_duration = ?config.tuning.lease_duration,
+            stall_timeout = ?config.tuning.stall_timeout,
+            fix = %format!("raise --tombstone-ttl to at least {}s (the default is 2d)", floor.as_secs()),
+            "--tombstone-ttl is shorter than the stream's retention plus twice the lease duration plus \
+             the stall timeout: a worker that resumes from an old checkpoint can replay a write whose \
+             later delete's tombstone has already expired, and re-create the deleted item."
+        );
+    }
+    short
 }
 
 /// `(name, HASH|RANGE, S|N|B)` for each key attribute, hash first.
@@ -273,9 +475,12 @@ pub async fn check(
         target_keys: readable(&target_keys),
         difference,
     })?;
+    let target_ttl = check_target_ttl(config, target).await?;
     Ok(Checked {
         stream_arn: arn,
         key_names: source_keys.into_iter().map(|k| k.0).collect(),
+        target_ttl,
+        tombstone_ttl_too_short: check_tombstone_ttl(config),
     })
 }
 
@@ -302,6 +507,142 @@ mod tests {
         assert_eq!(
             compare_keys(&src, &[k("id", "HASH", "S"), k("sk", "RANGE", "S")]).unwrap_err(),
             "the target has a RANGE key sk that the source lacks"
+        );
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: crate::config::RunArgs,
+    }
+
+    fn config(extra: &[&str]) -> Config {
+        let mut argv = vec![
+            "replicator",
+            "--source-region",
+            "us-east-1",
+            "--source-table",
+            "todos",
+            "--target-region",
+            "us-west-2",
+            "--target-table",
+            "todos",
+        ];
+        argv.extend_from_slice(extra);
+        <Cli as clap::Parser>::try_parse_from(argv)
+            .expect("flags parse")
+            .run
+            .into_config("w1".into())
+            .expect("valid flags")
+    }
+
+    #[test]
+    fn ttl_is_fine_only_when_on_the_expires_attribute() {
+        use TimeToLiveStatus::*;
+        let assess = |status: Option<TimeToLiveStatus>, attribute: Option<&str>| {
+            assess_ttl(status.as_ref(), attribute, "rep_expires")
+        };
+        assert_eq!(
+            assess(Some(Enabled), Some("rep_expires")),
+            TargetTtl::Enabled
+        );
+        assert_eq!(
+            assess(Some(Enabling), Some("rep_expires")),
+            TargetTtl::Enabled
+        );
+        assert_eq!(
+            assess(Some(Enabled), Some("ttl")),
+            TargetTtl::OtherAttribute {
+                attribute: "ttl".into()
+            }
+        );
+        assert_eq!(
+            assess(Some(Disabling), Some("rep_expires")),
+            TargetTtl::Disabled {
+                status: "DISABLING".into()
+            }
+        );
+        assert_eq!(
+            assess(Some(Disabled), None),
+            TargetTtl::Disabled {
+                status: "DISABLED".into()
+            }
+        );
+        assert_eq!(
+            assess(None, None),
+            TargetTtl::Disabled { status: "".into() }
+        );
+        assert_eq!(
+            assess(Some(Enabled), None),
+            TargetTtl::Disabled {
+                status: "ENABLED".into()
+            },
+            "enabled on no attribute removes nothing"
+        );
+        assert!(!TargetTtl::Enabled.is_problem());
+        assert!(TargetTtl::Unchecked.is_problem());
+    }
+
+    #[test]
+    fn a_denied_ttl_check_is_skipped_and_other_failures_stop_start_up() {
+        let c = config(&["--mode", "lww"]);
+        let failure = |code: &str, class, kind| {
+            let mut failure = AwsFailure::synthetic(class, kind, format!("{code}: nope"));
+            failure.code = Some(code.to_owned());
+            failure
+        };
+        use crate::error::ErrorClass::*;
+        assert_eq!(
+            ttl_failure(&c, failure("AccessDeniedException", Fatal, "access_denied")).unwrap(),
+            TargetTtl::Unchecked
+        );
+        let err =
+            ttl_failure(&c, failure("ThrottlingException", Retryable, "throttled")).unwrap_err();
+        assert!(matches!(err, StartupError::Aws { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "describing the Time to Live of target table todos in us-west-2: ThrottlingException: nope"
+        );
+        let err =
+            ttl_failure(&c, failure("ResourceNotFoundException", Fatal, "not_found")).unwrap_err();
+        assert!(
+            matches!(err, StartupError::NoTable { role: "target", .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn tombstone_ttl_must_outlast_retention_and_a_stalled_worker() {
+        let defaults = config(&["--mode", "one-way"]);
+        assert_eq!(
+            tombstone_ttl_floor(&defaults.tuning),
+            Duration::from_secs(24 * 3600 + 2 * 10 + 180)
+        );
+        assert!(!check_tombstone_ttl(&defaults));
+        let short = ["--tombstone-ttl", "25h", "--stall-timeout", "2h"];
+        assert!(check_tombstone_ttl(&config(
+            &[&["--mode", "one-way"], &short[..]].concat()
+        )));
+        let near = |stall: &'static str| {
+            config(&[
+                "--mode",
+                "one-way",
+                "--lease-duration",
+                "600s",
+                "--tombstone-ttl",
+                "25h",
+                "--stall-timeout",
+                stall,
+            ])
+        };
+        assert!(
+            !check_tombstone_ttl(&near("39m")),
+            "24 h + 2 x 10 m + 39 m < 25 h"
+        );
+        assert!(check_tombstone_ttl(&near("41m")));
+        assert!(
+            !check_tombstone_ttl(&config(&[&["--mode", "lww"], &short[..]].concat())),
+            "lww tombstones are the application's; the flag does not set them"
         );
     }
 }
