@@ -68,6 +68,8 @@ pub struct PlanContext {
     pub attributes: VersionAttributes,
     /// Origins that are neither region, already warned about (once per origin per process).
     pub warned_origins: Arc<Mutex<BTreeSet<String>>>,
+    /// The first tombstone's retention was checked (lww: the writers choose it).
+    pub tombstone_checked: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One key's writes and the batch positions they cover.
@@ -106,6 +108,9 @@ enum Decision {
     Skip(SkipReason),
 }
 
+/// The shortest tombstone retention that a replay cannot outlast: the stream's 24 hours plus an hour.
+pub const TOMBSTONE_RETENTION_MIN: std::time::Duration = std::time::Duration::from_secs(25 * 3600);
+
 /// The fallback version of a record without one: its ApproximateCreationDateTime in milliseconds,
 /// counter 0, and the source region as origin.
 pub fn fallback_version(change: &Change) -> Version {
@@ -127,6 +132,35 @@ impl PlanContext {
             target_region: target_region.into(),
             attributes,
             warned_origins: Arc::default(),
+            tombstone_checked: Arc::default(),
+        }
+    }
+
+    /// lww: the writers choose how long tombstones live (`--expires-attribute` minus the version's time).
+    /// The first tombstone seen is checked once: shorter than the stream's 24 hours plus an hour of lag,
+    /// a replay from an old checkpoint could re-create a deleted item after its tombstone expired.
+    fn check_tombstone(&self, item: &Item, version: Version) {
+        use std::sync::atomic::Ordering;
+        let a = &self.attributes;
+        if !matches!(item.get(&a.deleted), Some(AttributeValue::Bool(true))) {
+            return;
+        }
+        let Some(AttributeValue::N(expires)) = item.get(&a.expires) else {
+            return;
+        };
+        let Ok(expires) = expires.parse::<u64>() else {
+            return;
+        };
+        if self.tombstone_checked.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let retention = expires.saturating_sub(version.millis() / 1000);
+        if retention < TOMBSTONE_RETENTION_MIN.as_secs() {
+            tracing::warn!(
+                retention_seconds = retention, minimum_seconds = TOMBSTONE_RETENTION_MIN.as_secs(),
+                expires_attribute = %a.expires,
+                "Tombstones live shorter than the stream's 24 hours plus an hour of replication lag: a replay from an old checkpoint could bring a deleted item back after its tombstone expired. Give tombstones a longer TTL (the sample app's --tombstone-ttl)."
+            );
         }
     }
 
@@ -249,6 +283,7 @@ impl PlanContext {
                         (fallback_version(change), self.source_region.clone())
                     }
                 };
+                self.check_tombstone(&item, version);
                 // Stamp what the fallback assumed, so the copy is not replicated back as a local write.
                 item.insert(
                     self.attributes.version.clone(),
@@ -836,5 +871,20 @@ mod tests {
             }
         );
         assert!(ctx(Mode::Lww).warned_origins.lock().unwrap().is_empty());
+    }
+    #[test]
+    fn lww_checks_the_first_tombstone_it_sees_once() {
+        use std::sync::atomic::Ordering;
+        let ctx = ctx(Mode::Lww);
+        let live = item("a", Some(5_000), Some("us-east-1"));
+        ctx.plan(&[change(1, EventKind::Insert, "a", Some(live), None)])
+            .unwrap();
+        assert!(!ctx.tombstone_checked.load(Ordering::SeqCst), "not a tombstone");
+        let mut tomb = item("b", Some(Version::from_millis(1_700_000_000_000).0), Some("us-east-1"));
+        tomb.insert("rep_deleted".into(), AttributeValue::Bool(true));
+        tomb.insert("rep_expires".into(), n(1_700_000_000 + 3600));
+        ctx.plan(&[change(2, EventKind::Insert, "b", Some(tomb), None)])
+            .unwrap();
+        assert!(ctx.tombstone_checked.load(Ordering::SeqCst));
     }
 }
