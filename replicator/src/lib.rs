@@ -90,14 +90,21 @@ pub async fn run(
     let source_sdk = sdk_config(parse_region(&config.source.region)?, &aws).await;
     let target_sdk = sdk_config(parse_region(&config.target.region)?, &aws).await;
     let lease_sdk = sdk_config(parse_region(&config.lease.region)?, &aws).await;
-    let source_ddb = aws_sdk_dynamodb::Client::new(&source_sdk);
-    let target_ddb = aws_sdk_dynamodb::Client::new(&target_sdk);
-    // Every call the engine makes has a deadline, so a hung connection is a retried failure, never a
-    // silent stall.
+    // Every call the replicator makes has a deadline, so a hung connection is a retried failure (or a
+    // start-up error naming the call), never a silent stall.
     let deadline = aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
         .operation_attempt_timeout(config.tuning.aws_timeout)
         .operation_timeout(config.tuning.aws_timeout * 3)
         .build();
+    let with_deadline = |sdk: &aws_config::SdkConfig| {
+        aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(sdk)
+                .timeout_config(deadline.clone())
+                .build(),
+        )
+    };
+    let source_ddb = with_deadline(&source_sdk);
+    let target_ddb = with_deadline(&target_sdk);
     // Stream reads are idempotent: the SDK's standard retries are fine.
     let streams = aws_sdk_dynamodbstreams::Client::from_conf(
         aws_sdk_dynamodbstreams::config::Builder::from(&source_sdk)
