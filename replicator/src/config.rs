@@ -31,7 +31,8 @@ pub enum StartPosition {
 pub enum OnRefusedRecord {
     /// Park it in the dead-letter table (`--dead-letter-table`) and go on with the shard.
     DeadLetter,
-    /// Stop the shard before it until an operator acts (nothing after it is applied).
+    /// Stop the shard before it until an operator acts: the checkpoint stays before it (writes of the
+    /// same batch already in flight may land; they are applied again after the operator acts).
     Stop,
 }
 
@@ -607,7 +608,9 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("10").unwrap_err().contains("no unit"));
-        assert!(parse_duration("10h").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("10w").unwrap_err().contains("unknown unit"));
+        assert_eq!(parse_duration("10h"), Ok(Duration::from_secs(36_000)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
         assert!(parse_duration("s").is_err());
     }
 }

@@ -2,25 +2,32 @@
 //! another region, one-way (active-passive) or last-writer-wins both ways (active-active).
 //!
 //! # Layout
-//! - `admin/`: operator commands on the lease table (`replicator leases list | release | reset-checkpoint`).
+//! - `admin/`: operator commands: `replicator leases list | release | reset-checkpoint` on the lease
+//!   table, `replicator dlq list | replay | purge` on the dead letters.
 //! - `config`: flags and their validation into a [`config::Config`].
 //! - `startup`: checks of the source stream, the target's key schema and the lease table.
 //! - `stream/`: the [`stream::StreamSource`] seam (DynamoDB Streams, in-memory), record decoding.
 //! - `apply/`: write plans (skip rules, last change per key, conflict conditions), the target seam,
 //!   the checkpoint watermark, retries.
-//! - `lease/`: the lease table seam (DynamoDB, in-memory): ownership, counters, checkpoints.
-//! - `worker`: one shard's read-apply-checkpoint loop. `coordinator`: the lease loop.
+//! - `lease/`: the lease table seam (DynamoDB, in-memory): ownership, counters, checkpoints, the path's
+//!   fencing tokens.
+//! - `dead_letter/`: records the target refuses for good, parked in a table of their own.
+//! - `worker`: one shard's read-apply-checkpoint loop. `coordinator/`: the lease loop (`decide`: its
+//!   decisions as pure functions of a snapshot).
 //! - `metrics`: every metric, `/metrics`, `/healthz`, `/readyz`. `error`: AWS error classification.
 //! - `sim/`: deterministic simulation of two regions with faults, driving the real engine (`bin/sim`).
 //!
 //! # Invariants
 //! - A checkpoint names a sequence number only when every record up to it has been applied (or
-//!   settled: skipped by rule, or lost a last-writer-wins condition).
+//!   settled: skipped by rule, lost a last-writer-wins condition, or parked as a dead letter).
 //! - Checkpoints are fenced by the lease counter: a worker that lost its lease cannot move them.
-//! - A parent shard is finished before any child starts; a record that cannot be applied, or a
-//!   trimmed gap, stops its shard loudly. Nothing is skipped silently.
-//! - Every write is safe to replay: one-way writes are idempotent per key in stream order; lww
-//!   writes are conditional on `(rep_version, rep_origin)`.
+//! - A parent shard is finished before any child starts; a trimmed gap stops its shard loudly; a
+//!   record the target refuses for good is parked (or stops the shard, by policy). Nothing is skipped
+//!   silently.
+//! - Every write is safe to replay: one-way writes are idempotent per key in stream order and fenced
+//!   by the lease owner's token (a stale owner's late write never lands); lww writes are conditional
+//!   on `(rep_version, rep_origin)`.
+//! - A shard is in one task's hands: a lost lease's task must end before the shard is taken again.
 
 pub mod admin;
 pub mod apply;

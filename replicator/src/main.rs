@@ -1,4 +1,4 @@
-//! `replicator run | healthcheck | leases`.
+//! `replicator run | healthcheck | leases | dlq`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use replicator::admin::PathSpec;
+use replicator::admin::dlq::{DlqCommand, DlqError, DlqSpec};
 use replicator::admin::leases::LeasesCommand;
 use replicator::config::RunArgs;
 use tworegion_common::aws::{AwsOptions, parse_region, sdk_config};
@@ -49,6 +50,12 @@ enum Command {
         #[command(subcommand)]
         command: LeasesCommand,
     },
+    /// Look at, replay or delete the dead letters (records the target refused for good): list, replay
+    /// or purge.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
 }
 
 fn default_worker_id() -> String {
@@ -77,6 +84,32 @@ async fn leases(command: &LeasesCommand, spec: &PathSpec, aws: &AwsOptions) -> a
     );
     let mut stdout = std::io::stdout();
     let result = replicator::admin::leases::run(command, spec, &source, &lease, &mut stdout).await;
+    std::io::Write::flush(&mut stdout).context("writing the output")?;
+    Ok(result?)
+}
+
+/// `replicator dlq ...` on the validated `spec`, with AWS clients made as `run` makes them.
+async fn dlq(command: &DlqCommand, spec: &DlqSpec, aws: &AwsOptions) -> anyhow::Result<()> {
+    let source_sdk = sdk_config(parse_region(&spec.path.source.region)?, aws).await;
+    let target_sdk = sdk_config(parse_region(&spec.path.target.region)?, aws).await;
+    // The dead-letter table is in the lease table's region.
+    let lease_sdk = sdk_config(parse_region(&spec.path.lease.region)?, aws).await;
+    let clients = replicator::admin::dlq::Clients {
+        source: aws_sdk_dynamodb::Client::new(&source_sdk),
+        // Replay writes are conditional on what was read: an SDK retry of a write that DynamoDB applied
+        // but whose answer was lost would fail its own condition. One attempt each; the operator
+        // repeats the command.
+        target: aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&target_sdk)
+                .retry_config(
+                    aws_sdk_dynamodb::config::retry::RetryConfig::standard().with_max_attempts(1),
+                )
+                .build(),
+        ),
+        dead_letters: aws_sdk_dynamodb::Client::new(&lease_sdk),
+    };
+    let mut stdout = std::io::stdout();
+    let result = replicator::admin::dlq::run(command, spec, &clients, &mut stdout).await;
     std::io::Write::flush(&mut stdout).context("writing the output")?;
     Ok(result?)
 }
@@ -146,6 +179,30 @@ async fn main() -> ExitCode {
                 Err(error) => {
                     eprintln!("error: {error:#}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Dlq { command } => {
+            let spec = match command.validate() {
+                Ok(spec) => spec,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            let aws = AwsOptions {
+                profile: cli.profile,
+                endpoint_url: None,
+            };
+            match dlq(&command, &spec, &aws).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::from(
+                        error
+                            .downcast_ref::<DlqError>()
+                            .map_or(1, DlqError::exit_code),
+                    )
                 }
             }
         }

@@ -1584,7 +1584,7 @@ fn children_of_a_halted_parent_never_start() {
 
 #[test]
 fn after_an_outage_a_shard_whose_parent_was_trimmed_away_starts_at_its_first_record_and_reports_the_gap()
-{
+ {
     model_test(|| async {
         // Fresh seed 900108's kind: replication began on p; during an outage longer than the retention
         // p split into c, c into g; p and c were trimmed away and left the listing, and g's first record
@@ -1620,8 +1620,16 @@ fn after_an_outage_a_shard_whose_parent_was_trimmed_away_starts_at_its_first_rec
         .await;
         stop(worker).await;
         assert_eq!(lease(&leases, "g").parents, vec!["c".to_owned()]);
-        assert_eq!(lease(&leases, "g").checkpoint, None, "g halted before anything");
-        assert_eq!(text_of(&target.live_items(), "k2"), None, "nothing after the gap");
+        assert_eq!(
+            lease(&leases, "g").checkpoint,
+            None,
+            "g halted before anything"
+        );
+        assert_eq!(
+            text_of(&target.live_items(), "k2"),
+            None,
+            "nothing after the gap"
+        );
         assert_eq!(text_of(&target.live_items(), "k0").as_deref(), Some("v"));
     });
 }

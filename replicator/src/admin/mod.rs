@@ -8,6 +8,7 @@
 //! command observed, so it never overwrites a change it did not see, and it bumps the counter, so the
 //! current owner's next renewal fails and it stops the shard (the lease fencing).
 
+pub mod dlq;
 pub mod leases;
 
 use aws_sdk_dynamodb::Client;

@@ -879,8 +879,15 @@ mod tests {
         let live = item("a", Some(5_000), Some("us-east-1"));
         ctx.plan(&[change(1, EventKind::Insert, "a", Some(live), None)])
             .unwrap();
-        assert!(!ctx.tombstone_checked.load(Ordering::SeqCst), "not a tombstone");
-        let mut tomb = item("b", Some(Version::from_millis(1_700_000_000_000).0), Some("us-east-1"));
+        assert!(
+            !ctx.tombstone_checked.load(Ordering::SeqCst),
+            "not a tombstone"
+        );
+        let mut tomb = item(
+            "b",
+            Some(Version::from_millis(1_700_000_000_000).0),
+            Some("us-east-1"),
+        );
         tomb.insert("rep_deleted".into(), AttributeValue::Bool(true));
         tomb.insert("rep_expires".into(), n(1_700_000_000 + 3600));
         ctx.plan(&[change(2, EventKind::Insert, "b", Some(tomb), None)])

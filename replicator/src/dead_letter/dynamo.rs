@@ -90,6 +90,55 @@ impl DynamoDeadLetters {
         Ok(letters)
     }
 
+    /// The dead letter with sort key `id` (`<shard>#<sequence number>`), if the path has it
+    /// (consistent read).
+    pub async fn get(&self, id: &str) -> Result<Option<DeadLetter>, AwsFailure> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PATH, AttributeValue::S(self.path.clone()))
+            .key(ID, AttributeValue::S(id.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| AwsFailure::from_sdk(&e))?;
+        Ok(out.item().and_then(decode))
+    }
+
+    /// The IDs of every dead letter of the path, sorted (keys only: cheap even when rows hold
+    /// images).
+    pub async fn ids(&self) -> Result<Vec<String>, AwsFailure> {
+        let mut ids = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#p = :p")
+                .projection_expression("#i")
+                .expression_attribute_names("#p", PATH)
+                .expression_attribute_names("#i", ID)
+                .expression_attribute_values(":p", AttributeValue::S(self.path.clone()))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| AwsFailure::from_sdk(&e))?;
+            ids.extend(out.items().iter().filter_map(|row| match row.get(ID) {
+                Some(AttributeValue::S(id)) => Some(id.clone()),
+                _ => None,
+            }));
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
     /// Deletes one dead letter.
     pub async fn delete(&self, letter: &DeadLetter) -> Result<(), AwsFailure> {
         self.client
