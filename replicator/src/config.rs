@@ -36,9 +36,10 @@ pub enum OnRefusedRecord {
     Stop,
 }
 
-/// `replicator run` flags. Every flag can also be given as `REPLICATOR_<FLAG>`.
+/// The flags that name a path (source stream to target table) and its lease table; `replicator run`,
+/// `leases` and `dlq` share them.
 #[derive(Debug, Clone, clap::Args)]
-pub struct RunArgs {
+pub struct PathArgs {
     /// Region of the table whose stream is read.
     #[arg(long, env = "REPLICATOR_SOURCE_REGION")]
     pub source_region: String,
@@ -51,9 +52,6 @@ pub struct RunArgs {
     /// Table that changes are written to; it must have the source's key schema.
     #[arg(long, env = "REPLICATOR_TARGET_TABLE")]
     pub target_table: String,
-    /// one-way (active-passive) or lww (last-writer-wins both ways, active-active).
-    #[arg(long, env = "REPLICATOR_MODE", value_enum)]
-    pub mode: Mode,
     /// Table that holds the shard leases and checkpoints; created (on-demand billing) if missing.
     #[arg(
         long,
@@ -64,6 +62,61 @@ pub struct RunArgs {
     /// Region of the lease table [default: the target region].
     #[arg(long, env = "REPLICATOR_LEASE_REGION")]
     pub lease_region: Option<String>,
+}
+
+/// A validated [`PathArgs`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathSpec {
+    /// The table whose stream is read.
+    pub source: TableRef,
+    /// The table written to.
+    pub target: TableRef,
+    /// The lease table.
+    pub lease: TableRef,
+}
+
+/// The convention's attribute names (`replicator run` and `dlq replay`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AttributeArgs {
+    /// Name of the version attribute (lww mode).
+    #[arg(
+        long,
+        env = "REPLICATOR_VERSION_ATTRIBUTE",
+        default_value = "rep_version"
+    )]
+    pub version_attribute: String,
+    /// Name of the origin-region attribute (lww mode).
+    #[arg(
+        long,
+        env = "REPLICATOR_ORIGIN_ATTRIBUTE",
+        default_value = "rep_origin"
+    )]
+    pub origin_attribute: String,
+    /// Name of the tombstone flag attribute (lww tombstones; one-way deletes leave one too).
+    #[arg(
+        long,
+        env = "REPLICATOR_DELETED_ATTRIBUTE",
+        default_value = "rep_deleted"
+    )]
+    pub deleted_attribute: String,
+    /// Name of the tombstone TTL attribute (epoch seconds: the target table's TTL attribute).
+    #[arg(
+        long,
+        env = "REPLICATOR_EXPIRES_ATTRIBUTE",
+        default_value = "rep_expires"
+    )]
+    pub expires_attribute: String,
+}
+
+/// `replicator run` flags. Every flag can also be given as `REPLICATOR_<FLAG>`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The source table, the target table and the lease table.
+    #[command(flatten)]
+    pub path: PathArgs,
+    /// one-way (active-passive) or lww (last-writer-wins both ways, active-active).
+    #[arg(long, env = "REPLICATOR_MODE", value_enum)]
+    pub mode: Mode,
     /// What to do with a record that the target refuses for good.
     #[arg(
         long,
@@ -94,34 +147,9 @@ pub struct RunArgs {
         default_value = "trim-horizon"
     )]
     pub start_position: StartPosition,
-    /// Name of the version attribute (lww mode).
-    #[arg(
-        long,
-        env = "REPLICATOR_VERSION_ATTRIBUTE",
-        default_value = "rep_version"
-    )]
-    pub version_attribute: String,
-    /// Name of the origin-region attribute (lww mode).
-    #[arg(
-        long,
-        env = "REPLICATOR_ORIGIN_ATTRIBUTE",
-        default_value = "rep_origin"
-    )]
-    pub origin_attribute: String,
-    /// Name of the tombstone flag attribute (lww mode).
-    #[arg(
-        long,
-        env = "REPLICATOR_DELETED_ATTRIBUTE",
-        default_value = "rep_deleted"
-    )]
-    pub deleted_attribute: String,
-    /// Name of the tombstone TTL attribute (lww mode).
-    #[arg(
-        long,
-        env = "REPLICATOR_EXPIRES_ATTRIBUTE",
-        default_value = "rep_expires"
-    )]
-    pub expires_attribute: String,
+    /// The convention's attribute names.
+    #[command(flatten)]
+    pub attributes: AttributeArgs,
     /// Records per GetRecords call (1 to 1000).
     #[arg(long, env = "REPLICATOR_BATCH_SIZE", default_value_t = 1000)]
     pub batch_size: i32,
@@ -289,14 +317,14 @@ pub struct ConfigError {
     pub problem: String,
 }
 
-fn bad(flag: &'static str, problem: impl Into<String>) -> ConfigError {
+pub(crate) fn bad(flag: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
         flag,
         problem: problem.into(),
     }
 }
 
-fn table_name(flag: &'static str, name: &str) -> Result<String, ConfigError> {
+pub(crate) fn table_name(flag: &'static str, name: &str) -> Result<String, ConfigError> {
     let valid = (3..=255).contains(&name.len())
         && name
             .bytes()
@@ -326,9 +354,9 @@ fn attribute(flag: &'static str, name: &str) -> Result<String, ConfigError> {
     Ok(name.to_owned())
 }
 
-impl RunArgs {
-    /// Validates the flags into a [`Config`]. `default_worker_id` is used when `--worker-id` is absent.
-    pub fn into_config(self, default_worker_id: String) -> Result<Config, ConfigError> {
+impl PathArgs {
+    /// Validates the flags into tables; errors name the flag.
+    pub fn validate(&self) -> Result<PathSpec, ConfigError> {
         let source = TableRef {
             region: region("source-region", &self.source_region)?,
             table: table_name("source-table", &self.source_table)?,
@@ -352,6 +380,51 @@ impl RunArgs {
             },
             table: table_name("lease-table", &self.lease_table)?,
         };
+        Ok(PathSpec {
+            source,
+            target,
+            lease,
+        })
+    }
+}
+
+impl AttributeArgs {
+    /// Validates the names: 1 to 255 characters each, all four different.
+    pub fn validate(&self) -> Result<VersionAttributes, ConfigError> {
+        let attributes = VersionAttributes {
+            version: attribute("version-attribute", &self.version_attribute)?,
+            origin: attribute("origin-attribute", &self.origin_attribute)?,
+            deleted: attribute("deleted-attribute", &self.deleted_attribute)?,
+            expires: attribute("expires-attribute", &self.expires_attribute)?,
+        };
+        let names = [
+            &attributes.version,
+            &attributes.origin,
+            &attributes.deleted,
+            &attributes.expires,
+        ];
+        for (i, a) in names.iter().enumerate() {
+            if names[..i].contains(a) {
+                return Err(bad(
+                    "origin-attribute",
+                    format!(
+                        "the convention's four attribute names must differ; {a:?} is used twice"
+                    ),
+                ));
+            }
+        }
+        Ok(attributes)
+    }
+}
+
+impl RunArgs {
+    /// Validates the flags into a [`Config`]. `default_worker_id` is used when `--worker-id` is absent.
+    pub fn into_config(self, default_worker_id: String) -> Result<Config, ConfigError> {
+        let PathSpec {
+            source,
+            target,
+            lease,
+        } = self.path.validate()?;
         let dead_letters = match self.on_refused_record {
             OnRefusedRecord::Stop => None,
             OnRefusedRecord::DeadLetter => Some(TableRef {
@@ -384,28 +457,7 @@ impl RunArgs {
                 ),
             )
         })?;
-        let attributes = VersionAttributes {
-            version: attribute("version-attribute", &self.version_attribute)?,
-            origin: attribute("origin-attribute", &self.origin_attribute)?,
-            deleted: attribute("deleted-attribute", &self.deleted_attribute)?,
-            expires: attribute("expires-attribute", &self.expires_attribute)?,
-        };
-        let names = [
-            &attributes.version,
-            &attributes.origin,
-            &attributes.deleted,
-            &attributes.expires,
-        ];
-        for (i, a) in names.iter().enumerate() {
-            if names[..i].contains(a) {
-                return Err(bad(
-                    "origin-attribute",
-                    format!(
-                        "the convention's four attribute names must differ; {a:?} is used twice"
-                    ),
-                ));
-            }
-        }
+        let attributes = self.attributes.validate()?;
         if !(1..=1000).contains(&self.batch_size) {
             return Err(bad(
                 "batch-size",

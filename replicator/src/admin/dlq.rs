@@ -27,6 +27,7 @@ use super::leases::relative;
 use super::{AdminError, PathArgs, PathSpec, bad, path_key, shard_list, table_name};
 use crate::apply::plan::PlanContext;
 use crate::apply::target::{AwsTarget, FENCE_ATTRIBUTE, Outcome, TargetTable};
+use crate::config::AttributeArgs;
 use crate::config::{ConfigError, Mode, TableRef};
 use crate::dead_letter::dynamo::DynamoDeadLetters;
 use crate::dead_letter::{DeadLetter, refused_for_good};
@@ -136,75 +137,6 @@ pub struct ListArgs {
     /// Print a JSON array (one object per dead letter) instead of a table.
     #[arg(long)]
     pub json: bool,
-}
-
-/// The convention's attribute names, as `replicator run` takes them.
-#[derive(Debug, Clone, clap::Args)]
-pub struct AttributeArgs {
-    /// Name of the version attribute (lww mode).
-    #[arg(
-        long,
-        env = "REPLICATOR_VERSION_ATTRIBUTE",
-        default_value = "rep_version"
-    )]
-    pub version_attribute: String,
-    /// Name of the origin-region attribute (lww mode).
-    #[arg(
-        long,
-        env = "REPLICATOR_ORIGIN_ATTRIBUTE",
-        default_value = "rep_origin"
-    )]
-    pub origin_attribute: String,
-    /// Name of the tombstone flag attribute.
-    #[arg(
-        long,
-        env = "REPLICATOR_DELETED_ATTRIBUTE",
-        default_value = "rep_deleted"
-    )]
-    pub deleted_attribute: String,
-    /// Name of the tombstone TTL attribute.
-    #[arg(
-        long,
-        env = "REPLICATOR_EXPIRES_ATTRIBUTE",
-        default_value = "rep_expires"
-    )]
-    pub expires_attribute: String,
-}
-
-impl AttributeArgs {
-    /// Validates the names as `replicator run` does.
-    pub fn validate(&self) -> Result<VersionAttributes, ConfigError> {
-        let attribute = |flag: &'static str, name: &str| {
-            if name.is_empty() || name.len() > 255 {
-                Err(bad(flag, "an attribute name must have 1 to 255 characters"))
-            } else {
-                Ok(name.to_owned())
-            }
-        };
-        let attributes = VersionAttributes {
-            version: attribute("version-attribute", &self.version_attribute)?,
-            origin: attribute("origin-attribute", &self.origin_attribute)?,
-            deleted: attribute("deleted-attribute", &self.deleted_attribute)?,
-            expires: attribute("expires-attribute", &self.expires_attribute)?,
-        };
-        let names = [
-            &attributes.version,
-            &attributes.origin,
-            &attributes.deleted,
-            &attributes.expires,
-        ];
-        for (i, a) in names.iter().enumerate() {
-            if names[..i].contains(a) {
-                return Err(bad(
-                    "origin-attribute",
-                    format!(
-                        "the convention's four attribute names must differ; {a:?} is used twice"
-                    ),
-                ));
-            }
-        }
-        Ok(attributes)
-    }
 }
 
 /// `replicator dlq replay` flags.

@@ -13,112 +13,10 @@ pub mod leases;
 
 use aws_sdk_dynamodb::Client;
 
-use crate::config::{ConfigError, TableRef};
 use crate::error::AwsFailure;
-use tworegion_common::aws::parse_region;
 
-/// The flags that name a path (source stream to target table) and its lease table: the same names,
-/// variables and defaults as `replicator run`'s.
-#[derive(Debug, Clone, clap::Args)]
-pub struct PathArgs {
-    /// Region of the table whose stream is read.
-    #[arg(long, env = "REPLICATOR_SOURCE_REGION")]
-    pub source_region: String,
-    /// Table whose stream is read.
-    #[arg(long, env = "REPLICATOR_SOURCE_TABLE")]
-    pub source_table: String,
-    /// Region of the table that changes are written to.
-    #[arg(long, env = "REPLICATOR_TARGET_REGION")]
-    pub target_region: String,
-    /// Table that changes are written to.
-    #[arg(long, env = "REPLICATOR_TARGET_TABLE")]
-    pub target_table: String,
-    /// Table that holds the shard leases and checkpoints.
-    #[arg(
-        long,
-        env = "REPLICATOR_LEASE_TABLE",
-        default_value = "tworegion-replicator-leases"
-    )]
-    pub lease_table: String,
-    /// Region of the lease table [default: the target region].
-    #[arg(long, env = "REPLICATOR_LEASE_REGION")]
-    pub lease_region: Option<String>,
-}
-
-/// A validated [`PathArgs`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathSpec {
-    /// The table whose stream is read.
-    pub source: TableRef,
-    /// The table written to.
-    pub target: TableRef,
-    /// The lease table.
-    pub lease: TableRef,
-}
-
-fn bad(flag: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        flag,
-        problem: problem.into(),
-    }
-}
-
-fn table_name(flag: &'static str, name: &str) -> Result<String, ConfigError> {
-    let valid = (3..=255).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if valid {
-        Ok(name.to_owned())
-    } else {
-        Err(bad(
-            flag,
-            format!(
-                "{name:?} is not a DynamoDB table name (3 to 255 characters: a-z, A-Z, 0-9, '_', '-', '.')"
-            ),
-        ))
-    }
-}
-
-fn region(flag: &'static str, name: &str) -> Result<String, ConfigError> {
-    parse_region(name)
-        .map(|r| r.as_ref().to_owned())
-        .map_err(|e| bad(flag, e.to_string()))
-}
-
-impl PathArgs {
-    /// Validates the flags; errors name the flag, as `replicator run`'s do.
-    pub fn validate(&self) -> Result<PathSpec, ConfigError> {
-        let source = TableRef {
-            region: region("source-region", &self.source_region)?,
-            table: table_name("source-table", &self.source_table)?,
-        };
-        let target = TableRef {
-            region: region("target-region", &self.target_region)?,
-            table: table_name("target-table", &self.target_table)?,
-        };
-        if source == target {
-            return Err(bad(
-                "target-table",
-                format!(
-                    "the target is the source ({source}); no path replicates a table to itself"
-                ),
-            ));
-        }
-        let lease = TableRef {
-            region: match &self.lease_region {
-                Some(r) => region("lease-region", r)?,
-                None => target.region.clone(),
-            },
-            table: table_name("lease-table", &self.lease_table)?,
-        };
-        Ok(PathSpec {
-            source,
-            target,
-            lease,
-        })
-    }
-}
+pub use crate::config::{PathArgs, PathSpec};
+pub(crate) use crate::config::{bad, table_name};
 
 /// Why an operator command failed. Every message says what is wrong and how to go on.
 #[derive(Debug, thiserror::Error)]
@@ -309,6 +207,7 @@ pub async fn path_key(source: &Client, spec: &PathSpec) -> Result<String, AdminE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ConfigError;
     use clap::Parser;
 
     #[derive(Debug, Parser)]
