@@ -179,9 +179,10 @@ pub struct RunArgs {
     /// retention) by a stale worker.
     #[arg(long, env = "REPLICATOR_TOMBSTONE_TTL", default_value = "2d", value_parser = parse_duration)]
     pub tombstone_ttl: Duration,
-    /// Longest wait for one stream or lease-table call (GetRecords, DescribeStream, lease reads and
-    /// writes) before it counts as failed and is retried. Target writes get a quarter of the lease
-    /// duration instead.
+    /// Longest wait for one stream call (GetRecords, DescribeStream) or start-up call before it counts
+    /// as failed and is retried. Lease-table calls get the smaller of this and a quarter of the lease
+    /// duration (so a hung renewal fails while the lease is still valid); target writes a quarter of
+    /// the lease duration.
     #[arg(long, env = "REPLICATOR_AWS_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub aws_timeout: Duration,
     /// A shard that this worker holds and that makes no progress (no successful read that found it

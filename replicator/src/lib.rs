@@ -122,15 +122,21 @@ pub async fn run(
     // whose answer was lost fails its own condition and looks like a lost lease. One attempt each; the
     // lease loop retries at its own pace (renewals every third of the lease duration, checkpoints on
     // the next turn), and a lease that was really renewed shows up as such in the next listing.
+    let lease_timeout = config
+        .tuning
+        .aws_timeout
+        .min(config.tuning.lease_duration / 4);
     let lease_ddb = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(&lease_sdk)
             .retry_config(
                 aws_sdk_dynamodb::config::retry::RetryConfig::standard().with_max_attempts(1),
             )
             .timeout_config(
+                // Within a quarter of the lease duration, so a hung call fails while the leases it
+                // would renew are still valid.
                 aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
-                    .operation_attempt_timeout(config.tuning.aws_timeout)
-                    .operation_timeout(config.tuning.aws_timeout)
+                    .operation_attempt_timeout(lease_timeout)
+                    .operation_timeout(lease_timeout)
                     .build(),
             )
             .build(),

@@ -258,3 +258,34 @@ async fn fenced_one_way_writes_never_land_over_a_later_owners_copy() {
         );
     }
 }
+
+#[tokio::test]
+async fn fencing_tokens_rise_across_calls_and_across_paths_to_the_same_target() {
+    use replicator::lease::LeaseStore;
+    use replicator::lease::dynamo::{DynamoLeases, ensure_table};
+    let local = LocalAws::from_env();
+    let cleanup = TablesCleanup::new(&local);
+    let client = local.dynamodb(REGION_B);
+    let table = unique_name("leases");
+    ensure_table(&client, &table).await.expect("lease table");
+    cleanup.table(REGION_B, &table);
+    let before = tworegion_common::version::system_millis();
+    let old_path = DynamoLeases::new(client.clone(), table.clone(), "stream-1>us-west-2/t".into());
+    let first = old_path.next_fence().await.expect("token");
+    let second = old_path.next_fence().await.expect("token");
+    assert!(
+        first > before,
+        "the counter starts from the clock: {first} <= {before}"
+    );
+    assert_eq!(second, first + 1);
+    assert!(
+        old_path.list().await.expect("list").is_empty(),
+        "the token row is not a lease"
+    );
+    // The stream was re-enabled: a new path, a new counter, for the same target. Its tokens must stay
+    // above the old path's, or every fenced write would lose its condition against the old copies.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let new_path = DynamoLeases::new(client.clone(), table.clone(), "stream-2>us-west-2/t".into());
+    let third = new_path.next_fence().await.expect("token");
+    assert!(third > second, "{third} <= {second}");
+}

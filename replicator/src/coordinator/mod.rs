@@ -97,14 +97,25 @@ pub async fn run<S: StreamSource, T: TargetTable, L: LeaseStore>(
         // Renew.
         let mut renew_ok = true;
         let mut lost = Vec::new();
-        for (shard, run) in &mut state.running {
-            let expires = crate::worker::now_millis() + duration.as_millis() as u64;
+        // All at once: one slow renewal must not hold back the others past their validity.
+        let renewals = futures::future::join_all(state.running.iter().map(|(shard, run)| {
+            let held = run.held.clone();
             let leases = &engine.leases;
-            match run
-                .held
-                .change(|lease| async move { leases.renew(&lease, expires).await })
-                .await
-            {
+            let expires = crate::worker::now_millis() + duration.as_millis() as u64;
+            async move {
+                let renewed = held
+                    .change(|lease| async move { leases.renew(&lease, expires).await })
+                    .await;
+                (shard.clone(), renewed)
+            }
+        }))
+        .await;
+        for (shard, renewed) in renewals {
+            let Some(run) = state.running.get_mut(&shard) else {
+                continue;
+            };
+            let leases = &engine.leases;
+            match renewed {
                 Ok(lease) => {
                     match decide::after_renewal(&lease, &me, run.halted, run.handing_off) {
                         AfterRenewal::Keep => {}
@@ -388,12 +399,14 @@ async fn discover<S: StreamSource, T: TargetTable, L: LeaseStore>(
         .map_err(DiscoverError::Stream)?;
     let ids: BTreeSet<String> = shards.iter().map(|s| s.id.clone()).collect();
     let mut known: BTreeSet<String> = leases.iter().map(|l| l.shard.clone()).collect();
-    // Once the path has leases, replication has begun: a new shard's parent is kept even when it has
-    // neither a lease nor a place in the listing any more (trimmed away, for example after an outage
-    // longer than the retention), so the shard is read as a child, from its first record, and a trim
-    // there is a reported gap. Only on the path's first discovery is such a shard a root that starts
-    // at --start-position (its parent was never part of the replication).
-    let began = !leases.is_empty();
+    // Once some worker has begun reading a shard of the path (a lease marked started), replication has
+    // begun: a new shard's parent is kept even when it has neither a lease nor a place in the listing
+    // any more (trimmed away, for example after an outage longer than the retention), so the shard is
+    // read as a child, from its first record, and a trim there is a reported gap. Before that (the
+    // path's first discovery, also when it was interrupted half-way or another worker is creating the
+    // same leases at the same moment) such a shard is a root that starts at --start-position: its
+    // parent was never part of the replication.
+    let began = leases.iter().any(|l| l.started);
     // Parents first: repeat passes over the shards whose parent has a lease (or is gone).
     let mut pending: Vec<&crate::stream::Shard> =
         shards.iter().filter(|s| !known.contains(&s.id)).collect();

@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::{DeadLetter, DeadLetterSink};
 use crate::error::{AwsFailure, ErrorClass};
-use crate::lease::dynamo::{PATH, ensure_keyed_table};
+use crate::lease::dynamo::{LeaseTableError, PATH, ensure_keyed_table};
 use crate::stream::{Change, EventKind, SeqNo};
 
 /// The dead-letter table's sort key.
@@ -46,7 +46,14 @@ impl DynamoDeadLetters {
         ensure_keyed_table(&self.client, &self.table, ID)
             .await
             .map_err(|e| {
-                AwsFailure::synthetic(ErrorClass::Retryable, "dead_letter_table", e.to_string())
+                // A table with another key schema, or a refusal (access denied), stops the shard; a
+                // table still being created, throttling or a timeout is retried.
+                let class = match &e {
+                    LeaseTableError::WrongSchema { .. } => ErrorClass::Fatal,
+                    LeaseTableError::Aws { source, .. } => source.class,
+                    LeaseTableError::NotActive { .. } => ErrorClass::Retryable,
+                };
+                AwsFailure::synthetic(class, "dead_letter_table", e.to_string())
             })?;
         self.ensured.store(true, Ordering::SeqCst);
         Ok(())

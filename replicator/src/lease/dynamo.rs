@@ -458,15 +458,20 @@ impl LeaseStore for DynamoLeases {
     }
 
     async fn next_fence(&self) -> Result<u64, LeaseError> {
-        // ADD on a missing row creates it: the first token is 1. Not conditional, so a retried call
-        // whose first attempt was applied only skips a number.
+        // The counter starts from the wall clock in milliseconds, not from 1: the path (and so this
+        // row) is new whenever the stream is re-enabled or the lease table changes, while the target
+        // still holds tokens of the old counter. Takes are far rarer than one a millisecond, so the
+        // old counter never ran ahead of the clock. Not conditional: a retried call whose first
+        // attempt was applied only skips a number.
+        let start = crate::worker::now_millis();
         let out = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(self.key(FENCE_ROW)))
-            .update_expression("ADD #n :one")
+            .update_expression("SET #n = if_not_exists(#n, :start) + :one")
             .expression_attribute_names("#n", "fence")
+            .expression_attribute_values(":start", n(start))
             .expression_attribute_values(":one", n(1))
             .return_values(ReturnValue::UpdatedNew)
             .send()

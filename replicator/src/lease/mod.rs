@@ -127,7 +127,8 @@ pub trait LeaseStore: Send + Sync + 'static {
         observed: &Lease,
     ) -> impl Future<Output = Result<(), LeaseError>> + Send;
     /// The next fencing token of the path: a number that every call returns higher than any before
-    /// (gaps allowed). A worker draws one before each take; one-way writes carry it and apply only over
+    /// (gaps allowed), and higher than any token of an earlier path to the same target (the counter
+    /// starts from the wall clock in milliseconds). A worker draws one before each take; one-way writes carry it and apply only over
     /// an item written with the same or a lower token, so a stale owner (paused past its lease, then
     /// woken) can never land an older image over a newer owner's writes.
     fn next_fence(&self) -> impl Future<Output = Result<u64, LeaseError>> + Send;
