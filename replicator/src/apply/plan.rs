@@ -70,6 +70,9 @@ pub struct PlanContext {
     pub warned_origins: Arc<Mutex<BTreeSet<String>>>,
     /// The first tombstone's retention was checked (lww: the writers choose it).
     pub tombstone_checked: Arc<std::sync::atomic::AtomicBool>,
+    /// lww: the last version this process made up for a key (a fallback or a fresh version), so two
+    /// made-up versions of one key never collide (see [`PlanContext::made_up`]).
+    pub made_up_versions: Arc<Mutex<HashMap<String, Version>>>,
 }
 
 /// One key's writes and the batch positions they cover.
@@ -133,7 +136,33 @@ impl PlanContext {
             attributes,
             warned_origins: Arc::default(),
             tombstone_checked: Arc::default(),
+            made_up_versions: Arc::default(),
         }
+    }
+
+    /// A version made up for `key` (a fallback, or a fresh version for a writer that does not stamp):
+    /// at least `candidate`, and above any this process made up for the key before. Two changes of one
+    /// key in the same second would otherwise get the same `(version, origin)`: the second lands over
+    /// the first by the equal-stamp rule, and the other direction then sees an item whose data changed
+    /// under an unchanged stamp, which is how a writer that does not stamp looks.
+    fn made_up(&self, key: &str, candidate: Version) -> Version {
+        /// Made-up versions older than this behind the newest are forgotten when the map is large.
+        const KEEP_MILLIS: u64 = 60_000;
+        const LARGE: usize = 100_000;
+        let mut made = self
+            .made_up_versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let version = match made.get(key) {
+            Some(last) => candidate.max(Version(last.0 + 1)),
+            None => candidate,
+        };
+        made.insert(key.to_owned(), version);
+        if made.len() > LARGE {
+            let horizon = version.millis().saturating_sub(KEEP_MILLIS);
+            made.retain(|_, v| v.millis() >= horizon);
+        }
+        version
     }
 
     /// lww: the writers choose how long tombstones live (`--expires-attribute` minus the version's time).
@@ -266,6 +295,7 @@ impl PlanContext {
                     Some((version, _)) if old_stamp == stamp => {
                         plan.restamped += 1;
                         let fresh = fallback_version(change).max(Version(version.0 + 1));
+                        let fresh = self.made_up(&key_string(&change.keys), fresh);
                         (fresh, self.source_region.clone())
                     }
                     Some((_, Some(origin))) if origin == self.target_region => {
@@ -280,7 +310,9 @@ impl PlanContext {
                     Some((version, None)) => (version, self.source_region.clone()),
                     None => {
                         plan.unversioned += 1;
-                        (fallback_version(change), self.source_region.clone())
+                        let version =
+                            self.made_up(&key_string(&change.keys), fallback_version(change));
+                        (version, self.source_region.clone())
                     }
                 };
                 self.check_tombstone(&item, version);
@@ -893,5 +925,41 @@ mod tests {
         ctx.plan(&[change(2, EventKind::Insert, "b", Some(tomb), None)])
             .unwrap();
         assert!(ctx.tombstone_checked.load(Ordering::SeqCst));
+    }
+    #[test]
+    fn made_up_versions_of_one_key_never_collide_across_batches() {
+        // Two unstamped writes of one key in the same second, read in two batches: the same fallback
+        // before, so the second copy landed by the equal-stamp rule and looked, in the other
+        // direction, like an unstamped edit of the target's own item.
+        let ctx = ctx(Mode::Lww);
+        let version_of = |plan: &Plan| match &plan.writes[0].write {
+            Write::Put {
+                condition: Some(Condition::Newer { version, .. }),
+                ..
+            } => *version,
+            other => panic!("{other:?}"),
+        };
+        let first = ctx
+            .plan(&[change(
+                1,
+                EventKind::Insert,
+                "a",
+                Some(item("a", None, None)),
+                None,
+            )])
+            .unwrap();
+        let mut second_image = item("a", None, None);
+        second_image.insert("text".into(), s("changed"));
+        let second = ctx
+            .plan(&[change(
+                2,
+                EventKind::Modify,
+                "a",
+                Some(second_image),
+                Some(item("a", None, None)),
+            )])
+            .unwrap();
+        assert!(version_of(&second) > version_of(&first));
+        assert_eq!(version_of(&first), Version::from_millis(1_700_000_000_000));
     }
 }

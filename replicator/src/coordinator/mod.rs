@@ -344,7 +344,10 @@ async fn handle_exit<S: StreamSource, T: TargetTable, L: LeaseStore>(
     let (shard, generation, exit) = match joined {
         Ok(done) => done,
         Err(error) => {
+            // Every task is spawned with its id recorded, so this cannot name a shard: count it as a
+            // stopped shard so readiness fails and the ERROR is seen.
             tracing::error!(error = %error, "A shard task of unknown shard failed.");
+            engine.metrics.shards_stopped.inc();
             engine.health.shard_stopped();
             return;
         }
