@@ -110,12 +110,40 @@ fn faults_actually_happen() {
         "outages",
         "gaps reported",
         "finished leases deleted",
+        "refused writes",
+        "dead letters",
     ] {
         assert!(
             totals.get(fault).copied().unwrap_or(0) > 0,
             "no {fault} in 40 seeds: {totals:?}"
         );
     }
+    // Frozen owners' late writes are one-way's (lww hard deletes leave nothing to fence them with).
+    let mut one_way = std::collections::BTreeMap::new();
+    for seed in 0..40 {
+        for (k, v) in run_seed(
+            seed,
+            Mode::OneWay,
+            Switches::default(),
+            Sabotage::None,
+            false,
+        )
+        .stats
+        {
+            *one_way.entry(k).or_insert(0u64) += v;
+        }
+    }
+    for fault in ["frozen writes", "dead letters", "ambiguous lease calls"] {
+        assert!(
+            one_way.get(fault).copied().unwrap_or(0) > 0,
+            "no {fault} in 40 one-way seeds: {one_way:?}"
+        );
+    }
+    // A frozen write that lost its fencing condition shows as a conflict in one-way mode.
+    assert!(
+        one_way.get("conflicts").copied().unwrap_or(0) > 0,
+        "{one_way:?}"
+    );
 }
 
 #[test]
