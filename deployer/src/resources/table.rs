@@ -81,12 +81,17 @@ async fn read(
         .and_then(|s| s.stream_view_type())
         .map(|v| json!(v.as_str()))
         .unwrap_or(Value::Null);
-    // A table deleted meanwhile (by someone else) is simply gone.
+    // A table deleted meanwhile (by someone else) is simply gone. The local AWS (moto) answers
+    // DescribeTimeToLive on a missing table with the code `ResourceNotFound` instead of AWS's
+    // `ResourceNotFoundException`: both mean gone.
     let ttl = match client.describe_time_to_live().table_name(name).send().await {
         Ok(ttl) => ttl,
         Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            if e.as_service_error().is_some_and(|s| {
+                s.is_resource_not_found_exception()
+                    || aws_sdk_dynamodb::error::ProvideErrorMetadata::code(s)
+                        == Some("ResourceNotFound")
+            }) =>
         {
             return Ok(None);
         }
