@@ -923,28 +923,7 @@ pub fn write_table(
             ]
         })
         .collect();
-    let mut widths = HEADER.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    let line = |cells: [&str; 7], out: &mut dyn Write| {
-        let mut text = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                text.push_str(cell);
-            } else {
-                text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-            }
-        }
-        writeln!(out, "{text}")
-    };
-    line(HEADER, out)?;
-    for row in &rows {
-        line(row.each_ref().map(String::as_str), out)?;
-    }
-    Ok(())
+    super::write_columns(&HEADER, &rows, out)
 }
 
 /// `3 dead letters on 2 shards; 1 with images omitted (too large to keep); oldest parked 5m ago`.

@@ -21,7 +21,7 @@ use super::{AdminError, PathArgs, PathSpec, path_key};
 use crate::config::TableRef;
 use crate::error::{AwsFailure, ErrorClass};
 use crate::lease::Lease;
-use crate::lease::dynamo::{PATH, SHARD, decode};
+use crate::lease::dynamo::{PATH, SHARD, decode, names_used, query_path};
 use crate::stream::SeqNo;
 
 /// `replicator leases ...`.
@@ -155,25 +155,6 @@ fn n(v: u64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-/// Placeholders for the lease attributes (several are DynamoDB reserved words); only those an
-/// expression uses may be sent.
-fn names_used(expressions: &[&str]) -> HashMap<String, String> {
-    const NAMES: &[(&str, &str)] = &[
-        ("#c", "counter"),
-        ("#o", "owner"),
-        ("#k", "checkpoint"),
-        ("#f", "finished"),
-        ("#h", "handoff_to"),
-        ("#st", "started"),
-        ("#sg", "starting"),
-    ];
-    NAMES
-        .iter()
-        .filter(|(placeholder, _)| expressions.iter().any(|e| e.contains(placeholder)))
-        .map(|(p, name)| ((*p).to_owned(), (*name).to_owned()))
-        .collect()
-}
-
 impl PathLeases {
     /// The leases of `path` in `table`.
     pub fn new(client: Client, table: TableRef, path: String) -> PathLeases {
@@ -205,27 +186,10 @@ impl PathLeases {
 
     /// Every lease of the path, by shard ID (consistent read, all pages).
     pub async fn load(&self) -> Result<Vec<Lease>, AdminError> {
-        let mut leases = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table.table)
-                .key_condition_expression("#p = :p")
-                .expression_attribute_names("#p", PATH)
-                .expression_attribute_values(":p", s(&self.path))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| self.failed("reading leases", AwsFailure::from_sdk(&e)))?;
-            leases.extend(out.items().iter().filter_map(decode));
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
-            }
-        }
+        let rows = query_path(&self.client, &self.table.table, &self.path)
+            .await
+            .map_err(|e| self.failed("reading leases", e))?;
+        let mut leases: Vec<Lease> = rows.iter().filter_map(decode).collect();
         leases.sort_by(|a, b| a.shard.cmp(&b.shard));
         Ok(leases)
     }
@@ -660,28 +624,7 @@ pub fn write_table(leases: &[Lease], now_ms: u64, out: &mut dyn Write) -> std::i
             ]
         })
         .collect();
-    let mut widths = HEADER.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    let line = |cells: [&str; 9], out: &mut dyn Write| {
-        let mut text = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                text.push_str(cell);
-            } else {
-                text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-            }
-        }
-        writeln!(out, "{text}")
-    };
-    line(HEADER, out)?;
-    for row in &rows {
-        line(row.each_ref().map(String::as_str), out)?;
-    }
-    Ok(())
+    super::write_columns(&HEADER, &rows, out)
 }
 
 /// `3 leases; held by w1 (2), w2 (1); 0 free; 1 finished`.

@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::{DeadLetter, DeadLetterSink};
 use crate::error::{AwsFailure, ErrorClass};
-use crate::lease::dynamo::{LeaseTableError, PATH, ensure_keyed_table};
+use crate::lease::dynamo::{LeaseTableError, PATH, ensure_keyed_table, query_path};
 use crate::stream::{Change, EventKind, SeqNo};
 
 /// The dead-letter table's sort key.
@@ -72,27 +72,8 @@ impl DynamoDeadLetters {
 
     /// Every dead letter of the path, oldest position first within a shard.
     pub async fn list(&self) -> Result<Vec<DeadLetter>, AwsFailure> {
-        let mut letters = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("#p = :p")
-                .expression_attribute_names("#p", PATH)
-                .expression_attribute_values(":p", AttributeValue::S(self.path.clone()))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| AwsFailure::from_sdk(&e))?;
-            letters.extend(out.items().iter().filter_map(decode));
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
-            }
-        }
+        let rows = query_path(&self.client, &self.table, &self.path).await?;
+        let mut letters: Vec<DeadLetter> = rows.iter().filter_map(decode).collect();
         letters.sort_by(|a, b| (&a.shard, &a.change.seq).cmp(&(&b.shard, &b.change.seq)));
         Ok(letters)
     }

@@ -176,6 +176,35 @@ fn n(v: u64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
+/// Every row of `path` in `table` (the lease table or the dead-letter table), with a consistent read,
+/// all pages.
+pub async fn query_path(
+    client: &Client,
+    table: &str,
+    path: &str,
+) -> Result<Vec<HashMap<String, AttributeValue>>, AwsFailure> {
+    let mut rows = Vec::new();
+    let mut start = None;
+    loop {
+        let out = client
+            .query()
+            .table_name(table)
+            .key_condition_expression("#p = :p")
+            .expression_attribute_names("#p", PATH)
+            .expression_attribute_values(":p", s(path))
+            .consistent_read(true)
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .map_err(|e| AwsFailure::from_sdk(&e))?;
+        rows.extend(out.items().iter().cloned());
+        match out.last_evaluated_key {
+            Some(key) if !key.is_empty() => start = Some(key),
+            _ => return Ok(rows),
+        }
+    }
+}
+
 /// The sort key of the path's fencing-token row (not a shard: shard IDs never start with `#`).
 pub const FENCE_ROW: &str = "#fence";
 
@@ -290,7 +319,7 @@ where
 
 /// Placeholders for the lease attributes (several are DynamoDB reserved words); only those an expression
 /// uses may be sent.
-fn names_used(expressions: &[&str]) -> HashMap<String, String> {
+pub fn names_used(expressions: &[&str]) -> HashMap<String, String> {
     const NAMES: &[(&str, &str)] = &[
         ("#c", "counter"),
         ("#o", "owner"),
@@ -299,6 +328,7 @@ fn names_used(expressions: &[&str]) -> HashMap<String, String> {
         ("#f", "finished"),
         ("#h", "handoff_to"),
         ("#st", "started"),
+        ("#sg", "starting"),
     ];
     NAMES
         .iter()
@@ -311,27 +341,8 @@ const HELD: &str = "#o = :me AND #c = :c";
 
 impl LeaseStore for DynamoLeases {
     async fn list(&self) -> Result<Vec<Lease>, LeaseError> {
-        let mut leases = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("#p = :p")
-                .expression_attribute_names("#p", PATH)
-                .expression_attribute_values(":p", s(&self.path))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| LeaseError::Aws(AwsFailure::from_sdk(&e)))?;
-            leases.extend(out.items().iter().filter_map(decode));
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => return Ok(leases),
-            }
-        }
+        let rows = query_path(&self.client, &self.table, &self.path).await?;
+        Ok(rows.iter().filter_map(decode).collect())
     }
 
     async fn create(
