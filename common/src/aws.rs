@@ -62,6 +62,9 @@ pub struct AwsOptions {
     pub profile: Option<String>,
     /// An endpoint for every service, overriding `AWS_ENDPOINT_URL` (for example the local AWS).
     pub endpoint_url: Option<String>,
+    /// Sign with fixed placeholder credentials instead of the credential chain: for the local AWS,
+    /// which checks no signature (`deployer local` uses it when no credentials are set).
+    pub placeholder_credentials: bool,
 }
 
 /// Loads the SDK configuration for `region` from the default credential chain and profiles.
@@ -75,6 +78,11 @@ pub async fn sdk_config(region: Region, options: &AwsOptions) -> SdkConfig {
     }
     if let Some(endpoint) = &options.endpoint_url {
         loader = loader.endpoint_url(endpoint);
+    }
+    if options.placeholder_credentials {
+        loader = loader.credentials_provider(aws_credential_types::Credentials::new(
+            "local", "local", None, None, "local",
+        ));
     }
     loader.load().await
 }

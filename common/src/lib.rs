@@ -4,6 +4,7 @@
 //! - [`aws`]: an [`aws_config::SdkConfig`] for one region, from the default credential chain and profiles,
 //!   honouring `AWS_ENDPOINT_URL` and `AWS_ENDPOINT_URL_<SERVICE>` (so the local AWS needs no special code
 //!   path), plus region-name validation.
+//! - [`duration`]: durations as written in flags and config files (`500ms`, `10s`, `2m`).
 //! - [`telemetry`]: `tracing` set-up; human output on a terminal, JSON lines otherwise (ECS, Lambda).
 //! - [`shutdown`]: SIGTERM and SIGINT cancel one [`tokio_util::sync::CancellationToken`]; a second signal
 //!   resolves a future that the binary's `main` turns into an immediate exit.
@@ -17,6 +18,7 @@
 //! - Nothing here exits the process.
 
 pub mod aws;
+pub mod duration;
 pub mod shutdown;
 pub mod telemetry;
 pub mod version;

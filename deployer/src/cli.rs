@@ -57,6 +57,16 @@ pub enum Command {
     },
     /// Undo `failover`: restore every health check, so Route 53 routes by health again.
     Failback,
+    /// The local two-region environment: both regions, failover DNS, health checks and faults on
+    /// loopback (docs/local.md).
+    Local {
+        /// Where the environment keeps its state file and logs.
+        #[arg(long, env = "DEPLOYER_LOCAL_STATE", default_value = ".tworegion-local")]
+        state_dir: PathBuf,
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::local::LocalCommand,
+    },
     /// Delete everything this app and stage created (tagged with them), and nothing else.
     Down {
         /// Confirm the deletion.
@@ -123,6 +133,11 @@ fn read_artifact(config: &Path, d: &Deployment) -> Result<Vec<u8>, Failure> {
 
 /// Runs one command, writing human or JSON output to `out`. Returns the exit code.
 pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<u8, Failure> {
+    if let Command::Local { state_dir, command } = &cli.command {
+        return crate::local::run(command, &cli.config, state_dir, cli.json, out)
+            .await
+            .map_err(Failure);
+    }
     let d = load(&cli.config)?;
     let artifact = match cli.command {
         Command::Plan | Command::Up => Some(read_artifact(&cli.config, &d)?),
@@ -140,6 +155,7 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<u8, Failure> {
     let options = AwsOptions {
         profile: cli.profile.clone(),
         endpoint_url: None,
+        ..AwsOptions::default()
     };
     let clients = Clients::load(&d.regions, &options).await?;
     let engine = Engine::new(d, clients, artifact);
@@ -201,6 +217,7 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<u8, Failure> {
             report_failover(&engine, None, &changed, cli.json, out)?;
             Ok(0)
         }
+        Command::Local { .. } => Err(fail("unreachable: handled above")),
         Command::Down { .. } => {
             let deleted = engine.down(progress).await?;
             if cli.json {

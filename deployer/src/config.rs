@@ -39,6 +39,36 @@ pub struct ConfigFile {
     pub lambda: LambdaFile,
     /// The replicator's ECS services.
     pub replicator: ReplicatorFile,
+    /// The local two-region environment (`deployer local up`); ignored by every other command.
+    #[serde(default)]
+    pub local: LocalFile,
+}
+
+/// `[local]`: addresses, ports and emulated network of `deployer local up` (docs/local.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalFile {
+    /// Each region's loopback address (`{ us-east-1 = "127.0.0.11" }`); default 127.0.0.11 for the
+    /// primary and 127.0.0.12 for the secondary.
+    #[serde(default)]
+    pub addresses: BTreeMap<String, String>,
+    /// The API port, the same in both regions (as on AWS, only DNS tells them apart); 0 or absent:
+    /// a free one.
+    #[serde(default)]
+    pub port: u16,
+    /// The DNS server's port on 127.0.0.1; 0 or absent: a free one.
+    #[serde(default)]
+    pub dns_port: u16,
+    /// The control API's port on 127.0.0.1; 0 or absent: a free one.
+    #[serde(default)]
+    pub control_port: u16,
+    /// Round trip added to every AWS call from one region to the other (a replicator reading the
+    /// other region's stream), e.g. "65ms" (the default, us-east-1 to us-west-2).
+    pub cross_region_delay: Option<String>,
+    /// The TTL the DNS server gives alias answers (Route 53 uses the target's; default 60).
+    pub alias_ttl: Option<u32>,
+    /// Where latency routing places the client (default: the primary region).
+    pub client_region: Option<String>,
 }
 
 /// `[dns]`
@@ -53,6 +83,41 @@ pub struct DnsFile {
     /// the local AWS, which starts empty; a real public zone also needs delegation from its parent.
     #[serde(default)]
     pub create_hosted_zone: bool,
+    /// `alias` (default): alias A records to each region's custom domain, whose TTL is the target's
+    /// (60 s for AWS targets). `cname`: CNAME records to each region's regional domain name with
+    /// `ttl`, so clients move sooner after a failover.
+    #[serde(default)]
+    pub record_style: RecordStyle,
+    /// The CNAME records' TTL in seconds (record_style = "cname" only; default 10).
+    pub ttl: Option<i64>,
+}
+
+/// `dns.record_style`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordStyle {
+    /// Alias A records (TTL: the target's, 60 s).
+    #[default]
+    Alias,
+    /// CNAME records with `dns.ttl`.
+    Cname,
+}
+
+/// The TTL Route 53 gives alias records to AWS targets (the Route 53 FAQ: 60 s for ELB and S3
+/// website targets; not documented for API Gateway regional domain names).
+pub const ALIAS_TTL_SECONDS: i64 = 60;
+
+/// The default `dns.ttl` of CNAME records.
+pub const DEFAULT_CNAME_TTL: i64 = 10;
+
+impl DnsFile {
+    /// The TTL clients cache an answer for: the CNAME's, or the alias target's.
+    pub fn answer_ttl(&self) -> i64 {
+        match self.record_style {
+            RecordStyle::Alias => ALIAS_TTL_SECONDS,
+            RecordStyle::Cname => self.ttl.unwrap_or(DEFAULT_CNAME_TTL),
+        }
+    }
 }
 
 /// `[certificates]`
@@ -389,6 +454,22 @@ impl ConfigFile {
                 "dns.domain_name",
                 format!("{domain:?} is not a domain name like api.example.com"),
             ));
+        }
+        match (self.dns.record_style, self.dns.ttl) {
+            (RecordStyle::Alias, Some(_)) => {
+                return Err(bad(
+                    "dns.ttl",
+                    "applies to record_style = \"cname\" only: alias records take their target's \
+                     TTL (60 s); remove dns.ttl or set dns.record_style = \"cname\"",
+                ));
+            }
+            (RecordStyle::Cname, Some(ttl)) if !(1..=86_400).contains(&ttl) => {
+                return Err(bad(
+                    "dns.ttl",
+                    format!("{ttl} is not between 1 and 86400 seconds (10 is common for failover)"),
+                ));
+            }
+            _ => {}
         }
         if self.dns.hosted_zone.trim().is_empty() {
             return Err(bad("dns.hosted_zone", "give the hosted zone's name or ID"));

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::config::{ApiKeySource, Deployment, Routing};
+use crate::config::{ApiKeySource, Deployment, RecordStyle, Routing};
 
 /// Resource kinds, in the order they are created (deleted in reverse).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -499,6 +499,8 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
             ));
         }
     }
+    let cname = f.dns.record_style == RecordStyle::Cname;
+    let peers: Vec<String> = d.regions.iter().map(|r| format!("{prefix}-{r}")).collect();
     for (index, region) in d.regions.iter().enumerate() {
         let r = region.as_str();
         let (set, routing) = match d.routing {
@@ -514,8 +516,11 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
             format!("{}/{set}", f.dns.domain_name),
             json!({
                 "zone": f.dns.hosted_zone,
-                "type": "A",
-                "alias_to": reference(Kind::DomainName, r, &f.dns.domain_name),
+                "type": if cname { "CNAME" } else { "A" },
+                "alias_to": if cname { Value::Null } else { reference(Kind::DomainName, r, &f.dns.domain_name) },
+                "cname_to": if cname { json!(reference_attr_key(Kind::DomainName, r, &f.dns.domain_name, "regional_domain_name")) } else { Value::Null },
+                "ttl": if cname { json!(f.dns.answer_ttl()) } else { Value::Null },
+                "peers": peers,
                 "set_identifier": format!("{prefix}-{r}"),
                 "routing": routing,
                 "health_check": reference(Kind::HealthCheck, r, &format!("{prefix}-{r}")),

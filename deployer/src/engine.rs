@@ -128,7 +128,7 @@ pub fn references(observed: &[Resource]) -> Resolved {
         if let Some(v) = r.props.get(main).filter(|v| !v.is_null()) {
             resolved.insert(reference_key(r.kind, region, &r.name), v.clone());
         }
-        for attr in ["host", "source_arn"] {
+        for attr in ["host", "source_arn", "regional_domain_name"] {
             if let Some(v) = r.props.get(attr).filter(|v| !v.is_null()) {
                 resolved.insert(reference_attr_key(r.kind, region, &r.name, attr), v.clone());
             }
@@ -291,6 +291,17 @@ impl Engine {
         } else {
             self.deployment.regions.iter().cloned().map(Some).collect()
         }
+    }
+
+    /// The API key clients send (the configured value, or the one API Gateway generated in the
+    /// primary); `None` while it does not exist.
+    pub async fn client_api_key(&self) -> Result<Option<String>, DeployError> {
+        if let ApiKeySource::Value(v) = &self.deployment.api_key {
+            return Ok(Some(v.clone()));
+        }
+        let observed = self.observe().await?;
+        let secondary = self.deployment.regions[1].clone();
+        self.api_key_value(Some(&secondary), &observed).await
     }
 
     /// The value `region`'s API key must have: the configured one; with `generate`, none in the

@@ -8,6 +8,7 @@
 //! - `resources`: per resource kind, observe what exists and apply one change.
 //! - `engine`: observe everything, resolve references, plan, apply change by change until the plan
 //!   is empty; `status`, `failover`, `down`.
+//! - `local`: the local two-region environment (`deployer local`), on loopback.
 //! - `cli`: the command line and its output.
 //!
 //! # Invariants
@@ -18,5 +19,6 @@ pub mod cli;
 pub mod config;
 pub mod desired;
 pub mod engine;
+pub mod local;
 pub mod plan;
 pub mod resources;

@@ -149,6 +149,7 @@ async fn main() -> ExitCode {
             let aws = AwsOptions {
                 profile: cli.profile,
                 endpoint_url: None,
+                ..AwsOptions::default()
             };
             tokio::select! {
                 result = replicator::run(config, aws, shutdown) => match result {
@@ -173,6 +174,7 @@ async fn main() -> ExitCode {
             let aws = AwsOptions {
                 profile: cli.profile,
                 endpoint_url: None,
+                ..AwsOptions::default()
             };
             match leases(&command, &spec, &aws).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -193,6 +195,7 @@ async fn main() -> ExitCode {
             let aws = AwsOptions {
                 profile: cli.profile,
                 endpoint_url: None,
+                ..AwsOptions::default()
             };
             match dlq(&command, &spec, &aws).await {
                 Ok(()) => ExitCode::SUCCESS,

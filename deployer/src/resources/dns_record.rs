@@ -1,12 +1,14 @@
-//! The public name's Route 53 records: one alias A record per region to the region's custom domain,
-//! with failover (PRIMARY / SECONDARY) or latency routing and the region's health check. Records
+//! The public name's Route 53 records: one record per region to the region's custom domain (an alias
+//! A record, or a CNAME to its regional domain name with a TTL of the config's choosing:
+//! `dns.record_style`), with failover (PRIMARY / SECONDARY) or latency routing and the region's
+//! health check. Records
 //! cannot carry tags: the set identifier `<app>-<stage>-<region>` marks them as this deployment's.
 
 use std::collections::BTreeMap;
 
 use aws_sdk_route53::Client;
 use aws_sdk_route53::types::{
-    AliasTarget, Change as R53Change, ChangeAction, ChangeBatch, ResourceRecordSet,
+    AliasTarget, Change as R53Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet,
     ResourceRecordSetFailover, ResourceRecordSetRegion, RrType,
 };
 use serde_json::{Value, json};
@@ -45,9 +47,15 @@ pub async fn zone_id(client: &Client, zone: &str) -> Result<String, DeployError>
 /// `a-b` stage `c` and app `a` stage `b-c` share the prefix `a-b-c-`, so a prefix match would take
 /// another deployment's records.
 fn is_ours(identifier: &str, scope: &Scope, regions: &[String]) -> bool {
+    peers(scope, regions).iter().any(|p| p == identifier)
+}
+
+/// The set identifiers of this deployment's records, one per region (`peers` in the props).
+pub fn peers(scope: &Scope, regions: &[String]) -> Vec<String> {
     regions
         .iter()
-        .any(|region| identifier == format!("{}-{}-{region}", scope.app, scope.stage))
+        .map(|region| format!("{}-{}-{region}", scope.app, scope.stage))
+        .collect()
 }
 
 /// This deployment's records for `domain` in the zone, in the desired form.
@@ -60,7 +68,7 @@ pub async fn observe(
 ) -> Result<Vec<Resource>, DeployError> {
     let zone_id = zone_id(client, zone).await?;
     let mut found = Vec::new();
-    for set in a_records(client, &zone_id, zone, domain).await? {
+    for set in record_sets(client, &zone_id, zone, domain).await? {
         let Some(identifier) = set.set_identifier() else {
             continue;
         };
@@ -82,10 +90,16 @@ pub async fn observe(
         let alias = set.alias_target().map(
             |a| json!({ "dns_name": dotted(a.dns_name()), "hosted_zone_id": a.hosted_zone_id() }),
         );
+        let cname = (set.r#type() == &RrType::Cname)
+            .then(|| set.resource_records().first().map(|r| dotted(r.value())))
+            .flatten();
         let props = json!({
             "zone": zone,
-            "type": "A",
+            "type": set.r#type().as_str(),
             "alias_to": alias,
+            "cname_to": cname,
+            "ttl": set.ttl(),
+            "peers": peers(scope, regions),
             "set_identifier": identifier,
             "routing": routing,
             "health_check": set.health_check_id(),
@@ -100,14 +114,29 @@ pub async fn observe(
     Ok(found)
 }
 
-/// Every A record set named `domain` in the zone `zone_id` (`zone` names it in errors).
-async fn a_records(
+/// Every A and CNAME record set named `domain` in the zone `zone_id` (`zone` names it in errors).
+async fn record_sets(
     client: &Client,
     zone_id: &str,
     zone: &str,
     domain: &str,
 ) -> Result<Vec<ResourceRecordSet>, DeployError> {
     let wanted = dotted(domain);
+    Ok(all_record_sets(client, zone_id, zone)
+        .await?
+        .into_iter()
+        .filter(|set| {
+            dotted(set.name()) == wanted && matches!(set.r#type(), RrType::A | RrType::Cname)
+        })
+        .collect())
+}
+
+/// Every record set in the zone `zone_id` (`zone` names it in errors).
+pub async fn all_record_sets(
+    client: &Client,
+    zone_id: &str,
+    zone: &str,
+) -> Result<Vec<ResourceRecordSet>, DeployError> {
     let mut found = Vec::new();
     let mut start: Option<(String, RrType, Option<String>)> = None;
     loop {
@@ -122,12 +151,7 @@ async fn a_records(
             .send()
             .await
             .map_err(|e| DeployError::aws("route53:ListResourceRecordSets", zone, &e))?;
-        found.extend(
-            page.resource_record_sets()
-                .iter()
-                .filter(|set| dotted(set.name()) == wanted && set.r#type() == &RrType::A)
-                .cloned(),
-        );
+        found.extend(page.resource_record_sets().iter().cloned());
         if page.is_truncated() {
             start = page
                 .next_record_name
@@ -144,34 +168,50 @@ async fn a_records(
     Ok(found)
 }
 
-/// Whether two record sets with one set identifier use the same routing policy (an UPSERT cannot
-/// change it: the old set is deleted and the new one created in one batch).
+/// Whether two record sets with one set identifier use the same routing policy and type (an UPSERT
+/// can change neither: the old set is deleted and the new one created in one batch).
 fn same_routing(a: &ResourceRecordSet, b: &ResourceRecordSet) -> bool {
-    a.failover() == b.failover() && a.region() == b.region()
+    a.failover() == b.failover() && a.region() == b.region() && a.r#type() == b.r#type()
 }
 
 fn record(domain: &str, props: &BTreeMap<String, Value>) -> Result<ResourceRecordSet, String> {
-    let alias = props
-        .get("alias_to")
-        .filter(|v| v.is_object())
-        .ok_or("the custom domain does not exist yet")?;
     let text = |v: &Value, field: &str| v.get(field).and_then(Value::as_str).map(str::to_owned);
-    let target = AliasTarget::builder()
-        .dns_name(text(alias, "dns_name").ok_or("alias_to.dns_name unknown")?)
-        .hosted_zone_id(text(alias, "hosted_zone_id").ok_or("alias_to.hosted_zone_id unknown")?)
-        .evaluate_target_health(false)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut set = ResourceRecordSet::builder()
-        .name(dotted(domain))
-        .r#type(RrType::A)
-        .alias_target(target)
-        .set_identifier(
-            props
-                .get("set_identifier")
-                .and_then(Value::as_str)
-                .unwrap_or_default(),
-        );
+    let builder = ResourceRecordSet::builder().name(dotted(domain));
+    let builder = if props.get("type").and_then(Value::as_str) == Some("CNAME") {
+        let target = props
+            .get("cname_to")
+            .and_then(Value::as_str)
+            .filter(|t| !t.starts_with("ref:"))
+            .ok_or("the custom domain does not exist yet")?;
+        let ttl = props
+            .get("ttl")
+            .and_then(Value::as_i64)
+            .ok_or("a CNAME record needs dns.ttl")?;
+        builder.r#type(RrType::Cname).ttl(ttl).resource_records(
+            ResourceRecord::builder()
+                .value(dotted(target))
+                .build()
+                .map_err(|e| e.to_string())?,
+        )
+    } else {
+        let alias = props
+            .get("alias_to")
+            .filter(|v| v.is_object())
+            .ok_or("the custom domain does not exist yet")?;
+        let target = AliasTarget::builder()
+            .dns_name(text(alias, "dns_name").ok_or("alias_to.dns_name unknown")?)
+            .hosted_zone_id(text(alias, "hosted_zone_id").ok_or("alias_to.hosted_zone_id unknown")?)
+            .evaluate_target_health(false)
+            .build()
+            .map_err(|e| e.to_string())?;
+        builder.r#type(RrType::A).alias_target(target)
+    };
+    let mut set = builder.set_identifier(
+        props
+            .get("set_identifier")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+    );
     if let Some(check) = props.get("health_check").and_then(Value::as_str) {
         if check.starts_with("ref:") {
             return Err("the health check does not exist yet".to_owned());
@@ -221,13 +261,28 @@ pub async fn apply(
         .map_err(|e| DeployError::refused("route53:ChangeResourceRecordSets", &id, e))?;
     let mut changes = Vec::new();
     if action == ChangeAction::Upsert {
-        // A set with this identifier but another routing policy (the config switched between
-        // failover and latency): Route 53 cannot change the policy in place.
-        let old = a_records(client, &zone_id, &zone, domain)
+        // A set with this identifier but another routing policy or type (the config switched
+        // between failover and latency, or between alias and CNAME): Route 53 cannot change either
+        // in place.
+        // Route 53 also refuses a CNAME beside records of another type with the same name, so a
+        // change of style deletes the other region's old record (`peers`: this deployment's set
+        // identifiers) in the same batch; its own change then creates it anew, and until then DNS
+        // answers with this region alone.
+        let peers: Vec<&str> = source
+            .props
+            .get("peers")
+            .and_then(Value::as_array)
+            .map(|p| p.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let old = record_sets(client, &zone_id, &zone, domain)
             .await?
             .into_iter()
-            .find(|old| old.set_identifier() == set.set_identifier() && !same_routing(old, &set));
-        if let Some(old) = old {
+            .filter(|old| {
+                let same_set = old.set_identifier() == set.set_identifier();
+                let peer = old.set_identifier().is_some_and(|id| peers.contains(&id));
+                (same_set && !same_routing(old, &set)) || (peer && old.r#type() != set.r#type())
+            });
+        for old in old {
             changes.push((ChangeAction::Delete, old));
         }
     }

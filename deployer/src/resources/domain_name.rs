@@ -48,6 +48,7 @@ fn domain_resource(region: &str, domain: &DomainName) -> Resource {
             "security_policy": domain.security_policy().map(|p| p.as_str()),
             "certificate": domain.regional_certificate_arn(),
             "tags": Scope::managed_tags(&tags),
+            "regional_domain_name": domain.regional_domain_name().map(dotted),
             "alias": alias,
             "status": domain.domain_name_status().map(|s| s.as_str()),
         }),
