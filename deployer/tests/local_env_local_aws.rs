@@ -1,0 +1,566 @@
+//! The local two-region environment end to end, with the real binaries on loopback: `deployer local
+//! up`, DNS answering the primary, a request served there, an outage of the primary (a write it
+//! acknowledged just before is stranded while the outage lasts), clients moving to the secondary
+//! within interval x threshold + TTL + 5 s, writes there reaching the primary within 10 s of recovery
+//! (lww), `deployer failover` moving DNS without a fault, and `local down` leaving no process and no
+//! listening socket. Twice at once: alias records (TTL 60 s, the environment on the tests' local AWS)
+//! and CNAME records with TTL 5 s (the environment starting its own local AWS); the CNAME clients
+//! must move sooner.
+
+// Test helpers report failure by panicking.
+#![allow(clippy::unwrap_used)]
+
+mod cli_support;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cli_support::{Workspace, edit};
+use hickory_proto::op::{Message, Query};
+use hickory_proto::rr::{Name, RData, RecordType};
+use serde_json::Value;
+use tworegion_common::test_support::{LocalAws, REGION_A, REGION_B};
+
+const INTERVAL: u64 = 10;
+const THRESHOLD: u64 = 1;
+
+/// One environment started by the test (stopped on drop if the test fails before `down`).
+struct Env {
+    label: &'static str,
+    config: PathBuf,
+    state: PathBuf,
+    status: Value,
+    key: String,
+    aws: LocalAws,
+    stopped: bool,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let state = self.state.display().to_string();
+            let _ = deployer(
+                &self.config,
+                &["local", "--state-dir", &state, "down"],
+                &[],
+                &[],
+            );
+        }
+    }
+}
+
+fn deployer(
+    config: &Path,
+    args: &[&str],
+    env: &[(&str, String)],
+    unset: &[&str],
+) -> (i32, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_deployer"));
+    command.arg("--config").arg(config).args(args);
+    for k in ["DEPLOYER_CONFIG", "DEPLOYER_LOCAL_STATE"]
+        .iter()
+        .chain(unset)
+    {
+        command.env_remove(k);
+    }
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().expect("run the deployer");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+impl Env {
+    /// Writes the config (this workspace's example with fast health checks, `dns` lines and a
+    /// cross-region delay long enough that an answer on its way is lost in the outage), and starts
+    /// the environment in the background.
+    fn up(label: &'static str, w: &Workspace, dns: &str, own_aws: bool) -> Env {
+        let mut text = w.text();
+        text = edit(&text, "interval = ", &format!("interval = {INTERVAL}"));
+        text = edit(
+            &text,
+            "failure_threshold = ",
+            &format!("failure_threshold = {THRESHOLD}"),
+        );
+        text = edit(
+            &text,
+            "create_hosted_zone = ",
+            &format!("create_hosted_zone = true\n{dns}"),
+        );
+        text.push_str("\n[local]\ncross_region_delay = \"1s\"\n");
+        w.write(&text);
+        let state = w.dir.join("state");
+        let (env, unset): (Vec<(&str, String)>, Vec<&str>) = if own_aws {
+            // No AWS_ENDPOINT_URL: `local up` starts the project's moto itself.
+            (
+                vec![
+                    ("AWS_ACCESS_KEY_ID", "local".to_owned()),
+                    ("AWS_SECRET_ACCESS_KEY", "local".to_owned()),
+                ],
+                vec!["AWS_ENDPOINT_URL"],
+            )
+        } else {
+            (
+                LocalAws::from_env()
+                    .child_env()
+                    .into_iter()
+                    .map(|(k, v)| (k, v))
+                    .collect(),
+                vec![],
+            )
+        };
+        let state_arg = state.display().to_string();
+        let (code, stdout, stderr) = deployer(
+            &w.config,
+            &[
+                "--json",
+                "local",
+                "--state-dir",
+                &state_arg,
+                "up",
+                "--detach",
+            ],
+            &env,
+            &unset,
+        );
+        assert_eq!(
+            code, 0,
+            "{label}: local up failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        let status: Value = serde_json::from_str(&stdout).unwrap();
+        let aws = LocalAws::new(status["local_aws"].as_str().unwrap()).unwrap();
+        let mut env = Env {
+            label,
+            config: w.config.clone(),
+            state,
+            status,
+            key: String::new(),
+            aws,
+            stopped: false,
+        };
+        env.key = env.local_status(true)["api_key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        env
+    }
+
+    fn local_status(&self, show_key: bool) -> Value {
+        let state = self.state.display().to_string();
+        let mut args = vec!["--json", "local", "--state-dir", &state, "status"];
+        if show_key {
+            args.push("--show-api-key");
+        }
+        let (code, stdout, stderr) = deployer(&self.config, &args, &[], &[]);
+        assert_eq!(code, 0, "{}: local status: {stderr}", self.label);
+        serde_json::from_str(&stdout).unwrap()
+    }
+
+    fn fault(&self, region: &str, fault: &str) {
+        let state = self.state.display().to_string();
+        let (code, _, stderr) = deployer(
+            &self.config,
+            &[
+                "local",
+                "--state-dir",
+                &state,
+                "fault",
+                "--region",
+                region,
+                fault,
+            ],
+            &[],
+            &[],
+        );
+        assert_eq!(code, 0, "{}: fault {fault}: {stderr}", self.label);
+    }
+
+    fn dns(&self) -> SocketAddr {
+        self.status["dns"].as_str().unwrap().parse().unwrap()
+    }
+
+    fn port(&self) -> u16 {
+        let url = self.status["url"].as_str().unwrap();
+        url.trim_end_matches('/')
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    fn domain(&self) -> String {
+        self.status["domain_name"].as_str().unwrap().to_owned()
+    }
+
+    fn address(&self, region: &str) -> Ipv4Addr {
+        let endpoint = self.status["regions"][region]["endpoint"].as_str().unwrap();
+        let addr: SocketAddr = endpoint.trim_start_matches("http://").parse().unwrap();
+        match addr.ip() {
+            std::net::IpAddr::V4(ip) => ip,
+            other => panic!("{other} is not IPv4"),
+        }
+    }
+
+    fn table(&self) -> String {
+        self.status["regions"][REGION_A]["table"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// An API request to `ip` with the public name as Host: (status, region header, body).
+    fn request(&self, ip: Ipv4Addr, method: &str, path: &str, body: &str) -> (u16, String, String) {
+        http(
+            SocketAddr::from((ip, self.port())),
+            method,
+            &self.domain(),
+            path,
+            &self.key,
+            body,
+        )
+        .unwrap_or_else(|e| panic!("{}: {method} {path} on {ip}: {e}", self.label))
+    }
+
+    fn create(&self, ip: Ipv4Addr, text: &str) -> String {
+        let (status, region, body) =
+            self.request(ip, "POST", "/todos", &format!("{{\"text\":\"{text}\"}}"));
+        assert_eq!(
+            status, 201,
+            "{}: create on {ip} ({region}): {body}",
+            self.label
+        );
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["id"].as_str().unwrap().to_owned()
+    }
+
+    fn has_item(&self, region: &str, id: &str) -> bool {
+        let client = self.aws.dynamodb(region);
+        let table = self.table();
+        let id = id.to_owned();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let out = client
+                .get_item()
+                .table_name(table)
+                .key("id", aws_sdk_dynamodb::types::AttributeValue::S(id))
+                .consistent_read(true)
+                .send()
+                .await
+                .unwrap();
+            out.item().is_some()
+        })
+    }
+
+    /// Waits until `region`'s table has `id`; the seconds it took.
+    fn wait_item(&self, region: &str, id: &str, within: Duration) -> f64 {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if self.has_item(region, id) {
+                return start.elapsed().as_secs_f64();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "{}: {id} did not reach {region} within {within:?}",
+            self.label
+        );
+    }
+
+    /// Measures how long a client that honours each answer's TTL keeps being sent to `from` after
+    /// a fault at `t0`: it holds the answer it got at the fault until its TTL runs out.
+    fn client_move_seconds(&self, to: Ipv4Addr, t0: Instant, within: Duration) -> f64 {
+        let (mut addrs, mut ttl) = resolve(self.dns(), &self.domain());
+        let mut expires = Instant::now() + Duration::from_secs(u64::from(ttl));
+        while t0.elapsed() < within {
+            if addrs.first() == Some(&to) {
+                return t0.elapsed().as_secs_f64();
+            }
+            if Instant::now() >= expires {
+                (addrs, ttl) = resolve(self.dns(), &self.domain());
+                expires = Instant::now() + Duration::from_secs(u64::from(ttl));
+                continue;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{}: clients were not sent to {to} within {within:?}",
+            self.label
+        );
+    }
+
+    /// `local down`, then: no process of the environment and no socket it listened on is left.
+    fn down(mut self) {
+        self.stopped = true;
+        let status = self.local_status(false);
+        let state = self.state.display().to_string();
+        let (code, _, stderr) = deployer(
+            &self.config,
+            &["local", "--state-dir", &state, "down"],
+            &[],
+            &[],
+        );
+        assert_eq!(code, 0, "{}: local down: {stderr}", self.label);
+        let mut pids: Vec<u64> = status["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_u64().unwrap())
+            .collect();
+        pids.push(status["pid"].as_u64().unwrap());
+        for pid in pids {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next())
+                .unwrap_or("gone");
+            assert!(
+                state == "gone" || state == "Z" || state == "X",
+                "{}: process {pid} still runs after local down ({state})",
+                self.label
+            );
+        }
+        let mut addrs: Vec<String> = vec![
+            status["dns"].as_str().unwrap().to_owned(),
+            status["control"].as_str().unwrap().to_owned(),
+            status["aws_endpoint"].as_str().unwrap().to_owned(),
+        ];
+        for region in [REGION_A, REGION_B] {
+            addrs.push(
+                status["regions"][region]["endpoint"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+            addrs.push(
+                status["regions"][region]["aws_endpoint"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        for r in status["replicators"].as_array().unwrap() {
+            addrs.push(r["metrics"].as_str().unwrap().to_owned());
+        }
+        for addr in addrs {
+            let addr: SocketAddr = addr.trim_start_matches("http://").parse().unwrap();
+            assert!(
+                TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
+                "{}: {addr} still accepts connections after local down",
+                self.label
+            );
+        }
+        assert!(
+            !self.state.join("state.json").exists(),
+            "the state file is left"
+        );
+    }
+}
+
+/// A DNS query over UDP: the addresses, and how long the answer may be cached (the shortest TTL
+/// in it: a CNAME's own TTL bounds how long its target may be used for the name).
+fn resolve(server: SocketAddr, name: &str) -> (Vec<Ipv4Addr>, u32) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut q = Message::query();
+    q.metadata.id = 4242;
+    q.metadata.recursion_desired = true;
+    q.queries.push(Query::query(
+        Name::from_ascii(format!("{name}.")).unwrap(),
+        RecordType::A,
+    ));
+    socket.send_to(&q.to_vec().unwrap(), server).unwrap();
+    let mut buffer = [0u8; 4096];
+    let n = socket.recv(&mut buffer).unwrap();
+    let answer = Message::from_vec(&buffer[..n]).unwrap();
+    let addrs = answer
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect();
+    let ttl = answer.answers.iter().map(|r| r.ttl).min().unwrap_or(0);
+    (addrs, ttl)
+}
+
+/// One HTTP/1.1 request (Connection: close): (status, x-tworegion-region, body).
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    key: &str,
+    body: &str,
+) -> Result<(u16, String, String), String> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nx-api-key: {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let (head, body) = response.split_once("\r\n\r\n").ok_or("no header end")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("no status")?;
+    let region = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("x-tworegion-region")
+                .then(|| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    Ok((status, region, body.to_owned()))
+}
+
+/// The outage scenario on one environment; returns the seconds clients took to move.
+fn outage_scenario(env: &Env, full: bool) -> f64 {
+    let (primary, secondary) = (env.address(REGION_A), env.address(REGION_B));
+    let (addrs, _) = resolve(env.dns(), &env.domain());
+    assert_eq!(
+        addrs,
+        vec![primary],
+        "{}: DNS answers the primary at first",
+        env.label
+    );
+    let (status, region, body) = env.request(primary, "GET", "/todos", "");
+    assert_eq!(
+        (status, region.as_str()),
+        (200, REGION_A),
+        "{}: {body}",
+        env.label
+    );
+
+    // A write acknowledged by the primary just before the outage.
+    let stranded = env.create(primary, "acknowledged just before the outage");
+    env.fault(REGION_A, "outage");
+    let t0 = Instant::now();
+    let bound =
+        INTERVAL * THRESHOLD + u64::from(env.status["ttl_seconds"].as_u64().unwrap() as u32) + 5;
+    let moved = env.client_move_seconds(secondary, t0, Duration::from_secs(bound));
+    assert!(
+        http(
+            SocketAddr::from((primary, env.port())),
+            "GET",
+            &env.domain(),
+            "/todos",
+            &env.key,
+            ""
+        )
+        .is_err(),
+        "{}: the primary still accepts connections in its outage",
+        env.label
+    );
+    let (status, region, body) = env.request(secondary, "GET", "/todos", "");
+    assert_eq!(
+        (status, region.as_str()),
+        (200, REGION_B),
+        "{}: {body}",
+        env.label
+    );
+    if !full {
+        return moved;
+    }
+    let during = env.create(secondary, "written during the outage");
+    assert!(
+        !env.has_item(REGION_B, &stranded),
+        "{}: the write acknowledged by the primary before the outage reached the secondary: the outage stranded nothing",
+        env.label
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !env.has_item(REGION_B, &stranded),
+        "{}: stranded write leaked during the outage",
+        env.label
+    );
+    env.fault(REGION_A, "recover");
+    let to_primary = env.wait_item(REGION_A, &during, Duration::from_secs(10));
+    let to_secondary = env.wait_item(REGION_B, &stranded, Duration::from_secs(10));
+    eprintln!(
+        "{}: clients moved in {moved:.1} s; after recovery the secondary's write reached the primary in {to_primary:.1} s, the stranded one the secondary in {to_secondary:.1} s",
+        env.label
+    );
+    moved
+}
+
+#[test]
+fn a_region_fails_and_dns_moves_clients_with_nothing_acknowledged_lost() {
+    let alias_w = Workspace::new();
+    let cname_w = Workspace::new();
+    let alias_thread = std::thread::spawn(move || {
+        let env = Env::up("alias", &alias_w, "", false);
+        assert_eq!(env.status["record_style"], "alias");
+        assert_eq!(env.status["ttl_seconds"], 60);
+        let moved = outage_scenario(&env, true);
+
+        // `deployer failover --to` the secondary, without any fault: DNS moves too.
+        let (primary, secondary) = (env.address(REGION_A), env.address(REGION_B));
+        let deadline = Instant::now() + Duration::from_secs(INTERVAL * THRESHOLD + 5);
+        while resolve(env.dns(), &env.domain()).0 != vec![primary] {
+            assert!(
+                Instant::now() < deadline,
+                "the primary did not serve again after recovery"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let aws_env: Vec<(&str, String)> = env.aws.child_env();
+        let (code, _, stderr) =
+            deployer(&env.config, &["failover", "--to", REGION_B], &aws_env, &[]);
+        assert_eq!(code, 0, "failover: {stderr}");
+        let t0 = Instant::now();
+        while resolve(env.dns(), &env.domain()).0 != vec![secondary] {
+            assert!(
+                t0.elapsed() < Duration::from_secs(INTERVAL * THRESHOLD + 5),
+                "deployer failover did not move DNS"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let (code, _, stderr) = deployer(&env.config, &["failback"], &aws_env, &[]);
+        assert_eq!(code, 0, "failback: {stderr}");
+        env.down();
+        (moved, alias_w)
+    });
+    let cname_thread = std::thread::spawn(move || {
+        let env = Env::up("cname", &cname_w, "record_style = \"cname\"\nttl = 5", true);
+        assert_eq!(env.status["record_style"], "cname");
+        assert_eq!(env.status["ttl_seconds"], 5);
+        let moved = outage_scenario(&env, false);
+        env.down();
+        (moved, cname_w)
+    });
+    let (alias_moved, _a) = alias_thread.join().unwrap();
+    let (cname_moved, _c) = cname_thread.join().unwrap();
+    eprintln!(
+        "clients moved in {alias_moved:.1} s with alias records (TTL 60) and {cname_moved:.1} s with CNAME records (TTL 5)"
+    );
+    assert!(
+        cname_moved < alias_moved,
+        "CNAME records with TTL 5 moved clients in {cname_moved:.1} s, not sooner than alias records ({alias_moved:.1} s)"
+    );
+}
