@@ -165,6 +165,10 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<u8, Failure> {
         Command::Plan => {
             let plan = engine.plan().await?;
             render(&plan, cli.json, out)?;
+            if !cli.json {
+                let f = &engine.deployment().file;
+                writeln!(out, "{}", f.failover_time().words(f.dns.record_style))?;
+            }
             Ok(if plan.is_empty() { 0 } else { 2 })
         }
         Command::Up => {
@@ -204,6 +208,12 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<u8, Failure> {
                 writeln!(out, "{}", json!(status))?;
             } else {
                 render_status(&status, out)?;
+                let f = &engine.deployment().file;
+                writeln!(
+                    out,
+                    "{}",
+                    status.expected_failover.words(f.dns.record_style)
+                )?;
             }
             Ok(0)
         }

@@ -107,6 +107,48 @@ pub enum RecordStyle {
 /// website targets; not documented for API Gateway regional domain names).
 pub const ALIAS_TTL_SECONDS: i64 = 60;
 
+/// How long clients can keep being sent to a failed region, worst case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct FailoverTime {
+    /// Route 53 noticing: interval x failure threshold.
+    pub detection_seconds: i64,
+    /// Clients dropping the answer they hold: the records' TTL.
+    pub ttl_seconds: i64,
+    /// The sum (Route 53's propagation and clients caching beyond the TTL come on top).
+    pub total_seconds: i64,
+}
+
+impl FailoverTime {
+    /// In words, for `plan` and `status`.
+    pub fn words(&self, style: RecordStyle) -> String {
+        let style = match style {
+            RecordStyle::Alias => "alias records take their target's",
+            RecordStyle::Cname => "the CNAME records'",
+        };
+        format!(
+            "Expected worst-case failover: about {} s: up to {} s for Route 53 to see a region fail \
+             (health check interval x failure threshold), then up to {} s for clients to drop the \
+             answer they hold ({style} TTL), plus Route 53's propagation (seconds) and clients that \
+             cache longer than the TTL.",
+            self.total_seconds, self.detection_seconds, self.ttl_seconds
+        )
+    }
+}
+
+impl ConfigFile {
+    /// The worst case from a region failing to clients using the other one.
+    pub fn failover_time(&self) -> FailoverTime {
+        let detection =
+            i64::from(self.health_check.interval) * i64::from(self.health_check.failure_threshold);
+        let ttl = self.dns.answer_ttl();
+        FailoverTime {
+            detection_seconds: detection,
+            ttl_seconds: ttl,
+            total_seconds: detection + ttl,
+        }
+    }
+}
+
 /// The default `dns.ttl` of CNAME records.
 pub const DEFAULT_CNAME_TTL: i64 = 10;
 
@@ -827,5 +869,39 @@ image = "public.ecr.aws/example/tworegion-replicator:0.1.0"
         assert!(err.problem.contains("MISSING is not set"), "{err}");
         let err = with("from_env = \"TODOS_API_KEY\"", "from_env = \"SHORT_KEY\"");
         assert!(err.is_err());
+    }
+
+    #[test]
+    fn record_style_ttl_and_failover_time() {
+        let zone = "hosted_zone = \"todos.example.com\"";
+        let alias = with(zone, zone).unwrap();
+        assert_eq!(alias.file.dns.record_style, RecordStyle::Alias);
+        let t = alias.file.failover_time();
+        assert_eq!(
+            (t.detection_seconds, t.ttl_seconds, t.total_seconds),
+            (30, 60, 90)
+        );
+        assert!(
+            t.words(RecordStyle::Alias).contains("about 90 s"),
+            "{}",
+            t.words(RecordStyle::Alias)
+        );
+        let cname = with(zone, &format!("{zone}\nrecord_style = \"cname\"")).unwrap();
+        assert_eq!(
+            cname.file.failover_time().total_seconds,
+            30 + DEFAULT_CNAME_TTL
+        );
+        let five = with(zone, &format!("{zone}\nrecord_style = \"cname\"\nttl = 5")).unwrap();
+        assert_eq!(five.file.failover_time().total_seconds, 35);
+        let err = with(zone, &format!("{zone}\nttl = 5")).unwrap_err();
+        assert_eq!(err.field, "dns.ttl");
+        assert!(err.problem.contains("record_style"), "{err}");
+        let err = with(zone, &format!("{zone}\nrecord_style = \"cname\"\nttl = 0")).unwrap_err();
+        assert_eq!(err.field, "dns.ttl");
+        let err = with(zone, &format!("{zone}\nrecord_style = \"txt\"")).unwrap_err();
+        assert!(
+            err.problem.contains("alias") && err.problem.contains("cname"),
+            "{err}"
+        );
     }
 }

@@ -904,6 +904,7 @@ impl Engine {
             dns_records: records,
             serving: serving(self.deployment.routing, &healthy, records > 0),
             regions,
+            expected_failover: self.deployment.file.failover_time(),
         })
     }
 
@@ -1055,6 +1056,8 @@ pub struct Status {
     pub serving: Vec<String>,
     /// Per region.
     pub regions: BTreeMap<String, RegionStatus>,
+    /// The worst case from a region failing to clients moving, for these settings.
+    pub expected_failover: crate::config::FailoverTime,
 }
 
 /// `create Table/us-east-1/todos`, `update HealthCheck/... (failure_threshold)`.

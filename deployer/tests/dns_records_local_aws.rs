@@ -1,5 +1,7 @@
 //! The failover records against the local AWS: exactly one PRIMARY and one SECONDARY alias record,
-//! each with its region's health check; a second plan is empty; removal spares records not ours.
+//! each with its region's health check; a second plan is empty; switching to CNAME records
+//! (`dns.record_style = "cname"`) replaces both with CNAMEs carrying the TTL and leaves no alias
+//! record; removal spares records not ours.
 
 // Test helpers report failure by panicking.
 #![allow(clippy::unwrap_used)]
@@ -10,7 +12,7 @@ use aws_sdk_route53::types::{
     Change, ChangeAction, ChangeBatch, HealthCheckConfig, HealthCheckType, ResourceRecord,
     ResourceRecordSet, RrType,
 };
-use deployer::desired::{Kind, Resolved, Resource, reference_key};
+use deployer::desired::{Kind, Resolved, Resource, reference_attr_key, reference_key};
 use deployer::plan::plan;
 use deployer::resources::{Scope, dns_record};
 use serde_json::json;
@@ -108,6 +110,10 @@ async fn failover_records_reconcile() {
             reference_key(Kind::DomainName, region, &domain),
             json!({ "dns_name": format!("d-{region}.execute-api.{region}.amazonaws.com."), "hosted_zone_id": "Z1UJRXOUMOOFQ8" }),
         );
+        resolved.insert(
+            reference_attr_key(Kind::DomainName, region, &domain, "regional_domain_name"),
+            json!(format!("d-{region}.execute-api.{region}.amazonaws.com.")),
+        );
     }
     let want: Vec<Resource> = support::wanted(&d, "sha", Kind::DnsRecord, None, &resolved);
     let scope = Scope {
@@ -165,6 +171,68 @@ async fn failover_records_reconcile() {
     assert!(
         plan(&want, &observed).is_empty(),
         "a second up changes nothing"
+    );
+
+    // The same records as CNAMEs with a TTL: each set replaced, no alias record left beside them.
+    let d_cname = support::deployment(
+        "dns",
+        &[
+            (
+                "domain_name = \"api.example.com\"",
+                format!("domain_name = \"{domain}\""),
+            ),
+            (
+                "hosted_zone = \"example.com\"",
+                format!("hosted_zone = \"{zone_name}\"\nrecord_style = \"cname\"\nttl = 7"),
+            ),
+        ],
+    );
+    let want_cname: Vec<Resource> =
+        support::wanted(&d_cname, "sha", Kind::DnsRecord, None, &resolved);
+    assert_eq!(up(want_cname.clone()).await, 2);
+    let sets = client
+        .list_resource_record_sets()
+        .hosted_zone_id(&zone_id)
+        .send()
+        .await
+        .unwrap();
+    let mut at_domain: Vec<(String, Option<i64>, String)> = sets
+        .resource_record_sets()
+        .iter()
+        .filter(|r| r.name() == format!("{domain}."))
+        .map(|r| {
+            (
+                r.r#type().as_str().to_owned(),
+                r.ttl(),
+                r.resource_records()
+                    .first()
+                    .map(|v| v.value().to_owned())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    at_domain.sort();
+    assert_eq!(
+        at_domain,
+        vec![
+            (
+                "CNAME".to_owned(),
+                Some(7),
+                "d-us-east-1.execute-api.us-east-1.amazonaws.com.".to_owned()
+            ),
+            (
+                "CNAME".to_owned(),
+                Some(7),
+                "d-us-west-2.execute-api.us-west-2.amazonaws.com.".to_owned()
+            ),
+        ]
+    );
+    let observed = dns_record::observe(&client, &scope, &regions, &zone_name, &domain)
+        .await
+        .unwrap();
+    assert!(
+        plan(&want_cname, &observed).is_empty(),
+        "a second up after the switch changes nothing"
     );
 
     // Down: ours go, the foreign record stays.

@@ -441,7 +441,11 @@ mod tests {
             c.record("a", i, false, "x".into());
         }
         assert!(!c.healthy("a"));
-        // Two checkers back (2/8 = 25% > 18%): healthy again.
+        // The last checker fails too; then one checker back (1/8): still unhealthy; two (2/8 =
+        // 25% > 18%): healthy again.
+        c.record("a", 7, false, "x".into());
+        c.record("a", 7, false, "x".into());
+        c.record("a", 7, false, "x".into());
         for _ in 0..3 {
             c.record("a", 0, true, "ok".into());
         }
