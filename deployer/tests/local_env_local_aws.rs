@@ -107,14 +107,7 @@ impl Env {
                 vec!["AWS_ENDPOINT_URL"],
             )
         } else {
-            (
-                LocalAws::from_env()
-                    .child_env()
-                    .into_iter()
-                    .map(|(k, v)| (k, v))
-                    .collect(),
-                vec![],
-            )
+            (LocalAws::from_env().child_env(), vec![])
         };
         let state_arg = state.display().to_string();
         let (code, stdout, stderr) = deployer(
@@ -517,6 +510,36 @@ fn a_region_fails_and_dns_moves_clients_with_nothing_acknowledged_lost() {
         let env = Env::up("alias", &alias_w, "", false);
         assert_eq!(env.status["record_style"], "alias");
         assert_eq!(env.status["ttl_seconds"], 60);
+        // A second environment on the same state folder, and a fault for a region not in the
+        // config, are refused.
+        let state = env.state.display().to_string();
+        let (code, _, stderr) = deployer(
+            &env.config,
+            &["local", "--state-dir", &state, "up"],
+            &[],
+            &[],
+        );
+        assert_eq!(code, 1);
+        assert!(
+            stderr.contains("already running") && stderr.contains("local down"),
+            "{stderr}"
+        );
+        let (code, _, stderr) = deployer(
+            &env.config,
+            &[
+                "local",
+                "--state-dir",
+                &state,
+                "fault",
+                "--region",
+                "eu-west-1",
+                "outage",
+            ],
+            &[],
+            &[],
+        );
+        assert_eq!(code, 1);
+        assert!(stderr.contains("us-east-1 or us-west-2"), "{stderr}");
         let moved = outage_scenario(&env, true);
 
         // `deployer failover --to` the secondary, without any fault: DNS moves too.
@@ -563,4 +586,65 @@ fn a_region_fails_and_dns_moves_clients_with_nothing_acknowledged_lost() {
         cname_moved < alias_moved,
         "CNAME records with TTL 5 moved clients in {cname_moved:.1} s, not sooner than alias records ({alias_moved:.1} s)"
     );
+}
+
+#[test]
+fn a_config_it_cannot_serve_fails_at_start_naming_what_to_change() {
+    let w = Workspace::new();
+    let state = w.dir.join("state").display().to_string();
+    let up = |text: &str| {
+        w.write(text);
+        deployer(&w.config, &["local", "--state-dir", &state, "up"], &[], &[])
+    };
+    // The artifact is missing.
+    let (code, _, stderr) = up(&edit(
+        &w.text(),
+        "artifact = ",
+        "artifact = \"missing.zip\"",
+    ));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("lambda.artifact") && stderr.contains("missing.zip"),
+        "{stderr}"
+    );
+    // The port is in use on a region's address.
+    let taken = std::net::TcpListener::bind("127.0.0.12:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let (code, _, stderr) = up(&format!("{}\n[local]\nport = {port}\n", w.text()));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("local.port") && stderr.contains(&format!("127.0.0.12:{port}")),
+        "{stderr}"
+    );
+    // An address off loopback.
+    let (code, _, stderr) = up(&format!(
+        "{}\n[local]\naddresses = {{ us-east-1 = \"10.0.0.1\" }}\n",
+        w.text()
+    ));
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("local.addresses.us-east-1") && stderr.contains("loopback"),
+        "{stderr}"
+    );
+    // Nothing runs: status, fault and down say so.
+    let (code, _, stderr) = deployer(
+        &w.config,
+        &["local", "--state-dir", &state, "status"],
+        &[],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("no local environment is running"),
+        "{stderr}"
+    );
+    let (code, stdout, _) = deployer(
+        &w.config,
+        &["local", "--state-dir", &state, "down"],
+        &[],
+        &[],
+    );
+    assert_eq!(code, 0);
+    assert!(stdout.contains("Nothing is running"), "{stdout}");
+    drop(taken);
 }
