@@ -416,7 +416,8 @@ pub struct Deployment {
     pub api_key: ApiKeySource,
 }
 
-const CHECKER_REGIONS: &[&str] = &[
+/// Route 53's health checker regions (also its default set when a check names none).
+pub const CHECKER_REGIONS: &[&str] = &[
     "us-east-1",
     "us-west-1",
     "us-west-2",

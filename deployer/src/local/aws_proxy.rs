@@ -3,7 +3,8 @@
 //! reaches the local AWS, and also when the region goes down while the call is on its way, so that
 //! an answer can be lost after the call was applied, as in a real outage), and delays calls that
 //! cross from the proxy's home region to the other by the configured round trip (half on the way
-//! there, half on the way back). Global services (Route 53, IAM) are never failed or delayed.
+//! there, half on the way back). Global services (Route 53, IAM) are never failed or delayed,
+//! except for callers inside a region in an outage: they reach nothing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +46,15 @@ pub fn credential_scope(authorization: &str) -> Option<(String, String)> {
     Some((region.to_owned(), service.to_owned()))
 }
 
+/// `(region, service)` from a presigned URL's `X-Amz-Credential=AKID%2FDATE%2FREGION%2FSERVICE%2Faws4_request`.
+pub fn presigned_scope(query: &str) -> Option<(String, String)> {
+    let value = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("X-Amz-Credential="))?;
+    let decoded = value.replace("%2F", "/").replace("%2f", "/");
+    credential_scope(&format!("Credential={decoded}"))
+}
+
 impl AwsProxy {
     fn unavailable(region: &str) -> Response<Body> {
         let mut response = http::error(
@@ -60,11 +70,18 @@ impl AwsProxy {
 
     /// Handles one call.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        // A process inside a region in an outage reaches nothing at all.
+        if let Some(home) = self.home.as_deref()
+            && self.faults.is_down(home)
+        {
+            return Self::unavailable(home);
+        }
         let scope = req
             .headers()
             .get(hyper::header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok())
-            .and_then(credential_scope);
+            .and_then(credential_scope)
+            .or_else(|| req.uri().query().and_then(presigned_scope));
         let Some((region, service)) = scope else {
             return http::forward(&self.client, self.upstream, req, None)
                 .await
@@ -117,6 +134,12 @@ mod tests {
             Some(("us-west-2".into(), "dynamodb".into()))
         );
         assert_eq!(credential_scope("Bearer x"), None);
+        assert_eq!(
+            presigned_scope(
+                "Action=x&X-Amz-Credential=AK%2F20261130%2Fus-east-1%2Fdynamodb%2Faws4_request&X-Amz-Date=1"
+            ),
+            Some(("us-east-1".into(), "dynamodb".into()))
+        );
         assert_eq!(
             credential_scope("AWS4-HMAC-SHA256 Credential=AK/2026"),
             None

@@ -13,6 +13,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::routing::{get, post};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
@@ -25,7 +27,9 @@ use super::faults::{Fault, Faults};
 use super::gateway::{Gateway, Routes};
 use super::health::{self, Checker};
 use super::zone::{self, Data, Outcome, Snapshot, View};
-use super::{RegionStatus, ReplicatorStatus, Settings, Status, alive, running, state_file};
+use super::{
+    Proc, RegionStatus, ReplicatorStatus, Settings, Status, running, start_time, state_file,
+};
 use crate::config::{Deployment, RecordStyle};
 use crate::desired::Kind;
 use crate::engine::{Clients, Engine};
@@ -39,19 +43,34 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
-/// The processes the environment started.
+/// The processes the environment started; `children.json` in the state folder lists them from the
+/// moment each starts, so that `local down` finds them even if the supervisor dies while starting.
 struct Children {
-    list: Vec<(String, u32, PathBuf)>,
+    list: Vec<(Proc, PathBuf)>,
+    record: PathBuf,
+    shared: Arc<Mutex<Vec<Proc>>>,
     exits_tx: mpsc::UnboundedSender<(u32, String)>,
     exits: mpsc::UnboundedReceiver<(u32, String)>,
     states: Arc<Mutex<BTreeMap<u32, String>>>,
 }
 
+/// Environment variables a child must not inherit: its endpoints, credentials and settings are the
+/// environment's (a user's `AWS_ENDPOINT_URL_DYNAMODB` would route around the fault proxy, a
+/// `REPLICATOR_MODE` change what the config asks for).
+const NOT_INHERITED: &[&str] = &["AWS_", "REPLICATOR_", "SAMPLE_APP_"];
+
+/// Sends `signal` to the process group a child leads (it and anything it started).
+fn signal_group(pid: u32, signal: Signal) {
+    let _ = kill(Pid::from_raw(-(pid as i32)), signal);
+}
+
 impl Children {
-    fn new() -> Children {
+    fn new(state_dir: &Path) -> Children {
         let (exits_tx, exits) = mpsc::unbounded_channel();
         Children {
             list: Vec::new(),
+            record: children_file(state_dir),
+            shared: Arc::default(),
             exits_tx,
             exits,
             states: Arc::default(),
@@ -71,6 +90,12 @@ impl Children {
         let file = std::fs::File::create(log).map_err(io(&log.display().to_string()))?;
         let err = file.try_clone().map_err(io("log"))?;
         let mut command = tokio::process::Command::new(program);
+        for (key, _) in std::env::vars_os() {
+            let text = key.to_string_lossy();
+            if NOT_INHERITED.iter().any(|p| text.starts_with(p)) {
+                command.env_remove(&key);
+            }
+        }
         command
             .args(args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -83,7 +108,17 @@ impl Children {
             .spawn()
             .map_err(|e| format!("cannot start {name} ({}): {e}", program.display()))?;
         let pid = child.id().ok_or_else(|| format!("{name} exited at once"))?;
-        self.list.push((name.to_owned(), pid, log.to_owned()));
+        let proc = Proc {
+            name: name.to_owned(),
+            pid,
+            start: start_time(pid).unwrap_or(0),
+        };
+        self.list.push((proc.clone(), log.to_owned()));
+        let all: Vec<Proc> = self.list.iter().map(|(p, _)| p.clone()).collect();
+        *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = all.clone();
+        if let Ok(text) = serde_json::to_string(&all) {
+            let _ = std::fs::write(&self.record, text);
+        }
         self.states
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -111,8 +146,8 @@ impl Children {
     fn name(&self, pid: u32) -> (String, Option<PathBuf>) {
         self.list
             .iter()
-            .find(|(_, p, _)| *p == pid)
-            .map(|(n, _, l)| (n.clone(), Some(l.clone())))
+            .find(|(p, _)| p.pid == pid)
+            .map(|(p, l)| (p.name.clone(), Some(l.clone())))
             .unwrap_or_else(|| (format!("process {pid}"), None))
     }
 
@@ -124,7 +159,8 @@ impl Children {
             .is_some_and(|s| s == "running")
     }
 
-    /// SIGTERM to each of `pids` still running, SIGKILL after the grace period.
+    /// SIGTERM to each of `pids` still running (to its process group), SIGKILL after the grace
+    /// period.
     async fn stop(&mut self, pids: &[u32]) {
         let running: Vec<u32> = pids
             .iter()
@@ -132,7 +168,7 @@ impl Children {
             .filter(|p| self.is_running(*p))
             .collect();
         for pid in &running {
-            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGTERM);
+            signal_group(*pid, Signal::SIGTERM);
         }
         let deadline = Instant::now() + STOP_GRACE;
         while running.iter().any(|p| self.is_running(*p)) && Instant::now() < deadline {
@@ -141,7 +177,7 @@ impl Children {
         for pid in running.iter().filter(|p| self.is_running(**p)) {
             let (name, _) = self.name(*pid);
             eprintln!("local: {name} (pid {pid}) did not stop within 10 s; killing it");
-            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+            signal_group(*pid, Signal::SIGKILL);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while running.iter().any(|p| self.is_running(*p)) && Instant::now() < deadline {
@@ -149,9 +185,21 @@ impl Children {
         }
     }
 
-    fn pids(&self) -> Vec<u32> {
-        self.list.iter().map(|(_, p, _)| *p).collect()
+    fn procs(&self) -> Vec<Proc> {
+        self.list.iter().map(|(p, _)| p.clone()).collect()
     }
+}
+
+/// The file listing the children as they start.
+fn children_file(dir: &Path) -> PathBuf {
+    dir.join("children.json")
+}
+
+/// Processes of an earlier environment of `dir` that still run.
+fn leftovers(dir: &Path) -> Vec<Proc> {
+    let text = std::fs::read_to_string(children_file(dir)).unwrap_or_default();
+    let procs: Vec<Proc> = serde_json::from_str(&text).unwrap_or_default();
+    procs.into_iter().filter(Proc::runs).collect()
 }
 
 /// The last lines of a log.
@@ -159,6 +207,31 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Runs one of the environment's own parts (a front, the DNS server, ...) as a task; if it ends
+/// before the environment stops, or panics, the supervisor hears which and why.
+fn spawn_part<F>(
+    name: String,
+    stop: &CancellationToken,
+    parts: &mpsc::UnboundedSender<(String, String)>,
+    part: F,
+) where
+    F: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    let stop = stop.clone();
+    let parts = parts.clone();
+    tokio::spawn(async move {
+        let outcome = tokio::spawn(part).await;
+        if !stop.is_cancelled() {
+            let why = match outcome {
+                Ok(Ok(())) => "it ended unexpectedly".to_owned(),
+                Ok(Err(e)) => e,
+                Err(e) => format!("it failed: {e}"),
+            };
+            let _ = parts.send((name, why));
+        }
+    });
 }
 
 /// A free TCP port on `ip` (bound and released).
@@ -188,9 +261,14 @@ async fn bind_api(settings: &Settings) -> Result<(u16, Vec<TcpListener>), String
         return Ok((settings.port, listeners));
     }
     for _ in 0..50 {
-        let first = TcpListener::bind((addrs[0], 0))
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", addrs[0]))?;
+        let first = TcpListener::bind((addrs[0], 0)).await.map_err(|e| {
+            format!(
+                "cannot listen on {}: {e}; set local.addresses to loopback addresses this machine \
+                 has (Linux has all of 127.0.0.0/8; elsewhere add an alias, e.g. \
+                 `sudo ifconfig lo0 alias {}`)",
+                addrs[0], addrs[0]
+            )
+        })?;
         let port = first.local_addr().map_err(io("port"))?.port();
         if let Ok(second) = TcpListener::bind((addrs[1], port)).await {
             return Ok((port, vec![first, second]));
@@ -324,7 +402,7 @@ struct Shared {
     app_pids: BTreeMap<String, u32>,
     replicators: Vec<ReplicatorInfo>,
     child_states: Arc<Mutex<BTreeMap<u32, String>>>,
-    children: RwLock<Vec<u32>>,
+    children: RwLock<Vec<Proc>>,
     logs: PathBuf,
 }
 
@@ -415,9 +493,15 @@ impl Shared {
                 },
             );
         }
+        let scrapes = futures::future::join_all(
+            self.replicators
+                .iter()
+                .map(|r| super::http::get_text(r.metrics, "/metrics", Duration::from_secs(1))),
+        )
+        .await;
         let mut replicators = Vec::new();
-        for r in &self.replicators {
-            let metrics = super::http::get_text(r.metrics, "/metrics").await.ok();
+        for (r, scraped) in self.replicators.iter().zip(scrapes) {
+            let metrics = scraped.ok();
             let value = |name: &str| -> Option<f64> {
                 let text = &metrics.as_ref()?.1;
                 let sum: f64 = text
@@ -470,6 +554,7 @@ impl Shared {
             replicators,
             faults: self.faults.history(),
             pid: std::process::id(),
+            pid_start: start_time(std::process::id()).unwrap_or(0),
             children: self
                 .children
                 .read()
@@ -488,19 +573,33 @@ fn write_state(dir: &Path, status: &Status) -> Result<(), String> {
     std::fs::rename(&tmp, &path).map_err(io(&path.display().to_string()))
 }
 
-/// The lock file: holds the supervisor's PID from the first moment.
+/// The lock file: the supervisor holds an exclusive `flock` on it for its whole life (the kernel
+/// releases it when the process dies, so a stale file never looks alive) and writes its PID in it.
 fn lock_file(dir: &Path) -> PathBuf {
     dir.join("supervisor.pid")
 }
 
-fn take_lock(dir: &Path) -> Result<(), String> {
+/// The lock, if no supervisor holds it: `Ok(None)` when one does.
+fn try_lock(dir: &Path) -> Result<Option<Flock<std::fs::File>>, String> {
+    let path = lock_file(dir);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path.display().to_string()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
+fn take_lock(dir: &Path) -> Result<Flock<std::fs::File>, String> {
     std::fs::create_dir_all(dir).map_err(io(&dir.display().to_string()))?;
-    let lock = lock_file(dir);
-    if let Ok(text) = std::fs::read_to_string(&lock)
-        && let Ok(pid) = text.trim().parse::<u32>()
-        && pid != std::process::id()
-        && alive(pid)
-    {
+    let Some(lock) = try_lock(dir)? else {
+        let pid = std::fs::read_to_string(lock_file(dir)).unwrap_or_default();
         let where_ = running(dir)
             .map(|s| {
                 format!(
@@ -510,16 +609,37 @@ fn take_lock(dir: &Path) -> Result<(), String> {
             })
             .unwrap_or_else(|| " (still starting)".to_owned());
         return Err(format!(
-            "a local environment is already running for the state folder {} (pid {pid}){where_}; \
+            "a local environment is already running for the state folder {} (pid {}){where_}; \
              stop it with `deployer local down`, or use another --state-dir",
+            dir.display(),
+            pid.trim()
+        ));
+    };
+    let left = leftovers(dir);
+    if !left.is_empty() {
+        let names: Vec<String> = left
+            .iter()
+            .map(|p| format!("{} (pid {})", p.name, p.pid))
+            .collect();
+        return Err(format!(
+            "processes of an earlier environment of the state folder {} still run: {}; its \
+             supervisor died; stop them with `deployer local down --state-dir {}`",
+            dir.display(),
+            names.join(", "),
             dir.display()
         ));
     }
-    std::fs::write(&lock, std::process::id().to_string()).map_err(io(&lock.display().to_string()))
+    lock.set_len(0).map_err(io("lock file"))?;
+    (&*lock)
+        .write_all(std::process::id().to_string().as_bytes())
+        .map_err(io("lock file"))?;
+    let _ = std::fs::remove_file(children_file(dir));
+    Ok(lock)
 }
 
 fn release_lock(dir: &Path) {
     let _ = std::fs::remove_file(state_file(dir));
+    let _ = std::fs::remove_file(children_file(dir));
     let _ = std::fs::remove_file(lock_file(dir));
 }
 
@@ -545,42 +665,55 @@ pub async fn up(
             artifact_path.display()
         )
     })?;
-    take_lock(state_dir)?;
-    let (shutdown, _forced) = tworegion_common::shutdown::listen().map_err(io("signals"))?;
-    let mut children = Children::new();
+    let lock = take_lock(state_dir)?;
+    let (shutdown, forced) = tworegion_common::shutdown::listen().map_err(io("signals"))?;
+    let mut children = Children::new(state_dir);
+    // A second Ctrl-C or SIGTERM while stopping: kill every child's process group at once.
+    let everyone = children.shared.clone();
+    tokio::spawn(async move {
+        let signal = forced.await;
+        eprintln!("local: second signal; killing every process of the environment");
+        for p in everyone.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            signal_group(p.pid, Signal::SIGKILL);
+        }
+        std::process::exit(signal.exit_code());
+    });
     let stop = CancellationToken::new();
-    let result = start(
-        &d,
-        &settings,
-        artifact,
-        config,
-        state_dir,
-        &mut children,
-        &stop,
-        &shutdown,
-        json,
-        out,
-    )
-    .await;
+    let (parts_tx, mut parts) = mpsc::unbounded_channel();
+    let result = tokio::select! {
+        result = start(
+            &d,
+            &settings,
+            artifact,
+            config,
+            state_dir,
+            &mut children,
+            &stop,
+            &parts_tx,
+            json,
+            out,
+        ) => result,
+        () = shutdown.cancelled() => Err("interrupted while starting".to_owned()),
+    };
     let code = match result {
-        Ok(shared) => supervise(&shared, state_dir, &mut children, &shutdown).await,
+        Ok(shared) => supervise(&shared, state_dir, &mut children, &shutdown, &mut parts).await,
         Err(e) => Err(e),
     };
     eprintln!("local: stopping");
     stop.cancel();
-    let is_moto = |name: &str| name == "local AWS";
     let pids = |moto: bool| -> Vec<u32> {
         children
             .list
             .iter()
-            .filter(|(n, _, _)| is_moto(n) == moto)
-            .map(|(_, p, _)| *p)
+            .filter(|(p, _)| (p.name == "local AWS") == moto)
+            .map(|(p, _)| p.pid)
             .collect()
     };
     let (moto, others) = (pids(true), pids(false));
     children.stop(&others).await;
     children.stop(&moto).await;
     release_lock(state_dir);
+    drop(lock);
     eprintln!("local: stopped");
     code
 }
@@ -591,11 +724,16 @@ async fn supervise(
     state_dir: &Path,
     children: &mut Children,
     shutdown: &CancellationToken,
+    parts: &mut mpsc::UnboundedReceiver<(String, String)>,
 ) -> Result<u8, String> {
     let mut refresh = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return Ok(0),
+            part = parts.recv() => {
+                let Some((name, why)) = part else { return Ok(0) };
+                return Err(format!("{name} stopped: {why}; stopping everything"));
+            }
             exit = children.exits.recv() => {
                 let Some((pid, how)) = exit else { return Ok(0) };
                 let (name, log) = children.name(pid);
@@ -624,7 +762,7 @@ async fn start(
     state_dir: &Path,
     children: &mut Children,
     stop: &CancellationToken,
-    shutdown: &CancellationToken,
+    parts: &mpsc::UnboundedSender<(String, String)>,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<Arc<Shared>, String> {
@@ -713,9 +851,16 @@ async fn start(
             delay: settings.delay,
             client: super::http::upstream(),
         });
-        tokio::spawn(super::http::serve(listener, stop.clone(), move |req| {
-            proxy.clone().handle(req)
-        }));
+        let serve =
+            super::http::serve(listener, stop.clone(), move |req| proxy.clone().handle(req));
+        let name = match &home {
+            Some(region) => format!("the AWS proxy of {region}"),
+            None => "the outside AWS proxy".to_owned(),
+        };
+        spawn_part(name, stop, parts, async move {
+            serve.await;
+            Ok(())
+        });
         match home {
             Some(region) => {
                 region_proxies.insert(region, addr);
@@ -740,13 +885,17 @@ async fn start(
         .map_err(|e| e.to_string())?;
     let engine = Engine::new(d.clone(), clients, Some(artifact));
     let mut progress = std::io::stderr();
-    let report = tokio::select! {
-        () = shutdown.cancelled() => return Err("interrupted while reconciling".to_owned()),
-        report = engine.up(&mut progress) => report.map_err(|e| format!("deployer up against the local AWS: {e}"))?,
-    };
+    let report = engine
+        .up(&mut progress)
+        .await
+        .map_err(|e| format!("deployer up against the local AWS: {e}"))?;
     let api_key = engine.client_api_key().await.map_err(|e| e.to_string())?;
     let Some(api_key) = api_key else {
-        return Err("the deployment has no API key after `up`".to_owned());
+        return Err(
+            "the deployment has no API key after `up` (the primary's key was not found); run \
+             `deployer local up` again, or check [api_key] in the config"
+                .to_owned(),
+        );
     };
     let api_hosts: BTreeMap<String, Option<String>> = report
         .endpoints
@@ -826,10 +975,12 @@ async fn start(
     for (gateway, _, app_addr, log) in &gateways {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok((200, _)) = super::http::get_text(*app_addr, &f.health_check.path).await {
+            if let Ok((200, _)) =
+                super::http::get_text(*app_addr, &f.health_check.path, Duration::from_secs(3)).await
+            {
                 break;
             }
-            if Instant::now() > deadline || shutdown.is_cancelled() {
+            if Instant::now() > deadline {
                 return Err(format!(
                     "sample-app {} did not become healthy within 30 s; see {}:\n{}",
                     gateway.region,
@@ -841,7 +992,8 @@ async fn start(
         }
     }
     for (gateway, listener, _, _) in gateways {
-        tokio::spawn(gateway.run(listener, stop.clone()));
+        let name = format!("the API front of {}", gateway.region);
+        spawn_part(name, stop, parts, gateway.run(listener, stop.clone()));
     }
 
     // The replicators, exactly as the ECS task definitions say (their environment), in the region
@@ -919,11 +1071,11 @@ async fn start(
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(first));
     {
         let zone_name = f.dns.hosted_zone.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
+        let stop_reading = stop.clone();
+        spawn_part("the Route 53 reader".to_owned(), stop, parts, async move {
             loop {
                 tokio::select! {
-                    () = stop.cancelled() => return,
+                    () = stop_reading.cancelled() => return Ok(()),
                     () = tokio::time::sleep(SNAPSHOT_EVERY) => {}
                 }
                 match zone::read(&r53, &zone_name).await {
@@ -959,7 +1111,7 @@ async fn start(
         app_pids,
         replicators,
         child_states: children.states.clone(),
-        children: RwLock::new(children.pids()),
+        children: RwLock::new(children.procs()),
         logs: logs.clone(),
     });
     {
@@ -969,18 +1121,26 @@ async fn start(
         });
         let mut rx = snapshot_rx;
         rx.mark_changed();
-        tokio::spawn(checker.run(rx, target, stop.clone()));
+        let run = checker.run(rx, target, stop.clone());
+        spawn_part("the health checker".to_owned(), stop, parts, async move {
+            run.await;
+            Ok(())
+        });
     }
     {
         let for_dns = shared.clone();
         let resolver: Arc<super::dns::Resolver> =
             Arc::new(move |name: &str, want_a: bool| for_dns.resolve(name, want_a));
-        tokio::spawn(super::dns::serve_udp(
-            dns_udp,
-            resolver.clone(),
-            stop.clone(),
-        ));
-        tokio::spawn(super::dns::serve_tcp(dns_tcp, resolver, stop.clone()));
+        let udp = super::dns::serve_udp(dns_udp, resolver.clone(), stop.clone());
+        let tcp = super::dns::serve_tcp(dns_tcp, resolver, stop.clone());
+        spawn_part("the DNS server (UDP)".to_owned(), stop, parts, async move {
+            udp.await;
+            Ok(())
+        });
+        spawn_part("the DNS server (TCP)".to_owned(), stop, parts, async move {
+            tcp.await;
+            Ok(())
+        });
     }
     {
         let app = axum::Router::new()
@@ -988,11 +1148,12 @@ async fn start(
             .route("/fault", post(control_fault))
             .route("/faults", get(control_faults))
             .with_state(shared.clone());
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(control_listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
+        let stop_serving = stop.clone();
+        spawn_part("the control API".to_owned(), stop, parts, async move {
+            axum::serve(control_listener, app)
+                .with_graceful_shutdown(stop_serving.cancelled_owned())
+                .await
+                .map_err(|e| e.to_string())
         });
     }
     let status = shared.status(false).await;
@@ -1124,16 +1285,52 @@ async fn up_detached(
     }
 }
 
-/// `local down`: SIGTERM to the supervisor, which stops its children; after a supervisor crash,
-/// the children listed in the state file are stopped here.
+/// `local down`: SIGTERM to the supervisor (the holder of the lock), which stops its children; then
+/// any process the environment started that still runs (the supervisor died, or was killed while
+/// starting) is stopped here: only processes whose PID and start time both match what was recorded.
 pub async fn down(state_dir: &Path, json: bool, out: &mut dyn Write) -> Result<u8, String> {
-    let text = std::fs::read_to_string(state_file(state_dir)).ok();
-    let status: Option<Status> = text.and_then(|t| serde_json::from_str(&t).ok());
-    let lock_pid = std::fs::read_to_string(lock_file(state_dir))
-        .ok()
-        .and_then(|t| t.trim().parse::<u32>().ok());
-    let supervisor = status.as_ref().map(|s| s.pid).or(lock_pid);
-    let Some(supervisor) = supervisor else {
+    let mut stopped = Vec::new();
+    let lock_held = state_dir.exists() && try_lock(state_dir)?.is_none();
+    if lock_held {
+        let pid: Option<u32> = std::fs::read_to_string(lock_file(state_dir))
+            .ok()
+            .and_then(|t| t.trim().parse().ok());
+        let Some(pid) = pid else {
+            return Err(format!(
+                "the environment of {} is still starting (its lock has no PID yet); try again in a moment",
+                state_dir.display()
+            ));
+        };
+        // It holds the lock, so this PID is the supervisor's.
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_GRACE * 3;
+        while try_lock(state_dir)?.is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if try_lock(state_dir)?.is_none() {
+            eprintln!("local: the supervisor (pid {pid}) did not stop within 30 s; killing it");
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        stopped.push(pid);
+    }
+    for p in leftovers(state_dir) {
+        signal_group(p.pid, Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_GRACE;
+        while p.runs() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if p.runs() {
+            signal_group(p.pid, Signal::SIGKILL);
+        }
+        eprintln!(
+            "local: stopped {} (pid {}), left by an earlier supervisor",
+            p.name, p.pid
+        );
+        stopped.push(p.pid);
+    }
+    if stopped.is_empty() {
+        release_lock(state_dir);
         if json {
             writeln!(out, "{}", json!({ "stopped": false })).map_err(|e| e.to_string())?;
         } else {
@@ -1145,32 +1342,6 @@ pub async fn down(state_dir: &Path, json: bool, out: &mut dyn Write) -> Result<u
             .map_err(|e| e.to_string())?;
         }
         return Ok(0);
-    };
-    let mut stopped = Vec::new();
-    if alive(supervisor) {
-        let _ = kill(Pid::from_raw(supervisor as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_GRACE * 3;
-        while alive(supervisor) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if alive(supervisor) {
-            let _ = kill(Pid::from_raw(supervisor as i32), Signal::SIGKILL);
-        }
-        stopped.push(supervisor);
-    }
-    // Whatever the supervisor could not stop (it crashed or was killed).
-    for pid in status.map(|s| s.children).unwrap_or_default() {
-        if alive(pid) {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + STOP_GRACE;
-            while alive(pid) && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            if alive(pid) {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            }
-            stopped.push(pid);
-        }
     }
     release_lock(state_dir);
     if json {

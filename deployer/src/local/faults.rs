@@ -62,10 +62,17 @@ pub struct FaultEvent {
     pub fault: String,
 }
 
+/// (each region's fault, the history, outages begun per region)
+type State = (
+    BTreeMap<String, Fault>,
+    Vec<FaultEvent>,
+    BTreeMap<String, u64>,
+);
+
 /// Every region's fault.
 #[derive(Debug)]
 pub struct Faults {
-    state: Mutex<(BTreeMap<String, Fault>, Vec<FaultEvent>)>,
+    state: Mutex<State>,
     changed: watch::Sender<u64>,
 }
 
@@ -74,12 +81,12 @@ impl Faults {
     pub fn new(regions: &[String]) -> Faults {
         let map = regions.iter().map(|r| (r.clone(), Fault::None)).collect();
         Faults {
-            state: Mutex::new((map, Vec::new())),
+            state: Mutex::new((map, Vec::new(), BTreeMap::new())),
             changed: watch::channel(0).0,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (BTreeMap<String, Fault>, Vec<FaultEvent>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the map half-written: recover it.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -104,7 +111,11 @@ impl Faults {
                 regions.join(" or ")
             ));
         };
+        let began = fault == Fault::Outage && *slot != Fault::Outage;
         *slot = fault;
+        if began {
+            *state.2.entry(region.to_owned()).or_default() += 1;
+        }
         let at_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
@@ -117,6 +128,12 @@ impl Faults {
         drop(state);
         self.changed.send_modify(|n| *n += 1);
         Ok(())
+    }
+
+    /// How many outages of the region have begun (a front compares it with what it saw, so an
+    /// outage that began and ended between two looks still drops its connections).
+    pub fn outages(&self, region: &str) -> u64 {
+        self.lock().2.get(region).copied().unwrap_or(0)
     }
 
     /// Every region's fault label.

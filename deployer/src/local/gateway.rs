@@ -126,24 +126,27 @@ impl Gateway {
 
     /// Serves until `stop`, closing the listener while the region is in an outage and opening it
     /// again on recovery. `first` is the listener bound at start (so a port in use fails early).
-    pub async fn run(self: Arc<Self>, first: TcpListener, stop: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        first: TcpListener,
+        stop: CancellationToken,
+    ) -> Result<(), String> {
         let mut listener = Some(first);
         let mut changes = self.faults.subscribe();
         loop {
             if self.faults.is_down(&self.region) {
                 drop(listener.take());
                 tokio::select! {
-                    () = stop.cancelled() => return,
+                    () = stop.cancelled() => return Ok(()),
                     _ = changes.changed() => continue,
                 }
             }
             let bound = match listener.take() {
                 Some(l) => l,
-                None => match bind_again(self.listen, &stop).await {
-                    Some(l) => l,
-                    None => return,
-                },
+                None => bind_again(self.listen, &stop).await?,
             };
+            // Outages begun so far: one that began and ended between two looks is still seen.
+            let seen = self.faults.outages(&self.region);
             let connections = stop.child_token();
             let me = self.clone();
             let serve = http::serve(bound, connections.clone(), move |req| {
@@ -152,9 +155,9 @@ impl Gateway {
             tokio::pin!(serve);
             loop {
                 tokio::select! {
-                    () = &mut serve => return,
+                    () = &mut serve => return Ok(()),
                     _ = changes.changed() => {
-                        if self.faults.is_down(&self.region) {
+                        if self.faults.outages(&self.region) != seen {
                             // Drops the listener and every connection, requests in flight too.
                             connections.cancel();
                             break;
@@ -167,19 +170,22 @@ impl Gateway {
 }
 
 /// Binds the region's address again after an outage; the port was ours a moment ago.
-async fn bind_again(addr: SocketAddr, stop: &CancellationToken) -> Option<TcpListener> {
+async fn bind_again(addr: SocketAddr, stop: &CancellationToken) -> Result<TcpListener, String> {
+    let mut last = String::new();
     for _ in 0..100 {
         match TcpListener::bind(addr).await {
-            Ok(l) => return Some(l),
-            Err(error) => tracing::warn!(%addr, %error, "rebinding after an outage"),
+            Ok(l) => return Ok(l),
+            Err(error) => last = error.to_string(),
         }
         tokio::select! {
-            () = stop.cancelled() => return None,
+            () = stop.cancelled() => return Err("stopped".to_owned()),
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     }
-    tracing::error!(%addr, "could not listen again after the outage");
-    None
+    Err(format!(
+        "could not listen on {addr} again after the outage for 10 s ({last}); another process took \
+         the port: set local.port to a port nothing else uses"
+    ))
 }
 
 #[cfg(test)]

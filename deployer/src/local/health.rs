@@ -20,16 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::zone::{CheckDef, Snapshot};
 
 /// Route 53's default checker regions (used when a check names none).
-pub const DEFAULT_LOCATIONS: &[&str] = &[
-    "us-east-1",
-    "us-west-1",
-    "us-west-2",
-    "eu-west-1",
-    "ap-southeast-1",
-    "ap-southeast-2",
-    "ap-northeast-1",
-    "sa-east-1",
-];
+pub use crate::config::CHECKER_REGIONS as DEFAULT_LOCATIONS;
 
 /// Route 53 counts a TCP connection slower than this as a failure.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);

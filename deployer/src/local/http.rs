@@ -102,8 +102,12 @@ pub async fn forward(
     Ok(response.map(Body::new))
 }
 
-/// `GET path` on `addr` with a short timeout: the status code and the body as text.
-pub async fn get_text(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+/// `GET path` on `addr` within `timeout`: the status code and the body as text.
+pub async fn get_text(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
@@ -127,7 +131,7 @@ pub async fn get_text(addr: SocketAddr, path: &str) -> Result<(u16, String), Str
             .to_bytes();
         Ok::<_, String>((status, String::from_utf8_lossy(&body).into_owned()))
     };
-    tokio::time::timeout(Duration::from_secs(3), exchange)
+    tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| format!("{addr} did not answer {path} within 3 s"))?
+        .map_err(|_| format!("{addr} did not answer {path} within {timeout:?}"))?
 }

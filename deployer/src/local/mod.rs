@@ -232,10 +232,44 @@ pub struct Status {
     pub faults: Vec<faults::FaultEvent>,
     /// The supervisor's process ID (`local down` stops it).
     pub pid: u32,
+    /// The supervisor's start time (so a reused PID is never taken for it).
+    pub pid_start: u64,
     /// Every process it started (for `local down` after a crash).
-    pub children: Vec<u32>,
+    pub children: Vec<Proc>,
     /// Logs of the processes.
     pub logs: String,
+}
+
+/// A process the environment started, identified by its PID and start time together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proc {
+    /// What it is (`replicator us-east-1 -> us-west-2`).
+    pub name: String,
+    /// Process ID.
+    pub pid: u32,
+    /// Start time in clock ticks since boot (`/proc/PID/stat` field 22).
+    pub start: u64,
+}
+
+impl Proc {
+    /// Whether this very process still runs (not a zombie, and its PID not reused since).
+    pub fn runs(&self) -> bool {
+        stat(self.pid)
+            .is_some_and(|(state, start)| state != "Z" && state != "X" && start == self.start)
+    }
+}
+
+/// `(state, start time)` of a process from `/proc/PID/stat`.
+fn stat(pid: u32) -> Option<(String, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (in parentheses): state is field 3, start time field 22.
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    Some((fields.first()?.to_string(), fields.get(19)?.parse().ok()?))
+}
+
+/// The start time of a running process (None if it does not run).
+pub fn start_time(pid: u32) -> Option<u64> {
+    stat(pid).map(|(_, start)| start)
 }
 
 /// The state file in `dir`.
@@ -243,23 +277,16 @@ pub fn state_file(dir: &Path) -> PathBuf {
     dir.join("state.json")
 }
 
-/// The status written at start and kept fresh, if an environment of `dir` is running.
+/// The status written at start and kept fresh, if that environment's supervisor still runs.
 pub fn running(dir: &Path) -> Option<Status> {
     let text = std::fs::read_to_string(state_file(dir)).ok()?;
     let status: Status = serde_json::from_str(&text).ok()?;
-    alive(status.pid).then_some(status)
-}
-
-/// Whether a process exists (not a zombie).
-pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name in parentheses; Z is a zombie, X dead.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|s| s != "Z" && s != "X"),
-        Err(_) => false,
-    }
+    let supervisor = Proc {
+        name: "supervisor".to_owned(),
+        pid: status.pid,
+        start: status.pid_start,
+    };
+    supervisor.runs().then_some(status)
 }
 
 /// Runs one `local` command. Returns the exit code.

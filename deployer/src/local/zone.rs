@@ -79,15 +79,7 @@ pub struct Snapshot {
     pub checks: BTreeMap<String, CheckDef>,
 }
 
-/// Lower case with a trailing dot.
-pub fn dotted(name: &str) -> String {
-    let lower = name.to_ascii_lowercase();
-    if lower.ends_with('.') {
-        lower
-    } else {
-        format!("{lower}.")
-    }
-}
+pub use crate::resources::dotted;
 
 fn record_set(set: &ResourceRecordSet) -> RecordSet {
     RecordSet {
@@ -120,6 +112,25 @@ pub async fn read(client: &Client, zone: &str) -> Result<Snapshot, String> {
         Ok(id) => id,
         Err(e) if e.to_string().contains("no such hosted zone") => return Ok(Snapshot::default()),
         Err(e) => return Err(e.to_string()),
+    };
+    // The zone may be given by ID: its name is what queries end with.
+    let zone_name = if zone.contains('.') {
+        zone.to_owned()
+    } else {
+        client
+            .get_hosted_zone()
+            .id(&zone_id)
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "route53:GetHostedZone {zone_id}: {}",
+                    aws_sdk_route53::error::DisplayErrorContext(&e)
+                )
+            })?
+            .hosted_zone()
+            .map(|z| z.name().to_owned())
+            .unwrap_or_default()
     };
     let sets = dns_record::all_record_sets(client, &zone_id, zone)
         .await
@@ -188,7 +199,7 @@ pub async fn read(client: &Client, zone: &str) -> Result<Snapshot, String> {
         checks.insert(id, def);
     }
     Ok(Snapshot {
-        zone: dotted(zone),
+        zone: dotted(&zone_name),
         records,
         checks,
     })
