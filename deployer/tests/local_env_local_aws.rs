@@ -3,7 +3,8 @@
 //! acknowledged just before is stranded while the outage lasts), clients moving to the secondary
 //! within interval x threshold + TTL + 5 s, writes there reaching the primary within 10 s of recovery
 //! (lww), `deployer failover` moving DNS without a fault, and `local down` leaving no process and no
-//! listening socket (and the death of a child stops everything, saying which). Twice at once: alias records (TTL 60 s, the environment on the tests' local AWS)
+//! listening socket (and the death of a child stops everything, saying which); `unhealthy` and
+//! `slow` faults do what they say. Twice at once: alias records (TTL 60 s, the environment on the tests' local AWS)
 //! and CNAME records with TTL 5 s (the environment starting its own local AWS); the CNAME clients
 //! must move sooner.
 
@@ -488,6 +489,56 @@ fn http(
     Ok((status, region, body.to_owned()))
 }
 
+/// Waits until DNS answers `want` for the public name (queried directly, no cache).
+fn wait_dns(env: &Env, want: Ipv4Addr, within: Duration, what: &str) {
+    let start = Instant::now();
+    while resolve(env.dns(), &env.domain()).0 != vec![want] {
+        assert!(
+            start.elapsed() < within,
+            "{}: {what}: DNS did not answer {want} within {within:?}",
+            env.label
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `unhealthy`: the health path fails, the API still serves, DNS moves; `slow`: requests wait.
+fn unhealthy_and_slow(env: &Env) {
+    let (primary, secondary) = (env.address(REGION_A), env.address(REGION_B));
+    let detect = Duration::from_secs(INTERVAL * THRESHOLD + 5);
+    env.fault(REGION_A, "unhealthy");
+    let (status, _, _) = env.request(primary, "GET", "/todos/health", "");
+    assert_eq!(status, 503, "{}: the health path still passes", env.label);
+    let (status, region, body) = env.request(primary, "GET", "/todos", "");
+    assert_eq!(
+        (status, region.as_str()),
+        (200, REGION_A),
+        "{}: {body}",
+        env.label
+    );
+    wait_dns(env, secondary, detect, "unhealthy primary");
+    env.fault(REGION_A, "recover");
+    wait_dns(env, primary, detect, "recovered primary");
+    env.fault(REGION_A, "slow=400ms");
+    let start = Instant::now();
+    let (status, _, _) = env.request(primary, "GET", "/todos", "");
+    let took = start.elapsed();
+    assert_eq!(status, 200);
+    assert!(
+        took >= Duration::from_millis(400),
+        "{}: slow=400ms took {took:?}",
+        env.label
+    );
+    env.fault(REGION_A, "recover");
+    let start = Instant::now();
+    env.request(primary, "GET", "/todos", "");
+    assert!(
+        start.elapsed() < Duration::from_millis(400),
+        "{}: still slow after recover",
+        env.label
+    );
+}
+
 /// The outage scenario on one environment; returns the seconds clients took to move.
 fn outage_scenario(env: &Env) -> f64 {
     let (primary, secondary) = (env.address(REGION_A), env.address(REGION_B));
@@ -644,6 +695,7 @@ fn a_region_fails_and_dns_moves_clients_with_nothing_acknowledged_lost() {
         let env = Env::up("cname", &cname_w, "record_style = \"cname\"\nttl = 5", true);
         assert_eq!(env.status["record_style"], "cname");
         assert_eq!(env.status["ttl_seconds"], 5);
+        unhealthy_and_slow(&env);
         let moved = outage_scenario(&env);
         env.child_dies();
         (moved, cname_w)

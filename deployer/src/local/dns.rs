@@ -1,6 +1,8 @@
 //! The DNS server (UDP and TCP on one loopback port): queries are parsed and answers written with
 //! hickory-proto; what they say comes from [`super::zone::resolve`] over Route 53's current state
-//! and the local checkers' health.
+//! and the local checkers' health. It answers as a resolver would for local clients (recursion
+//! available: CNAME and alias targets are chased to addresses), authoritative for what it answers
+//! from the zone; negative answers carry no SOA (clients do not cache them).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +31,7 @@ pub fn respond(request: &[u8], resolve: &Resolver) -> Option<Vec<u8>> {
     response.metadata.authoritative = true;
     response.queries = request.queries.clone();
     if request.metadata.op_code != OpCode::Query || request.queries.len() != 1 {
+        response.metadata.authoritative = false;
         response.metadata.response_code = ResponseCode::NotImp;
         return response.to_vec().ok();
     }
@@ -36,6 +39,7 @@ pub fn respond(request: &[u8], resolve: &Resolver) -> Option<Vec<u8>> {
     let wants_a = matches!(query.query_type(), RecordType::A | RecordType::ANY);
     let in_class = matches!(query.query_class(), DNSClass::IN | DNSClass::ANY);
     if !in_class {
+        response.metadata.authoritative = false;
         response.metadata.response_code = ResponseCode::Refused;
         return response.to_vec().ok();
     }
@@ -58,7 +62,10 @@ pub fn respond(request: &[u8], resolve: &Resolver) -> Option<Vec<u8>> {
             }
         }
         Outcome::NxDomain => response.metadata.response_code = ResponseCode::NXDomain,
-        Outcome::Refused => response.metadata.response_code = ResponseCode::Refused,
+        Outcome::Refused => {
+            response.metadata.response_code = ResponseCode::Refused;
+            response.metadata.authoritative = false;
+        }
     }
     response.to_vec().ok()
 }

@@ -180,6 +180,15 @@ mod tests {
         let refused = faults.set("eu-west-1", Fault::Outage).unwrap_err();
         assert!(refused.contains("us-east-1 or us-west-2"), "{refused}");
         assert_eq!(faults.history().len(), 1);
-        assert_eq!(faults.labels()["us-east-1"], "outage");
+        // Outages are counted as they begin, so a quick outage-recover is still seen.
+        assert_eq!(faults.outages("us-east-1"), 1);
+        faults.set("us-east-1", Fault::Outage).unwrap();
+        assert_eq!(faults.outages("us-east-1"), 1, "still the same outage");
+        faults.set("us-east-1", Fault::None).unwrap();
+        faults.set("us-east-1", Fault::Outage).unwrap();
+        faults.set("us-east-1", Fault::None).unwrap();
+        assert_eq!(faults.outages("us-east-1"), 2);
+        assert_eq!(faults.outages("us-west-2"), 0);
+        assert_eq!(faults.labels()["us-east-1"], "none");
     }
 }

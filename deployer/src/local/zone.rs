@@ -345,7 +345,12 @@ fn chase(
     if let Some(target) = &chosen.alias {
         // An alias answers with its target's records under the alias's own name.
         let mut inner = Vec::new();
-        let step = chase(view, target, want_a, &mut inner, seen, depth + 1);
+        // A target this server cannot resolve (an AWS resource other than API Gateway) leaves
+        // the name without addresses here, not refused: the name is the zone's.
+        let step = match chase(view, target, want_a, &mut inner, seen, depth + 1) {
+            Step::Refused => Step::Done,
+            step => step,
+        };
         let ttl_of_aws_target = execute_api_region(target).is_some();
         for a in inner {
             if let Data::A(addr) = a.data {
@@ -586,5 +591,10 @@ mod tests {
             execute_api_region("d-1.execute-api.us-east-1.amazonaws.com."),
             Some("us-east-1")
         );
+        // An alias to a target this server cannot resolve: no addresses, but not refused.
+        let mut cdn = snapshot("A");
+        cdn.records.truncate(1);
+        cdn.records[0].alias = Some("d111.cloudfront.net.".into());
+        assert_eq!(ask(&cdn, &[], "api.todos.test."), Outcome::Answers(vec![]));
     }
 }
