@@ -224,6 +224,17 @@ impl Env {
         .unwrap_or_else(|e| panic!("{}: {method} {path} on {ip}: {e}", self.label))
     }
 
+    /// `GET /todos` on `ip` is answered 200 by `region`.
+    fn served_by(&self, ip: Ipv4Addr, region: &str) {
+        let (status, by, body) = self.request(ip, "GET", "/todos", "");
+        assert_eq!(
+            (status, by.as_str()),
+            (200, region),
+            "{}: {body}",
+            self.label
+        );
+    }
+
     fn create(&self, ip: Ipv4Addr, text: &str) -> String {
         let (status, region, body) =
             self.request(ip, "POST", "/todos", &format!("{{\"text\":\"{text}\"}}"));
@@ -509,13 +520,7 @@ fn unhealthy_and_slow(env: &Env) {
     env.fault(REGION_A, "unhealthy");
     let (status, _, _) = env.request(primary, "GET", "/todos/health", "");
     assert_eq!(status, 503, "{}: the health path still passes", env.label);
-    let (status, region, body) = env.request(primary, "GET", "/todos", "");
-    assert_eq!(
-        (status, region.as_str()),
-        (200, REGION_A),
-        "{}: {body}",
-        env.label
-    );
+    env.served_by(primary, REGION_A);
     wait_dns(env, secondary, detect, "unhealthy primary");
     env.fault(REGION_A, "recover");
     wait_dns(env, primary, detect, "recovered primary");
@@ -549,13 +554,7 @@ fn outage_scenario(env: &Env) -> f64 {
         "{}: DNS answers the primary at first",
         env.label
     );
-    let (status, region, body) = env.request(primary, "GET", "/todos", "");
-    assert_eq!(
-        (status, region.as_str()),
-        (200, REGION_A),
-        "{}: {body}",
-        env.label
-    );
+    env.served_by(primary, REGION_A);
 
     // A write acknowledged by the primary just before the outage.
     let stranded = env.create(primary, "acknowledged just before the outage");
@@ -595,13 +594,7 @@ fn outage_scenario(env: &Env) -> f64 {
         "{}: the primary still accepts connections in its outage",
         env.label
     );
-    let (status, region, body) = env.request(secondary, "GET", "/todos", "");
-    assert_eq!(
-        (status, region.as_str()),
-        (200, REGION_B),
-        "{}: {body}",
-        env.label
-    );
+    env.served_by(secondary, REGION_B);
     let during = env.create(secondary, "written during the outage");
     assert!(
         !env.has_item(REGION_B, &stranded),
