@@ -1,0 +1,10 @@
+//! The load test's library: what the `loadtest` binary will measure with.
+//!
+//! # Layout
+//! - `measure`: the failover figures (RTO, detection, loss of acknowledged writes) computed from a
+//!   run's per-second series and acknowledged writes, each defined in its docs.
+//!
+//! The commands (`run`, `failover`, `report`, `merge`) arrive with the load-test issue; until then
+//! the binary only describes itself.
+
+pub mod measure;
