@@ -1,0 +1,105 @@
+//! Open-loop arrivals: request `i` is due at `i / rate` seconds from the start, whatever happened to
+//! the requests before it, and its latency is measured from that intended time. A slow or stalled
+//! server therefore shows as latency (and errors), never as a lower send rate: no coordinated
+//! omission (the wrk2 / vegeta model).
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// One request's timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// Its index in the schedule.
+    pub index: u64,
+    /// When it was due, from the start of the run.
+    pub intended: Duration,
+    /// When it was actually sent, from the start (late only when the generator itself lags).
+    pub sent: Duration,
+    /// From the intended time to the answer (or the failure).
+    pub latency: Duration,
+    /// Whether it succeeded.
+    pub ok: bool,
+}
+
+/// When request `index` is due at `rate` requests per second.
+pub fn due(index: u64, rate: f64) -> Duration {
+    Duration::from_secs_f64(index as f64 / rate)
+}
+
+/// How many requests a run of `duration` at `rate` sends.
+pub fn count(rate: f64, duration: Duration) -> u64 {
+    (rate * duration.as_secs_f64()).floor() as u64
+}
+
+/// Sends `count(rate, duration)` requests with `op`, each at its due time, without waiting for
+/// earlier ones to finish, and returns every sample in index order once all have finished. `op`
+/// should bound its own time (a request timeout): the run ends only when every request has.
+pub async fn open_loop<F, Fut>(rate: f64, duration: Duration, op: F) -> Vec<Sample>
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    let start = Instant::now();
+    let total = count(rate, duration);
+    let mut running = JoinSet::new();
+    for index in 0..total {
+        let intended = due(index, rate);
+        tokio::time::sleep_until(start + intended).await;
+        let sent = start.elapsed();
+        let request = op(index);
+        running.spawn(async move {
+            let ok = request.await;
+            Sample {
+                index,
+                intended,
+                sent,
+                latency: start.elapsed().saturating_sub(intended),
+                ok,
+            }
+        });
+    }
+    let mut samples = Vec::with_capacity(total as usize);
+    while let Some(done) = running.join_next().await {
+        if let Ok(sample) = done {
+            samples.push(sample);
+        }
+    }
+    samples.sort_by_key(|s| s.index);
+    samples
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_server_shows_in_latency_not_in_the_send_rate() {
+        // 100 requests/s for 2 s; the server stalls for 500 ms on requests 50 to 59.
+        let samples = open_loop(100.0, Duration::from_secs(2), |i| async move {
+            let wait = if (50..60).contains(&i) { 500 } else { 5 };
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            true
+        })
+        .await;
+        assert_eq!(samples.len(), 200);
+        for s in &samples {
+            assert_eq!(s.sent, s.intended, "request {} was held back", s.index);
+            assert_eq!(s.intended, due(s.index, 100.0));
+        }
+        // Requests after the stalled ones were sent on time and were not slowed.
+        assert_eq!(samples[60].latency, Duration::from_millis(5));
+        assert_eq!(samples[55].latency, Duration::from_millis(500));
+        // The send rate held: the last request went out at 1.99 s.
+        assert_eq!(samples[199].sent, Duration::from_millis(1990));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_are_samples_too() {
+        let samples = open_loop(10.0, Duration::from_secs(1), |i| async move { i % 2 == 0 }).await;
+        assert_eq!(samples.iter().filter(|s| !s.ok).count(), 5);
+        assert_eq!(count(10.0, Duration::from_millis(1050)), 10);
+    }
+}
