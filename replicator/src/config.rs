@@ -537,6 +537,19 @@ impl RunArgs {
     }
 }
 
+/// The path flags the unit tests of several modules parse (us-east-1/todos to us-west-2/todos).
+#[cfg(test)]
+pub(crate) const TEST_PATH_FLAGS: [&str; 8] = [
+    "--source-region",
+    "us-east-1",
+    "--source-table",
+    "todos",
+    "--target-region",
+    "us-west-2",
+    "--target-table",
+    "todos",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,19 +562,9 @@ mod tests {
     }
 
     fn args(extra: &[&str]) -> Result<Config, ConfigError> {
-        let mut argv = vec![
-            "replicator",
-            "--source-region",
-            "us-east-1",
-            "--source-table",
-            "todos",
-            "--target-region",
-            "us-west-2",
-            "--target-table",
-            "todos",
-            "--mode",
-            "lww",
-        ];
+        let mut argv = vec!["replicator"];
+        argv.extend_from_slice(&TEST_PATH_FLAGS);
+        argv.extend_from_slice(&["--mode", "lww"]);
         argv.extend_from_slice(extra);
         Cli::try_parse_from(argv)
             .expect("flags parse")

@@ -121,6 +121,10 @@ async fn main() -> ExitCode {
         eprintln!("error: --log: {error}");
         return ExitCode::from(2);
     }
+    let aws = AwsOptions {
+        profile: cli.profile,
+        ..AwsOptions::default()
+    };
     match cli.command {
         Command::Healthcheck { metrics_addr } => {
             match replicator::metrics::check_health(metrics_addr).await {
@@ -146,11 +150,6 @@ async fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let aws = AwsOptions {
-                profile: cli.profile,
-                endpoint_url: None,
-                ..AwsOptions::default()
-            };
             tokio::select! {
                 result = replicator::run(config, aws, shutdown) => match result {
                     Ok(()) => ExitCode::SUCCESS,
@@ -171,11 +170,6 @@ async fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let aws = AwsOptions {
-                profile: cli.profile,
-                endpoint_url: None,
-                ..AwsOptions::default()
-            };
             match leases(&command, &spec, &aws).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
@@ -191,11 +185,6 @@ async fn main() -> ExitCode {
                     eprintln!("error: {error}");
                     return ExitCode::from(2);
                 }
-            };
-            let aws = AwsOptions {
-                profile: cli.profile,
-                endpoint_url: None,
-                ..AwsOptions::default()
             };
             match dlq(&command, &spec, &aws).await {
                 Ok(()) => ExitCode::SUCCESS,

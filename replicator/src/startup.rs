@@ -517,17 +517,8 @@ mod tests {
     }
 
     fn config(extra: &[&str]) -> Config {
-        let mut argv = vec![
-            "replicator",
-            "--source-region",
-            "us-east-1",
-            "--source-table",
-            "todos",
-            "--target-region",
-            "us-west-2",
-            "--target-table",
-            "todos",
-        ];
+        let mut argv = vec!["replicator"];
+        argv.extend_from_slice(&crate::config::TEST_PATH_FLAGS);
         argv.extend_from_slice(extra);
         <Cli as clap::Parser>::try_parse_from(argv)
             .expect("flags parse")

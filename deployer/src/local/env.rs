@@ -1067,7 +1067,8 @@ async fn start(
         )
         .await,
     );
-    let first = zone::read(&r53, &f.dns.hosted_zone).await?;
+    let mut located = None;
+    let first = zone::read(&r53, &f.dns.hosted_zone, &mut located).await?;
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(first));
     {
         let zone_name = f.dns.hosted_zone.clone();
@@ -1078,7 +1079,7 @@ async fn start(
                     () = stop_reading.cancelled() => return Ok(()),
                     () = tokio::time::sleep(SNAPSHOT_EVERY) => {}
                 }
-                match zone::read(&r53, &zone_name).await {
+                match zone::read(&r53, &zone_name, &mut located).await {
                     Ok(s) => {
                         snapshot_tx.send_if_modified(|old| {
                             let changed = old.records != s.records || old.checks != s.checks;

@@ -105,32 +105,18 @@ fn unescape(name: &str) -> String {
     name.replace("\\052", "*")
 }
 
-/// Reads the zone named `zone` and the health checks its records use from Route 53 (the local AWS).
-/// A zone that does not exist yet is an empty snapshot.
-pub async fn read(client: &Client, zone: &str) -> Result<Snapshot, String> {
-    let zone_id = match dns_record::zone_id(client, zone).await {
-        Ok(id) => id,
-        Err(e) if e.to_string().contains("no such hosted zone") => return Ok(Snapshot::default()),
-        Err(e) => return Err(e.to_string()),
-    };
-    // The zone may be given by ID: its name is what queries end with.
-    let zone_name = if zone.contains('.') {
-        zone.to_owned()
-    } else {
-        client
-            .get_hosted_zone()
-            .id(&zone_id)
-            .send()
-            .await
-            .map_err(|e| {
-                format!(
-                    "route53:GetHostedZone {zone_id}: {}",
-                    aws_sdk_route53::error::DisplayErrorContext(&e)
-                )
-            })?
-            .hosted_zone()
-            .map(|z| z.name().to_owned())
-            .unwrap_or_default()
+/// The hosted zone's ID and name, found once (`read` keeps them between calls).
+pub type Located = Option<(String, String)>;
+
+/// Reads the zone `zone` (a name or an ID) and the health checks its records use from Route 53 (the
+/// local AWS). The zone's ID and name are looked up on the first call that finds the zone and kept
+/// in `located`; a zone that does not exist yet is an empty snapshot.
+pub async fn read(client: &Client, zone: &str, located: &mut Located) -> Result<Snapshot, String> {
+    if located.is_none() {
+        *located = locate(client, zone).await?;
+    }
+    let Some((zone_id, zone_name)) = located.clone() else {
+        return Ok(Snapshot::default());
     };
     let sets = dns_record::all_record_sets(client, &zone_id, zone)
         .await
@@ -203,6 +189,34 @@ pub async fn read(client: &Client, zone: &str) -> Result<Snapshot, String> {
         records,
         checks,
     })
+}
+
+/// The zone's ID and its name (queries end with the name, also when the config gives the ID).
+async fn locate(client: &Client, zone: &str) -> Result<Located, String> {
+    let zone_id = match dns_record::zone_id(client, zone).await {
+        Ok(id) => id,
+        Err(e) if e.to_string().contains("no such hosted zone") => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let zone_name = if zone.contains('.') {
+        zone.to_owned()
+    } else {
+        client
+            .get_hosted_zone()
+            .id(&zone_id)
+            .send()
+            .await
+            .map_err(|e| {
+                format!(
+                    "route53:GetHostedZone {zone_id}: {}",
+                    aws_sdk_route53::error::DisplayErrorContext(&e)
+                )
+            })?
+            .hosted_zone()
+            .map(|z| z.name().to_owned())
+            .unwrap_or_default()
+    };
+    Ok(Some((zone_id, zone_name)))
 }
 
 /// One answer record.

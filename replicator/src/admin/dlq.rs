@@ -26,7 +26,7 @@ use tworegion_common::version::VersionAttributes;
 use super::leases::relative;
 use super::{AdminError, PathArgs, PathSpec, bad, path_key, shard_list, table_name};
 use crate::apply::plan::PlanContext;
-use crate::apply::target::{AwsTarget, FENCE_ATTRIBUTE, Outcome, TargetTable};
+use crate::apply::target::{AwsTarget, FENCE_ATTRIBUTE, Outcome, TargetTable, outcome};
 use crate::config::AttributeArgs;
 use crate::config::{ConfigError, Mode, TableRef};
 use crate::dead_letter::dynamo::DynamoDeadLetters;
@@ -737,28 +737,6 @@ fn still_refused(failure: &AwsFailure) -> String {
     }
 }
 
-fn outcome<T, E>(
-    result: Result<
-        T,
-        aws_sdk_dynamodb::error::SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
-    >,
-) -> Result<Outcome, AwsFailure>
-where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
-{
-    match result {
-        Ok(_) => Ok(Outcome::Applied),
-        Err(error) => {
-            let failure = AwsFailure::from_sdk(&error);
-            if failure.class == crate::error::ErrorClass::Conflict {
-                Ok(Outcome::Conflict)
-            } else {
-                Err(failure)
-            }
-        }
-    }
-}
-
 /// The item at `keys` in `table` (consistent read).
 async fn get(client: &Client, table: &str, keys: &Item) -> Result<Option<Item>, AwsFailure> {
     client
@@ -1029,16 +1007,7 @@ mod tests {
         command: DlqCommand,
     }
 
-    const PATH_FLAGS: [&str; 8] = [
-        "--source-region",
-        "us-east-1",
-        "--source-table",
-        "todos",
-        "--target-region",
-        "us-west-2",
-        "--target-table",
-        "todos",
-    ];
+    const PATH_FLAGS: [&str; 8] = crate::config::TEST_PATH_FLAGS;
 
     fn parse(args: &[&str]) -> Result<DlqCommand, clap::Error> {
         let argv = std::iter::once("replicator")

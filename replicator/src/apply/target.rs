@@ -132,7 +132,8 @@ pub fn expression(condition: &Condition, attributes: &VersionAttributes) -> Expr
     }
 }
 
-fn outcome<T, E>(
+/// A conditional write's result: applied, refused by its condition, or a failure.
+pub(crate) fn outcome<T, E>(
     result: Result<
         T,
         aws_sdk_dynamodb::error::SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
