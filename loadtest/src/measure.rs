@@ -5,7 +5,10 @@
 //! Definitions (times in seconds from the start of the run):
 //! - `rto_seconds`: from the fault to the start of the first whole second `s` at or after the fault
 //!   such that every second from `s` to the end of the failover phase (the recovery, or the end of the
-//!   run) that saw any request had at least 99% success. `None` when no such second exists.
+//!   run) that saw any request had at least 99% success. `None` when no such second exists. Success
+//!   here means the service answered: a 2xx, or a 4xx about the data (404, 409, 412: for example
+//!   an item the survivor does not have yet); connection failures, timeouts, 5xx and other 4xx
+//!   (403, 429...) are failures.
 //! - `detected_seconds`: from the fault to the first second after it with a successful response from
 //!   a region other than the one that failed.
 //! - `missing_after_failover`: writes acknowledged by the failed region before the fault that the

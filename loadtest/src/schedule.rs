@@ -4,10 +4,12 @@
 //! omission (the wrk2 / vegeta model).
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// One request's timing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,39 +36,76 @@ pub fn count(rate: f64, duration: Duration) -> u64 {
     (rate * duration.as_secs_f64()).floor() as u64
 }
 
-/// Sends `count(rate, duration)` requests with `op`, each at its due time, without waiting for
-/// earlier ones to finish, and returns every sample in index order once all have finished. `op`
-/// should bound its own time (a request timeout): the run ends only when every request has.
+/// Sends `count(rate, duration)` requests, request `index` started with `op(index, intended)` at
+/// its due time (`intended` from `start`) without waiting for earlier ones, until all are sent or `stop` is cancelled; then
+/// waits for every started request (each should bound its own time: a request timeout). Returns
+/// how many were started. Finished requests are reaped as it goes, so memory stays bounded by the
+/// requests in flight.
+pub async fn drive<F, Fut>(
+    start: Instant,
+    rate: f64,
+    duration: Duration,
+    stop: &CancellationToken,
+    op: F,
+) -> u64
+where
+    F: Fn(u64, Duration) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let total = count(rate, duration);
+    let mut running = JoinSet::new();
+    let mut started = 0;
+    for index in 0..total {
+        let intended = due(index, rate);
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep_until(start + intended) => {}
+        }
+        running.spawn(op(index, intended));
+        started += 1;
+        while running.try_join_next().is_some() {}
+    }
+    while running.join_next().await.is_some() {}
+    started
+}
+
+/// `drive` for a run that keeps every sample: returns them in index order once all have finished
+/// (`op` says whether the request succeeded).
 pub async fn open_loop<F, Fut>(rate: f64, duration: Duration, op: F) -> Vec<Sample>
 where
     F: Fn(u64) -> Fut,
     Fut: Future<Output = bool> + Send + 'static,
 {
     let start = Instant::now();
-    let total = count(rate, duration);
-    let mut running = JoinSet::new();
-    for index in 0..total {
-        let intended = due(index, rate);
-        tokio::time::sleep_until(start + intended).await;
-        let sent = start.elapsed();
-        let request = op(index);
-        running.spawn(async move {
-            let ok = request.await;
-            Sample {
-                index,
-                intended,
-                sent,
-                latency: start.elapsed().saturating_sub(intended),
-                ok,
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    drive(
+        start,
+        rate,
+        duration,
+        &CancellationToken::new(),
+        |index, intended| {
+            let sent = start.elapsed();
+            let request = op(index);
+            let samples = samples.clone();
+            async move {
+                let ok = request.await;
+                let sample = Sample {
+                    index,
+                    intended,
+                    sent,
+                    latency: start.elapsed().saturating_sub(intended),
+                    ok,
+                };
+                samples
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(sample);
             }
-        });
-    }
-    let mut samples = Vec::with_capacity(total as usize);
-    while let Some(done) = running.join_next().await {
-        if let Ok(sample) = done {
-            samples.push(sample);
-        }
-    }
+        },
+    )
+    .await;
+    let mut samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|p| p.into_inner()));
     samples.sort_by_key(|s| s.index);
     samples
 }

@@ -6,14 +6,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::measure::Second;
 
 /// Latencies are recorded in microseconds, from 1 us to 1 hour, 3 significant digits.
 const HIGHEST_US: u64 = 3_600_000_000;
 
-fn histogram() -> Histogram<u64> {
+/// An empty histogram with the recorder's bounds.
+pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIGHEST_US, 3).expect("constant bounds that HdrHistogram accepts")
 }
 
@@ -24,6 +25,10 @@ pub enum Outcome {
     Ok(String),
     /// A 4xx answer (from this region, when it said).
     Status4xx(Option<String>),
+    /// A 4xx answer about the data (404, 409, 412: the service is up, the item is not as the
+    /// client expected, for example not yet replicated): counted with the 4xx failures, and as
+    /// available for `rto_seconds`.
+    DataAnswer(Option<String>),
     /// A 5xx answer.
     Status5xx(Option<String>),
     /// No connection.
@@ -33,7 +38,7 @@ pub enum Outcome {
 }
 
 /// Failures by cause.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failures {
     /// No connection.
     pub connect: u64,
@@ -70,12 +75,14 @@ pub struct SecondStats {
     pub failed: Failures,
     /// 2xx answers by region.
     pub by_region: BTreeMap<String, u64>,
+    /// Of the 4xx failures, answers about the data (see `Outcome::DataAnswer`).
+    pub data_4xx: u64,
     /// Latencies of the requests due in this second.
     pub latency: Option<Histogram<u64>>,
 }
 
 /// Latency percentiles in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Percentiles {
     /// Median.
     pub p50: f64,
@@ -152,6 +159,10 @@ impl Recorder {
                     .saturating_record(us);
             }
             Outcome::Status4xx(_) => second.failed.status_4xx += 1,
+            Outcome::DataAnswer(_) => {
+                second.failed.status_4xx += 1;
+                second.data_4xx += 1;
+            }
             Outcome::Status5xx(_) => second.failed.status_5xx += 1,
             Outcome::Connect => second.failed.connect += 1,
             Outcome::Timeout => second.failed.timeout += 1,
@@ -174,6 +185,7 @@ impl Recorder {
         }
         for (mine, theirs) in self.seconds.iter_mut().zip(&other.seconds) {
             mine.succeeded += theirs.succeeded;
+            mine.data_4xx += theirs.data_4xx;
             mine.failed.add(&theirs.failed);
             for (region, n) in &theirs.by_region {
                 *mine.by_region.entry(region.clone()).or_default() += n;
@@ -195,13 +207,14 @@ impl Recorder {
         (ok + failed.total(), ok, failed)
     }
 
-    /// The series as the failover figures read it (`measure`).
+    /// The series as the failover figures read it (`measure`): answers about the data count as
+    /// the service being available (see `Outcome::DataAnswer`).
     pub fn series(&self) -> Vec<Second> {
         self.seconds
             .iter()
             .map(|s| Second {
-                succeeded: s.succeeded,
-                failed: s.failed.total(),
+                succeeded: s.succeeded + s.data_4xx,
+                failed: s.failed.total() - s.data_4xx,
                 by_region: s.by_region.clone(),
             })
             .collect()

@@ -1,0 +1,253 @@
+//! Reading each region directly, to see what it holds: through the region's own API endpoint
+//! (`--region-url REGION=URL`, or the local environment's region endpoints), with `GET /todos/{id}`,
+//! which the sample app serves with a consistent read and the item's version as its `ETag`. So every
+//! check here reads the region's table as the app sees it, through that region's endpoint.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use hyper::Method;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{Client, Failure};
+use crate::workload::{Ack, AckKind};
+
+/// What a region holds for a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// Nothing (or a tombstone): 404.
+    Absent,
+    /// The item at this version.
+    Version(u64),
+}
+
+/// One region's API, read directly.
+pub struct Region {
+    /// The region's name.
+    pub name: String,
+    /// A client for its endpoint.
+    pub client: Client,
+}
+
+impl Region {
+    /// What the region holds for `id` (three attempts; an error when none answered).
+    pub async fn held(&self, id: &str) -> Result<Held, String> {
+        let mut last = String::new();
+        for attempt in 0..3u64 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            match self
+                .client
+                .send(Method::GET, &format!("/todos/{id}"), None)
+                .await
+            {
+                Ok(a) if a.status == 404 => return Ok(Held::Absent),
+                Ok(a) if a.status == 200 => {
+                    return a
+                        .etag
+                        .as_deref()
+                        .and_then(|e| e.parse().ok())
+                        .map(Held::Version)
+                        .ok_or_else(|| format!("{}: todo {id} has no version ETag", self.name));
+                }
+                Ok(a) => last = format!("{} answered {}", self.name, a.status),
+                Err(Failure::Timeout) => last = format!("{} did not answer", self.name),
+                Err(Failure::Connect { detail, .. }) => last = format!("{}: {detail}", self.name),
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Whether `held` reflects the acknowledged write `ack` (the version or a newer one; absent for a
+/// delete).
+pub fn reflects(held: Held, ack: &Ack) -> bool {
+    match (ack.kind, held) {
+        (AckKind::Delete, Held::Absent) => true,
+        (AckKind::Delete, Held::Version(_)) => false,
+        (AckKind::Put, Held::Absent) => false,
+        (AckKind::Put, Held::Version(v)) => ack.version.is_none_or(|want| v >= want),
+    }
+}
+
+/// Reads `ids` from `region`, 16 at a time; unreadable keys are returned apart.
+pub async fn read_all(
+    region: &Region,
+    ids: Vec<String>,
+) -> (HashMap<String, Held>, Vec<(String, String)>) {
+    let results: Vec<(String, Result<Held, String>)> = futures::stream::iter(ids)
+        .map(|id| async move {
+            let r = region.held(&id).await;
+            (id, r)
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut held = HashMap::new();
+    let mut errors = Vec::new();
+    for (id, r) in results {
+        match r {
+            Ok(h) => {
+                held.insert(id, h);
+            }
+            Err(e) => errors.push((id, e)),
+        }
+    }
+    (held, errors)
+}
+
+/// The keys `survivor` lacks of the writes `failed` acknowledged before the fault: for each key
+/// whose last acknowledged write before `fault_at` came from the failed region, whether the
+/// survivor holds that version (or newer). Returns (checked, missing acks, unreadable).
+pub async fn after_failover(
+    expected_at_fault: &HashMap<String, Ack>,
+    failed: &str,
+    survivor: &Region,
+) -> (u64, Vec<Ack>, usize) {
+    let candidates: Vec<&Ack> = expected_at_fault
+        .values()
+        .filter(|a| a.region == failed)
+        .collect();
+    let ids = candidates.iter().map(|a| a.id.clone()).collect();
+    let (held, errors) = read_all(survivor, ids).await;
+    let missing = candidates
+        .into_iter()
+        .filter(|a| held.get(&a.id).is_some_and(|h| !reflects(*h, a)))
+        .cloned()
+        .collect();
+    (held.len() as u64, missing, errors.len())
+}
+
+/// After fail-back: keys whose last acknowledged write the primary does not reflect (`missing`)
+/// and keys on which the other region still disagrees with the primary (`stale`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Failback {
+    /// Keys read.
+    pub checked: u64,
+    /// The primary lacks the last acknowledged write.
+    pub missing: Vec<String>,
+    /// The other region holds something else than the primary.
+    pub stale: Vec<String>,
+    /// Keys that could not be read.
+    pub unreadable: usize,
+}
+
+/// Reads every expected key in both regions and compares.
+pub async fn failback(
+    expected: &HashMap<String, Ack>,
+    primary: &Region,
+    other: &Region,
+) -> Failback {
+    let ids: Vec<String> = expected.keys().cloned().collect();
+    let (in_primary, e1) = read_all(primary, ids.clone()).await;
+    let (in_other, e2) = read_all(other, ids).await;
+    let mut out = Failback {
+        unreadable: e1.len() + e2.len(),
+        ..Failback::default()
+    };
+    for (id, ack) in expected {
+        let Some(p) = in_primary.get(id) else {
+            continue;
+        };
+        out.checked += 1;
+        if !reflects(*p, ack) {
+            out.missing.push(id.clone());
+        }
+        if let Some(o) = in_other.get(id)
+            && o != p
+        {
+            out.stale.push(id.clone());
+        }
+    }
+    out.missing.sort();
+    out.stale.sort();
+    out
+}
+
+/// Repeats `failback` until nothing is missing or stale, or `limit` passes; returns the last
+/// comparison and the time it took.
+pub async fn catch_up(
+    expected: &HashMap<String, Ack>,
+    primary: &Region,
+    other: &Region,
+    limit: Duration,
+    stop: &CancellationToken,
+) -> (Failback, Duration) {
+    let start = Instant::now();
+    loop {
+        let f = failback(expected, primary, other).await;
+        let settled = f.missing.is_empty() && f.stale.is_empty() && f.unreadable == 0;
+        if settled || start.elapsed() >= limit || stop.is_cancelled() {
+            return (f, start.elapsed());
+        }
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Polls `to` until it holds version `version` of `id` (or newer, or the item was deleted since:
+/// either way the write reached it), for at most `limit`; the lag from `acked` in milliseconds.
+pub async fn lag(
+    to: Arc<Region>,
+    id: String,
+    version: u64,
+    acked: Instant,
+    limit: Duration,
+    stop: CancellationToken,
+) -> Option<f64> {
+    let mut pause = Duration::from_millis(20);
+    while acked.elapsed() < limit && !stop.is_cancelled() {
+        if let Ok(Held::Version(v)) = to.held(&id).await
+            && v >= version
+        {
+            return Some(acked.elapsed().as_secs_f64() * 1000.0);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+    None
+}
+
+/// Keys left out because a write to them may or may not have been applied.
+pub fn without(
+    expected: HashMap<String, Ack>,
+    uncertain: &HashSet<String>,
+) -> HashMap<String, Ack> {
+    expected
+        .into_iter()
+        .filter(|(k, _)| !uncertain.contains(k))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_region_reflects_a_write_when_it_holds_that_version_or_newer() {
+        let put = Ack {
+            id: "a".into(),
+            kind: AckKind::Put,
+            version: Some(10),
+            region: "r".into(),
+            at: 0.0,
+        };
+        assert!(reflects(Held::Version(10), &put));
+        assert!(reflects(Held::Version(11), &put));
+        assert!(!reflects(Held::Version(9), &put));
+        assert!(!reflects(Held::Absent, &put));
+        let del = Ack {
+            kind: AckKind::Delete,
+            version: None,
+            ..put
+        };
+        assert!(reflects(Held::Absent, &del));
+        assert!(!reflects(Held::Version(12), &del));
+    }
+}
