@@ -293,9 +293,10 @@ impl Client {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if !fresh => request = unsent,
-                    _ => {
+                    unsent => {
                         return Err(Failure::Connect {
-                            sent: true,
+                            // Handed back unsent: it never reached the server.
+                            sent: unsent.is_none(),
                             detail: e.into_error().to_string(),
                         });
                     }

@@ -13,6 +13,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use aws_sdk_lambda::error::DisplayErrorContext;
 use hyper::Method;
 use tworegion_common::aws::{AwsOptions, parse_region, sdk_config};
 
@@ -160,6 +161,54 @@ async fn route53(aws: &AwsOptions) -> aws_sdk_route53::Client {
     aws_sdk_route53::Client::new(&sdk_config(region, aws).await)
 }
 
+/// Checks, before any load, that the fault can be injected: the flags it needs are given and the
+/// AWS resource it changes exists and can be read.
+pub async fn preflight(kind: &FaultKind, target: &Target) -> Result<(), String> {
+    match kind {
+        FaultKind::LambdaConcurrencyZero => {
+            let function = target.function.as_deref().ok_or(
+                "aws:lambda-concurrency-zero needs --function NAME (the failed region's function)",
+            )?;
+            if target.region.is_empty() {
+                return Err(
+                    "aws:lambda-concurrency-zero needs --fault-region REGION (where the \
+                            function is)"
+                        .into(),
+                );
+            }
+            lambda(&target.region, &target.aws)
+                .await?
+                .get_function_concurrency()
+                .function_name(function)
+                .send()
+                .await
+                .map_err(|e| {
+                    format!(
+                        "--function {function} in {}: {}",
+                        target.region,
+                        DisplayErrorContext(&e)
+                    )
+                })?;
+            Ok(())
+        }
+        FaultKind::InvertHealthCheck => {
+            let id = target.health_check_id.as_deref().ok_or(
+                "aws:invert-health-check needs --health-check-id ID (the failed region's Route 53 \
+                 health check; `deployer status` shows it)",
+            )?;
+            route53(&target.aws)
+                .await
+                .get_health_check()
+                .health_check_id(id)
+                .send()
+                .await
+                .map_err(|e| format!("--health-check-id {id}: {}", DisplayErrorContext(&e)))?;
+            Ok(())
+        }
+        FaultKind::Command(_) | FaultKind::LocalOutage | FaultKind::LocalUnhealthy => Ok(()),
+    }
+}
+
 /// Injects `kind` at `target`; returns what changed and how to undo it.
 pub async fn inject(kind: &FaultKind, target: &Target) -> Result<(String, Undo), String> {
     match kind {
@@ -192,7 +241,12 @@ pub async fn inject(kind: &FaultKind, target: &Target) -> Result<(String, Undo),
                 .function_name(&function)
                 .send()
                 .await
-                .map_err(|e| format!("lambda GetFunctionConcurrency {function}: {e:?}"))?
+                .map_err(|e| {
+                    format!(
+                        "lambda GetFunctionConcurrency {function}: {}",
+                        DisplayErrorContext(&e)
+                    )
+                })?
                 .reserved_concurrent_executions;
             client
                 .put_function_concurrency()
@@ -200,7 +254,12 @@ pub async fn inject(kind: &FaultKind, target: &Target) -> Result<(String, Undo),
                 .reserved_concurrent_executions(0)
                 .send()
                 .await
-                .map_err(|e| format!("lambda PutFunctionConcurrency {function} = 0: {e:?}"))?;
+                .map_err(|e| {
+                    format!(
+                        "lambda PutFunctionConcurrency {function} = 0: {}",
+                        DisplayErrorContext(&e)
+                    )
+                })?;
             Ok((
                 format!(
                     "lambda {function} in {}: reserved concurrency {} -> 0",
@@ -225,7 +284,7 @@ pub async fn inject(kind: &FaultKind, target: &Target) -> Result<(String, Undo),
                 .health_check_id(&id)
                 .send()
                 .await
-                .map_err(|e| format!("route53 GetHealthCheck {id}: {e:?}"))?
+                .map_err(|e| format!("route53 GetHealthCheck {id}: {}", DisplayErrorContext(&e)))?
                 .health_check
                 .and_then(|h| h.health_check_config)
                 .and_then(|c| c.inverted)
@@ -236,7 +295,12 @@ pub async fn inject(kind: &FaultKind, target: &Target) -> Result<(String, Undo),
                 .inverted(!previous)
                 .send()
                 .await
-                .map_err(|e| format!("route53 UpdateHealthCheck {id}: {e:?}"))?;
+                .map_err(|e| {
+                    format!(
+                        "route53 UpdateHealthCheck {id}: {}",
+                        DisplayErrorContext(&e)
+                    )
+                })?;
             Ok((
                 format!(
                     "route53 health check {id}: inverted {previous} -> {}",
@@ -273,7 +337,12 @@ pub async fn undo(undo: &Undo, aws: &AwsOptions) -> Result<String, String> {
                         .reserved_concurrent_executions(*n)
                         .send()
                         .await
-                        .map_err(|e| format!("lambda PutFunctionConcurrency {function}: {e:?}"))?;
+                        .map_err(|e| {
+                            format!(
+                                "lambda PutFunctionConcurrency {function}: {}",
+                                DisplayErrorContext(&e)
+                            )
+                        })?;
                     Ok(format!(
                         "lambda {function} in {region}: reserved concurrency back to {n}"
                     ))
@@ -285,7 +354,10 @@ pub async fn undo(undo: &Undo, aws: &AwsOptions) -> Result<String, String> {
                         .send()
                         .await
                         .map_err(|e| {
-                            format!("lambda DeleteFunctionConcurrency {function}: {e:?}")
+                            format!(
+                                "lambda DeleteFunctionConcurrency {function}: {}",
+                                DisplayErrorContext(&e)
+                            )
                         })?;
                     Ok(format!(
                         "lambda {function} in {region}: reserved concurrency removed again"
@@ -301,7 +373,12 @@ pub async fn undo(undo: &Undo, aws: &AwsOptions) -> Result<String, String> {
                 .inverted(*previous)
                 .send()
                 .await
-                .map_err(|e| format!("route53 UpdateHealthCheck {id}: {e:?}"))?;
+                .map_err(|e| {
+                    format!(
+                        "route53 UpdateHealthCheck {id}: {}",
+                        DisplayErrorContext(&e)
+                    )
+                })?;
             Ok(format!(
                 "route53 health check {id}: inverted back to {previous}"
             ))

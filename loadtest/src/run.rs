@@ -81,8 +81,8 @@ pub struct LoadArgs {
     /// regional endpoints and replication mode come from it.
     #[arg(long)]
     pub local: bool,
-    /// The local environment's state directory.
-    #[arg(long, default_value = ".tworegion-local")]
+    /// The local environment's state directory (as `deployer local --state-dir`).
+    #[arg(long, env = "DEPLOYER_LOCAL_STATE", default_value = ".tworegion-local")]
     pub local_state_dir: PathBuf,
     /// A region's own endpoint (REGION=URL, repeatable), read directly for replication lag and the
     /// loss checks (for example the regional execute-api URL with its stage).
@@ -274,6 +274,22 @@ async fn plan(load: &LoadArgs, fault: Option<&FaultArgs>) -> Result<Plan, String
         .or_else(|| env.as_ref().map(|e| e.mode().to_owned()))
         .unwrap_or_else(|| "lww".to_owned());
     let control = env.as_ref().map(|e| e.control_addr()).transpose()?;
+    let aws = AwsOptions {
+        profile: load.aws_profile.clone(),
+        endpoint_url: load.aws_endpoint_url.clone(),
+        placeholder_credentials: false,
+    };
+    if let Some((kind, f)) = &fault {
+        let target = Target {
+            region: f.fault_region.clone().unwrap_or_default(),
+            control,
+            function: f.function.clone(),
+            health_check_id: f.health_check_id.clone(),
+            recover_cmd: f.recover_cmd.clone(),
+            aws: aws.clone(),
+        };
+        faults::preflight(kind, &target).await?;
+    }
     let out = match &load.out {
         Some(o) => o.clone(),
         None => PathBuf::from("loadtest-results").join(utc_stamp()),
@@ -290,11 +306,7 @@ async fn plan(load: &LoadArgs, fault: Option<&FaultArgs>) -> Result<Plan, String
         control,
         fault,
         out,
-        aws: AwsOptions {
-            profile: load.aws_profile.clone(),
-            endpoint_url: load.aws_endpoint_url.clone(),
-            placeholder_credentials: false,
-        },
+        aws,
     })
 }
 
@@ -810,6 +822,19 @@ pub async fn execute(load: LoadArgs, fault: Option<FaultArgs>) -> Result<Outcome
     };
     crate::report::write(&plan.out, &results)?;
     let mut code = if interrupted_now { 1 } else { 0 };
+    if let Some(report) = &fault_report {
+        if report.record.changed.starts_with("failed: ") {
+            eprintln!(
+                "loadtest: error: the fault was not injected ({})",
+                report.record.changed
+            );
+            code = 1;
+        }
+        if let Some(e) = &report.record.undo_error {
+            eprintln!("loadtest: error: the fault was not undone ({e}); undo it by hand");
+            code = 1;
+        }
+    }
     if let Some((_, f)) = &plan.fault
         && code == 0
         && let Some(why) = exceeded(&results.summary, f)
