@@ -21,6 +21,7 @@ pub mod aws;
 pub mod duration;
 pub mod shutdown;
 pub mod telemetry;
+pub mod time;
 pub mod version;
 
 #[cfg(feature = "test-support")]

@@ -104,17 +104,7 @@ impl Env {
         text.push_str("\n[local]\ncross_region_delay = \"2s\"\n");
         w.write(&text);
         let state = w.dir.join("state");
-        let (env, unset): (Vec<(&str, String)>, Vec<&str>) = if own_aws {
-            (
-                vec![
-                    ("AWS_ACCESS_KEY_ID", "local".to_owned()),
-                    ("AWS_SECRET_ACCESS_KEY", "local".to_owned()),
-                ],
-                vec!["AWS_ENDPOINT_URL"],
-            )
-        } else {
-            (LocalAws::from_env().child_env(), vec![])
-        };
+        let (env, unset) = cli_support::local_up_env(own_aws);
         let config = w.config.display().to_string();
         let state_arg = state.display().to_string();
         let (code, stdout, stderr) = run(

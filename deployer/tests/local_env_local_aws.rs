@@ -98,18 +98,7 @@ impl Env {
         text.push_str("\n[local]\ncross_region_delay = \"1s\"\n");
         w.write(&text);
         let state = w.dir.join("state");
-        let (env, unset): (Vec<(&str, String)>, Vec<&str>) = if own_aws {
-            // No AWS_ENDPOINT_URL: `local up` starts the project's moto itself.
-            (
-                vec![
-                    ("AWS_ACCESS_KEY_ID", "local".to_owned()),
-                    ("AWS_SECRET_ACCESS_KEY", "local".to_owned()),
-                ],
-                vec!["AWS_ENDPOINT_URL"],
-            )
-        } else {
-            (LocalAws::from_env().child_env(), vec![])
-        };
+        let (env, unset) = cli_support::local_up_env(own_aws);
         let state_arg = state.display().to_string();
         let (code, stdout, stderr) = deployer(
             &w.config,

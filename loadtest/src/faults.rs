@@ -161,6 +161,26 @@ async fn route53(aws: &AwsOptions) -> aws_sdk_route53::Client {
     aws_sdk_route53::Client::new(&sdk_config(region, aws).await)
 }
 
+async fn set_inverted(
+    client: &aws_sdk_route53::Client,
+    id: &str,
+    inverted: bool,
+) -> Result<(), String> {
+    client
+        .update_health_check()
+        .health_check_id(id)
+        .inverted(inverted)
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "route53 UpdateHealthCheck {id}: {}",
+                DisplayErrorContext(&e)
+            )
+        })?;
+    Ok(())
+}
+
 /// Checks, before any load, that the fault can be injected: the flags it needs are given and the
 /// AWS resource it changes exists and can be read.
 pub async fn preflight(kind: &FaultKind, target: &Target) -> Result<(), String> {
@@ -289,18 +309,7 @@ pub async fn inject(kind: &FaultKind, target: &Target) -> Result<(String, Undo),
                 .and_then(|h| h.health_check_config)
                 .and_then(|c| c.inverted)
                 .unwrap_or(false);
-            client
-                .update_health_check()
-                .health_check_id(&id)
-                .inverted(!previous)
-                .send()
-                .await
-                .map_err(|e| {
-                    format!(
-                        "route53 UpdateHealthCheck {id}: {}",
-                        DisplayErrorContext(&e)
-                    )
-                })?;
+            set_inverted(&client, &id, !previous).await?;
             Ok((
                 format!(
                     "route53 health check {id}: inverted {previous} -> {}",
@@ -366,19 +375,7 @@ pub async fn undo(undo: &Undo, aws: &AwsOptions) -> Result<String, String> {
             }
         }
         Undo::HealthCheck { id, previous } => {
-            route53(aws)
-                .await
-                .update_health_check()
-                .health_check_id(id)
-                .inverted(*previous)
-                .send()
-                .await
-                .map_err(|e| {
-                    format!(
-                        "route53 UpdateHealthCheck {id}: {}",
-                        DisplayErrorContext(&e)
-                    )
-                })?;
+            set_inverted(&route53(aws).await, id, *previous).await?;
             Ok(format!(
                 "route53 health check {id}: inverted back to {previous}"
             ))

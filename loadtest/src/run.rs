@@ -311,27 +311,13 @@ async fn plan(load: &LoadArgs, fault: Option<&FaultArgs>) -> Result<Plan, String
 }
 
 fn utc_stamp() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    // 2026-12-01T02:00:12.123Z -> 20261201T020012Z
+    let text = tworegion_common::time::rfc3339(tworegion_common::version::system_millis());
+    let bare: String = text[..19]
+        .chars()
+        .filter(|c| *c != '-' && *c != ':')
+        .collect();
+    format!("{bare}Z")
 }
 
 /// What the run shares between its tasks.
@@ -593,11 +579,14 @@ pub async fn execute(load: LoadArgs, fault: Option<FaultArgs>) -> Result<Outcome
         let mode = mode.clone();
         let lag_tasks = lag_tasks.clone();
         let lag_stop = refresh_stop.clone();
+        // From the earlier of the intended start and the real one: a late start (a slow
+        // generator, a stall) counts against the answer, an early one never flatters it.
+        let from = intended.min(shared.start.elapsed());
         async move {
             let op = shared.workload.next_op();
             let (method, path, body) = op.request(index);
             let result = client.send(method, &path, body).await;
-            let latency = shared.start.elapsed().saturating_sub(intended);
+            let latency = shared.start.elapsed().saturating_sub(from);
             let outcome = classify(&result);
             if let Outcome::Ok(region) = &outcome {
                 lock(&shared.first_region).get_or_insert_with(|| region.clone());

@@ -11,6 +11,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// The timer's resolution.
+const TICK: Duration = Duration::from_millis(1);
+
 /// One request's timing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sample {
@@ -39,7 +42,8 @@ pub fn count(rate: f64, duration: Duration) -> u64 {
 /// Sends `count(rate, duration)` requests, request `index` started with `op(index, intended)` at
 /// its due time (`intended` from `start`) without waiting for earlier ones, until all are sent or `stop` is cancelled; then
 /// waits for every started request (each should bound its own time: a request timeout). Returns
-/// how many were started. Finished requests are reaped as it goes, so memory stays bounded by the
+/// how many were started: fewer than asked when stopped, or when the generator fell more than a
+/// second behind (it never runs past the run's end plus a second). Finished requests are reaped as it goes, so memory stays bounded by the
 /// requests in flight.
 pub async fn drive<F, Fut>(
     start: Instant,
@@ -55,12 +59,22 @@ where
     let total = count(rate, duration);
     let mut running = JoinSet::new();
     let mut started = 0;
+    // A generator that falls behind its schedule sends late (and the latency shows it) but stops
+    // a second after the run's end: the unsent rest shows as a lower achieved rate.
+    let deadline = start + duration + Duration::from_secs(1);
     for index in 0..total {
         let intended = due(index, rate);
+        if Instant::now() > deadline {
+            break;
+        }
         tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            () = tokio::time::sleep_until(start + intended) => {}
+            // The timer fires on the first millisecond tick at or after its deadline: aim a tick
+            // early so that requests start on time rather than up to 1 ms late (`op` measures
+            // from the earlier of the intended start and the real one, so an early start never
+            // makes an answer look faster).
+            () = tokio::time::sleep_until(start + intended.saturating_sub(TICK)) => {}
         }
         running.spawn(op(index, intended));
         started += 1;
@@ -71,7 +85,8 @@ where
 }
 
 /// `drive` for a run that keeps every sample: returns them in index order once all have finished
-/// (`op` says whether the request succeeded).
+/// (`op` says whether the request succeeded). Latency is from the earlier of the intended start and
+/// the real one.
 pub async fn open_loop<F, Fut>(rate: f64, duration: Duration, op: F) -> Vec<Sample>
 where
     F: Fn(u64) -> Fut,
@@ -94,7 +109,7 @@ where
                     index,
                     intended,
                     sent,
-                    latency: start.elapsed().saturating_sub(intended),
+                    latency: start.elapsed().saturating_sub(intended.min(sent)),
                     ok,
                 };
                 samples
@@ -125,14 +140,21 @@ mod tests {
         .await;
         assert_eq!(samples.len(), 200);
         for s in &samples {
-            assert_eq!(s.sent, s.intended, "request {} was held back", s.index);
+            // Sent on time: at most one timer tick early, never late.
+            assert!(
+                s.intended.saturating_sub(TICK) <= s.sent && s.sent <= s.intended,
+                "request {} was sent at {:?}, due at {:?}",
+                s.index,
+                s.sent,
+                s.intended
+            );
             assert_eq!(s.intended, due(s.index, 100.0));
         }
         // Requests after the stalled ones were sent on time and were not slowed.
         assert_eq!(samples[60].latency, Duration::from_millis(5));
         assert_eq!(samples[55].latency, Duration::from_millis(500));
-        // The send rate held: the last request went out at 1.99 s.
-        assert_eq!(samples[199].sent, Duration::from_millis(1990));
+        // The send rate held: the last request went out at 1.99 s (a tick early).
+        assert_eq!(samples[199].sent, Duration::from_millis(1989));
     }
 
     #[tokio::test(start_paused = true)]

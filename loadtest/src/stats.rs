@@ -262,9 +262,10 @@ mod tests {
     fn merging_two_agents_equals_recording_everything_in_one() {
         let requests: Vec<(Duration, Duration, Outcome)> = (0..2000u64)
             .map(|i| {
-                let outcome = match i % 7 {
+                let outcome = match i % 8 {
                     0 => Outcome::Timeout,
                     1 => Outcome::Status4xx(None),
+                    7 => Outcome::DataAnswer(Some("B".into())),
                     2..=4 => Outcome::Ok("A".into()),
                     _ => Outcome::Ok("B".into()),
                 };
@@ -287,5 +288,44 @@ mod tests {
         assert_eq!(left.overall, one.overall);
         assert_eq!(left.by_region, one.by_region);
         assert_eq!(percentiles(&left.overall), percentiles(&one.overall));
+    }
+
+    #[test]
+    fn answers_about_the_data_fail_the_request_but_count_as_served_for_rto() {
+        // Second 0: all good in A. The fault at 1.0; second 1 refused; from second 2 the survivor
+        // answers, one read in ten a 404 for a todo it does not have yet.
+        let mut r = Recorder::default();
+        for i in 0..10 {
+            r.record(ms(i * 100), ms(5), &Outcome::Ok("A".into()));
+            r.record(ms(1000 + i * 100), ms(1), &Outcome::Connect);
+        }
+        for s in 2..6u64 {
+            for i in 0..10 {
+                let outcome = if i == 0 {
+                    Outcome::DataAnswer(Some("B".into()))
+                } else {
+                    Outcome::Ok("B".into())
+                };
+                r.record(ms(s * 1000 + i * 100), ms(5), &outcome);
+            }
+        }
+        let (_, ok, failed) = r.totals();
+        assert_eq!((ok, failed.status_4xx, failed.connect), (46, 4, 10));
+        let series = r.series();
+        assert_eq!(crate::measure::rto_seconds(&series, 1.0, 6.0), Some(1.0));
+        // Had the 404s been counted as unavailability, service would never have come back.
+        let mut other = Recorder::default();
+        for (i, s) in r.seconds.iter().enumerate() {
+            for _ in 0..s.succeeded {
+                other.record(ms(i as u64 * 1000), ms(5), &Outcome::Ok("B".into()));
+            }
+            for _ in 0..s.data_4xx {
+                other.record(ms(i as u64 * 1000), ms(5), &Outcome::Status4xx(None));
+            }
+            for _ in 0..s.failed.connect {
+                other.record(ms(i as u64 * 1000), ms(5), &Outcome::Connect);
+            }
+        }
+        assert_eq!(crate::measure::rto_seconds(&other.series(), 1.0, 6.0), None);
     }
 }

@@ -13,6 +13,22 @@ use tworegion_common::test_support::{LocalAws, unique_name};
 /// The example config, as shipped.
 pub const EXAMPLE: &str = include_str!("../../examples/local.toml");
 
+/// The environment for `deployer local up`: the tests' local AWS, or (`own_aws`) no endpoint, so
+/// that `local up` starts the project's moto itself. Returns (variables to set, variables to unset).
+pub fn local_up_env(own_aws: bool) -> (Vec<(&'static str, String)>, Vec<&'static str>) {
+    if own_aws {
+        (
+            vec![
+                ("AWS_ACCESS_KEY_ID", "local".to_owned()),
+                ("AWS_SECRET_ACCESS_KEY", "local".to_owned()),
+            ],
+            vec!["AWS_ENDPOINT_URL"],
+        )
+    } else {
+        (LocalAws::from_env().child_env(), vec![])
+    }
+}
+
 /// One finished run of the binary.
 pub struct Run {
     pub code: i32,
