@@ -6,6 +6,8 @@
 //!   the outage are missing from the survivor (`missing_after_failover` > 0, with a 2 s cross-region
 //!   delay stranding them), and after recovery nothing acknowledged is missing from the primary
 //!   (`missing_after_failback` = 0, also as a `--max-missing-after-failback 0` gate);
+//! - `aws:lambda-concurrency-zero` through the SDK against the tests' local AWS: reserved
+//!   concurrency 0 at the fault, removed again at recovery;
 //! - one-way, the same outage: the figures are reported (writes the secondary acknowledged during
 //!   the failover are not replicated back in one-way mode, and the report says so);
 //! - `aws:invert-health-check` through the SDK against the one-way environment's local AWS: Route
@@ -389,6 +391,41 @@ fn failover_under_load_measures_rto_loss_and_failback_in_both_modes() {
         );
         assert_eq!(m["agents"], 2);
         validate(&merged);
+
+        // aws:lambda-concurrency-zero through the SDK against the tests' local AWS: the primary's
+        // function gets reserved concurrency 0 at the fault, and loses it again at recovery (the
+        // local environment runs the app as a process, so this one moves no traffic).
+        let function = format!("{}-local-api", env.w.app);
+        let endpoint = env.status["local_aws"].as_str().unwrap().to_owned();
+        let out = env.w.dir.join("lambda");
+        let (code, r, log) = env.loadtest_timed(
+            &out,
+            ("6s", "1s", "3s"),
+            &[
+                "--fault",
+                "aws:lambda-concurrency-zero",
+                "--function",
+                &function,
+                "--fault-region",
+                REGION_A,
+                "--aws-endpoint-url",
+                &endpoint,
+                "--catch-up",
+                "1s",
+            ],
+            &LocalAws::from_env().child_env(),
+        );
+        assert_eq!(code, 0, "lambda fault: {log}");
+        let changed = r["faults"][0]["changed"].as_str().unwrap();
+        assert!(
+            changed.contains("reserved concurrency none -> 0"),
+            "{changed}"
+        );
+        let undone = r["faults"][0]["undone"].as_str().unwrap();
+        assert!(
+            undone.contains("reserved concurrency removed again"),
+            "{undone}"
+        );
     });
     let one_way = std::thread::spawn(move || {
         let env = Env::up("one-way", true);

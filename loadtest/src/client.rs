@@ -308,12 +308,11 @@ impl Client {
     fn take_idle(&self, addr: SocketAddr) -> Option<SendRequest<Full<Bytes>>> {
         let mut idle = lock(&self.idle);
         let list = idle.get_mut(&addr)?;
-        while let Some(s) = list.pop() {
-            if s.is_ready() {
-                return Some(s);
-            }
-        }
-        None
+        // Closed connections go; one handed back a moment ago may not read ready yet (its task has
+        // not looked at its queue since): it stays for later rather than being closed.
+        list.retain(|s| !s.is_closed());
+        let i = list.iter().rposition(|s| s.is_ready())?;
+        Some(list.swap_remove(i))
     }
 
     fn give_back(&self, addr: SocketAddr, sender: SendRequest<Full<Bytes>>) {

@@ -215,9 +215,35 @@ impl Dns {
     }
 }
 
+/// `dns_moved_seconds`: from `fault_at` to the first change after it to an answer with no address
+/// in common with the one before (a rotation among one region's addresses is not a move).
+pub fn moved_after(changes: &[DnsChange], fault_at: f64) -> Option<f64> {
+    changes
+        .iter()
+        .find(|c| c.t >= fault_at && c.from.iter().all(|a| !c.to.contains(a)))
+        .map(|c| c.t - fault_at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rotation_within_one_region_is_not_a_move() {
+        let change = |t: f64, from: &[&str], to: &[&str]| DnsChange {
+            t,
+            from: from.iter().map(|s| s.to_string()).collect(),
+            to: to.iter().map(|s| s.to_string()).collect(),
+        };
+        let changes = [
+            change(3.0, &["10.0.0.1"], &["10.0.0.2"]),
+            change(12.0, &["10.0.0.2", "10.0.0.3"], &["10.0.0.3", "10.0.0.4"]),
+            change(20.5, &["10.0.0.3", "10.0.0.4"], &["10.1.0.1"]),
+        ];
+        assert_eq!(moved_after(&changes, 10.0), Some(10.5));
+        assert_eq!(moved_after(&changes, 2.0), Some(1.0));
+        assert_eq!(moved_after(&changes, 21.0), None);
+    }
 
     #[tokio::test]
     async fn an_address_needs_no_lookup() {

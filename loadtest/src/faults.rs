@@ -229,56 +229,88 @@ pub async fn preflight(kind: &FaultKind, target: &Target) -> Result<(), String> 
     }
 }
 
+/// An injection that failed: why, and how to undo what may have been changed anyway (a call whose
+/// answer was lost may have been applied; a command may have failed half-way). Undoing is safe to
+/// repeat: it restores the state read before.
+#[derive(Debug, Clone)]
+pub struct Failed {
+    /// What went wrong.
+    pub error: String,
+    /// The restore to run anyway (None: nothing was changed yet).
+    pub undo: Option<Undo>,
+}
+
+fn before(error: impl Into<String>) -> Failed {
+    Failed {
+        error: error.into(),
+        undo: None,
+    }
+}
+
 /// Injects `kind` at `target`; returns what changed and how to undo it.
-pub async fn inject(kind: &FaultKind, target: &Target) -> Result<(String, Undo), String> {
+pub async fn inject(kind: &FaultKind, target: &Target) -> Result<(String, Undo), Failed> {
     match kind {
         FaultKind::LocalOutage | FaultKind::LocalUnhealthy => {
-            let control = target.control.ok_or(
-                "a local fault needs the local environment: start it with `deployer local up` \
-                 and pass --local (or --local-state-dir DIR)",
-            )?;
+            let control = target.control.ok_or_else(|| {
+                before(
+                    "a local fault needs the local environment: start it with `deployer local up` \
+                     and pass --local (or --local-state-dir DIR)",
+                )
+            })?;
             let fault = if *kind == FaultKind::LocalOutage {
                 "outage"
             } else {
                 "unhealthy"
             };
-            local_fault(control, &target.region, fault).await?;
+            let undo = Undo::Local {
+                control,
+                region: target.region.clone(),
+            };
+            local_fault(control, &target.region, fault)
+                .await
+                .map_err(|error| Failed {
+                    error,
+                    undo: Some(undo.clone()),
+                })?;
             Ok((
                 format!("local environment: {} is now {fault}", target.region),
-                Undo::Local {
-                    control,
-                    region: target.region.clone(),
-                },
+                undo,
             ))
         }
         FaultKind::LambdaConcurrencyZero => {
-            let function = target.function.clone().ok_or(
-                "aws:lambda-concurrency-zero needs --function NAME (the region's function)",
-            )?;
-            let client = lambda(&target.region, &target.aws).await?;
+            let function = target.function.clone().ok_or_else(|| {
+                before("aws:lambda-concurrency-zero needs --function NAME (the region's function)")
+            })?;
+            let client = lambda(&target.region, &target.aws).await.map_err(before)?;
             let previous = client
                 .get_function_concurrency()
                 .function_name(&function)
                 .send()
                 .await
                 .map_err(|e| {
-                    format!(
+                    before(format!(
                         "lambda GetFunctionConcurrency {function}: {}",
                         DisplayErrorContext(&e)
-                    )
+                    ))
                 })?
                 .reserved_concurrent_executions;
+            let undo = Undo::Lambda {
+                region: target.region.clone(),
+                function: function.clone(),
+                previous,
+            };
             client
                 .put_function_concurrency()
                 .function_name(&function)
                 .reserved_concurrent_executions(0)
                 .send()
                 .await
-                .map_err(|e| {
-                    format!(
+                .map_err(|e| Failed {
+                    error: format!(
                         "lambda PutFunctionConcurrency {function} = 0: {}",
                         DisplayErrorContext(&e)
-                    )
+                    ),
+                    undo: Some(undo.clone()),
                 })?;
             Ok((
                 format!(
@@ -286,41 +318,57 @@ pub async fn inject(kind: &FaultKind, target: &Target) -> Result<(String, Undo),
                     target.region,
                     previous.map_or("none".to_owned(), |p| p.to_string())
                 ),
-                Undo::Lambda {
-                    region: target.region.clone(),
-                    function,
-                    previous,
-                },
+                undo,
             ))
         }
         FaultKind::InvertHealthCheck => {
-            let id = target.health_check_id.clone().ok_or(
-                "aws:invert-health-check needs --health-check-id ID (the region's Route 53 health \
-                 check; `deployer status` shows it)",
-            )?;
+            let id = target.health_check_id.clone().ok_or_else(|| {
+                before(
+                    "aws:invert-health-check needs --health-check-id ID (the region's Route 53 \
+                     health check; `deployer status` shows it)",
+                )
+            })?;
             let client = route53(&target.aws).await;
             let previous = client
                 .get_health_check()
                 .health_check_id(&id)
                 .send()
                 .await
-                .map_err(|e| format!("route53 GetHealthCheck {id}: {}", DisplayErrorContext(&e)))?
+                .map_err(|e| {
+                    before(format!(
+                        "route53 GetHealthCheck {id}: {}",
+                        DisplayErrorContext(&e)
+                    ))
+                })?
                 .health_check
                 .and_then(|h| h.health_check_config)
                 .and_then(|c| c.inverted)
                 .unwrap_or(false);
-            set_inverted(&client, &id, !previous).await?;
+            let undo = Undo::HealthCheck {
+                id: id.clone(),
+                previous,
+            };
+            set_inverted(&client, &id, !previous)
+                .await
+                .map_err(|error| Failed {
+                    error,
+                    undo: Some(undo.clone()),
+                })?;
             Ok((
                 format!(
                     "route53 health check {id}: inverted {previous} -> {}",
                     !previous
                 ),
-                Undo::HealthCheck { id, previous },
+                undo,
             ))
         }
         FaultKind::Command(cmd) => {
-            let changed = shell(cmd).await?;
-            Ok((changed, Undo::Command(target.recover_cmd.clone())))
+            let undo = Undo::Command(target.recover_cmd.clone());
+            let changed = shell(cmd).await.map_err(|error| Failed {
+                error,
+                undo: Some(undo.clone()),
+            })?;
+            Ok((changed, undo))
         }
     }
 }
@@ -415,9 +463,11 @@ mod tests {
             undo(&undo_with, &AwsOptions::default()).await,
             Ok("ran `true`".into())
         );
-        let err = inject(&FaultKind::Command("echo nope >&2; exit 3".into()), &target)
+        let failed = inject(&FaultKind::Command("echo nope >&2; exit 3".into()), &target)
             .await
             .expect_err("fails");
-        assert!(err.contains("nope"), "{err}");
+        assert!(failed.error.contains("nope"), "{}", failed.error);
+        // A command that failed may have changed something: the restore is offered anyway.
+        assert!(matches!(failed.undo, Some(Undo::Command(Some(_)))));
     }
 }

@@ -6,7 +6,7 @@
 //! `--lag-limit`, the catch-up by `--catch-up`. Ctrl-C (or SIGTERM) stops the load, undoes the
 //! fault and still writes the partial results (`completed: false`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -154,6 +154,9 @@ struct Plan {
     regions: BTreeMap<String, Url>,
     mode: String,
     control: Option<SocketAddr>,
+    /// The region the local environment served from at the start (the fault's default region
+    /// when the answers do not say).
+    serving: Option<String>,
     fault: Option<(FaultKind, FaultArgs)>,
     out: PathBuf,
     aws: AwsOptions,
@@ -181,8 +184,11 @@ async fn plan(load: &LoadArgs, fault: Option<&FaultArgs>) -> Result<Plan, String
     if load.timeout.is_zero() {
         return Err("--timeout 0: give a time limit, for example 10s".into());
     }
-    if !(load.lag_samples.is_finite() && load.lag_samples >= 0.0) {
-        return Err("--lag-samples: give 0 or more samples per second".into());
+    if !(load.lag_samples.is_finite() && (load.lag_samples == 0.0 || load.lag_samples >= 1.0)) {
+        return Err(format!(
+            "--lag-samples {}: give 0 (no lag samples) or at least 1 sample per second",
+            load.lag_samples
+        ));
     }
     let fault = match fault {
         None => None,
@@ -256,6 +262,15 @@ async fn plan(load: &LoadArgs, fault: Option<&FaultArgs>) -> Result<Plan, String
         ),
         _ => None,
     };
+    if let Some(key) = &api_key
+        && hyper::header::HeaderValue::from_str(key).is_err()
+    {
+        return Err(
+            "the API key has characters a header cannot carry (a line break, non-ASCII): \
+             check the variable's value"
+                .into(),
+        );
+    }
     let mut regions = BTreeMap::new();
     if let Some(e) = &env {
         for (name, r) in &e.regions {
@@ -274,6 +289,16 @@ async fn plan(load: &LoadArgs, fault: Option<&FaultArgs>) -> Result<Plan, String
         .or_else(|| env.as_ref().map(|e| e.mode().to_owned()))
         .unwrap_or_else(|| "lww".to_owned());
     let control = env.as_ref().map(|e| e.control_addr()).transpose()?;
+    if let Some((_, f)) = &fault
+        && let Some(r) = &f.fault_region
+        && !regions.is_empty()
+        && !regions.contains_key(r)
+    {
+        return Err(format!(
+            "--fault-region {r} is not one of the regions ({}): give one of them",
+            regions.keys().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
     let aws = AwsOptions {
         profile: load.aws_profile.clone(),
         endpoint_url: load.aws_endpoint_url.clone(),
@@ -292,7 +317,12 @@ async fn plan(load: &LoadArgs, fault: Option<&FaultArgs>) -> Result<Plan, String
     }
     let out = match &load.out {
         Some(o) => o.clone(),
-        None => PathBuf::from("loadtest-results").join(utc_stamp()),
+        // The process ID too: agents started together on one host get a directory each.
+        None => PathBuf::from("loadtest-results").join(format!(
+            "{}-{}",
+            utc_stamp(),
+            std::process::id()
+        )),
     };
     std::fs::create_dir_all(&out)
         .map_err(|e| format!("--out {}: cannot create it: {e}", out.display()))?;
@@ -304,6 +334,7 @@ async fn plan(load: &LoadArgs, fault: Option<&FaultArgs>) -> Result<Plan, String
         regions,
         mode,
         control,
+        serving: env.as_ref().and_then(|e| e.serving.clone()),
         fault,
         out,
         aws,
@@ -460,33 +491,54 @@ pub async fn execute(load: LoadArgs, fault: Option<FaultArgs>) -> Result<Outcome
         );
     }
 
-    let stop = CancellationToken::new();
+    // Ctrl-C or SIGTERM: `interrupt` stops the load, the fault script (which undoes the fault),
+    // the lag samples and the verification; the results are still written. A second signal exits
+    // at once (the fault, if any, must then be undone by hand: the first message says which).
+    let interrupt = CancellationToken::new();
+    let stop = interrupt.child_token();
     let interrupted = Arc::new(AtomicBool::new(false));
     {
-        let stop = stop.clone();
+        let interrupt = interrupt.clone();
         let interrupted = interrupted.clone();
+        let fault_text = fault.as_ref().map(|f| f.fault.clone());
         tokio::spawn(async move {
-            let term = async {
+            #[cfg(unix)]
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            for n in 0..2 {
                 #[cfg(unix)]
-                {
-                    if let Ok(mut s) =
-                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    {
-                        s.recv().await;
-                        return;
+                let term_recv = async {
+                    match term.as_mut() {
+                        Some(t) => {
+                            t.recv().await;
+                        }
+                        None => std::future::pending::<()>().await,
                     }
+                };
+                #[cfg(not(unix))]
+                let term_recv = std::future::pending::<()>();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    () = term_recv => {}
                 }
-                std::future::pending::<()>().await;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                () = term => {}
+                if n == 0 {
+                    interrupted.store(true, Ordering::SeqCst);
+                    eprintln!(
+                        "loadtest: interrupted; stopping the load, undoing the fault, writing \
+                         results (interrupt again to exit at once)"
+                    );
+                    interrupt.cancel();
+                } else {
+                    eprintln!(
+                        "loadtest: interrupted twice: exiting now{}",
+                        fault_text
+                            .as_deref()
+                            .map(|f| format!("; if {f} was injected, undo it by hand"))
+                            .unwrap_or_default()
+                    );
+                    std::process::exit(1);
+                }
             }
-            interrupted.store(true, Ordering::SeqCst);
-            eprintln!(
-                "loadtest: interrupted; stopping the load, undoing the fault, writing results"
-            );
-            stop.cancel();
         });
     }
 
@@ -510,6 +562,7 @@ pub async fn execute(load: LoadArgs, fault: Option<FaultArgs>) -> Result<Outcome
     shared.enter("steady");
     let refresh_stop = CancellationToken::new();
     tokio::spawn(dns.clone().refresh(start, refresh_stop.clone()));
+    let lag_stop = interrupt.child_token();
 
     // Progress: one line a second on a terminal.
     let progress_stop = CancellationToken::new();
@@ -562,8 +615,14 @@ pub async fn execute(load: LoadArgs, fault: Option<FaultArgs>) -> Result<Outcome
         let regions = regions.clone();
         let control = plan.control;
         let aws = plan.aws.clone();
+        let default_region = plan.serving.clone();
         fault_task = Some(tokio::spawn(async move {
-            script(shared, stop, kind, f, control, aws, regions).await
+            let place = Place {
+                control,
+                aws,
+                default_region,
+            };
+            script(shared, stop, kind, f, place, regions).await
         }));
     }
 
@@ -578,7 +637,7 @@ pub async fn execute(load: LoadArgs, fault: Option<FaultArgs>) -> Result<Outcome
         let regions = regions.clone();
         let mode = mode.clone();
         let lag_tasks = lag_tasks.clone();
-        let lag_stop = refresh_stop.clone();
+        let lag_stop = lag_stop.clone();
         // From the earlier of the intended start and the real one: a late start (a slow
         // generator, a stall) counts against the answer, an early one never flatters it.
         let from = intended.min(shared.start.elapsed());
@@ -665,9 +724,9 @@ pub async fn execute(load: LoadArgs, fault: Option<FaultArgs>) -> Result<Outcome
     let acks = shared.workload.acks();
     let uncertain = shared.workload.uncertain();
     let mut summary = Summary::default();
-    let interrupted_now = interrupted.load(Ordering::SeqCst);
     if let (Some((_, f)), Some(report)) = (&plan.fault, &fault_report)
-        && !interrupted_now
+        && report.injected
+        && !interrupt.is_cancelled()
     {
         shared.enter("verify");
         let failed = report.region.clone();
@@ -679,17 +738,23 @@ pub async fn execute(load: LoadArgs, fault: Option<FaultArgs>) -> Result<Outcome
         match (primary, other) {
             (Some(p), Some(o)) => {
                 let expected = workload::expected(&acks, &uncertain);
-                let never = CancellationToken::new();
-                let (fb, took) = verify::catch_up(&expected, &p, &o, f.catch_up, &never).await;
-                summary.missing_after_failback = Some(fb.missing.len() as u64);
-                summary.stale_after_failback = Some(fb.stale.len() as u64);
-                summary.checked_after_failback = Some(fb.checked);
+                let (fb, took) = verify::catch_up(&expected, &p, &o, f.catch_up, &interrupt).await;
                 summary.catch_up_seconds = Some(took.as_secs_f64());
-                if fb.unreadable > 0 {
-                    summary.notes.push(format!(
-                        "{} keys could not be read after fail-back and are not counted",
-                        fb.unreadable
-                    ));
+                match fb {
+                    Some(fb) => {
+                        summary.missing_after_failback = Some(fb.missing.len() as u64);
+                        summary.stale_after_failback = Some(fb.stale.len() as u64);
+                        summary.checked_after_failback = Some(fb.checked);
+                        if fb.unreadable > 0 {
+                            summary.notes.push(format!(
+                                "{} keys could not be read after fail-back and are not counted",
+                                fb.unreadable
+                            ));
+                        }
+                    }
+                    None => summary
+                        .notes
+                        .push("the fail-back comparison was interrupted".into()),
                 }
             }
             _ => summary.notes.push(
@@ -700,6 +765,8 @@ pub async fn execute(load: LoadArgs, fault: Option<FaultArgs>) -> Result<Outcome
         }
     }
     refresh_stop.cancel();
+    lag_stop.cancel();
+    let interrupted_now = interrupted.load(Ordering::SeqCst);
 
     // The figures.
     let recorder = lock(&shared.recorder).clone();
@@ -737,10 +804,7 @@ pub async fn execute(load: LoadArgs, fault: Option<FaultArgs>) -> Result<Outcome
             summary.failed_region = Some(report.region.clone());
             summary.rto_seconds = measure::rto_seconds(&series, fault_at, recover_at);
             summary.detected_seconds = measure::detected_seconds(&series, fault_at, &report.region);
-            summary.dns_moved_seconds = dns_changes
-                .iter()
-                .find(|c| c.t >= fault_at)
-                .map(|c| c.t - fault_at);
+            summary.dns_moved_seconds = crate::dns::moved_after(&dns_changes, fault_at);
             let from = recover_at.floor() as usize;
             summary.failback_seconds = (from..series.len())
                 .find(|&s| {
@@ -754,6 +818,13 @@ pub async fn execute(load: LoadArgs, fault: Option<FaultArgs>) -> Result<Outcome
                 summary.missing_after_failover = Some(check.missing);
                 summary.checked_after_failover = Some(check.checked);
                 summary.rpo_seconds = Some(check.rpo_seconds);
+                if check.unreadable > 0 {
+                    summary.notes.push(format!(
+                        "{} keys could not be read in the survivor after the failover and are \
+                         not counted",
+                        check.unreadable
+                    ));
+                }
             } else {
                 summary.notes.push(
                     report
@@ -762,7 +833,9 @@ pub async fn execute(load: LoadArgs, fault: Option<FaultArgs>) -> Result<Outcome
                         .unwrap_or_else(|| "missing_after_failover was not measured".to_owned()),
                 );
             }
-            faults_done.push(report.record.clone());
+            if report.injected {
+                faults_done.push(report.record.clone());
+            }
         }
         _ => summary.primary = serving(&recorder, 0, recorder.seconds.len()),
     }
@@ -812,11 +885,8 @@ pub async fn execute(load: LoadArgs, fault: Option<FaultArgs>) -> Result<Outcome
     crate::report::write(&plan.out, &results)?;
     let mut code = if interrupted_now { 1 } else { 0 };
     if let Some(report) = &fault_report {
-        if report.record.changed.starts_with("failed: ") {
-            eprintln!(
-                "loadtest: error: the fault was not injected ({})",
-                report.record.changed
-            );
+        if let Some(e) = &report.inject_error {
+            eprintln!("loadtest: error: the fault was not injected ({e})");
             code = 1;
         }
         if let Some(e) = &report.record.undo_error {
@@ -846,10 +916,12 @@ pub fn exceeded(s: &Summary, f: &FaultArgs) -> Option<String> {
             _ => {}
         }
     }
-    if let (Some(max), Some(r)) = (f.max_rpo, s.rpo_seconds)
-        && r > max
-    {
-        return Some(format!("rpo_seconds {r:.3} > --max-rpo {max}"));
+    if let Some(max) = f.max_rpo {
+        match s.rpo_seconds {
+            None => return Some(format!("rpo_seconds: not measured (--max-rpo {max})")),
+            Some(r) if r > max => return Some(format!("rpo_seconds {r:.3} > --max-rpo {max}")),
+            _ => {}
+        }
     }
     if let Some(max) = f.max_missing_after_failback {
         match s.missing_after_failback {
@@ -875,15 +947,37 @@ struct FailoverCheck {
     missing: u64,
     checked: u64,
     rpo_seconds: f64,
+    unreadable: usize,
 }
 
 /// What the fault script did.
 #[derive(Debug, Clone)]
 struct FaultReport {
     region: String,
+    /// Whether the fault was injected (or may have been: a failed injection is undone anyway).
+    injected: bool,
+    /// Why injecting failed.
+    inject_error: Option<String>,
     record: FaultRecord,
     failover_check: Option<FailoverCheck>,
     failover_note: Option<String>,
+}
+
+/// Where the fault script reaches: the local environment, AWS, and the region to fail when the
+/// answers do not say.
+struct Place {
+    control: Option<SocketAddr>,
+    aws: AwsOptions,
+    default_region: Option<String>,
+}
+
+/// The longest a fault's injection or undo may take (an AWS call without an answer, a command).
+const AWS_CALL_LIMIT: Duration = Duration::from_secs(120);
+
+async fn undo_bounded(u: &Undo, aws: &AwsOptions) -> Result<String, String> {
+    tokio::time::timeout(AWS_CALL_LIMIT, faults::undo(u, aws))
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {AWS_CALL_LIMIT:?}")))
 }
 
 /// Injects the fault at its time, checks the survivor when it starts serving, undoes the fault at
@@ -893,10 +987,14 @@ async fn script(
     stop: CancellationToken,
     kind: FaultKind,
     f: FaultArgs,
-    control: Option<SocketAddr>,
-    aws: AwsOptions,
+    place: Place,
     regions: BTreeMap<String, Arc<Region>>,
 ) -> FaultReport {
+    let Place {
+        control,
+        aws,
+        default_region,
+    } = place;
     let wait = |until: Duration| {
         let stop = stop.clone();
         let start = shared.start;
@@ -909,6 +1007,8 @@ async fn script(
     };
     let mut report = FaultReport {
         region: f.fault_region.clone().unwrap_or_default(),
+        injected: false,
+        inject_error: None,
         record: FaultRecord {
             kind: f.fault.clone(),
             region: String::new(),
@@ -930,7 +1030,9 @@ async fn script(
             let r = lock(&shared.recorder);
             let t = shared.start.elapsed().as_secs() as usize;
             serving(&r, t.saturating_sub(3), t)
+                .filter(|s| regions.is_empty() || regions.contains_key(s))
                 .or_else(|| lock(&shared.first_region).clone())
+                .or_else(|| default_region.clone())
                 .unwrap_or_default()
         }
     };
@@ -946,18 +1048,44 @@ async fn script(
     };
     // The state of every key as acknowledged up to the fault.
     let fault_at = shared.now();
-    let injected = faults::inject(&kind, &target).await;
+    let injected = match tokio::time::timeout(AWS_CALL_LIMIT, faults::inject(&kind, &target)).await
+    {
+        Ok(result) => result,
+        Err(_) => Err(faults::Failed {
+            error: format!("no answer within {AWS_CALL_LIMIT:?}"),
+            // It may have been applied after all: restore what can be restored.
+            undo: None,
+        }),
+    };
     report.record.injected_at = fault_at;
     let undo_with: Undo = match injected {
         Ok((changed, undo)) => {
             eprintln!("loadtest: fault at {fault_at:.1}s: {changed}");
             report.record.changed = changed;
+            report.injected = true;
             undo
         }
-        Err(e) => {
+        Err(failed) => {
+            let e = failed.error;
             eprintln!("loadtest: the fault could not be injected: {e}");
             report.record.changed = format!("failed: {e}");
             report.failover_note = Some(format!("the fault could not be injected: {e}"));
+            report.inject_error = Some(e);
+            // What may have been changed anyway is restored (restoring is safe to repeat).
+            if let Some(u) = failed.undo {
+                report.injected = true;
+                match undo_bounded(&u, &aws).await {
+                    Ok(what) => {
+                        eprintln!("loadtest: restored anyway: {what}");
+                        report.record.undone_at = Some(shared.now());
+                        report.record.undone = Some(what);
+                    }
+                    Err(e) => {
+                        eprintln!("loadtest: could NOT restore: {e} (check it by hand)");
+                        report.record.undo_error = Some(e);
+                    }
+                }
+            }
             return report;
         }
     };
@@ -1010,28 +1138,60 @@ async fn script(
             }
             let uncertain = shared.workload.uncertain();
             let expected = verify::without(at_fault, &uncertain);
-            let (checked, missing, _unreadable) =
-                verify::after_failover(&expected, &region, &survivor).await;
-            let acked: Vec<measure::AckedWrite> = missing
+            // Cut off at recovery: after it, replication would hide what was missing.
+            let read = tokio::time::timeout_at(
+                shared.start + recover_at,
+                verify::after_failover(&expected, &region, &survivor),
+            )
+            .await
+            .map_err(|_| {
+                "the survivor could not be read before recovery: missing_after_failover was \
+                 not measured"
+                    .to_owned()
+            })?;
+            let (pairs, unreadable) = read;
+            // The load goes on meanwhile: a key written since the fault (or being written, or
+            // written without an answer) may hold something newer than the fault's state, so
+            // it says nothing about replication and is left out.
+            let mut touched: HashSet<String> = shared
+                .workload
+                .acks()
+                .into_iter()
+                .filter(|a| a.at > fault_at)
+                .map(|a| a.id)
+                .collect();
+            touched.extend(shared.workload.busy());
+            touched.extend(shared.workload.uncertain());
+            let kept: Vec<(Ack, verify::Held)> = pairs
+                .into_iter()
+                .filter(|(a, _)| !touched.contains(&a.id))
+                .collect();
+            let acked: Vec<measure::AckedWrite> = kept
                 .iter()
-                .map(|a| measure::AckedWrite {
+                .map(|(a, _)| measure::AckedWrite {
                     id: a.id.clone(),
                     region: a.region.clone(),
                     acked_at: a.at,
                 })
                 .collect();
-            let loss = measure::loss(&acked, &region, fault_at, &|_| false);
+            let missing: HashSet<&str> = kept
+                .iter()
+                .filter(|(a, held)| !verify::reflects(*held, a))
+                .map(|(a, _)| a.id.as_str())
+                .collect();
+            let loss = measure::loss(&acked, &region, fault_at, &|id| !missing.contains(id));
             Ok(FailoverCheck {
                 missing: loss.missing as u64,
-                checked,
+                checked: kept.len() as u64,
                 rpo_seconds: loss.rpo_seconds,
+                unreadable,
             })
         }
     };
     let check_task = tokio::spawn(check);
 
     let recovered_in_time = wait(f.recover_at).await;
-    let undone = faults::undo(&undo_with, &aws).await;
+    let undone = undo_bounded(&undo_with, &aws).await;
     let undone_at = shared.now();
     shared.fault_active.store(false, Ordering::SeqCst);
     match undone {

@@ -100,26 +100,25 @@ pub async fn read_all(
     (held, errors)
 }
 
-/// The keys `survivor` lacks of the writes `failed` acknowledged before the fault: for each key
-/// whose last acknowledged write before `fault_at` came from the failed region, whether the
-/// survivor holds that version (or newer). Returns (checked, missing acks, unreadable).
+/// What `survivor` holds of the writes `failed` acknowledged last before the fault: for each key
+/// whose last acknowledged write before the fault came from the failed region, that write and what
+/// the survivor holds (keys that could not be read are left out and counted).
 pub async fn after_failover(
     expected_at_fault: &HashMap<String, Ack>,
     failed: &str,
     survivor: &Region,
-) -> (u64, Vec<Ack>, usize) {
+) -> (Vec<(Ack, Held)>, usize) {
     let candidates: Vec<&Ack> = expected_at_fault
         .values()
         .filter(|a| a.region == failed)
         .collect();
     let ids = candidates.iter().map(|a| a.id.clone()).collect();
     let (held, errors) = read_all(survivor, ids).await;
-    let missing = candidates
+    let pairs = candidates
         .into_iter()
-        .filter(|a| held.get(&a.id).is_some_and(|h| !reflects(*h, a)))
-        .cloned()
+        .filter_map(|a| held.get(&a.id).map(|h| (a.clone(), *h)))
         .collect();
-    (held.len() as u64, missing, errors.len())
+    (pairs, errors.len())
 }
 
 /// After fail-back: keys whose last acknowledged write the primary does not reflect (`missing`)
@@ -168,21 +167,41 @@ pub async fn failback(
     out
 }
 
-/// Repeats `failback` until nothing is missing or stale, or `limit` passes; returns the last
-/// comparison and the time it took.
+/// Repeats `failback` until nothing is missing or stale, `limit` passes or `stop`; returns the
+/// last whole comparison (None when not even one finished in time) and the time it took. A round
+/// still reading at the limit is cut off, so the whole wait is bounded by `limit` (plus one round
+/// when the first has not finished: a comparison is needed to report anything).
 pub async fn catch_up(
     expected: &HashMap<String, Ack>,
     primary: &Region,
     other: &Region,
     limit: Duration,
     stop: &CancellationToken,
-) -> (Failback, Duration) {
+) -> (Option<Failback>, Duration) {
     let start = Instant::now();
+    let mut last: Option<Failback> = None;
     loop {
-        let f = failback(expected, primary, other).await;
+        let left = limit.saturating_sub(start.elapsed());
+        let round = async {
+            if last.is_none() {
+                Some(failback(expected, primary, other).await)
+            } else {
+                tokio::time::timeout(left, failback(expected, primary, other))
+                    .await
+                    .ok()
+            }
+        };
+        let f = tokio::select! {
+            () = stop.cancelled() => None,
+            f = round => f,
+        };
+        let Some(f) = f else {
+            return (last, start.elapsed());
+        };
         let settled = f.missing.is_empty() && f.stale.is_empty() && f.unreadable == 0;
+        last = Some(f);
         if settled || start.elapsed() >= limit || stop.is_cancelled() {
-            return (f, start.elapsed());
+            return (last, start.elapsed());
         }
         tokio::select! {
             () = stop.cancelled() => {}
@@ -191,8 +210,9 @@ pub async fn catch_up(
     }
 }
 
-/// Polls `to` until it holds version `version` of `id` (or newer, or the item was deleted since:
-/// either way the write reached it), for at most `limit`; the lag from `acked` in milliseconds.
+/// Polls `to` until it holds version `version` of `id` or newer, for at most `limit` from `acked`
+/// (each read is cut off at the limit too); the lag from `acked` in milliseconds. A todo deleted in
+/// the meantime is never seen, and its sample counts as unseen.
 pub async fn lag(
     to: Arc<Region>,
     id: String,
@@ -203,7 +223,8 @@ pub async fn lag(
 ) -> Option<f64> {
     let mut pause = Duration::from_millis(20);
     while acked.elapsed() < limit && !stop.is_cancelled() {
-        if let Ok(Held::Version(v)) = to.held(&id).await
+        let left = limit.saturating_sub(acked.elapsed());
+        if let Ok(Ok(Held::Version(v))) = tokio::time::timeout(left, to.held(&id)).await
             && v >= version
         {
             return Some(acked.elapsed().as_secs_f64() * 1000.0);

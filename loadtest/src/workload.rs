@@ -226,6 +226,11 @@ impl Workload {
     pub fn uncertain(&self) -> HashSet<String> {
         self.lock().uncertain.clone()
     }
+
+    /// Keys with a write in flight now.
+    pub fn busy(&self) -> HashSet<String> {
+        self.lock().busy.clone()
+    }
 }
 
 /// How a write ended.

@@ -97,6 +97,26 @@ fn bad_input_is_one_line_exit_1_and_no_load() {
             "give a share from 0 to 1",
         ),
         (vec!["--duration", "soon"], &key[..], "--duration"),
+        (
+            vec!["--lag-samples", "0.5"],
+            &key[..],
+            "give 0 (no lag samples) or at least 1",
+        ),
+        (
+            vec![
+                "--region-url",
+                "us-east-1=http://127.0.0.1:9/",
+                "--fault-region",
+                "eu-west-9",
+            ],
+            &key[..],
+            "--fault-region eu-west-9 is not one of the regions (us-east-1)",
+        ),
+        (
+            vec![],
+            &[("LT_TEST_KEY", "k\ny")][..],
+            "a header cannot carry",
+        ),
     ] {
         let args = base(&extra);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
