@@ -240,6 +240,14 @@ pub struct Failed {
     pub undo: Option<Undo>,
 }
 
+/// A failure after the change may have been made: `undo` restores it.
+fn after(undo: &Undo) -> impl FnOnce(String) -> Failed + '_ {
+    move |error| Failed {
+        error,
+        undo: Some(undo.clone()),
+    }
+}
+
 fn before(error: impl Into<String>) -> Failed {
     Failed {
         error: error.into(),
@@ -268,10 +276,7 @@ pub async fn inject(kind: &FaultKind, target: &Target) -> Result<(String, Undo),
             };
             local_fault(control, &target.region, fault)
                 .await
-                .map_err(|error| Failed {
-                    error,
-                    undo: Some(undo.clone()),
-                })?;
+                .map_err(after(&undo))?;
             Ok((
                 format!("local environment: {} is now {fault}", target.region),
                 undo,
@@ -305,12 +310,11 @@ pub async fn inject(kind: &FaultKind, target: &Target) -> Result<(String, Undo),
                 .reserved_concurrent_executions(0)
                 .send()
                 .await
-                .map_err(|e| Failed {
-                    error: format!(
+                .map_err(|e| {
+                    after(&undo)(format!(
                         "lambda PutFunctionConcurrency {function} = 0: {}",
                         DisplayErrorContext(&e)
-                    ),
-                    undo: Some(undo.clone()),
+                    ))
                 })?;
             Ok((
                 format!(
@@ -350,10 +354,7 @@ pub async fn inject(kind: &FaultKind, target: &Target) -> Result<(String, Undo),
             };
             set_inverted(&client, &id, !previous)
                 .await
-                .map_err(|error| Failed {
-                    error,
-                    undo: Some(undo.clone()),
-                })?;
+                .map_err(after(&undo))?;
             Ok((
                 format!(
                     "route53 health check {id}: inverted {previous} -> {}",
@@ -364,10 +365,7 @@ pub async fn inject(kind: &FaultKind, target: &Target) -> Result<(String, Undo),
         }
         FaultKind::Command(cmd) => {
             let undo = Undo::Command(target.recover_cmd.clone());
-            let changed = shell(cmd).await.map_err(|error| Failed {
-                error,
-                undo: Some(undo.clone()),
-            })?;
+            let changed = shell(cmd).await.map_err(after(&undo))?;
             Ok((changed, undo))
         }
     }
