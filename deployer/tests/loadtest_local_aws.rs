@@ -135,6 +135,40 @@ impl Env {
         }
     }
 
+    /// The region's health check ID from the live status (the checkers may not have reported yet
+    /// when `up` returns: asked again for up to 30 s).
+    fn health_check_id(&self, region: &str) -> String {
+        let config = self.w.config.display().to_string();
+        let state = self.state.display().to_string();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let (code, stdout, stderr) = run(
+                &bin("deployer"),
+                &[
+                    "--config",
+                    &config,
+                    "--json",
+                    "local",
+                    "--state-dir",
+                    &state,
+                    "status",
+                ],
+                &[],
+                &[],
+            );
+            assert_eq!(code, 0, "local status: {stderr}");
+            let status: Value = serde_json::from_str(&stdout).unwrap();
+            if let Some(id) = status["regions"][region]["health_check"]["id"].as_str() {
+                return id.to_owned();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no health check for {region} in the status after 30 s: {status}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
+
     fn loadtest(&self, out: &Path, extra: &[&str], env: &[(&str, String)]) -> (i32, Value, String) {
         self.loadtest_timed(out, ("50s", "8s", "28s"), extra, env)
     }
@@ -454,10 +488,7 @@ fn failover_under_load_measures_rto_loss_and_failback_in_both_modes() {
         // An AWS fault through the SDK, against the environment's local AWS: the primary's Route 53
         // health check is inverted at the fault (the checkers then read it unhealthy and DNS
         // moves) and restored at recovery.
-        let check_id = env.status["regions"][REGION_A]["health_check"]["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let check_id = env.health_check_id(REGION_A);
         let aws = env.status["local_aws"].as_str().unwrap().to_owned();
         let creds = vec![
             ("AWS_ACCESS_KEY_ID", "local".to_owned()),
