@@ -164,9 +164,22 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<u8, Failure> {
     match &cli.command {
         Command::Plan => {
             let plan = engine.plan().await?;
-            render(&plan, cli.json, out)?;
-            if !cli.json {
-                let f = &engine.deployment().file;
+            let f = &engine.deployment().file;
+            let warnings: Vec<String> = f.usage_plan.quota_warning().into_iter().collect();
+            if cli.json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({ "changes": plan.changes, "warnings": warnings })
+                    )
+                    .map_err(fail)?
+                )?;
+            } else {
+                render(&plan, false, out)?;
+                for w in &warnings {
+                    writeln!(out, "WARNING: {w}")?;
+                }
                 writeln!(out, "{}", f.failover_time().words(f.dns.record_style))?;
             }
             Ok(if plan.is_empty() { 0 } else { 2 })
@@ -215,7 +228,7 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<u8, Failure> {
                     status.expected_failover.words(f.dns.record_style)
                 )?;
             }
-            Ok(0)
+            Ok(status.exit_code())
         }
         Command::Failover { to } => {
             let changed = engine.failover(Some(to)).await?;

@@ -245,6 +245,41 @@ fn default_period() -> String {
     "MONTH".to_owned()
 }
 
+impl UsagePlanFile {
+    /// A warning when the quota runs out in under a month at the rate limit. With one API key shared
+    /// by every client, a per-key quota is a global one: once spent, every keyed request gets 429
+    /// while the health path (no key) stays 200, so nothing fails over and no health alarm fires.
+    pub fn quota_warning(&self) -> Option<String> {
+        if self.quota_limit <= 0 || self.rate_limit <= 0.0 {
+            return None;
+        }
+        const MONTH: f64 = 30.0 * 86_400.0;
+        let seconds = f64::from(self.quota_limit) / self.rate_limit;
+        (seconds < MONTH).then(|| {
+            format!(
+                "usage_plan: at the rate limit ({} requests/s) the quota of {} per {} is spent in \
+                 {}; the API key is shared by every client, so the quota is global: once spent, \
+                 every keyed request gets 429 while the health check stays healthy (no failover, no \
+                 health alarm). Set quota_limit = 0 (no quota) unless that is what you want.",
+                self.rate_limit,
+                self.quota_limit,
+                self.quota_period,
+                human_seconds(seconds)
+            )
+        })
+    }
+}
+
+fn human_seconds(s: f64) -> String {
+    if s < 3_600.0 {
+        format!("{:.0} minutes", (s / 60.0).max(1.0))
+    } else if s < 2.0 * 86_400.0 {
+        format!("{:.1} hours", s / 3_600.0)
+    } else {
+        format!("{:.1} days", s / 86_400.0)
+    }
+}
+
 impl Default for UsagePlanFile {
     fn default() -> Self {
         UsagePlanFile {
@@ -753,6 +788,19 @@ impl ConfigFile {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_quota_spent_in_under_a_month_is_warned_about() {
+        let mut p = UsagePlanFile::default();
+        assert_eq!(p.quota_warning(), None, "no quota by default");
+        p.rate_limit = 100.0;
+        p.quota_limit = 1_000_000;
+        let w = p.quota_warning().expect("1,000,000 at 100/s is 2.8 hours");
+        assert!(w.contains("2.8 hours") && w.contains("429"), "{w}");
+        p.rate_limit = 0.1;
+        p.quota_limit = 1_000_000;
+        assert_eq!(p.quota_warning(), None, "115 days at 0.1/s");
+    }
+
     use super::*;
 
     pub(crate) const EXAMPLE: &str = r#"

@@ -1060,6 +1060,28 @@ pub struct Status {
     pub expected_failover: crate::config::FailoverTime,
 }
 
+impl Status {
+    /// `deployer status`'s exit code: 5 when no region serves or a serving region's health check
+    /// reads unhealthy, else 4 when `up` has changes to make, else 0 (a deployment that could not
+    /// be compared, its artifact unreadable, is not counted as out of sync).
+    pub fn exit_code(&self) -> u8 {
+        let unhealthy = self.serving.is_empty()
+            || self.serving.iter().any(|r| {
+                self.regions
+                    .get(r)
+                    .and_then(|s| s.health.as_ref())
+                    .is_some_and(|h| !h.healthy)
+            });
+        if unhealthy {
+            5
+        } else if self.pending_changes.is_some_and(|n| n > 0) {
+            4
+        } else {
+            0
+        }
+    }
+}
+
 /// `create Table/us-east-1/todos`, `update HealthCheck/... (failure_threshold)`.
 pub fn describe(change: &Change) -> String {
     let id = format!(

@@ -8,10 +8,18 @@ use tworegion_common::telemetry::{LogFormat, init_logging};
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // With --json, errors are JSON on stdout too ({"error": {"message", "exit_code"}}), also
+    // those found while reading the command line.
+    let json = std::env::args().any(|a| a == "--json");
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
+            if json && e.use_stderr() {
+                let message = e.to_string();
+                let first = message.lines().next().unwrap_or("bad arguments");
+                json_error(first.trim_start_matches("error: "));
+            }
             // 2 is reserved for `plan` with changes; help and version are not errors.
             return if e.use_stderr() {
                 ExitCode::from(1)
@@ -30,7 +38,18 @@ async fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
             eprintln!("error: {}", failure.0);
+            if cli.json {
+                json_error(&failure.0);
+            }
             ExitCode::from(1)
         }
     }
+}
+
+/// An error as JSON on stdout, for `--json` callers.
+fn json_error(message: &str) {
+    println!(
+        "{}",
+        serde_json::json!({ "error": { "message": message, "exit_code": 1 } })
+    );
 }

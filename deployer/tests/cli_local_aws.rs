@@ -317,10 +317,26 @@ async fn up_plan_change_status_failover_down() {
             serde_json::json!([{ "field": "failure_threshold", "from": 3, "to": 5 }])
         );
     }
+    assert_eq!(run.json()["warnings"], serde_json::json!([]));
+    // Out of sync while serving healthily: `status` exits 4.
+    let run = deployer(&local, &w.config, &["--json", "status"], &[]);
+    expect(&run, 4, "status with a change pending");
+    assert_eq!(run.json()["pending_changes"], 2);
     let run = deployer(&local, &w.config, &["up"], &[]);
     expect(&run, 0, "up with a changed threshold");
     let run = deployer(&local, &w.config, &["plan"], &[]);
     expect(&run, 0, "plan after applying the threshold");
+    // A quota spent in under a month at the rate limit is warned about (and not applied here).
+    let applied = edit(&w.text(), "failure_threshold = ", "failure_threshold = 5");
+    w.write(&edit(&applied, "quota_limit = ", "quota_limit = 1000000"));
+    let run = deployer(&local, &w.config, &["plan"], &[]);
+    expect(&run, 2, "plan with a quota");
+    assert!(
+        run.stdout.contains("WARNING: usage_plan: at the rate limit"),
+        "{}",
+        run.stdout
+    );
+    w.write(&applied);
     for (_, _, config) in health_checks(&r53, &app).await {
         assert_eq!(config.failure_threshold(), Some(5));
     }
@@ -456,7 +472,8 @@ async fn an_interrupted_up_is_finished_by_the_next() {
         let run = deployer(&local, &w.config, &["down", "--yes"], &[]);
         expect(&run, 0, "down");
         let run = deployer(&local, &w.config, &["--json", "status"], &[]);
-        expect(&run, 0, "status after down");
+        // Nothing serves any more: 5 (docs/deployer.md, exit codes).
+        expect(&run, 5, "status after down");
         let status = run.json();
         for region in [REGION_A, REGION_B] {
             assert_eq!(
