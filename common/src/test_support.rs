@@ -218,6 +218,15 @@ impl Drop for TablesCleanup {
             };
             runtime.block_on(async {
                 for (region, table) in tables {
+                    // Tables the deployer made are protected from deletion: off first (an error
+                    // here means the table is gone already).
+                    let _ = local
+                        .dynamodb(&region)
+                        .update_table()
+                        .table_name(&table)
+                        .deletion_protection_enabled(false)
+                        .send()
+                        .await;
                     let result = local
                         .dynamodb(&region)
                         .delete_table()

@@ -12,8 +12,9 @@ use serde_json::json;
 use tworegion_common::aws::AwsOptions;
 
 use crate::config::{ConfigFile, Deployment};
-use crate::engine::{Clients, Engine, Status};
+use crate::engine::{Clients, DataPolicy, Engine, FailoverReport, Status};
 use crate::plan::render;
+use crate::plan::{Action, Change};
 
 /// Reconciles one serverless app in two AWS regions and the failover DNS from one config file.
 /// `AWS_ENDPOINT_URL` points it at another endpoint (the local AWS).
@@ -46,16 +47,24 @@ pub enum Command {
     /// Show what `up` would change; exit 0 when nothing, 2 when something, 1 on an error.
     Plan,
     /// Create, update and delete until both regions match the config (safe to re-run and resume).
-    Up,
+    Up {
+        /// Allow deleting a table the config no longer names (a rename), with its data.
+        #[arg(long)]
+        allow_data_loss: bool,
+        /// Reconcile this region (and the global parts: IAM, Route 53) alone, never calling the
+        /// other region: for when the other region is down.
+        #[arg(long)]
+        region: Option<String>,
+    },
     /// What is deployed, whether it matches the config, each region's health, which region DNS serves.
     Status,
-    /// Send clients to REGION: invert the other region's Route 53 health check.
+    /// Send clients to REGION: turn the other region's Route 53 switch off (needs only Route 53).
     Failover {
         /// The region to serve from (one of the config's two).
         #[arg(long)]
         to: String,
     },
-    /// Undo `failover`: restore every health check, so Route 53 routes by health again.
+    /// Undo `failover`: turn every switch on, so Route 53 routes by health again.
     Failback,
     /// The local two-region environment: both regions, failover DNS, health checks and faults on
     /// loopback (docs/local.md).
@@ -67,11 +76,22 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::local::LocalCommand,
     },
-    /// Delete everything this app and stage created (tagged with them), and nothing else.
+    /// Delete everything this app and stage created (tagged with them), and nothing else. Tables
+    /// are deleted only with --allow-data-loss; adopted tables are released (untagged), not deleted.
     Down {
         /// Confirm the deletion.
         #[arg(long)]
         yes: bool,
+        /// Delete the tables the deployer created, with their data (deletion protection is turned
+        /// off first).
+        #[arg(long, conflicts_with = "keep_data")]
+        allow_data_loss: bool,
+        /// Leave every table, untagged, with its data; remove everything else.
+        #[arg(long)]
+        keep_data: bool,
+        /// Delete adopted tables too (with --allow-data-loss) instead of releasing them.
+        #[arg(long, requires = "allow_data_loss")]
+        delete_adopted: bool,
     },
 }
 
@@ -140,15 +160,15 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<u8, Failure> {
     }
     let d = load(&cli.config)?;
     let artifact = match cli.command {
-        Command::Plan | Command::Up => Some(read_artifact(&cli.config, &d)?),
+        Command::Plan | Command::Up { .. } => Some(read_artifact(&cli.config, &d)?),
         // Status compares the code too when the artifact is at hand; down and failover never need it.
         Command::Status => read_artifact(&cli.config, &d).ok(),
         _ => None,
     };
-    if let Command::Down { yes: false } = cli.command {
+    if let Command::Down { yes: false, .. } = cli.command {
         return Err(fail(format!(
             "down deletes every resource tagged tworegion:app={} tworegion:stage={} in {} and {} \
-             (tables and their data included); add --yes to confirm",
+             (tables only with --allow-data-loss, or kept with --keep-data); add --yes to confirm",
             d.file.app, d.file.stage, d.regions[0], d.regions[1]
         )));
     }
@@ -157,15 +177,30 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<u8, Failure> {
         endpoint_url: None,
         ..AwsOptions::default()
     };
+    if let Command::Up { .. } = cli.command {
+        d.key_needed_for_up().map_err(fail)?;
+    }
     let clients = Clients::load(&d.regions, &options).await?;
     let engine = Engine::new(d, clients, artifact);
+    // Only `up` and `plan` read (and compare) the API key's secret value.
+    let engine = match cli.command {
+        Command::Plan | Command::Up { .. } => engine,
+        _ => engine.without_secrets(),
+    };
     let mut sink = std::io::sink();
     let progress: &mut dyn Write = if cli.json { &mut sink } else { out };
     match &cli.command {
         Command::Plan => {
-            let plan = engine.plan().await?;
+            let (plan, loses_data) = engine.plan().await?;
             let f = &engine.deployment().file;
-            let warnings: Vec<String> = f.usage_plan.quota_warning().into_iter().collect();
+            let mut warnings = engine.deployment().plan_warnings();
+            for c in &loses_data {
+                warnings.push(format!(
+                    "DATA LOSS: {} deletes the table and every item in it; up refuses it without \
+                     --allow-data-loss",
+                    crate::engine::describe(c)
+                ));
+            }
             if cli.json {
                 writeln!(
                     out,
@@ -184,8 +219,15 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<u8, Failure> {
             }
             Ok(if plan.is_empty() { 0 } else { 2 })
         }
-        Command::Up => {
-            let report = engine.up(progress).await?;
+        Command::Up {
+            allow_data_loss,
+            region,
+        } => {
+            let policy = DataPolicy {
+                allow_data_loss: *allow_data_loss,
+                ..DataPolicy::default()
+            };
+            let report = engine.up(policy, region.as_deref(), progress).await?;
             if cli.json {
                 writeln!(out, "{}", json!(report))?;
             } else {
@@ -231,24 +273,50 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<u8, Failure> {
             Ok(status.exit_code())
         }
         Command::Failover { to } => {
-            let changed = engine.failover(Some(to)).await?;
-            report_failover(&engine, Some(to), &changed, cli.json, out)?;
+            let report = engine.failover(Some(to)).await?;
+            report_failover(&engine, Some(to), &report, cli.json, out)?;
             Ok(0)
         }
         Command::Failback => {
-            let changed = engine.failover(None).await?;
-            report_failover(&engine, None, &changed, cli.json, out)?;
+            let report = engine.failover(None).await?;
+            report_failover(&engine, None, &report, cli.json, out)?;
             Ok(0)
         }
         Command::Local { .. } => Err(fail("unreachable: handled above")),
-        Command::Down { .. } => {
-            let deleted = engine.down(progress).await?;
+        Command::Down {
+            allow_data_loss,
+            keep_data,
+            delete_adopted,
+            ..
+        } => {
+            let policy = DataPolicy {
+                allow_data_loss: *allow_data_loss,
+                keep_data: *keep_data,
+                delete_adopted: *delete_adopted,
+            };
+            let changes = engine.down(policy, progress).await?;
+            let (released, deleted): (Vec<Change>, Vec<Change>) = changes
+                .into_iter()
+                .partition(|c| c.action == Action::Release);
             if cli.json {
-                writeln!(out, "{}", json!({ "deleted": deleted }))?;
-            } else if deleted.is_empty() {
+                writeln!(
+                    out,
+                    "{}",
+                    json!({ "deleted": deleted, "released": released })
+                )?;
+            } else if deleted.is_empty() && released.is_empty() {
                 writeln!(out, "Nothing to delete.")?;
             } else {
                 writeln!(out, "Deleted {} resource(s).", deleted.len())?;
+                for r in &released {
+                    writeln!(
+                        out,
+                        "Released {:?} {} in {} (untagged; it and its data stay).",
+                        r.kind,
+                        r.name,
+                        r.region.as_deref().unwrap_or("global")
+                    )?;
+                }
             }
             Ok(0)
         }
@@ -258,47 +326,60 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<u8, Failure> {
 fn report_failover(
     engine: &Engine,
     to: Option<&str>,
-    changed: &[(String, bool)],
+    report: &FailoverReport,
     json_out: bool,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
-    let hc = &engine.deployment().file.health_check;
-    let seconds = i64::from(hc.interval) * i64::from(hc.failure_threshold);
+    let _ = engine;
+    let target_down = to.is_some() && report.target_healthy == Some(false);
     if json_out {
-        let changed: Vec<_> = changed
-            .iter()
-            .map(|(r, inverted)| json!({ "region": r, "inverted": inverted }))
-            .collect();
         writeln!(
             out,
             "{}",
-            json!({ "to": to, "changed": changed, "expected_seconds": seconds })
+            json!({
+                "to": to,
+                "changed": report.changed,
+                "target_healthy": report.target_healthy,
+            })
         )?;
         return Ok(());
     }
-    if changed.is_empty() {
+    if report.changed.is_empty() {
+        writeln!(out, "Nothing to change: the switches are already set so.")?;
+    }
+    for c in &report.changed {
+        if c.switch_changed {
+            let what = if c.switch_on {
+                "on (serves while its endpoint is healthy)"
+            } else {
+                "off (Route 53 counts it as unhealthy, whatever its real health)"
+            };
+            writeln!(out, "{}: switch {what}", c.region)?;
+        }
+        if c.inversion_cleared {
+            writeln!(
+                out,
+                "{}: health check inversion (left by an earlier failover) cleared",
+                c.region
+            )?;
+        }
+    }
+    if target_down && let Some(to) = to {
         writeln!(
             out,
-            "Nothing to change: the health checks are already set so."
+            "WARNING: {to}'s endpoint check reads UNHEALTHY now: while no region is healthy Route 53 \
+             answers with the primary. The switch stays set; check {to} with `deployer status`."
         )?;
-    }
-    for (region, inverted) in changed {
-        let what = if *inverted {
-            "inverted (Route 53 now counts it as unhealthy)"
-        } else {
-            "restored"
-        };
-        writeln!(out, "{region}: health check {what}")?;
     }
     match to {
         Some(to) => writeln!(
             out,
-            "DNS answers with {to} once Route 53 notices: about {seconds} s (interval x threshold), \
-             plus the record's TTL and client caches. Undo with `deployer failback`."
+            "DNS answers with {to} once Route 53 has applied the switch (no probes need to fail \
+             first), plus the record's TTL and client caches. Undo with `deployer failback`."
         ),
         None => writeln!(
             out,
-            "Route 53 routes by health again; the primary serves once its check passes (about {seconds} s)."
+            "Route 53 routes by health again; the primary serves once its endpoint check passes."
         ),
     }?;
     Ok(())
@@ -311,39 +392,63 @@ pub fn render_status(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
         "{}/{}: routing {}, public endpoint {}",
         s.app, s.stage, s.routing, s.public_endpoint
     )?;
+    let unreachable = s.regions.values().any(|r| r.unreachable.is_some());
     match s.pending_changes {
         Some(0) => writeln!(out, "In sync with the config.")?,
         Some(n) => writeln!(out, "{n} change(s) pending: see `deployer plan`.")?,
+        None if unreachable => writeln!(
+            out,
+            "Not compared with the config: a region could not be observed."
+        )?,
         None => writeln!(
             out,
             "Not compared with the config (the Lambda artifact is not readable)."
         )?,
     }
     for (region, r) in &s.regions {
-        writeln!(
-            out,
-            "{region}: {}/{} resources present",
-            r.resources_present, r.resources_wanted
-        )?;
+        match &r.unreachable {
+            Some(why) => writeln!(
+                out,
+                "{region}: UNREACHABLE ({why}); its health below is Route 53's"
+            )?,
+            None => writeln!(
+                out,
+                "{region}: {}/{} resources present",
+                r.resources_present, r.resources_wanted
+            )?,
+        }
         writeln!(
             out,
             "  api          {}",
             r.endpoint.as_deref().unwrap_or("(none)")
         )?;
         match &r.health {
-            Some(h) => writeln!(
-                out,
-                "  health check {} {} ({}/{} checkers healthy{})",
-                h.id,
-                if h.healthy { "healthy" } else { "UNHEALTHY" },
-                h.checkers_healthy,
-                h.checkers_reporting,
-                if h.inverted {
-                    ", inverted by failover"
-                } else {
-                    ""
-                }
-            )?,
+            Some(h) => {
+                writeln!(
+                    out,
+                    "  endpoint     {} {} ({}/{} checkers healthy{})",
+                    h.id,
+                    if h.endpoint_healthy {
+                        "healthy"
+                    } else {
+                        "UNHEALTHY"
+                    },
+                    h.checkers_healthy,
+                    h.checkers_reporting,
+                    if h.inverted { ", inverted" } else { "" }
+                )?;
+                let switch = match h.switch_on {
+                    Some(true) => "on",
+                    Some(false) => "OFF (failover sent traffic away; undo: deployer failback)",
+                    None => "(none: run deployer up)",
+                };
+                writeln!(
+                    out,
+                    "  switch       {} {switch}; DNS sees {}",
+                    h.switch_id.as_deref().unwrap_or("-"),
+                    if h.healthy { "healthy" } else { "UNHEALTHY" }
+                )?;
+            }
             None => writeln!(out, "  health check (none)")?,
         }
         for rep in &r.replicators {

@@ -189,6 +189,17 @@ pub struct TableFile {
     pub read_capacity: Option<i64>,
     /// Write capacity units (PROVISIONED only).
     pub write_capacity: Option<i64>,
+    /// DynamoDB deletion protection (default on: nothing deletes the table until it is turned
+    /// off; `down --allow-data-loss` turns it off for the tables it deletes).
+    #[serde(default = "yes")]
+    pub deletion_protection: bool,
+    /// Point-in-time recovery, the last 35 days restorable to any second (default on).
+    #[serde(default = "yes")]
+    pub point_in_time_recovery: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_billing() -> String {
@@ -436,6 +447,9 @@ pub enum ApiKeySource {
     Value(String),
     /// Generated once, then read back from the primary region.
     Generate,
+    /// From this environment variable, which is not set: fine for every command that creates no
+    /// key (`status`, `failover`, `down`, `plan` without comparing the value); `up` refuses.
+    Unread(String),
 }
 
 /// The validated configuration.
@@ -449,6 +463,44 @@ pub struct Deployment {
     pub routing: Routing,
     /// The API key's source.
     pub api_key: ApiKeySource,
+}
+
+impl Deployment {
+    /// What `plan` warns about besides its changes: a quota that ends service, and replicator
+    /// tasks in given subnets that must reach the other region.
+    pub fn plan_warnings(&self) -> Vec<String> {
+        let mut warnings: Vec<String> = self.file.usage_plan.quota_warning().into_iter().collect();
+        let lww = self.file.replicator.mode == "lww";
+        for (index, region) in self.regions.iter().enumerate() {
+            let runs_here = lww || index == 1;
+            let Some(network) = self.file.replicator.network.get(region) else {
+                continue;
+            };
+            if !runs_here || network.subnets.is_empty() {
+                continue;
+            }
+            let other = &self.regions[1 - index];
+            warnings.push(format!(
+                "replicator.network.{region}: the replicator's tasks run in the given subnets \
+                 without a public IP and read the DynamoDB stream in {other}; a VPC endpoint reaches \
+                 only its own region's DynamoDB, so those subnets need a route to a NAT gateway (or \
+                 the tasks cannot replicate, and pull their image only through ECR endpoints)"
+            ));
+        }
+        warnings
+    }
+
+    /// `up` creates and checks the API keys: it needs the key's value when the config names a
+    /// variable for it.
+    pub fn key_needed_for_up(&self) -> Result<(), String> {
+        match &self.api_key {
+            ApiKeySource::Unread(var) => Err(format!(
+                "api_key.from_env: the environment variable {var} is not set; up needs the key's \
+                 value to create or check the API keys: export {var}=<20 to 128 characters>"
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Route 53's health checker regions (also its default set when a check names none).
@@ -630,13 +682,11 @@ impl ConfigFile {
             }
         }
         let api_key = match (&self.api_key.from_env, self.api_key.generate) {
+            // Not set: checked by the commands that need it (`up`); a `status` or `failover`
+            // during an outage must not need the key's secret.
+            (Some(var), false) if env(var).is_none() => ApiKeySource::Unread(var.clone()),
             (Some(var), false) => {
-                let value = env(var).ok_or_else(|| {
-                    bad(
-                        "api_key.from_env",
-                        format!("the environment variable {var} is not set"),
-                    )
-                })?;
+                let value = env(var).unwrap_or_default();
                 if !(20..=128).contains(&value.chars().count()) {
                     return Err(bad(
                         "api_key.from_env",
@@ -846,6 +896,24 @@ image = "public.ecr.aws/example/tworegion-replicator:0.1.0"
     }
 
     #[test]
+    fn plan_warns_that_given_subnets_need_a_nat_route() {
+        let d = ConfigFile::parse(EXAMPLE).unwrap().validate(&env).unwrap();
+        assert!(d.plan_warnings().is_empty(), "{:?}", d.plan_warnings());
+        let text = format!(
+            "{EXAMPLE}\n[replicator.network.us-west-2]\nsubnets = [\"subnet-1\"]\nsecurity_groups = [\"sg-1\"]\n"
+        );
+        let d = ConfigFile::parse(&text).unwrap().validate(&env).unwrap();
+        let warnings = d.plan_warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("replicator.network.us-west-2:")
+                && warnings[0].contains("NAT")
+                && warnings[0].contains("us-east-1"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
     fn the_example_is_valid() {
         let d = ConfigFile::parse(EXAMPLE).unwrap().validate(&env).unwrap();
         assert_eq!(d.regions, ["us-east-1".to_owned(), "us-west-2".to_owned()]);
@@ -914,8 +982,11 @@ image = "public.ecr.aws/example/tworegion-replicator:0.1.0"
             assert_eq!(err.field, field, "{to}: {err}");
             assert!(err.to_string().starts_with(&format!("{field}: ")), "{err}");
         }
-        let err = with("from_env = \"TODOS_API_KEY\"", "from_env = \"MISSING\"").unwrap_err();
-        assert!(err.problem.contains("MISSING is not set"), "{err}");
+        // Not set: loads (status and failover need no secret), and `up` refuses.
+        let d = with("from_env = \"TODOS_API_KEY\"", "from_env = \"MISSING\"").unwrap();
+        assert_eq!(d.api_key, ApiKeySource::Unread("MISSING".into()));
+        let err = d.key_needed_for_up().unwrap_err();
+        assert!(err.contains("MISSING is not set"), "{err}");
         let err = with("from_env = \"TODOS_API_KEY\"", "from_env = \"SHORT_KEY\"");
         assert!(err.is_err());
     }

@@ -198,6 +198,45 @@ pub fn partition(region: &str) -> &'static str {
         .map_or("aws", |(_, partition)| partition)
 }
 
+/// An ECR image's repository: `(account, region, repository)` from
+/// `ACCOUNT.dkr.ecr.REGION.amazonaws.com[.cn]/REPOSITORY[:TAG|@DIGEST]`; `None` for any other
+/// registry.
+pub fn ecr_repository(image: &str) -> Option<(String, String, String)> {
+    let (host, path) = image.split_once('/')?;
+    let (account, rest) = host.split_once(".dkr.ecr.")?;
+    let region = rest
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| rest.strip_suffix(".amazonaws.com.cn"))?;
+    let repository = path.split(['@', ':']).next()?;
+    let valid = account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && !region.is_empty()
+        && !repository.is_empty();
+    valid.then(|| (account.to_owned(), region.to_owned(), repository.to_owned()))
+}
+
+/// The replicator's execution role: pull its image (ECR read actions on that repository alone,
+/// none for another registry) and write its log group.
+fn execution_statements(image: &str, region: &str, log_group: &str) -> Value {
+    let arn = partition(region);
+    let mut statements = Vec::new();
+    if let Some((account, repo_region, repository)) = ecr_repository(image) {
+        statements.push(
+            json!({ "Effect": "Allow", "Action": ["ecr:GetAuthorizationToken"], "Resource": "*" }),
+        );
+        statements.push(json!({
+            "Effect": "Allow",
+            "Action": ["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"],
+            "Resource": format!("arn:{}:ecr:{repo_region}:{account}:repository/{repository}", partition(&repo_region)),
+        }));
+    }
+    statements.push(
+        json!({ "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+        "Resource": format!("arn:{arn}:logs:{region}:*:log-group:{log_group}:*") }),
+    );
+    Value::Array(statements)
+}
+
 fn reference(kind: Kind, region: &str, name: &str) -> Value {
     Value::String(format!("ref:{kind:?}/{region}/{name}"))
 }
@@ -206,7 +245,7 @@ fn reference(kind: Kind, region: &str, name: &str) -> Value {
 /// file), so that a new build is an update.
 pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
     let f = &d.file;
-    let prefix = format!("{}-{}", f.app, f.stage);
+    let prefix = crate::names::prefix(&f.app, &f.stage);
     let tags = json!({ "tworegion:app": f.app, "tworegion:stage": f.stage });
     let stage = "live";
     let mut out = Vec::new();
@@ -221,6 +260,10 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
     let api_key_value = match &d.api_key {
         ApiKeySource::Value(v) => json!({ "source": "config", "value_length": v.chars().count() }),
         ApiKeySource::Generate => json!({ "source": "generated in the primary region" }),
+        // Observed keys repeat this when their value is not compared.
+        ApiKeySource::Unread(var) => {
+            json!({ "source": "config", "not_read": format!("{var} is not set") })
+        }
     };
     for (index, region) in d.regions.iter().enumerate() {
         let r = region.as_str();
@@ -238,6 +281,8 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
                 "write_capacity": f.table.write_capacity,
                 "stream": "NEW_AND_OLD_IMAGES",
                 "ttl_attribute": "rep_expires",
+                "deletion_protection": f.table.deletion_protection,
+                "point_in_time_recovery": f.table.point_in_time_recovery,
                 "tags": tags,
             }),
         ));
@@ -317,7 +362,7 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
         out.push(Resource::new(
             Kind::ApiKey,
             Some(r),
-            format!("{prefix}-key"),
+            crate::names::api_key(&prefix),
             json!({ "value": api_key_value, "enabled": true, "tags": tags }),
         ));
         let usage = &f.usage_plan;
@@ -339,7 +384,7 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
             Some(r),
             format!("{prefix}-plan-key"),
             json!({ "plan": reference(Kind::UsagePlan, r, &format!("{prefix}-plan")),
-                    "key": reference(Kind::ApiKey, r, &format!("{prefix}-key")) }),
+                    "key": reference(Kind::ApiKey, r, &crate::names::api_key(&prefix)) }),
         ));
         let certificate = match f.certificates.arns.get(region) {
             Some(arn) => json!({ "domain_name": f.dns.domain_name, "given_arn": arn }),
@@ -367,10 +412,12 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
             json!({ "base_path": "", "api": reference(Kind::RestApi, r, &prefix), "stage": stage }),
         ));
         let hc = &f.health_check;
+        let endpoint_check = crate::names::endpoint_check(&prefix, r);
+        let switch_check = crate::names::switch_check(&prefix, r);
         out.push(Resource::new(
             Kind::HealthCheck,
             Some(r),
-            format!("{prefix}-{r}"),
+            endpoint_check.clone(),
             json!({
                 "type": "HTTPS",
                 "target": reference_attr_key(Kind::RestApi, r, &prefix, "host"),
@@ -380,7 +427,21 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
                 "request_interval": hc.interval,
                 "failure_threshold": hc.failure_threshold,
                 "regions": hc.regions,
-                "tags": { "Name": format!("{prefix}-{r}"), "tworegion:app": f.app, "tworegion:stage": f.stage },
+                "tags": { "Name": endpoint_check, "tworegion:app": f.app, "tworegion:stage": f.stage },
+            }),
+        ));
+        // The region's switch: healthy exactly when the endpoint check is and the switch is on
+        // (HealthThreshold 1 of the one child; `failover` sets 2, which Route 53 always reads as
+        // unhealthy). The threshold is operational state: `up` creates the switch on and never
+        // changes it afterwards.
+        out.push(Resource::new(
+            Kind::HealthCheck,
+            Some(r),
+            switch_check.clone(),
+            json!({
+                "type": "CALCULATED",
+                "children": [reference(Kind::HealthCheck, r, &endpoint_check)],
+                "tags": { "Name": switch_check, "tworegion:app": f.app, "tworegion:stage": f.stage },
             }),
         ));
         // The replicator into this region reads the other region's stream (A to B runs in B).
@@ -394,6 +455,28 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
             let lease_table = format!("{prefix}-replicator-leases");
             let dead_letter_table = format!("{prefix}-replicator-dead-letters");
             let network = f.replicator.network.get(region);
+            // The replicator's own tables (rows keyed `path` + shard or record ID, as
+            // replicator/src/lease/dynamo.rs and dead_letter/dynamo.rs expect): the deployer
+            // creates, tags and removes them, so `down` leaves nothing behind.
+            for (table, range) in [(&lease_table, "shard"), (&dead_letter_table, "id")] {
+                out.push(Resource::new(
+                    Kind::Table,
+                    Some(r),
+                    table.clone(),
+                    json!({
+                        "partition_key": { "name": "path", "type": "S" },
+                        "sort_key": { "name": range, "type": "S" },
+                        "billing_mode": "PAY_PER_REQUEST",
+                        "read_capacity": null,
+                        "write_capacity": null,
+                        "stream": null,
+                        "ttl_attribute": null,
+                        "deletion_protection": f.table.deletion_protection,
+                        "point_in_time_recovery": f.table.point_in_time_recovery,
+                        "tags": tags,
+                    }),
+                ));
+            }
             out.push(Resource::new(
                 Kind::EcsCluster,
                 Some(r),
@@ -419,7 +502,8 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
                             // stream/aws.rs), both tables' descriptions (startup), conditional
                             // writes to the target (apply/target.rs) and its TTL setting
                             // (startup), the lease table (lease/dynamo.rs) and the dead-letter
-                            // table (dead_letter/dynamo.rs), both created on demand if missing.
+                            // table (dead_letter/dynamo.rs), both created by the deployer (the
+                            // replicator only checks their key schema).
                             { "Effect": "Allow",
                               "Action": ["dynamodb:DescribeStream", "dynamodb:GetShardIterator", "dynamodb:GetRecords"],
                               "Resource": format!("arn:{}:dynamodb:{other}:*:table/{}/stream/*", partition(other), f.table.name) },
@@ -427,7 +511,7 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
                               "Resource": [format!("arn:{}:dynamodb:{other}:*:table/{}", partition(other), f.table.name), table_arn] },
                             { "Effect": "Allow", "Action": ["dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:DescribeTimeToLive"], "Resource": table_arn },
                             { "Effect": "Allow",
-                              "Action": ["dynamodb:CreateTable", "dynamodb:DescribeTable", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query"],
+                              "Action": ["dynamodb:DescribeTable", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query"],
                               "Resource": [
                                   format!("arn:{arn}:dynamodb:{r}:*:table/{lease_table}"),
                                   format!("arn:{arn}:dynamodb:{r}:*:table/{dead_letter_table}")
@@ -444,16 +528,11 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
                 json!({
                     "assume": "ecs-tasks.amazonaws.com",
                     // Least privilege instead of the broad AWS-managed execution policy: pull the
-                    // image (ECR needs Resource "*" for these read actions) and write this log group.
+                    // image from its own repository (only GetAuthorizationToken takes no resource)
+                    // and write this log group.
                     "policy": {
                         "Version": "2012-10-17",
-                        "Statement": [
-                            { "Effect": "Allow",
-                              "Action": ["ecr:GetAuthorizationToken", "ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"],
-                              "Resource": "*" },
-                            { "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-                              "Resource": format!("arn:{arn}:logs:{r}:*:log-group:{log_group}:*") }
-                        ]
+                        "Statement": execution_statements(&f.replicator.image, r, &log_group),
                     },
                     "tags": tags,
                 }),
@@ -500,7 +579,11 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
         }
     }
     let cname = f.dns.record_style == RecordStyle::Cname;
-    let peers: Vec<String> = d.regions.iter().map(|r| format!("{prefix}-{r}")).collect();
+    let peers: Vec<String> = d
+        .regions
+        .iter()
+        .map(|r| crate::names::set_identifier(&prefix, r))
+        .collect();
     for (index, region) in d.regions.iter().enumerate() {
         let r = region.as_str();
         let (set, routing) = match d.routing {
@@ -521,9 +604,9 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
                 "cname_to": if cname { json!(reference_attr_key(Kind::DomainName, r, &f.dns.domain_name, "regional_domain_name")) } else { Value::Null },
                 "ttl": if cname { json!(f.dns.answer_ttl()) } else { Value::Null },
                 "peers": peers,
-                "set_identifier": format!("{prefix}-{r}"),
+                "set_identifier": crate::names::set_identifier(&prefix, r),
                 "routing": routing,
-                "health_check": reference(Kind::HealthCheck, r, &format!("{prefix}-{r}")),
+                "health_check": reference(Kind::HealthCheck, r, &crate::names::switch_check(&prefix, r)),
             }),
         ));
     }
@@ -567,6 +650,52 @@ image = "img"
     }
 
     #[test]
+    fn image_pulls_are_scoped_to_the_images_repository() {
+        assert_eq!(
+            ecr_repository(
+                "123456789012.dkr.ecr.us-gov-west-1.amazonaws.com/tworegion/replicator:1.2"
+            ),
+            Some((
+                "123456789012".to_owned(),
+                "us-gov-west-1".to_owned(),
+                "tworegion/replicator".to_owned()
+            ))
+        );
+        assert_eq!(
+            ecr_repository("123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn/r@sha256:ab")
+                .map(|r| r.2),
+            Some("r".to_owned())
+        );
+        assert_eq!(ecr_repository("ghcr.io/owner/replicator:1"), None);
+        assert_eq!(ecr_repository("img"), None);
+        let statements = execution_statements(
+            "123456789012.dkr.ecr.us-gov-west-1.amazonaws.com/rep:1",
+            "us-gov-east-1",
+            "/tworegion/a-b/replicator",
+        );
+        let list = statements.as_array().unwrap();
+        // Only GetAuthorizationToken (which takes no resource) has "*".
+        for s in list {
+            if s["Resource"] == "*" {
+                assert_eq!(s["Action"], json!(["ecr:GetAuthorizationToken"]));
+            }
+        }
+        assert_eq!(
+            list[1]["Resource"],
+            "arn:aws-us-gov:ecr:us-gov-west-1:123456789012:repository/rep"
+        );
+        assert!(
+            list[2]["Resource"]
+                .as_str()
+                .unwrap()
+                .starts_with("arn:aws-us-gov:logs:us-gov-east-1:")
+        );
+        // Another registry: no ECR permissions at all.
+        let other = execution_statements("ghcr.io/o/r:1", "us-east-1", "/g");
+        assert_eq!(other.as_array().unwrap().len(), 1);
+    }
+
+    #[test]
     fn all_kinds_are_listed_once_in_dependency_order() {
         assert!(Kind::ALL.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(Kind::ALL.first(), Some(&Kind::HostedZone));
@@ -585,14 +714,28 @@ image = "img"
             Kind::LambdaFunction,
             Kind::RestApi,
             Kind::ApiKey,
-            Kind::HealthCheck,
             Kind::EcsService,
         ] {
             assert_eq!(count(&all, kind), 2, "{kind:?}");
         }
+        // Per region an endpoint check and the switch over it, which the records use.
+        assert_eq!(count(&all, Kind::HealthCheck), 4);
+        let switch = all
+            .iter()
+            .find(|r| r.kind == Kind::HealthCheck && r.name == "todos-dev-us-east-1-switch")
+            .unwrap();
+        assert_eq!(switch.props["type"], "CALCULATED");
+        assert_eq!(
+            switch.props["children"],
+            json!(["ref:HealthCheck/us-east-1/todos-dev-us-east-1"])
+        );
         let records: Vec<&Resource> = all.iter().filter(|r| r.kind == Kind::DnsRecord).collect();
         assert_eq!(records.len(), 2);
         assert_eq!(records[0].props["routing"], json!({"failover": "PRIMARY"}));
+        assert_eq!(
+            records[0].props["health_check"],
+            "ref:HealthCheck/us-east-1/todos-dev-us-east-1-switch"
+        );
         assert_eq!(
             records[1].props["routing"],
             json!({"failover": "SECONDARY"})
@@ -668,11 +811,11 @@ image = "img"
             logs["Resource"],
             "arn:aws:logs:us-east-1:*:log-group:/aws/lambda/todos-dev-api:*"
         );
-        // The replicator: stream reads, both descriptions, target writes, the lease table.
+        // The replicator: stream reads, both descriptions, target writes, the lease table (which
+        // the deployer creates: no CreateTable).
         assert_eq!(
             actions(role(Kind::TaskRole)),
             [
-                "dynamodb:CreateTable",
                 "dynamodb:DeleteItem",
                 "dynamodb:DescribeStream",
                 "dynamodb:DescribeTable",
@@ -683,6 +826,49 @@ image = "img"
                 "dynamodb:Query",
                 "dynamodb:UpdateItem"
             ]
+        );
+    }
+
+    #[test]
+    fn the_replicators_tables_are_the_deployers() {
+        let all = desired(&deployment("one-way", "failover"), "abc");
+        let tables: Vec<(&str, &str)> = all
+            .iter()
+            .filter(|r| r.kind == Kind::Table)
+            .map(|r| (r.region.as_deref().unwrap(), r.name.as_str()))
+            .collect();
+        // One-way: the replicator runs in the secondary only.
+        assert_eq!(
+            tables,
+            [
+                ("us-east-1", "todos"),
+                ("us-west-2", "todos"),
+                ("us-west-2", "todos-dev-replicator-leases"),
+                ("us-west-2", "todos-dev-replicator-dead-letters"),
+            ]
+        );
+        let leases = all
+            .iter()
+            .find(|r| r.name == "todos-dev-replicator-leases")
+            .unwrap();
+        assert_eq!(
+            leases.props["partition_key"],
+            json!({"name": "path", "type": "S"})
+        );
+        assert_eq!(
+            leases.props["sort_key"],
+            json!({"name": "shard", "type": "S"})
+        );
+        assert_eq!(leases.props["stream"], Value::Null);
+        // The task names the same tables.
+        let task = all.iter().find(|r| r.kind == Kind::TaskDefinition).unwrap();
+        assert_eq!(
+            task.props["environment"]["REPLICATOR_LEASE_TABLE"],
+            "todos-dev-replicator-leases"
+        );
+        assert_eq!(
+            task.props["environment"]["REPLICATOR_DEAD_LETTER_TABLE"],
+            "todos-dev-replicator-dead-letters"
         );
     }
 

@@ -17,6 +17,7 @@ use crate::config::{ApiKeySource, Deployment, Routing};
 use crate::desired::{
     Kind, Resolved, Resource, desired, reference_attr_key, reference_key, resolve,
 };
+use crate::names::CheckRole;
 use crate::plan::{Action, Change, Plan, plan};
 use crate::resources::{
     DeployError, Scope, api_key, certificate, cluster, dns_record, domain_name, function,
@@ -183,6 +184,95 @@ pub fn reconcile(
     plan(&resolve(desired, &resolved), &considered)
 }
 
+/// How an observation treats a region whose calls fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// Every region must answer (`up`, `plan`, `down`).
+    All,
+    /// A region that fails is reported as unreachable (`status`).
+    Tolerant,
+}
+
+/// What `up` and `down` may do to data (tables).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DataPolicy {
+    /// Tables may be deleted (`--allow-data-loss`); deletion protection is turned off first.
+    pub allow_data_loss: bool,
+    /// `down --keep-data`: release (untag) every table instead of deleting it.
+    pub keep_data: bool,
+    /// `down --delete-adopted`: adopted tables are deleted too (with `allow_data_loss`), not released.
+    pub delete_adopted: bool,
+}
+
+/// The plan under `policy`: a table deletion becomes a release when the table was adopted rather
+/// than created (unless `delete_adopted`) or with `keep_data`. Returns the plan and the changes
+/// that would still lose data without being allowed (then nothing may be applied). Pure.
+pub fn with_data_policy(
+    plan: Plan,
+    observed: &[Resource],
+    policy: DataPolicy,
+) -> (Plan, Vec<Change>) {
+    let mut refused = Vec::new();
+    let changes = plan
+        .changes
+        .into_iter()
+        .map(|mut change| {
+            if change.kind == Kind::Table && change.action == Action::Delete {
+                let have = find(
+                    observed,
+                    Kind::Table,
+                    change.region.as_deref(),
+                    &change.name,
+                );
+                let adopted = !have.is_some_and(table::created);
+                if policy.keep_data || (adopted && !policy.delete_adopted) {
+                    change.action = Action::Release;
+                }
+            }
+            if crate::plan::loses_data(&change) && !policy.allow_data_loss {
+                refused.push(change.clone());
+            }
+            change
+        })
+        .collect();
+    (Plan { changes }, refused)
+}
+
+/// The refusal for changes that would lose data: each named, with what to do instead.
+fn data_loss_refusal(action: &str, refused: &[Change], observed: &[Resource]) -> DeployError {
+    let named: Vec<String> = refused
+        .iter()
+        .map(|c| {
+            let items = find(observed, c.kind, c.region.as_deref(), &c.name)
+                .and_then(|r| r.props.get("item_count"))
+                .and_then(Value::as_i64)
+                .map(|n| format!(", about {n} items"))
+                .unwrap_or_default();
+            format!(
+                "{:?} {} in {}{items}",
+                c.kind,
+                c.name,
+                c.region.as_deref().unwrap_or("global")
+            )
+        })
+        .collect();
+    let instead = if action == "down" {
+        "add --allow-data-loss to delete them (deletion protection is turned off first), or \
+         --keep-data to remove everything else and leave the tables, untagged, with their data"
+    } else {
+        "if the table was renamed in the config, put the old name back; to delete it, run up \
+         --allow-data-loss (deletion protection is turned off first)"
+    };
+    DeployError::refused(
+        action,
+        "data",
+        format!(
+            "{action} would delete {} and every item in it; nothing was changed: {instead}",
+            named.join("; ")
+        ),
+    )
+}
+
 fn find<'a>(
     list: &'a [Resource],
     kind: Kind,
@@ -195,6 +285,9 @@ fn find<'a>(
 
 /// One deployment's reconciler.
 pub struct Engine {
+    /// Whether the API keys' values are read and compared (`up`, `plan`); `status`, `failover`
+    /// and `down` never need the secret.
+    read_secrets: bool,
     deployment: Deployment,
     scope: Scope,
     clients: Clients,
@@ -258,6 +351,7 @@ impl Engine {
             stage: deployment.file.stage.clone(),
         };
         Engine {
+            read_secrets: true,
             deployment,
             scope,
             clients,
@@ -265,6 +359,14 @@ impl Engine {
             desired,
             targets,
         }
+    }
+
+    /// This engine, never reading an API key's value (for commands that create no key): keys are
+    /// then not compared by value.
+    #[must_use]
+    pub fn without_secrets(mut self) -> Engine {
+        self.read_secrets = false;
+        self
     }
 
     /// The deployment.
@@ -296,8 +398,10 @@ impl Engine {
     /// The API key clients send (the configured value, or the one API Gateway generated in the
     /// primary); `None` while it does not exist.
     pub async fn client_api_key(&self) -> Result<Option<String>, DeployError> {
-        if let ApiKeySource::Value(v) = &self.deployment.api_key {
-            return Ok(Some(v.clone()));
+        match &self.deployment.api_key {
+            ApiKeySource::Value(v) => return Ok(Some(v.clone())),
+            ApiKeySource::Unread(_) => return Ok(None),
+            ApiKeySource::Generate => {}
         }
         let observed = self.observe().await?;
         let secondary = self.deployment.regions[1].clone();
@@ -312,14 +416,21 @@ impl Engine {
         region: Option<&str>,
         observed: &[Resource],
     ) -> Result<Option<String>, DeployError> {
+        if !self.read_secrets {
+            return Ok(None);
+        }
         match &self.deployment.api_key {
             ApiKeySource::Value(v) => Ok(Some(v.clone())),
+            ApiKeySource::Unread(_) => Ok(None),
             ApiKeySource::Generate => {
                 let primary = &self.deployment.regions[0];
                 if region == Some(primary.as_str()) {
                     return Ok(None);
                 }
-                let name = format!("{}-{}-key", self.scope.app, self.scope.stage);
+                let name = crate::names::api_key(&crate::names::prefix(
+                    &self.scope.app,
+                    &self.scope.stage,
+                ));
                 let Some(id) = find(observed, Kind::ApiKey, Some(primary), &name)
                     .and_then(|k| k.props.get("id"))
                     .and_then(Value::as_str)
@@ -439,7 +550,9 @@ impl Engine {
                 found = domain_name::observe_mapping(c, region.unwrap_or_default(), &names).await?;
             }
             Kind::HealthCheck => {
-                found = health_check::observe(&self.clients.route53, scope).await?;
+                found =
+                    health_check::observe(&self.clients.route53, scope, &self.deployment.regions)
+                        .await?;
             }
             Kind::EcsCluster => {
                 let c = &self.clients.region(region)?.ecs;
@@ -512,7 +625,20 @@ impl Engine {
 
     /// Everything of this deployment that exists (wanted names, and whatever carries its tags).
     pub async fn observe(&self) -> Result<Vec<Resource>, DeployError> {
+        let (observed, _) = self.observe_with(Reach::All, None).await?;
+        Ok(observed)
+    }
+
+    /// What exists. `only`: observe that region's resources and the global ones, never calling the
+    /// other region. With [`Reach::Tolerant`] a region whose calls fail is left out and returned
+    /// with the error (global services, Route 53 and IAM, must answer).
+    async fn observe_with(
+        &self,
+        reach: Reach,
+        only: Option<&str>,
+    ) -> Result<(Vec<Resource>, BTreeMap<String, String>), DeployError> {
         let mut observed = Vec::new();
+        let mut unreachable: BTreeMap<String, String> = BTreeMap::new();
         for kind in Kind::ALL {
             // Global listings (IAM roles, Route 53 health checks) serve both regions at once.
             let in_deployment = |r: &Resource| {
@@ -523,7 +649,12 @@ impl Engine {
             };
             match kind {
                 Kind::HealthCheck => {
-                    let found = health_check::observe(&self.clients.route53, &self.scope).await?;
+                    let found = health_check::observe(
+                        &self.clients.route53,
+                        &self.scope,
+                        &self.deployment.regions,
+                    )
+                    .await?;
                     observed.extend(found.into_iter().filter(in_deployment));
                     continue;
                 }
@@ -541,13 +672,23 @@ impl Engine {
                 _ => {}
             }
             for region in self.regions(kind) {
-                let found = self
-                    .observe_group(kind, region.as_deref(), &observed)
-                    .await?;
-                observed.extend(found);
+                if let Some(r) = region.as_deref()
+                    && (only.is_some_and(|o| o != r) || unreachable.contains_key(r))
+                {
+                    continue;
+                }
+                match self.observe_group(kind, region.as_deref(), &observed).await {
+                    Ok(found) => observed.extend(found),
+                    Err(error) => match (reach, region) {
+                        (Reach::Tolerant, Some(r)) => {
+                            unreachable.insert(r, error.to_string());
+                        }
+                        _ => return Err(error),
+                    },
+                }
             }
         }
-        Ok(observed)
+        Ok((observed, unreachable))
     }
 
     async fn refresh(
@@ -562,15 +703,12 @@ impl Engine {
         Ok(())
     }
 
-    /// The plan: what `up` would change now.
-    pub async fn plan(&self) -> Result<Plan, DeployError> {
+    /// The plan: what `up` would change now (adopted tables no longer wanted are released), and the
+    /// changes that would lose data, which `up` refuses without `--allow-data-loss`.
+    pub async fn plan(&self) -> Result<(Plan, Vec<Change>), DeployError> {
         let observed = self.observe().await?;
-        Ok(reconcile(
-            &self.desired,
-            &observed,
-            &self.scope,
-            &self.targets,
-        ))
+        let plan = reconcile(&self.desired, &observed, &self.scope, &self.targets);
+        Ok(with_data_policy(plan, &observed, DataPolicy::default()))
     }
 
     async fn apply(
@@ -662,7 +800,9 @@ impl Engine {
                 domain_name::apply_mapping(&global.region(region)?.apigateway, change, want, have)
                     .await
             }
-            Kind::HealthCheck => health_check::apply(&global.route53, change, want, have).await,
+            Kind::HealthCheck => {
+                health_check::apply(&global.route53, change, want, have, observed).await
+            }
             Kind::EcsCluster => {
                 cluster::apply(&global.region(region)?.ecs, change, want, have).await
             }
@@ -696,7 +836,7 @@ impl Engine {
             let want = find(desired, change.kind, region, &change.name)
                 .map(|w| resolve(std::slice::from_ref(w), &resolved).remove(0));
             let have = find(observed, change.kind, region, &change.name).cloned();
-            if matches!(change.action, Action::Delete) && have.is_none() {
+            if matches!(change.action, Action::Delete | Action::Release) && have.is_none() {
                 // Gone since the plan was made: an earlier change replaced it (a record whose routing
                 // changed is deleted and recreated in one Route 53 batch).
                 let _ = writeln!(progress, "{} ... already gone", describe(change));
@@ -730,14 +870,24 @@ impl Engine {
         &self,
         desired: &[Resource],
         action: &str,
+        policy: DataPolicy,
+        only: Option<&str>,
         progress: &mut dyn Write,
     ) -> Result<(Vec<Change>, usize, Vec<Resource>), DeployError> {
         let mut applied = Vec::new();
         let mut round = 0;
         loop {
             round += 1;
-            let mut observed = self.observe().await?;
-            let plan = reconcile(desired, &observed, &self.scope, &self.targets);
+            let (mut observed, _) = self.observe_with(Reach::All, only).await?;
+            let mut plan = reconcile(desired, &observed, &self.scope, &self.targets);
+            if let Some(region) = only {
+                plan.changes
+                    .retain(|c| self.in_region(c, region, desired, &observed));
+            }
+            let (plan, refused) = with_data_policy(plan, &observed, policy);
+            if !refused.is_empty() {
+                return Err(data_loss_refusal(action, &refused, &observed));
+            }
             if plan.is_empty() {
                 return Ok((applied, round, observed));
             }
@@ -757,9 +907,57 @@ impl Engine {
         }
     }
 
-    /// `up`: applies plans until one is empty. Returns what was done.
-    pub async fn up(&self, progress: &mut dyn Write) -> Result<UpReport, DeployError> {
-        let (applied, rounds, observed) = self.converge(&self.desired, "up", progress).await?;
+    /// Whether `change` is part of reconciling `region` alone: the region's own resources (the
+    /// regional IAM roles and Route 53 health checks included), the hosted zone, and the DNS record
+    /// that points at the region.
+    fn in_region(
+        &self,
+        change: &Change,
+        region: &str,
+        desired: &[Resource],
+        observed: &[Resource],
+    ) -> bool {
+        match (&change.region, change.kind) {
+            (Some(r), _) => r == region,
+            (None, Kind::DnsRecord) => {
+                let record = find(desired, Kind::DnsRecord, None, &change.name)
+                    .or_else(|| find(observed, Kind::DnsRecord, None, &change.name));
+                let prefix = crate::names::prefix(&self.scope.app, &self.scope.stage);
+                record
+                    .and_then(|r| r.props.get("set_identifier"))
+                    .and_then(Value::as_str)
+                    .and_then(|id| {
+                        crate::names::parse_set_identifier(&prefix, id, &self.deployment.regions)
+                    })
+                    == Some(region)
+            }
+            (None, _) => true,
+        }
+    }
+
+    /// `up`: applies plans until one is empty; with `only`, for that region (and the global
+    /// parts) alone, never calling the other region. Returns what was done.
+    pub async fn up(
+        &self,
+        policy: DataPolicy,
+        only: Option<&str>,
+        progress: &mut dyn Write,
+    ) -> Result<UpReport, DeployError> {
+        if let Some(region) = only
+            && !self.deployment.regions.iter().any(|r| r == region)
+        {
+            return Err(DeployError::refused(
+                "up",
+                region,
+                format!(
+                    "--region must be one of the configured regions: {} or {}",
+                    self.deployment.regions[0], self.deployment.regions[1]
+                ),
+            ));
+        }
+        let (applied, rounds, observed) = self
+            .converge(&self.desired, "up", policy, only, progress)
+            .await?;
         Ok(UpReport {
             applied,
             rounds,
@@ -767,15 +965,20 @@ impl Engine {
         })
     }
 
-    /// `down`: deletes everything of this app and stage (in reverse dependency order), nothing else.
-    pub async fn down(&self, progress: &mut dyn Write) -> Result<Vec<Change>, DeployError> {
-        let (deleted, _, _) = self.converge(&[], "down", progress).await?;
+    /// `down`: deletes everything of this app and stage (in reverse dependency order), nothing
+    /// else; tables as `policy` allows (adopted ones are released unless asked).
+    pub async fn down(
+        &self,
+        policy: DataPolicy,
+        progress: &mut dyn Write,
+    ) -> Result<Vec<Change>, DeployError> {
+        let (deleted, _, _) = self.converge(&[], "down", policy, None, progress).await?;
         Ok(deleted)
     }
 
     fn endpoints(&self, observed: &[Resource]) -> Endpoints {
         let f = &self.deployment.file;
-        let prefix = format!("{}-{}", f.app, f.stage);
+        let prefix = crate::names::prefix(&f.app, &f.stage);
         let regional = self
             .deployment
             .regions
@@ -794,18 +997,66 @@ impl Engine {
         }
     }
 
-    /// The region's health check, by its name (never a stale one left by an interrupted
-    /// replacement, which is observed under `<name>/<id>`).
-    fn health_check<'a>(&self, observed: &'a [Resource], region: &str) -> Option<&'a Resource> {
-        let name = format!("{}-{}-{region}", self.scope.app, self.scope.stage);
+    /// The region's endpoint check or switch, by its name (never a stale one left by an
+    /// interrupted replacement, which is observed under `<name>/<id>`).
+    fn health_check<'a>(
+        &self,
+        observed: &'a [Resource],
+        region: &str,
+        role: CheckRole,
+    ) -> Option<&'a Resource> {
+        let prefix = crate::names::prefix(&self.scope.app, &self.scope.stage);
+        let name = match role {
+            CheckRole::Endpoint => crate::names::endpoint_check(&prefix, region),
+            CheckRole::Switch => crate::names::switch_check(&prefix, region),
+        };
         find(observed, Kind::HealthCheck, Some(region), &name)
+    }
+
+    /// Route 53's view of a region: its endpoint check's checkers (the real health) and its switch.
+    async fn region_health(
+        &self,
+        observed: &[Resource],
+        region: &str,
+    ) -> Result<Option<Health>, DeployError> {
+        let Some(check) = self.health_check(observed, region, CheckRole::Endpoint) else {
+            return Ok(None);
+        };
+        let id = crate::resources::observed_str(Some(check), "id");
+        let (healthy, reporting) = health_check::checker_status(&self.clients.route53, id).await?;
+        let inverted = check
+            .props
+            .get("inverted")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let switch = self.health_check(observed, region, CheckRole::Switch);
+        let switch_on = switch.map(|s| {
+            s.props.get("switch_on").and_then(Value::as_bool) == Some(true)
+                && !s
+                    .props
+                    .get("inverted")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+        });
+        let endpoint_healthy = effective_health(healthy, reporting, inverted);
+        Ok(Some(Health {
+            id: id.to_owned(),
+            checkers_healthy: healthy,
+            checkers_reporting: reporting,
+            inverted,
+            endpoint_healthy,
+            switch_id: switch.map(|s| crate::resources::observed_str(Some(s), "id").to_owned()),
+            switch_on,
+            healthy: endpoint_healthy && switch_on.unwrap_or(true),
+        }))
     }
 
     /// `status`: what exists, whether it matches the config, each region's health, and which region
     /// DNS sends clients to.
     pub async fn status(&self) -> Result<Status, DeployError> {
-        let observed = self.observe().await?;
-        let pending = if self.artifact.is_some() {
+        let (observed, unreachable) = self.observe_with(Reach::Tolerant, None).await?;
+        // With a region unobserved, every one of its resources would count as missing.
+        let pending = if self.artifact.is_some() && unreachable.is_empty() {
             Some(
                 reconcile(&self.desired, &observed, &self.scope, &self.targets)
                     .changes
@@ -826,26 +1077,7 @@ impl Engine {
                 .iter()
                 .filter(|w| find(&observed, w.kind, Some(region), &w.name).is_some())
                 .count();
-            let health = match self.health_check(&observed, region) {
-                Some(check) => {
-                    let id = crate::resources::observed_str(Some(check), "id");
-                    let (healthy, reporting) =
-                        health_check::checker_status(&self.clients.route53, id).await?;
-                    let inverted = check
-                        .props
-                        .get("inverted")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false);
-                    Some(Health {
-                        id: id.to_owned(),
-                        checkers_healthy: healthy,
-                        checkers_reporting: reporting,
-                        inverted,
-                        healthy: effective_health(healthy, reporting, inverted),
-                    })
-                }
-                None => None,
-            };
+            let health = self.region_health(&observed, region).await?;
             let replicators = observed
                 .iter()
                 .filter(|r| r.kind == Kind::EcsService && r.region.as_deref() == Some(region))
@@ -866,6 +1098,7 @@ impl Engine {
             regions.insert(
                 region.clone(),
                 RegionStatus {
+                    unreachable: unreachable.get(region).cloned(),
                     resources_present: present,
                     resources_wanted: wanted.len(),
                     endpoint: endpoints.regional.get(region).cloned().flatten(),
@@ -908,10 +1141,12 @@ impl Engine {
         })
     }
 
-    /// `failover --to REGION` (`Some`) inverts every other region's health check so that Route 53
-    /// sends clients to `REGION`; `failback` (`None`) restores all of them. Returns the regions whose
-    /// health check changed.
-    pub async fn failover(&self, to: Option<&str>) -> Result<Vec<(String, bool)>, DeployError> {
+    /// `failover --to REGION` (`Some`) turns every other region's switch off, so that Route 53
+    /// answers with `REGION` whatever the others' real health; `failback` (`None`) turns every
+    /// switch on again, so that Route 53 routes by health. Both also clear an inversion that an
+    /// earlier version's `failover` left on an endpoint check. Needs nothing but Route 53 (a
+    /// region that is down does not stop it). Returns what changed, and the target's real health.
+    pub async fn failover(&self, to: Option<&str>) -> Result<FailoverReport, DeployError> {
         if let Some(to) = to
             && !self.deployment.regions.iter().any(|r| r == to)
         {
@@ -924,35 +1159,87 @@ impl Engine {
                 ),
             ));
         }
-        let mut checks = Vec::new();
         // Health checks are global: one listing serves both regions.
-        let found = health_check::observe(&self.clients.route53, &self.scope).await?;
+        let found =
+            health_check::observe(&self.clients.route53, &self.scope, &self.deployment.regions)
+                .await?;
+        let mut plan = Vec::new();
         for region in &self.deployment.regions {
-            let Some(check) = self.health_check(&found, region) else {
+            let (Some(endpoint), Some(switch)) = (
+                self.health_check(&found, region, CheckRole::Endpoint),
+                self.health_check(&found, region, CheckRole::Switch),
+            ) else {
                 return Err(DeployError::refused(
                     "failover",
                     region,
-                    "this region has no health check of the deployment; run `deployer up` first",
+                    "this region has no health check switch of the deployment (created by \
+                     `deployer up` since version 0.2); run `deployer up` first",
                 ));
             };
-            checks.push((region.clone(), check.clone()));
+            plan.push((region.clone(), endpoint.clone(), switch.clone()));
         }
         let mut changed = Vec::new();
-        for (region, check) in checks {
-            let want = to.is_some_and(|t| t != region);
-            let have = check
-                .props
-                .get("inverted")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            let id = crate::resources::observed_str(Some(&check), "id");
-            if want != have {
-                health_check::set_inverted(&self.clients.route53, id, want).await?;
-                changed.push((region, want));
+        let inverted =
+            |r: &Resource| r.props.get("inverted").and_then(Value::as_bool) == Some(true);
+        for (region, endpoint, switch) in &plan {
+            let want_on = to.is_none_or(|t| t == region);
+            let have_on = switch.props.get("switch_on").and_then(Value::as_bool) == Some(true);
+            let switch_id = crate::resources::observed_str(Some(switch), "id");
+            let mut change = SwitchChange {
+                region: region.clone(),
+                switch_on: want_on,
+                switch_changed: false,
+                inversion_cleared: false,
+            };
+            if want_on != have_on {
+                health_check::set_switch(&self.clients.route53, switch_id, want_on).await?;
+                change.switch_changed = true;
+            }
+            for check in [endpoint, switch] {
+                if inverted(check) {
+                    let id = crate::resources::observed_str(Some(check), "id");
+                    health_check::set_inverted(&self.clients.route53, id, false).await?;
+                    change.inversion_cleared = true;
+                }
+            }
+            if change.switch_changed || change.inversion_cleared {
+                changed.push(change);
             }
         }
-        Ok(changed)
+        let target_healthy = match to {
+            Some(to) => self
+                .region_health(&found, to)
+                .await?
+                .map(|h| h.endpoint_healthy),
+            None => None,
+        };
+        Ok(FailoverReport {
+            changed,
+            target_healthy,
+        })
     }
+}
+
+/// One region's switch as `failover` left it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SwitchChange {
+    /// The region.
+    pub region: String,
+    /// The switch is now on (the region serves while its endpoint is healthy) or off.
+    pub switch_on: bool,
+    /// The switch was changed (else only an old inversion was cleared).
+    pub switch_changed: bool,
+    /// An inversion left by an earlier version's `failover` was cleared.
+    pub inversion_cleared: bool,
+}
+
+/// What `failover` or `failback` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FailoverReport {
+    /// The regions whose checks changed.
+    pub changed: Vec<SwitchChange>,
+    /// With `--to`: the target's real health now (`None`: no checkers report yet).
+    pub target_healthy: Option<bool>,
 }
 
 /// Route 53's view of a target: healthy when more than 18% of the reporting checkers say so, and
@@ -996,18 +1283,24 @@ pub fn serving(routing: Routing, health: &[(String, Option<bool>)], records: boo
     }
 }
 
-/// A region's health check as Route 53 sees it.
+/// A region's health as Route 53 sees it: the endpoint's real health and the switch.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Health {
-    /// The health check's ID.
+    /// The endpoint check's ID.
     pub id: String,
     /// Checkers whose last observation succeeded.
     pub checkers_healthy: usize,
     /// Checkers reporting.
     pub checkers_reporting: usize,
-    /// Inverted by `failover`.
+    /// The endpoint check is inverted (an earlier version's `failover`, or a drill).
     pub inverted: bool,
-    /// What Route 53 concludes.
+    /// What Route 53 concludes of the endpoint check: the region's real health.
+    pub endpoint_healthy: bool,
+    /// The switch check's ID (`None`: not created yet).
+    pub switch_id: Option<String>,
+    /// The switch: on (serves while healthy), off (`failover` sent traffic away); `None`: no switch.
+    pub switch_on: Option<bool>,
+    /// What the DNS records see: the endpoint healthy and the switch on.
     pub healthy: bool,
 }
 
@@ -1025,6 +1318,9 @@ pub struct Replicator {
 /// One region's status.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RegionStatus {
+    /// Why the region's APIs could not be observed (`None`: they answered). Its health still
+    /// comes from Route 53; its resources are then not counted.
+    pub unreachable: Option<String>,
     /// Resources of the config that exist in the region.
     pub resources_present: usize,
     /// Resources the config wants in the region.
@@ -1061,9 +1357,10 @@ pub struct Status {
 }
 
 impl Status {
-    /// `deployer status`'s exit code: 5 when no region serves or a serving region's health check
-    /// reads unhealthy, else 4 when `up` has changes to make, else 0 (a deployment that could not
-    /// be compared, its artifact unreadable, is not counted as out of sync).
+    /// `deployer status`'s exit code: 5 when no region serves or a serving region reads unhealthy,
+    /// else 6 when a region could not be observed, else 4 when `up` has changes to make, else 0 (a
+    /// deployment that could not be compared, its artifact unreadable, is not counted as out of
+    /// sync).
     pub fn exit_code(&self) -> u8 {
         let unhealthy = self.serving.is_empty()
             || self.serving.iter().any(|r| {
@@ -1074,6 +1371,8 @@ impl Status {
             });
         if unhealthy {
             5
+        } else if self.regions.values().any(|r| r.unreachable.is_some()) {
+            6
         } else if self.pending_changes.is_some_and(|n| n > 0) {
             4
         } else {
@@ -1109,6 +1408,7 @@ pub fn describe(change: &Change) -> String {
                 .join(", ")
         ),
         Action::Delete => format!("delete {id}"),
+        Action::Release => format!("release {id} (untag; its data stays)"),
     }
 }
 
@@ -1129,6 +1429,67 @@ mod tests {
                 .into_iter()
                 .collect(),
         }
+    }
+
+    #[test]
+    fn tables_are_deleted_only_when_allowed_and_adopted_ones_are_released() {
+        let tagged = json!({"tags": {"tworegion:app": "todos", "tworegion:stage": "dev"}});
+        let mut created = tagged.clone();
+        created["created_by_deployer"] = json!(true);
+        let observed = vec![
+            res(Kind::Table, Some("r"), "made", created),
+            res(Kind::Table, Some("r"), "adopted", tagged),
+            res(Kind::LogGroup, Some("r"), "logs", json!({})),
+        ];
+        let delete = |kind, name: &str| Change {
+            kind,
+            region: Some("r".to_owned()),
+            name: name.to_owned(),
+            action: Action::Delete,
+        };
+        let plan = Plan {
+            changes: vec![
+                delete(Kind::Table, "made"),
+                delete(Kind::Table, "adopted"),
+                delete(Kind::LogGroup, "logs"),
+            ],
+        };
+        let actions = |policy: DataPolicy| {
+            let (p, refused) = with_data_policy(plan.clone(), &observed, policy);
+            let actions: Vec<Action> = p.changes.into_iter().map(|c| c.action).collect();
+            let refused: Vec<String> = refused.into_iter().map(|c| c.name).collect();
+            (actions, refused)
+        };
+        use Action::{Delete, Release};
+        // By default: the created table is refused, the adopted one released, the rest deleted.
+        assert_eq!(
+            actions(DataPolicy::default()),
+            (vec![Delete, Release, Delete], vec!["made".to_owned()])
+        );
+        let allow = DataPolicy {
+            allow_data_loss: true,
+            ..DataPolicy::default()
+        };
+        assert_eq!(actions(allow), (vec![Delete, Release, Delete], vec![]));
+        let everything = DataPolicy {
+            delete_adopted: true,
+            ..allow
+        };
+        assert_eq!(actions(everything), (vec![Delete, Delete, Delete], vec![]));
+        let keep = DataPolicy {
+            keep_data: true,
+            ..DataPolicy::default()
+        };
+        assert_eq!(actions(keep), (vec![Release, Release, Delete], vec![]));
+        // A replacement of a table is never allowed through silently either.
+        let replace = Plan {
+            changes: vec![Change {
+                action: Action::Replace { changes: vec![] },
+                ..delete(Kind::Table, "made")
+            }],
+        };
+        let (_, refused) = with_data_policy(replace, &observed, DataPolicy::default());
+        assert_eq!(refused.len(), 1);
     }
 
     fn scope() -> Scope {

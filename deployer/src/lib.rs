@@ -8,6 +8,7 @@
 //! - `resources`: per resource kind, observe what exists and apply one change.
 //! - `engine`: observe everything, resolve references, plan, apply change by change until the plan
 //!   is empty; `status`, `failover`, `down`.
+//! - `names`: the names the deployer gives, and their parsing back (one module owns the scheme).
 //! - `local`: the local two-region environment (`deployer local`), on loopback.
 //! - `cli`: the command line and its output.
 //!
@@ -20,5 +21,6 @@ pub mod config;
 pub mod desired;
 pub mod engine;
 pub mod local;
+pub mod names;
 pub mod plan;
 pub mod resources;

@@ -37,6 +37,9 @@ pub enum Action {
     },
     /// It exists, is ours, and is no longer wanted.
     Delete,
+    /// It holds data and is no longer wanted, but was adopted (or `down --keep-data`): untag it
+    /// and leave it, with its data. The plan never makes this; the engine's data policy does.
+    Release,
 }
 
 /// One change.
@@ -149,12 +152,20 @@ pub fn render(plan: &Plan, json: bool, out: &mut dyn Write) -> std::io::Result<(
             Action::Update { .. } => ("~", "update"),
             Action::Replace { .. } => ("!", "replace"),
             Action::Delete => ("-", "delete"),
+            Action::Release => ("~", "release (untag, keep the data of)"),
         };
         writeln!(
             out,
             "{sign} {verb} {:?} {} in {place}",
             change.kind, change.name
         )?;
+        if loses_data(change) {
+            writeln!(
+                out,
+                "    !! DATA LOSS: this deletes the table and every item in it; `up`/`down` refuse \
+                 it without --allow-data-loss"
+            )?;
+        }
         if let Action::Update { changes } | Action::Replace { changes } = &change.action {
             for c in changes {
                 writeln!(out, "    {}: {} -> {}", c.field, c.from, c.to)?;
@@ -169,7 +180,17 @@ pub fn render(plan: &Plan, json: bool, out: &mut dyn Write) -> std::io::Result<(
         count(|a| matches!(a, Action::Update { .. })),
         count(|a| matches!(a, Action::Replace { .. })),
         count(|a| matches!(a, Action::Delete)),
-    )
+    )?;
+    let released = count(|a| matches!(a, Action::Release));
+    if released > 0 {
+        writeln!(out, "{released} to release (untagged, data kept).")?;
+    }
+    Ok(())
+}
+
+/// Whether applying `change` destroys data: deleting or replacing a table.
+pub fn loses_data(change: &Change) -> bool {
+    change.kind == Kind::Table && matches!(change.action, Action::Delete | Action::Replace { .. })
 }
 
 #[cfg(test)]
@@ -281,6 +302,7 @@ mod tests {
                         Action::Update { .. } => "update",
                         Action::Replace { .. } => "replace",
                         Action::Delete => "delete",
+                        Action::Release => "release",
                     },
                 )
             })

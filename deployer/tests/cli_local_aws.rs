@@ -332,7 +332,8 @@ async fn up_plan_change_status_failover_down() {
     let run = deployer(&local, &w.config, &["plan"], &[]);
     expect(&run, 2, "plan with a quota");
     assert!(
-        run.stdout.contains("WARNING: usage_plan: at the rate limit"),
+        run.stdout
+            .contains("WARNING: usage_plan: at the rate limit"),
         "{}",
         run.stdout
     );
@@ -361,7 +362,13 @@ async fn up_plan_change_status_failover_down() {
     expect(&run, 0, "failover");
     let status = deployer(&local, &w.config, &["--json", "status"], &[]).json();
     assert_eq!(status["serving"], serde_json::json!([REGION_B]));
-    assert_eq!(status["regions"][REGION_A]["health"]["inverted"], true);
+    // The switch is off; the endpoint's real health is shown beside it, untouched.
+    let a = &status["regions"][REGION_A]["health"];
+    assert_eq!(a["switch_on"], false, "{a}");
+    assert_eq!(a["inverted"], false, "{a}");
+    assert_eq!(a["endpoint_healthy"], true, "{a}");
+    assert_eq!(a["healthy"], false, "{a}");
+    assert_eq!(status["regions"][REGION_B]["health"]["switch_on"], true);
     // up leaves an operational failover alone.
     let run = deployer(&local, &w.config, &["plan"], &[]);
     expect(&run, 0, "plan during a failover");
@@ -370,12 +377,89 @@ async fn up_plan_change_status_failover_down() {
     let status = deployer(&local, &w.config, &["--json", "status"], &[]).json();
     assert_eq!(status["serving"], serde_json::json!([REGION_A]));
 
+    // --- a renamed table: plan marks the deletion, up refuses it, the table survives ---
+    let old_name = format!("name = \"{table}\"");
+    w.write_with(&[(old_name.as_str(), format!("name = \"{table}-renamed\""))]);
+    let run = deployer(&local, &w.config, &["plan"], &[]);
+    expect(&run, 2, "plan with a renamed table");
+    assert!(
+        run.stdout.contains(&format!(
+            "- delete Table {table} in {REGION_A}\n    !! DATA LOSS"
+        )),
+        "{}",
+        run.stdout
+    );
+    let run = deployer(&local, &w.config, &["--json", "plan"], &[]);
+    assert!(
+        run.json()["warnings"].as_array().unwrap().iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains(&format!("DATA LOSS: delete Table/{REGION_A}/{table}"))),
+        "{}",
+        run.stdout
+    );
+    let run = deployer(&local, &w.config, &["up"], &[]);
+    expect(&run, 1, "up with a renamed table");
+    assert!(
+        run.stderr.contains(&format!("Table {table} in {REGION_A}"))
+            && run.stderr.contains("--allow-data-loss")
+            && run.stderr.contains("put the old name back"),
+        "{}",
+        run.stderr
+    );
+    for region in [REGION_A, REGION_B] {
+        let dynamodb = local.dynamodb(region);
+        assert!(
+            dynamodb
+                .describe_table()
+                .table_name(&table)
+                .send()
+                .await
+                .is_ok(),
+            "{region}: up deleted the renamed table"
+        );
+        assert!(
+            dynamodb
+                .describe_table()
+                .table_name(format!("{table}-renamed"))
+                .send()
+                .await
+                .is_err(),
+            "{region}: up changed something before refusing"
+        );
+    }
+    w.write(&w.text());
+    expect(
+        &deployer(&local, &w.config, &["plan"], &[]),
+        0,
+        "plan with the old name back",
+    );
+
     // --- down ---
     let run = deployer(&local, &w.config, &["down"], &[]);
     expect(&run, 1, "down without --yes");
     assert!(run.stderr.contains("--yes"), "{}", run.stderr);
     let run = deployer(&local, &w.config, &["down", "--yes"], &[]);
-    expect(&run, 0, "down --yes");
+    expect(&run, 1, "down --yes without --allow-data-loss");
+    assert!(
+        run.stderr.contains(&format!("Table {table} in {REGION_A}"))
+            && run.stderr.contains("--allow-data-loss")
+            && run.stderr.contains("--keep-data"),
+        "{}",
+        run.stderr
+    );
+    expect(
+        &deployer(&local, &w.config, &["plan"], &[]),
+        0,
+        "plan after a refused down",
+    );
+    let run = deployer(
+        &local,
+        &w.config,
+        &["down", "--yes", "--allow-data-loss"],
+        &[],
+    );
+    expect(&run, 0, "down --yes --allow-data-loss");
     for region in [REGION_A, REGION_B] {
         let gone = local
             .dynamodb(region)
@@ -469,7 +553,12 @@ async fn an_interrupted_up_is_finished_by_the_next() {
         expect(&run, 0, "up after an interrupted up");
         let run = deployer(&local, &w.config, &["plan"], &[]);
         expect(&run, 0, "plan after the resumed up");
-        let run = deployer(&local, &w.config, &["down", "--yes"], &[]);
+        let run = deployer(
+            &local,
+            &w.config,
+            &["down", "--yes", "--allow-data-loss"],
+            &[],
+        );
         expect(&run, 0, "down");
         let run = deployer(&local, &w.config, &["--json", "status"], &[]);
         // Nothing serves any more: 5 (docs/deployer.md, exit codes).

@@ -1,7 +1,8 @@
 //! The deployer binary against the local AWS in the configs the main end-to-end test does not cover:
 //! certificates given by ARN (`down` must leave them and finish), a switch of the routing mode (the
 //! other mode's records are planned for deletion and replaced), and a stale health check left by an
-//! interrupted replacement (deleted by the next `up`, never used by DNS).
+//! interrupted replacement (deleted by the next `up`, never used by DNS), and an adopted table (`down`
+//! releases it, untagged, with its data).
 
 // Test helpers report failure by panicking.
 #![allow(clippy::unwrap_used)]
@@ -59,7 +60,12 @@ async fn given_certificates_are_used_and_down_leaves_them() {
         0,
         "plan after up",
     );
-    let run = deployer(&local, &w.config, &["--json", "down", "--yes"], &[]);
+    let run = deployer(
+        &local,
+        &w.config,
+        &["--json", "down", "--yes", "--allow-data-loss"],
+        &[],
+    );
     expect(&run, 0, "down");
     let deleted: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert!(
@@ -169,7 +175,12 @@ async fn switching_the_routing_replaces_the_records() {
         assert_eq!(records(&local, &app).await, want);
     }
     expect(
-        &deployer(&local, &w.config, &["down", "--yes"], &[]),
+        &deployer(
+            &local,
+            &w.config,
+            &["down", "--yes", "--allow-data-loss"],
+            &[],
+        ),
         0,
         "down",
     );
@@ -234,7 +245,7 @@ async fn a_stale_health_check_is_deleted_and_failover_inverts_the_right_one() {
         "{}",
         run.stdout
     );
-    // Failover inverts the check DNS uses, not the stale one.
+    // Failover turns the switch off and touches no stale check.
     expect(
         &deployer(&local, &w.config, &["failover", "--to", REGION_B], &[]),
         0,
@@ -252,7 +263,7 @@ async fn a_stale_health_check_is_deleted_and_failover_inverts_the_right_one() {
             .and_then(|h| h.health_check_config())
             .and_then(|c| c.inverted()),
         Some(true),
-        "failover inverted the stale check"
+        "failover changed the stale check"
     );
     expect(
         &deployer(&local, &w.config, &["failback"], &[]),
@@ -274,7 +285,12 @@ async fn a_stale_health_check_is_deleted_and_failover_inverts_the_right_one() {
         "the stale check {stale} still exists"
     );
     expect(
-        &deployer(&local, &w.config, &["down", "--yes"], &[]),
+        &deployer(
+            &local,
+            &w.config,
+            &["down", "--yes", "--allow-data-loss"],
+            &[],
+        ),
         0,
         "down",
     );
@@ -302,8 +318,112 @@ async fn down_finishes_when_the_primary_key_is_already_gone() {
         .await
         .unwrap();
     expect(
-        &deployer(&local, &w.config, &["down", "--yes"], &[]),
+        &deployer(
+            &local,
+            &w.config,
+            &["down", "--yes", "--allow-data-loss"],
+            &[],
+        ),
         0,
         "down",
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_releases_an_adopted_table_with_its_data() {
+    let local = LocalAws::from_env();
+    let w = Workspace::new();
+    let table = format!("{}-todos", w.app);
+    let cleanup = tworegion_common::test_support::TablesCleanup::new(&local);
+    // The table existed before the deployer (made by hand, with an item in it).
+    for region in [REGION_A, REGION_B] {
+        cleanup.table(region, &table);
+        tworegion_common::test_support::create_table(&local.dynamodb(region), &table, "id", None)
+            .await;
+    }
+    local
+        .dynamodb(REGION_A)
+        .put_item()
+        .table_name(&table)
+        .item(
+            "id",
+            aws_sdk_dynamodb::types::AttributeValue::S("kept".into()),
+        )
+        .send()
+        .await
+        .unwrap();
+    expect(
+        &deployer(&local, &w.config, &["up"], &[]),
+        0,
+        "up (adopts the table)",
+    );
+    // Even with --allow-data-loss: the tables the deployer created (the replicator's) go, the
+    // adopted one is released.
+    let run = deployer(
+        &local,
+        &w.config,
+        &["--json", "down", "--yes", "--allow-data-loss"],
+        &[],
+    );
+    expect(&run, 0, "down --yes with an adopted table");
+    let out = run.json();
+    let deleted_tables: Vec<&str> = out["deleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "Table")
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(!deleted_tables.contains(&table.as_str()), "{out}");
+    assert!(
+        deleted_tables.iter().all(|t| t.contains("-replicator-")),
+        "{out}"
+    );
+    let released: Vec<&str> = out["released"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(released, [table.as_str(), table.as_str()], "{out}");
+    for region in [REGION_A, REGION_B] {
+        let dynamodb = local.dynamodb(region);
+        let described = dynamodb
+            .describe_table()
+            .table_name(&table)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{region}: down deleted the adopted table: {e:?}"));
+        let arn = described.table().unwrap().table_arn().unwrap().to_owned();
+        let tags = dynamodb
+            .list_tags_of_resource()
+            .resource_arn(arn)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            !tags
+                .tags()
+                .iter()
+                .any(|t| t.key().starts_with("tworegion:")),
+            "{region}: the released table still carries the deployer's tags: {:?}",
+            tags.tags()
+        );
+    }
+    let item = local
+        .dynamodb(REGION_A)
+        .get_item()
+        .table_name(&table)
+        .key(
+            "id",
+            aws_sdk_dynamodb::types::AttributeValue::S("kept".into()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(item.item().is_some(), "the adopted table's data is gone");
+    // Nothing of the deployment is left: a second down has nothing to do.
+    let run = deployer(&local, &w.config, &["down", "--yes"], &[]);
+    expect(&run, 0, "a second down");
+    assert!(run.stdout.contains("Nothing to delete."), "{}", run.stdout);
 }

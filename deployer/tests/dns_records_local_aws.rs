@@ -103,7 +103,11 @@ async fn failover_records_reconcile() {
             .to_owned();
         checks.push(check.clone());
         resolved.insert(
-            reference_key(Kind::HealthCheck, region, &format!("dns-test-{region}")),
+            reference_key(
+                Kind::HealthCheck,
+                region,
+                &format!("dns-test-{region}-switch"),
+            ),
             json!(check),
         );
         resolved.insert(

@@ -1,6 +1,7 @@
-//! Route 53 health checks against the local AWS: create, a second plan is empty, a changed failure
-//! threshold is exactly one update per region and is applied, a changed interval replaces the check,
-//! removal spares a check that is not ours.
+//! Route 53 health checks against the local AWS: per region an endpoint check and its switch;
+//! create, a second plan is empty, a changed failure threshold is exactly one update per region and
+//! is applied, a changed interval replaces the endpoint check (its switch follows it, and a switch
+//! turned off stays off), removal spares a check that is not ours.
 
 // Test helpers report failure by panicking.
 #![allow(clippy::unwrap_used)]
@@ -14,7 +15,15 @@ use deployer::resources::{Scope, health_check};
 use serde_json::json;
 use tworegion_common::test_support::{LocalAws, REGION_A, REGION_B, unique_name};
 
-fn wanted(app: &str, threshold: i32, interval: i32) -> Vec<Resource> {
+const REGIONS: [&str; 2] = [REGION_A, REGION_B];
+
+fn regions() -> Vec<String> {
+    REGIONS.iter().map(|r| (*r).to_owned()).collect()
+}
+
+/// The wanted checks, their references resolved from `observed` (a switch names its endpoint
+/// check's ID once that exists).
+fn wanted(app: &str, threshold: i32, interval: i32, observed: &[Resource]) -> Vec<Resource> {
     let d = support::deployment(
         app,
         &[
@@ -27,8 +36,8 @@ fn wanted(app: &str, threshold: i32, interval: i32) -> Vec<Resource> {
             ),
         ],
     );
-    let mut resolved = Resolved::new();
-    for region in [REGION_A, REGION_B] {
+    let mut resolved: Resolved = deployer::engine::references(observed);
+    for region in REGIONS {
         resolved.insert(
             reference_attr_key(Kind::RestApi, region, &format!("{app}-test"), "host"),
             json!(format!("abc123.execute-api.{region}.amazonaws.com")),
@@ -37,25 +46,47 @@ fn wanted(app: &str, threshold: i32, interval: i32) -> Vec<Resource> {
     support::wanted(&d, "sha", Kind::HealthCheck, None, &resolved)
 }
 
+async fn observe(client: &aws_sdk_route53::Client, scope: &Scope) -> Vec<Resource> {
+    health_check::observe(client, scope, &regions())
+        .await
+        .expect("observe")
+}
+
+/// Plans and applies, change by change, each with references resolved from what exists then (as
+/// the engine does). Returns the plan.
 async fn up(
     client: &aws_sdk_route53::Client,
     scope: &Scope,
-    want: &[Resource],
+    app: &str,
+    setting: Option<(i32, i32)>,
 ) -> Vec<deployer::plan::Change> {
-    let observed = health_check::observe(client, scope).await.expect("observe");
-    let plan = plan(want, &observed);
+    let want = |observed: &[Resource]| match setting {
+        Some((threshold, interval)) => wanted(app, threshold, interval, observed),
+        None => Vec::new(),
+    };
+    let observed = observe(client, scope).await;
+    let plan = plan(&want(&observed), &observed);
     for change in &plan.changes {
+        let observed = observe(client, scope).await;
         let find = |list: &[Resource]| list.iter().find(|r| r.name == change.name).cloned();
         health_check::apply(
             client,
             change,
-            find(want).as_ref(),
+            find(&want(&observed)).as_ref(),
             find(&observed).as_ref(),
+            &observed,
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     }
     plan.changes
+}
+
+fn endpoint_checks(observed: &[Resource]) -> Vec<&Resource> {
+    observed
+        .iter()
+        .filter(|c| c.props["type"] == "HTTPS")
+        .collect()
 }
 
 #[tokio::test]
@@ -94,25 +125,35 @@ async fn health_checks_reconcile() {
         .id()
         .to_owned();
 
-    let created = up(&client, &scope, &wanted(&app, 3, 10)).await;
-    assert_eq!(created.len(), 2);
+    let created = up(&client, &scope, &app, Some((3, 10))).await;
+    assert_eq!(created.len(), 4, "{created:?}");
     assert!(created.iter().all(|c| c.action == Action::Create));
-    let observed = health_check::observe(&client, &scope).await.unwrap();
-    assert_eq!(observed.len(), 2);
-    for check in &observed {
+    let observed = observe(&client, &scope).await;
+    assert_eq!(observed.len(), 4);
+    assert_eq!(endpoint_checks(&observed).len(), 2);
+    for check in endpoint_checks(&observed) {
         assert_eq!(check.props["failure_threshold"], 3);
         assert_eq!(check.props["request_interval"], 10);
         assert_eq!(check.props["resource_path"], "/live/todos/health");
         assert_eq!(check.props["enable_sni"], true);
         assert_eq!(check.props["tags"]["Name"], check.name.as_str());
+        // Its switch: CALCULATED over it, on.
+        let switch = observed
+            .iter()
+            .find(|c| c.name == format!("{}-switch", check.name))
+            .unwrap();
+        assert_eq!(switch.props["type"], "CALCULATED");
+        assert_eq!(switch.props["children"], json!([check.props["id"]]));
+        assert_eq!(switch.props["switch_on"], true);
+        assert_eq!(switch.region, check.region);
     }
     assert!(
-        plan(&wanted(&app, 3, 10), &observed).is_empty(),
+        plan(&wanted(&app, 3, 10, &observed), &observed).is_empty(),
         "a second up changes nothing"
     );
 
     // One setting changed: exactly that field, in each region, then applied.
-    let changes = plan(&wanted(&app, 5, 10), &observed).changes;
+    let changes = plan(&wanted(&app, 5, 10, &observed), &observed).changes;
     assert_eq!(changes.len(), 2);
     for c in &changes {
         assert_eq!(
@@ -126,39 +167,65 @@ async fn health_checks_reconcile() {
             }
         );
     }
-    up(&client, &scope, &wanted(&app, 5, 10)).await;
-    let observed = health_check::observe(&client, &scope).await.unwrap();
-    assert!(observed.iter().all(|c| c.props["failure_threshold"] == 5));
-    assert!(plan(&wanted(&app, 5, 10), &observed).is_empty());
+    up(&client, &scope, &app, Some((5, 10))).await;
+    let observed = observe(&client, &scope).await;
+    assert!(
+        endpoint_checks(&observed)
+            .iter()
+            .all(|c| c.props["failure_threshold"] == 5)
+    );
+    assert!(plan(&wanted(&app, 5, 10, &observed), &observed).is_empty());
 
-    // The interval is fixed once created: a replacement, which keeps a controlled failover's
-    // inversion (up never undoes a failover).
-    let primary = observed
+    // A failover turns the primary's switch off; `up` leaves it so.
+    let primary_switch = observed
         .iter()
+        .find(|c| c.region.as_deref() == Some(REGION_A) && c.props["type"] == "CALCULATED")
+        .unwrap();
+    health_check::set_switch(&client, primary_switch.props["id"].as_str().unwrap(), false)
+        .await
+        .unwrap();
+    let observed = observe(&client, &scope).await;
+    assert!(plan(&wanted(&app, 5, 10, &observed), &observed).is_empty());
+
+    // The interval is fixed once created: a replacement, which keeps an inversion, moves the switch
+    // to the new check and leaves the switch off (up never undoes a failover).
+    let primary = endpoint_checks(&observed)
+        .into_iter()
         .find(|c| c.region.as_deref() == Some(REGION_A))
         .unwrap();
     health_check::set_inverted(&client, primary.props["id"].as_str().unwrap(), true)
         .await
         .unwrap();
-    let replaced = up(&client, &scope, &wanted(&app, 5, 30)).await;
+    let replaced = up(&client, &scope, &app, Some((5, 30))).await;
+    assert_eq!(replaced.len(), 2, "{replaced:?}");
     assert!(
         replaced
             .iter()
             .all(|c| matches!(c.action, Action::Replace { .. })),
         "{replaced:?}"
     );
-    let observed = health_check::observe(&client, &scope).await.unwrap();
-    assert_eq!(observed.len(), 2);
-    assert!(observed.iter().all(|c| c.props["request_interval"] == 30));
-    for c in &observed {
-        let inverted = c.region.as_deref() == Some(REGION_A);
-        assert_eq!(c.props["inverted"], inverted, "{}", c.name);
+    let observed = observe(&client, &scope).await;
+    assert_eq!(observed.len(), 4);
+    assert!(
+        plan(&wanted(&app, 5, 30, &observed), &observed).is_empty(),
+        "the switches already name the new checks"
+    );
+    for c in endpoint_checks(&observed) {
+        assert_eq!(c.props["request_interval"], 30);
+        let in_a = c.region.as_deref() == Some(REGION_A);
+        assert_eq!(c.props["inverted"], in_a, "{}", c.name);
+        let switch = observed
+            .iter()
+            .find(|s| s.name == format!("{}-switch", c.name))
+            .unwrap();
+        assert_eq!(switch.props["children"], json!([c.props["id"]]));
+        assert_eq!(switch.props["switch_on"], !in_a, "{}", switch.name);
     }
 
     // Interrupted between creating and tagging: an untagged check whose caller reference is ours
     // is found, and adopted (tagged) by exactly a tags update.
-    let secondary = observed
-        .iter()
+    let secondary = endpoint_checks(&observed)
+        .into_iter()
         .find(|c| c.region.as_deref() == Some(REGION_B))
         .unwrap()
         .clone();
@@ -174,24 +241,19 @@ async fn health_checks_reconcile() {
         .send()
         .await
         .unwrap();
-    let adopted = up(&client, &scope, &wanted(&app, 5, 30)).await;
+    let adopted = up(&client, &scope, &app, Some((5, 30))).await;
     assert_eq!(adopted.len(), 1, "{adopted:?}");
     assert!(
         matches!(&adopted[0].action, Action::Update { changes } if changes.len() == 1 && changes[0].field == "tags"),
         "{adopted:?}"
     );
-    let observed = health_check::observe(&client, &scope).await.unwrap();
-    assert!(plan(&wanted(&app, 5, 30), &observed).is_empty());
+    let observed = observe(&client, &scope).await;
+    assert!(plan(&wanted(&app, 5, 30, &observed), &observed).is_empty());
 
-    // Down: ours go, the foreign one stays.
-    let removed = up(&client, &scope, &[]).await;
-    assert_eq!(removed.len(), 2);
-    assert!(
-        health_check::observe(&client, &scope)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    // Down: ours go (each switch before its endpoint check), the foreign one stays.
+    let removed = up(&client, &scope, &app, None).await;
+    assert_eq!(removed.len(), 4);
+    assert!(observe(&client, &scope).await.is_empty());
     client
         .get_health_check()
         .health_check_id(&foreign)

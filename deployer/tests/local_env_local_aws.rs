@@ -606,6 +606,121 @@ fn outage_scenario(env: &Env) -> f64 {
     moved
 }
 
+/// DNS answers `want` alone on every look for `span`.
+fn dns_holds(env: &Env, want: Ipv4Addr, span: Duration, what: &str) {
+    let t0 = Instant::now();
+    while t0.elapsed() < span {
+        let (answer, _) = resolve(env.dns(), &env.domain());
+        assert_eq!(
+            answer,
+            vec![want],
+            "{}: {what} ({:.1} s in)",
+            env.label,
+            t0.elapsed().as_secs_f64()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The operator's worst day: the primary is really down and someone runs `failover --to` the
+/// secondary. DNS must keep answering the secondary while the primary is down (an inverted check
+/// of a dead region reads healthy: the old failover sent clients back to it), still after the
+/// primary recovers (the switch holds), and move back only on `failback`.
+fn failover_during_an_outage(env: &Env, aws_env: &[(&str, String)]) {
+    let (primary, secondary) = (env.address(REGION_A), env.address(REGION_B));
+    let bound = Duration::from_secs(INTERVAL * THRESHOLD + 5);
+    wait_dns(
+        env,
+        primary,
+        bound,
+        "the primary did not serve after failback",
+    );
+    env.fault(REGION_A, "outage");
+    wait_dns(
+        env,
+        secondary,
+        bound,
+        "DNS did not leave the primary in its outage",
+    );
+    // The operator's laptop is outside both regions: every call signed for the primary fails.
+    let outside: Vec<(&str, String)> = aws_env
+        .iter()
+        .map(|(k, v)| match *k {
+            "AWS_ENDPOINT_URL" => (*k, env.status["aws_endpoint"].as_str().unwrap().to_owned()),
+            _ => (*k, v.clone()),
+        })
+        .collect();
+    // `status` reports the primary as unreachable and still reports the secondary: exit 6.
+    let (code, stdout, stderr) = deployer(&env.config, &["--json", "status"], &outside, &[]);
+    assert_eq!(code, 6, "status with the primary down: {stdout} {stderr}");
+    let status: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        status["regions"][REGION_A]["unreachable"].is_string(),
+        "{status}"
+    );
+    let b = &status["regions"][REGION_B];
+    assert!(b["unreachable"].is_null(), "{status}");
+    assert_eq!(b["resources_present"], b["resources_wanted"], "{status}");
+    assert!(status["pending_changes"].is_null(), "{status}");
+    // `failover` needs only Route 53: the primary being down does not stop it.
+    let (code, stdout, stderr) =
+        deployer(&env.config, &["failover", "--to", REGION_B], &outside, &[]);
+    assert_eq!(code, 0, "failover during the outage: {stderr}");
+    assert!(
+        stdout.contains(&format!("{REGION_A}: switch off")),
+        "{stdout}"
+    );
+    // `up --region` the survivor reconciles it alone (nothing to do here), never calling the primary.
+    let (code, stdout, stderr) =
+        deployer(&env.config, &["up", "--region", REGION_B], &outside, &[]);
+    assert_eq!(
+        code, 0,
+        "up --region {REGION_B} during the outage: {stdout} {stderr}"
+    );
+    assert!(stdout.contains("Nothing to change"), "{stdout}");
+    let (code, _, stderr) = deployer(&env.config, &["up"], &outside, &[]);
+    assert_eq!(code, 1, "a full up reached the primary in its outage");
+    assert!(stderr.contains(REGION_A), "{stderr}");
+    dns_holds(
+        env,
+        secondary,
+        Duration::from_secs(2 * INTERVAL * THRESHOLD + 5),
+        "failover --to the secondary during the primary's outage sent clients to the dead primary",
+    );
+    let status = env.local_status(false);
+    let a = &status["regions"][REGION_A];
+    assert_eq!(a["endpoint_check"]["healthy"], false, "{a}");
+    assert_eq!(a["healthy"], false, "{a}");
+    env.fault(REGION_A, "recover");
+    let t0 = Instant::now();
+    while env.local_status(false)["regions"][REGION_A]["endpoint_check"]["healthy"] != true {
+        assert!(
+            t0.elapsed() < bound,
+            "{}: the primary's endpoint check did not pass after recovery",
+            env.label
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    dns_holds(
+        env,
+        secondary,
+        Duration::from_secs(INTERVAL * THRESHOLD + 3),
+        "the primary recovered and took clients back while its switch was off",
+    );
+    let (code, stdout, stderr) = deployer(&env.config, &["failback"], aws_env, &[]);
+    assert_eq!(code, 0, "failback: {stderr}");
+    assert!(
+        stdout.contains(&format!("{REGION_A}: switch on")),
+        "{stdout}"
+    );
+    wait_dns(
+        env,
+        primary,
+        bound,
+        "failback did not send clients to the primary",
+    );
+}
+
 #[test]
 fn a_region_fails_and_dns_moves_clients_with_nothing_acknowledged_lost() {
     let alias_w = Workspace::new();
@@ -670,6 +785,7 @@ fn a_region_fails_and_dns_moves_clients_with_nothing_acknowledged_lost() {
         }
         let (code, _, stderr) = deployer(&env.config, &["failback"], &aws_env, &[]);
         assert_eq!(code, 0, "failback: {stderr}");
+        failover_during_an_outage(&env, &aws_env);
         env.down();
         (moved, alias_w)
     });

@@ -82,7 +82,7 @@ async fn tables_reconcile_adopt_and_are_removed_alone() {
     let d = config(&app, stage, &name);
     let wanted: Vec<Resource> = desired(&d, "sha")
         .into_iter()
-        .filter(|r| r.kind == Kind::Table)
+        .filter(|r| r.kind == Kind::Table && r.name == name)
         .collect();
     assert_eq!(wanted.len(), 2);
 
@@ -121,7 +121,8 @@ async fn tables_reconcile_adopt_and_are_removed_alone() {
             (REGION_A.to_owned(), "create".to_owned()),
             (
                 REGION_B.to_owned(),
-                "update stream,tags,ttl_attribute".to_owned()
+                "update deletion_protection,point_in_time_recovery,stream,tags,ttl_attribute"
+                    .to_owned()
             )
         ]
     );
@@ -134,9 +135,28 @@ async fn tables_reconcile_adopt_and_are_removed_alone() {
     for r in &observed {
         assert_eq!(r.props["stream"], "NEW_AND_OLD_IMAGES", "{}", r.id());
         assert_eq!(r.props["ttl_attribute"], "rep_expires", "{}", r.id());
+        // Protected and recoverable by default, created or adopted.
+        assert_eq!(r.props["deletion_protection"], true, "{}", r.id());
+        assert_eq!(r.props["point_in_time_recovery"], true, "{}", r.id());
+        // Which one the deployer made, and which it adopted.
+        assert_eq!(
+            table::created(r),
+            r.region.as_deref() == Some(REGION_A),
+            "{}",
+            r.id()
+        );
     }
+    // Deletion protection is real: DynamoDB refuses to delete the table.
+    let refused = local
+        .dynamodb(REGION_A)
+        .delete_table()
+        .table_name(&name)
+        .send()
+        .await;
+    assert!(refused.is_err(), "a protected table was deleted");
 
-    // Down: everything tagged for this app and stage goes; the unrelated table stays.
+    // Down (the resource level, told to delete: protection is turned off first): everything
+    // tagged for this app and stage goes; the unrelated table stays.
     let observed = observe_all(&local, &scope, &[]).await;
     assert_eq!(
         observed.len(),
@@ -167,7 +187,9 @@ async fn a_stream_of_another_view_type_is_refused_not_replaced() {
     cleanup.table(REGION_A, &name);
     let wanted: Vec<Resource> = desired(&config(&app, "test", &name), "sha")
         .into_iter()
-        .filter(|r| r.kind == Kind::Table && r.region.as_deref() == Some(REGION_A))
+        .filter(|r| {
+            r.kind == Kind::Table && r.region.as_deref() == Some(REGION_A) && r.name == name
+        })
         .collect();
     let a = local.dynamodb(REGION_A);
     create_table(

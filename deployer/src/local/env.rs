@@ -444,7 +444,7 @@ impl Shared {
     /// The health check ID of a region's record (set identifier `<app>-<stage>-<region>`).
     fn check_of(&self, region: &str) -> Option<String> {
         let f = &self.deployment.file;
-        let id = format!("{}-{}-{region}", f.app, f.stage);
+        let id = crate::names::set_identifier(&crate::names::prefix(&f.app, &f.stage), region);
         self.snapshot
             .borrow()
             .records
@@ -479,6 +479,10 @@ impl Shared {
             let report = check
                 .as_ref()
                 .and_then(|id| reports.iter().find(|r| &r.id == id).cloned());
+            let endpoint_report = report
+                .as_ref()
+                .and_then(|r| r.children.first())
+                .and_then(|id| reports.iter().find(|r| &r.id == id).cloned());
             regions.insert(
                 region.clone(),
                 RegionStatus {
@@ -490,6 +494,7 @@ impl Shared {
                     api_host: self.api_hosts.get(region).cloned().flatten(),
                     app_pid: self.app_pids.get(region).copied(),
                     health_check: report,
+                    endpoint_check: endpoint_report,
                 },
             );
         }
@@ -655,6 +660,7 @@ pub async fn up(
         return up_detached(config, state_dir, json, out).await;
     }
     let d = crate::cli::load(config).map_err(|f| f.0)?;
+    d.key_needed_for_up()?;
     let settings =
         Settings::from_deployment(&d).map_err(|e| format!("{}: {e}", config.display()))?;
     let artifact_path = crate::cli::artifact_path(config, &d.file.lambda.artifact);
@@ -886,7 +892,7 @@ async fn start(
     let engine = Engine::new(d.clone(), clients, Some(artifact));
     let mut progress = std::io::stderr();
     let report = engine
-        .up(&mut progress)
+        .up(crate::engine::DataPolicy::default(), None, &mut progress)
         .await
         .map_err(|e| format!("deployer up against the local AWS: {e}"))?;
     let api_key = engine.client_api_key().await.map_err(|e| e.to_string())?;

@@ -85,6 +85,13 @@ pub struct CheckReport {
     pub checkers_healthy: usize,
     /// Every checker's view.
     pub checkers: Vec<CheckerView>,
+    /// CALCULATED: the child checks' IDs.
+    #[serde(default)]
+    pub children: Vec<String>,
+    /// CALCULATED: how many children must be healthy (above their number: always unhealthy, the
+    /// deployer's switch turned off).
+    #[serde(default)]
+    pub health_threshold: Option<u32>,
 }
 
 impl Checker {
@@ -124,6 +131,8 @@ impl Checker {
                         last: v.last.clone(),
                     })
                     .collect(),
+                children: s.def.children.clone(),
+                health_threshold: (s.def.kind == "CALCULATED").then_some(s.def.health_threshold),
             })
             .collect()
     }

@@ -169,8 +169,11 @@ pub struct RegionStatus {
     pub api_host: Option<String>,
     /// The sample-app process.
     pub app_pid: Option<u32>,
-    /// Health check ID and every checker's view.
+    /// The check the region's DNS record uses (the deployer's switch) and every checker's view.
     pub health_check: Option<health::CheckReport>,
+    /// The switch's child: the check on the region's endpoint, the region's real health.
+    #[serde(default)]
+    pub endpoint_check: Option<health::CheckReport>,
 }
 
 /// A replicator in the status.
@@ -428,14 +431,24 @@ pub fn render(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
         s.record_style, s.ttl_seconds, s.expected_failover_seconds
     )?;
     for (region, r) in &s.regions {
-        let health = match (&r.healthy, &r.health_check) {
+        // The endpoint's checkers (the real health), and the switch when the record uses one.
+        let probed = r.endpoint_check.as_ref().or(r.health_check.as_ref());
+        let health = match (&r.healthy, probed) {
             (Some(h), Some(c)) => format!(
-                "{} ({}/{} checkers healthy{}{})",
+                "{} ({}/{} checkers healthy{}{}{})",
                 if *h { "healthy" } else { "UNHEALTHY" },
                 c.checkers_healthy,
                 c.checkers.len(),
                 if c.inverted { ", inverted" } else { "" },
-                if c.disabled { ", disabled" } else { "" }
+                if c.disabled { ", disabled" } else { "" },
+                match &r.health_check {
+                    Some(s)
+                        if s.health_threshold.is_some_and(|t| {
+                            usize::try_from(t).is_ok_and(|t| t > s.children.len())
+                        }) =>
+                        ", switch OFF: failover sent traffic away",
+                    _ => "",
+                }
             ),
             _ => "no health check".to_owned(),
         };

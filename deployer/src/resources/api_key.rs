@@ -16,12 +16,16 @@ use super::{DeployError, Scope, observed_str, tag_pairs};
 use crate::desired::{Kind, Resource};
 use crate::plan::{Action, Change};
 
-/// All API keys in the region, with their values (never returned to callers).
-async fn list_keys(client: &Client, region: &str) -> Result<Vec<ApiKey>, DeployError> {
+/// All API keys in the region, with their values when `values` (never returned to callers).
+async fn list_keys(
+    client: &Client,
+    region: &str,
+    values: bool,
+) -> Result<Vec<ApiKey>, DeployError> {
     super::apigateway_pages(|position| async move {
         let page = client
             .get_api_keys()
-            .include_values(true)
+            .include_values(values)
             .limit(500)
             .set_position(position)
             .send()
@@ -63,7 +67,8 @@ pub async fn observe(
     desired_value_prop: &Value,
 ) -> Result<Vec<Resource>, DeployError> {
     let mut chosen: BTreeMap<String, (bool, ApiKey)> = BTreeMap::new();
-    for key in list_keys(client, region).await? {
+    // The secret is read only when there is a value to compare it with.
+    for key in list_keys(client, region, expected_value.is_some()).await? {
         let key_name = key.name().unwrap_or_default().to_owned();
         let tags: BTreeMap<String, String> = key
             .tags()

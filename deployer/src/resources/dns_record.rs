@@ -30,17 +30,31 @@ pub async fn zone_id(client: &Client, zone: &str) -> Result<String, DeployError>
         .send()
         .await
         .map_err(|e| DeployError::aws("route53:ListHostedZonesByName", zone, &e))?;
-    out.hosted_zones()
+    let named: Vec<_> = out
+        .hosted_zones()
         .iter()
-        .find(|z| dotted(z.name()) == wanted)
-        .map(|z| z.id().trim_start_matches("/hostedzone/").to_owned())
-        .ok_or_else(|| {
-            DeployError::refused(
-                "route53:ListHostedZonesByName",
-                zone,
-                "no such hosted zone in this account; create it or fix dns.hosted_zone",
-            )
-        })
+        .filter(|z| dotted(z.name()) == wanted)
+        .collect();
+    // Never a private zone by name: records there answer only inside its VPCs, so clients on the
+    // internet would never see a failover. (A private zone given by ID is the operator's choice.)
+    match named
+        .iter()
+        .find(|z| !z.config().is_some_and(|c| c.private_zone()))
+    {
+        Some(z) => Ok(z.id().trim_start_matches("/hostedzone/").to_owned()),
+        None if !named.is_empty() => Err(DeployError::refused(
+            "route53:ListHostedZonesByName",
+            zone,
+            "only a private hosted zone has this name, and its records are not visible on the \
+             internet; create a public hosted zone for it, or give the zone's ID in dns.hosted_zone \
+             if a private zone is really meant",
+        )),
+        None => Err(DeployError::refused(
+            "route53:ListHostedZonesByName",
+            zone,
+            "no such hosted zone in this account; create it or fix dns.hosted_zone",
+        )),
+    }
 }
 
 /// Whether a set identifier is exactly one of this deployment's (`<app>-<stage>-<region>`): app
@@ -52,9 +66,10 @@ fn is_ours(identifier: &str, scope: &Scope, regions: &[String]) -> bool {
 
 /// The set identifiers of this deployment's records, one per region (`peers` in the props).
 pub fn peers(scope: &Scope, regions: &[String]) -> Vec<String> {
+    let prefix = crate::names::prefix(&scope.app, &scope.stage);
     regions
         .iter()
-        .map(|region| format!("{}-{}-{region}", scope.app, scope.stage))
+        .map(|region| crate::names::set_identifier(&prefix, region))
         .collect()
 }
 

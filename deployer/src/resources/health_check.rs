@@ -1,5 +1,11 @@
-//! Route 53 health checks on each region's health path: HTTPS with SNI, interval, failure threshold,
-//! checker regions, and a `Name` tag that identifies them.
+//! Route 53 health checks: per region one on the region's health path (HTTPS with SNI, interval,
+//! failure threshold, checker regions) and the region's switch, a CALCULATED check over it that the
+//! failover records use; a `Name` tag identifies each.
+//!
+//! The switch is how `failover` moves traffic: its `HealthThreshold` is 1 (on: the switch is as
+//! healthy as the endpoint) or 2 (off: more than its one child, which Route 53 always reads as
+//! unhealthy, whatever the endpoint's real health; Route 53 API reference, HealthCheckConfig). Unlike
+//! inverting the endpoint check, turning a region off can never make a dead region read healthy.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +23,11 @@ const NAME: &str = "Name";
 
 /// Every health check of this app and stage (found by their tags), in the desired form, with the
 /// check's ID in `id`. Health checks have no names of their own: the `Name` tag is the name.
-pub async fn observe(client: &Client, scope: &Scope) -> Result<Vec<Resource>, DeployError> {
+pub async fn observe(
+    client: &Client,
+    scope: &Scope,
+    regions: &[String],
+) -> Result<Vec<Resource>, DeployError> {
     let mut checks = Vec::new();
     let mut marker = None;
     loop {
@@ -57,7 +67,7 @@ pub async fn observe(client: &Client, scope: &Scope) -> Result<Vec<Resource>, De
         let tags = tags.get(check.id()).unwrap_or(&no_tags);
         // A check is ours when tagged so, or when its caller reference is one `create` wrote for
         // this app and stage and it has no tags yet (interrupted between creating and tagging).
-        let from_reference = created_name(scope, check.caller_reference());
+        let from_reference = created_name(scope, check.caller_reference(), regions);
         let name = if scope.owns(tags) {
             match tags.get(NAME) {
                 Some(name) => name.clone(),
@@ -74,28 +84,52 @@ pub async fn observe(client: &Client, scope: &Scope) -> Result<Vec<Resource>, De
         let Some(config) = check.health_check_config() else {
             continue;
         };
-        let region = regions_suffix(name);
-        let props = json!({
-            "type": config.r#type().as_str(),
-            "target": config.fully_qualified_domain_name(),
-            "resource_path": config.resource_path(),
-            "port": config.port(),
-            "enable_sni": config.enable_sni(),
-            "request_interval": config.request_interval(),
-            "failure_threshold": config.failure_threshold(),
-            "regions": config.regions().iter().map(|r| r.as_str().to_owned()).collect::<Vec<_>>(),
-            "tags": if tags.is_empty() { json!({}) } else { json!({
+        let prefix = crate::names::prefix(&scope.app, &scope.stage);
+        // The part before `/<id>` (a stale duplicate's name) names the region.
+        let base = name.split('/').next().unwrap_or_default();
+        let region = crate::names::parse_check(&prefix, base, regions).map(|(r, _)| r.to_owned());
+        let tags_prop = if tags.is_empty() {
+            json!({})
+        } else {
+            json!({
                 NAME: name,
                 super::APP_TAG: scope.app,
                 super::STAGE_TAG: scope.stage,
-            }) },
-            "id": check.id(),
-            // Ours (tagged, or its caller reference says this deployment made it), so that `down`
-            // also removes one whose tagging was interrupted.
-            "owned": true,
-            // Operational state, not managed by `up` (`failover` and `failback` set it).
-            "inverted": config.inverted(),
-        });
+            })
+        };
+        let props = if *config.r#type() == HealthCheckType::Calculated {
+            let threshold = config.health_threshold();
+            json!({
+                "type": config.r#type().as_str(),
+                "children": config.child_health_checks(),
+                "tags": tags_prop,
+                "id": check.id(),
+                "owned": true,
+                // Operational state, not managed by `up`: the switch (`failover` sets it).
+                "health_threshold": threshold,
+                "switch_on": switch_on(threshold, config.child_health_checks().len()),
+                "inverted": config.inverted(),
+            })
+        } else {
+            json!({
+                "type": config.r#type().as_str(),
+                "target": config.fully_qualified_domain_name(),
+                "resource_path": config.resource_path(),
+                "port": config.port(),
+                "enable_sni": config.enable_sni(),
+                "request_interval": config.request_interval(),
+                "failure_threshold": config.failure_threshold(),
+                "regions": config.regions().iter().map(|r| r.as_str().to_owned()).collect::<Vec<_>>(),
+                "tags": tags_prop,
+                "id": check.id(),
+                // Ours (tagged, or its caller reference says this deployment made it), so that
+                // `down` also removes one whose tagging was interrupted.
+                "owned": true,
+                // Operational state, not managed by `up` (an earlier version's `failover` set it;
+                // `failover` and `failback` now clear it).
+                "inverted": config.inverted(),
+            })
+        };
         found.push((
             created_millis(check.caller_reference()),
             Resource::from_props(Kind::HealthCheck, region, name.clone(), props),
@@ -104,20 +138,18 @@ pub async fn observe(client: &Client, scope: &Scope) -> Result<Vec<Resource>, De
     Ok(newest_keeps_the_name(found))
 }
 
-/// The check's name when its caller reference is `<app>-<stage>-<region>-<millis>`, as `create` writes
-/// it for this scope (the region exactly three dash-separated parts).
-fn created_name(scope: &Scope, caller_reference: &str) -> Option<String> {
+/// The check's name when its caller reference is `<name>-<millis>` as `create` writes it, for a name
+/// of this scope and one of `regions` (an endpoint check or a switch).
+fn created_name(scope: &Scope, caller_reference: &str, regions: &[String]) -> Option<String> {
     let (name, millis) = caller_reference.rsplit_once('-')?;
     millis.parse::<u128>().ok()?;
-    let region = name.strip_prefix(&format!("{}-{}-", scope.app, scope.stage))?;
-    let parts: Vec<&str> = region.split('-').collect();
-    let looks_like_region = parts.len() == 3
-        && parts[..2]
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
-        && !parts[2].is_empty()
-        && parts[2].bytes().all(|b| b.is_ascii_digit());
-    looks_like_region.then(|| name.to_owned())
+    let prefix = crate::names::prefix(&scope.app, &scope.stage);
+    crate::names::parse_check(&prefix, name, regions).map(|_| name.to_owned())
+}
+
+/// Whether a switch with `threshold` over `children` checks is on (follows its endpoint).
+pub fn switch_on(threshold: Option<i32>, children: usize) -> bool {
+    threshold.is_some_and(|t| usize::try_from(t).is_ok_and(|t| t <= children))
 }
 
 /// When the caller reference is `<name>-<millis>` (as `create` writes it), the millis.
@@ -144,13 +176,17 @@ fn newest_keeps_the_name(mut found: Vec<(u128, Resource)>) -> Vec<Resource> {
     out
 }
 
-/// The region at the end of a check's name (`todos-dev-us-east-1`), as `desired` names them.
-fn regions_suffix(name: &str) -> Option<String> {
-    let parts: Vec<&str> = name.split('-').collect();
-    (parts.len() >= 3).then(|| parts[parts.len() - 3..].join("-"))
-}
-
 fn config(props: &BTreeMap<String, Value>) -> Result<HealthCheckConfig, String> {
+    if props.get("type").and_then(Value::as_str) == Some("CALCULATED") {
+        let children = children(props)?;
+        return HealthCheckConfig::builder()
+            .r#type(HealthCheckType::Calculated)
+            .set_child_health_checks(Some(children))
+            // Created on; only `failover` turns it off.
+            .health_threshold(1)
+            .build()
+            .map_err(|e| e.to_string());
+    }
     let int = |field: &str| {
         props
             .get(field)
@@ -187,6 +223,24 @@ fn config(props: &BTreeMap<String, Value>) -> Result<HealthCheckConfig, String> 
         .map_err(|e| e.to_string())
 }
 
+/// A CALCULATED check's children, once every one exists.
+fn children(props: &BTreeMap<String, Value>) -> Result<Vec<String>, String> {
+    let list: Vec<String> = props
+        .get("children")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    if list.is_empty() || list.iter().any(|c| c.starts_with("ref:")) {
+        return Err("the switch's endpoint check does not exist yet".to_owned());
+    }
+    Ok(list)
+}
+
 fn regions(props: &BTreeMap<String, Value>) -> Option<Vec<HealthCheckRegion>> {
     let list: Vec<HealthCheckRegion> = props
         .get("regions")
@@ -201,16 +255,25 @@ fn regions(props: &BTreeMap<String, Value>) -> Option<Vec<HealthCheckRegion>> {
     (!list.is_empty()).then_some(list)
 }
 
+/// Creates the check; returns its ID. `keep` is the operational state of the check it replaces
+/// (inverted; a switch's threshold), which a replacement keeps: `up` never undoes a failover.
 async fn create(
     client: &Client,
     want: &Resource,
-    inverted: bool,
+    keep: Option<&Resource>,
     id: &str,
-) -> Result<(), DeployError> {
+) -> Result<String, DeployError> {
     let mut config = config(&want.props)
         .map_err(|e| DeployError::refused("route53:CreateHealthCheck", id, e))?;
-    // A replacement during a controlled failover stays inverted (`up` never undoes a failover).
-    config.inverted = Some(inverted);
+    let kept = |field: &str| keep.and_then(|o| o.props.get(field));
+    config.inverted = Some(kept("inverted").and_then(Value::as_bool).unwrap_or(false));
+    if *config.r#type() == HealthCheckType::Calculated
+        && let Some(threshold) = kept("health_threshold")
+            .and_then(Value::as_i64)
+            .and_then(|t| i32::try_from(t).ok())
+    {
+        config.health_threshold = Some(threshold);
+    }
     let caller_reference = format!(
         "{}-{}",
         want.name,
@@ -227,7 +290,8 @@ async fn create(
         .health_check()
         .map(|h| h.id().to_owned())
         .unwrap_or_default();
-    tag(client, &check_id, want, id).await
+    tag(client, &check_id, want, id).await?;
+    Ok(check_id)
 }
 
 async fn tag(
@@ -260,8 +324,22 @@ fn observed_id(observed: Option<&Resource>, id: &str) -> Result<String, DeployEr
         })
 }
 
-/// Inverts a health check (Route 53 then treats a healthy target as unhealthy) or restores it: the
-/// controlled failover that `deployer failover` and `failback` perform. `up` leaves this setting alone.
+/// Turns a region's switch on (threshold 1: as healthy as its endpoint) or off (threshold 2, above
+/// its one child: always unhealthy): what `failover` and `failback` do. `up` leaves it alone.
+pub async fn set_switch(client: &Client, check_id: &str, on: bool) -> Result<(), DeployError> {
+    client
+        .update_health_check()
+        .health_check_id(check_id)
+        .health_threshold(if on { 1 } else { 2 })
+        .send()
+        .await
+        .map_err(|e| DeployError::aws("route53:UpdateHealthCheck", check_id, &e))?;
+    Ok(())
+}
+
+/// Inverts a health check (Route 53 then treats a healthy target as unhealthy) or restores it.
+/// Earlier versions' `failover` inverted the endpoint checks; `failover` and `failback` now clear
+/// that. `up` leaves this setting alone.
 pub async fn set_inverted(
     client: &Client,
     check_id: &str,
@@ -302,16 +380,18 @@ pub async fn checker_status(
     Ok((healthy, reports.len()))
 }
 
-/// Applies one planned change to a health check.
+/// Applies one planned change to a health check. `all` is every observed check (a replaced
+/// endpoint check's switches are moved to the new check before the old one goes).
 pub async fn apply(
     client: &Client,
     change: &Change,
     desired: Option<&Resource>,
     observed: Option<&Resource>,
+    all: &[Resource],
 ) -> Result<(), DeployError> {
     let id = format!("HealthCheck/{}", change.name);
     match (&change.action, desired) {
-        (Action::Create, Some(want)) => create(client, want, false, &id).await,
+        (Action::Create, Some(want)) => create(client, want, None, &id).await.map(|_| ()),
         (Action::Update { changes }, Some(want)) => {
             let check_id = observed_id(observed, &id)?;
             if changes.iter().any(|c| c.field == "tags") {
@@ -322,6 +402,17 @@ pub async fn apply(
             }
             let c = config(&want.props)
                 .map_err(|e| DeployError::refused("route53:UpdateHealthCheck", &id, e))?;
+            if *c.r#type() == HealthCheckType::Calculated {
+                // The children only: the threshold is the switch, not `up`'s.
+                client
+                    .update_health_check()
+                    .health_check_id(check_id)
+                    .set_child_health_checks(c.child_health_checks.clone())
+                    .send()
+                    .await
+                    .map_err(|e| DeployError::aws("route53:UpdateHealthCheck", &id, &e))?;
+                return Ok(());
+            }
             client
                 .update_health_check()
                 .health_check_id(check_id)
@@ -340,11 +431,37 @@ pub async fn apply(
             // The interval and type are fixed once created: a new check, then the old one goes.
             // (The failover records that point at it are updated after, in dependency order.)
             let check_id = observed_id(observed, &id)?;
-            let inverted = observed
-                .and_then(|o| o.props.get("inverted"))
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            create(client, want, inverted, &id).await?;
+            let new_id = create(client, want, observed, &id).await?;
+            // A switch over the old check follows it to the new one before the old one goes, so
+            // that it never counts a missing child as unhealthy.
+            for parent in all {
+                let kids: Vec<String> = parent
+                    .props
+                    .get("children")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if !kids.contains(&check_id) {
+                    continue;
+                }
+                let moved: Vec<String> = kids
+                    .into_iter()
+                    .map(|k| if k == check_id { new_id.clone() } else { k })
+                    .collect();
+                let parent_id = observed_id(Some(parent), &id)?;
+                client
+                    .update_health_check()
+                    .health_check_id(parent_id)
+                    .set_child_health_checks(Some(moved))
+                    .send()
+                    .await
+                    .map_err(|e| DeployError::aws("route53:UpdateHealthCheck", &id, &e))?;
+            }
             client
                 .delete_health_check()
                 .health_check_id(check_id)
@@ -373,13 +490,18 @@ mod tests {
 
     #[test]
     fn caller_references_name_only_this_scopes_checks() {
+        let regions = vec!["us-east-1".to_owned(), "us-gov-west-1".to_owned()];
         let scope = Scope {
             app: "a".into(),
             stage: "b-c".into(),
         };
         assert_eq!(
-            created_name(&scope, "a-b-c-us-east-1-1732890000000").as_deref(),
+            created_name(&scope, "a-b-c-us-east-1-1732890000000", &regions).as_deref(),
             Some("a-b-c-us-east-1")
+        );
+        assert_eq!(
+            created_name(&scope, "a-b-c-us-gov-west-1-switch-1732890000000", &regions).as_deref(),
+            Some("a-b-c-us-gov-west-1-switch")
         );
         // App `a-b`, stage `c`: another deployment's check with the same prefix.
         let other = Scope {
@@ -387,15 +509,46 @@ mod tests {
             stage: "c".into(),
         };
         assert_eq!(
-            created_name(&other, "a-b-c-us-east-1-1732890000000").as_deref(),
+            created_name(&other, "a-b-c-us-east-1-1732890000000", &regions).as_deref(),
             Some("a-b-c-us-east-1")
         );
         assert_eq!(
-            created_name(&scope, "a-b-c-x-us-east-1-1732890000000"),
+            created_name(&scope, "a-b-c-x-us-east-1-1732890000000", &regions),
             None
         );
-        assert_eq!(created_name(&scope, "a-b-c-us-east-1-notmillis"), None);
-        assert_eq!(created_name(&scope, "foreign-123"), None);
+        assert_eq!(
+            created_name(&scope, "a-b-c-us-east-1-notmillis", &regions),
+            None
+        );
+        assert_eq!(created_name(&scope, "foreign-123", &regions), None);
+    }
+
+    #[test]
+    fn a_switch_is_on_only_at_a_threshold_its_children_can_meet() {
+        assert!(switch_on(Some(1), 1));
+        assert!(!switch_on(Some(2), 1));
+        assert!(!switch_on(None, 1));
+        assert!(switch_on(Some(0), 1));
+    }
+
+    #[test]
+    fn a_switch_waits_for_its_endpoint_check() {
+        let props: BTreeMap<String, Value> = [
+            ("type".to_owned(), json!("CALCULATED")),
+            ("children".to_owned(), json!(["ref:HealthCheck/r/x"])),
+        ]
+        .into_iter()
+        .collect();
+        assert!(config(&props).is_err());
+        let props: BTreeMap<String, Value> = [
+            ("type".to_owned(), json!("CALCULATED")),
+            ("children".to_owned(), json!(["abc"])),
+        ]
+        .into_iter()
+        .collect();
+        let c = config(&props).unwrap();
+        assert_eq!(c.health_threshold(), Some(1));
+        assert_eq!(c.child_health_checks(), ["abc"]);
     }
 
     fn check(name: &str, id: &str) -> Resource {

@@ -139,7 +139,7 @@ pub async fn observe(
     scope: &Scope,
     wanted: &[Resource],
 ) -> Result<Vec<Resource>, DeployError> {
-    let prefix = format!("{}-{}", scope.app, scope.stage);
+    let prefix = crate::names::prefix(&scope.app, &scope.stage);
     let mut found = Vec::new();
     for want in wanted {
         let region = want.region.as_deref().unwrap_or_default();

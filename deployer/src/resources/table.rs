@@ -1,20 +1,37 @@
 //! The DynamoDB table in each region: key schema, billing, NEW_AND_OLD_IMAGES stream, TTL on
-//! `rep_expires`, tags.
+//! `rep_expires`, deletion protection, point-in-time recovery, tags.
+//!
+//! A table the deployer created carries [`CREATED_TAG`]; one it adopted (it existed, untagged, with
+//! the wanted name) does not, and is released (untagged), not deleted, by `down` unless asked. Which
+//! deletions may happen at all is the engine's decision (`--allow-data-loss`); this module does what
+//! it is told, turning deletion protection off first.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ProvisionedThroughput,
-    ScalarAttributeType, StreamSpecification, StreamViewType, TableStatus, Tag,
-    TimeToLiveSpecification, TimeToLiveStatus,
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, PointInTimeRecoverySpecification,
+    PointInTimeRecoveryStatus, ProvisionedThroughput, ScalarAttributeType, StreamSpecification,
+    StreamViewType, TableStatus, Tag, TimeToLiveSpecification, TimeToLiveStatus,
 };
 use serde_json::{Value, json};
 
 use super::{DeployError, Scope, text};
 use crate::desired::{Kind, Resource};
 use crate::plan::{Action, Change};
+
+/// The tag on a table the deployer created (as opposed to adopted).
+pub const CREATED_TAG: &str = "tworegion:created-by";
+
+/// Whether an observed table was created by the deployer (else adopted, or foreign).
+pub fn created(observed: &Resource) -> bool {
+    observed
+        .props
+        .get("created_by_deployer")
+        .and_then(Value::as_bool)
+        == Some(true)
+}
 
 fn key_json(name: &str, kind: &str) -> Value {
     json!({ "name": name, "type": kind })
@@ -108,6 +125,36 @@ async fn read(
         .and_then(|d| d.attribute_name())
         .map(|a| json!(a))
         .unwrap_or(Value::Null);
+    let deletion_protection = table.deletion_protection_enabled().unwrap_or(false);
+    let item_count = table.item_count();
+    let pitr = match client
+        .describe_continuous_backups()
+        .table_name(name)
+        .send()
+        .await
+    {
+        Ok(out) => out
+            .continuous_backups_description()
+            .and_then(|d| d.point_in_time_recovery_description())
+            .and_then(|p| p.point_in_time_recovery_status())
+            .is_some_and(|s| *s == PointInTimeRecoveryStatus::Enabled),
+        Err(e)
+            if e.as_service_error().is_some_and(|s| {
+                s.is_table_not_found_exception()
+                    || aws_sdk_dynamodb::error::ProvideErrorMetadata::code(s)
+                        == Some("ResourceNotFoundException")
+            }) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(DeployError::aws(
+                "dynamodb:DescribeContinuousBackups",
+                &id,
+                &e,
+            ));
+        }
+    };
     let arn = table.table_arn().unwrap_or_default().to_owned();
     let listed = match client
         .list_tags_of_resource()
@@ -137,8 +184,13 @@ async fn read(
         "write_capacity": write_capacity,
         "stream": stream,
         "ttl_attribute": ttl_attribute,
+        "deletion_protection": deletion_protection,
+        "point_in_time_recovery": pitr,
         "tags": Scope::managed_tags(&tags),
         "arn": arn,
+        "created_by_deployer": tags.get(CREATED_TAG).is_some_and(|v| v == "deployer"),
+        // DynamoDB's figure, refreshed about every six hours: for messages only.
+        "item_count": item_count,
     });
     let resource =
         Resource::from_props(Kind::Table, Some(region.to_owned()), name.to_owned(), props);
@@ -260,13 +312,24 @@ pub async fn apply(
                     schema.push(element);
                 }
             }
+            let mut all_tags = tags(p);
+            all_tags.extend(
+                Tag::builder()
+                    .key(CREATED_TAG)
+                    .value("deployer")
+                    .build()
+                    .ok(),
+            );
             let mut request = client
                 .create_table()
                 .table_name(name)
                 .set_attribute_definitions(Some(definitions))
                 .set_key_schema(Some(schema))
-                .set_tags(Some(tags(p)))
-                .stream_specification(
+                .set_tags(Some(all_tags))
+                .deletion_protection_enabled(flag(p, "deletion_protection"));
+            // The app's table has the stream the replicator reads; its own tables have none.
+            if text(p, "stream").is_some() {
+                request = request.stream_specification(
                     StreamSpecification::builder()
                         .stream_enabled(true)
                         .stream_view_type(StreamViewType::NewAndOldImages)
@@ -275,6 +338,7 @@ pub async fn apply(
                             DeployError::refused("dynamodb:CreateTable", &id, e.to_string())
                         })?,
                 );
+            }
             if text(p, "billing_mode") == Some("PROVISIONED") {
                 request = request
                     .billing_mode(BillingMode::Provisioned)
@@ -302,6 +366,9 @@ pub async fn apply(
             if let Some(attribute) = text(p, "ttl_attribute") {
                 enable_ttl(client, name, attribute, &id).await?;
             }
+            if flag(p, "point_in_time_recovery") {
+                set_pitr(client, name, true, &id).await?;
+            }
             Ok(())
         }
         (Action::Update { changes }, Some(want)) => {
@@ -322,6 +389,13 @@ pub async fn apply(
                         if let Some(attribute) = text(p, "ttl_attribute") {
                             enable_ttl(client, name, attribute, &id).await?;
                         }
+                    }
+                    "deletion_protection" => {
+                        set_deletion_protection(client, name, flag(p, "deletion_protection"), &id)
+                            .await?;
+                    }
+                    "point_in_time_recovery" => {
+                        set_pitr(client, name, flag(p, "point_in_time_recovery"), &id).await?;
                     }
                     "stream" => {
                         // DynamoDB refuses to enable a stream on a table that has one
@@ -381,7 +455,26 @@ pub async fn apply(
                     .join(", ")
             ),
         )),
+        (Action::Release, _) => {
+            let arn = super::observed_str(observed, "arn");
+            client
+                .untag_resource()
+                .resource_arn(arn)
+                .set_tag_keys(Some(vec![
+                    super::APP_TAG.to_owned(),
+                    super::STAGE_TAG.to_owned(),
+                    CREATED_TAG.to_owned(),
+                ]))
+                .send()
+                .await
+                .map_err(|e| DeployError::aws("dynamodb:UntagResource", &id, &e))?;
+            Ok(())
+        }
         (Action::Delete, _) => {
+            // Reached only when the engine allowed the data loss: protection off, then delete.
+            if observed.is_some_and(|o| flag(&o.props, "deletion_protection")) {
+                set_deletion_protection(client, name, false, &id).await?;
+            }
             client
                 .delete_table()
                 .table_name(name)
@@ -403,6 +496,41 @@ fn stream_change_refusal(table: &str, region: &str, view: &str) -> String {
          --table-name {table} --stream-specification StreamEnabled=false, wait until the table is \
          ACTIVE, then run up again)"
     )
+}
+
+fn flag(props: &BTreeMap<String, Value>, field: &str) -> bool {
+    props.get(field).and_then(Value::as_bool).unwrap_or(false)
+}
+
+async fn set_deletion_protection(
+    client: &Client,
+    name: &str,
+    on: bool,
+    id: &str,
+) -> Result<(), DeployError> {
+    client
+        .update_table()
+        .table_name(name)
+        .deletion_protection_enabled(on)
+        .send()
+        .await
+        .map_err(|e| DeployError::aws("dynamodb:UpdateTable", id, &e))?;
+    wait_active(client, name, id).await
+}
+
+async fn set_pitr(client: &Client, name: &str, on: bool, id: &str) -> Result<(), DeployError> {
+    let spec = PointInTimeRecoverySpecification::builder()
+        .point_in_time_recovery_enabled(on)
+        .build()
+        .map_err(|e| DeployError::refused("dynamodb:UpdateContinuousBackups", id, e.to_string()))?;
+    client
+        .update_continuous_backups()
+        .table_name(name)
+        .point_in_time_recovery_specification(spec)
+        .send()
+        .await
+        .map_err(|e| DeployError::aws("dynamodb:UpdateContinuousBackups", id, &e))?;
+    Ok(())
 }
 
 async fn enable_ttl(
