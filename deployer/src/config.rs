@@ -987,8 +987,11 @@ image = "public.ecr.aws/example/tworegion-replicator:0.1.0"
         assert_eq!(d.api_key, ApiKeySource::Unread("MISSING".into()));
         let err = d.key_needed_for_up().unwrap_err();
         assert!(err.contains("MISSING is not set"), "{err}");
-        let err = with("from_env = \"TODOS_API_KEY\"", "from_env = \"SHORT_KEY\"");
-        assert!(err.is_err());
+        let short = EXAMPLE.replace("from_env = \"TODOS_API_KEY\"", "from_env = \"SHORT_KEY\"");
+        let err = ConfigFile::parse(&short)
+            .and_then(|f| f.validate(&env_short))
+            .unwrap_err();
+        assert_eq!(err.field, "api_key.from_env", "{err}");
     }
 
     #[test]

@@ -709,8 +709,12 @@ image = "img"
     #[test]
     fn both_regions_get_the_stack_and_dns_gets_one_primary_and_one_secondary() {
         let all = desired(&deployment("lww", "failover"), "abc");
+        let app_tables = all
+            .iter()
+            .filter(|r| r.kind == Kind::Table && r.name == "todos")
+            .count();
+        assert_eq!(app_tables, 2);
         for kind in [
-            Kind::Table,
             Kind::LambdaFunction,
             Kind::RestApi,
             Kind::ApiKey,

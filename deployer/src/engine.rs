@@ -1192,7 +1192,9 @@ impl Engine {
                 inversion_cleared: false,
             };
             if want_on != have_on {
-                health_check::set_switch(&self.clients.route53, switch_id, want_on).await?;
+                let children = health_check::children_of(switch);
+                health_check::set_switch(&self.clients.route53, switch_id, &children, want_on)
+                    .await?;
                 change.switch_changed = true;
             }
             for check in [endpoint, switch] {

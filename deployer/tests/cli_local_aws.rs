@@ -219,9 +219,21 @@ async fn up_plan_change_status_failover_down() {
         assert_eq!(mappings.items()[0].base_path(), Some("(none)"));
         assert_eq!(mappings.items()[0].stage(), Some("live"));
     }
-    // Health checks: path, interval, threshold.
-    let checks = health_checks(&r53, &app).await;
-    assert_eq!(checks.len(), 2, "{checks:?}");
+    // Health checks: per region the endpoint's (path, interval, threshold) and its switch.
+    let all_checks = health_checks(&r53, &app).await;
+    assert_eq!(all_checks.len(), 4, "{all_checks:?}");
+    let (switches, checks): (Vec<_>, Vec<_>) = all_checks
+        .into_iter()
+        .partition(|(name, _, _)| name.ends_with("-switch"));
+    for (name, _, config) in &switches {
+        assert_eq!(config.r#type().as_str(), "CALCULATED", "{name}");
+        assert_eq!(config.health_threshold(), Some(1), "{name}");
+        let endpoint = checks
+            .iter()
+            .find(|c| format!("{}-switch", c.0) == *name)
+            .unwrap();
+        assert_eq!(config.child_health_checks(), [endpoint.1.clone()], "{name}");
+    }
     for (_, _, config) in &checks {
         assert_eq!(config.resource_path(), Some("/live/todos/health"));
         assert_eq!(config.request_interval(), Some(10));
@@ -229,7 +241,7 @@ async fn up_plan_change_status_failover_down() {
         assert_eq!(config.r#type().as_str(), "HTTPS");
         assert_eq!(config.enable_sni(), Some(true));
     }
-    // Exactly one PRIMARY and one SECONDARY record, each with its region's health check.
+    // Exactly one PRIMARY and one SECONDARY record, each with its region's switch.
     let zone = zone_id(&r53, &format!("{app}.test")).await.unwrap();
     let sets = r53
         .list_resource_record_sets()
@@ -248,7 +260,10 @@ async fn up_plan_change_status_failover_down() {
             .iter()
             .find(|r| r.failover().map(|f| f.as_str()) == Some(role))
             .unwrap();
-        let check = checks.iter().find(|c| c.0.ends_with(region)).unwrap();
+        let check = switches
+            .iter()
+            .find(|c| c.0.ends_with(&format!("{region}-switch")))
+            .unwrap();
         assert_eq!(record.health_check_id(), Some(check.1.as_str()), "{role}");
         assert!(record.alias_target().is_some(), "{role}");
     }
@@ -338,8 +353,10 @@ async fn up_plan_change_status_failover_down() {
         run.stdout
     );
     w.write(&applied);
-    for (_, _, config) in health_checks(&r53, &app).await {
-        assert_eq!(config.failure_threshold(), Some(5));
+    for (name, _, config) in health_checks(&r53, &app).await {
+        if !name.ends_with("-switch") {
+            assert_eq!(config.failure_threshold(), Some(5), "{name}");
+        }
     }
 
     // --- status, failover, failback ---
@@ -378,8 +395,12 @@ async fn up_plan_change_status_failover_down() {
     assert_eq!(status["serving"], serde_json::json!([REGION_A]));
 
     // --- a renamed table: plan marks the deletion, up refuses it, the table survives ---
-    let old_name = format!("name = \"{table}\"");
-    w.write_with(&[(old_name.as_str(), format!("name = \"{table}-renamed\""))]);
+    let current = std::fs::read_to_string(&w.config).unwrap();
+    w.write(&edit(
+        &current,
+        &format!("name = \"{table}\""),
+        &format!("name = \"{table}-renamed\""),
+    ));
     let run = deployer(&local, &w.config, &["plan"], &[]);
     expect(&run, 2, "plan with a renamed table");
     assert!(
@@ -428,7 +449,7 @@ async fn up_plan_change_status_failover_down() {
             "{region}: up changed something before refusing"
         );
     }
-    w.write(&w.text());
+    w.write(&current);
     expect(
         &deployer(&local, &w.config, &["plan"], &[]),
         0,

@@ -181,11 +181,17 @@ async fn health_checks_reconcile() {
         .iter()
         .find(|c| c.region.as_deref() == Some(REGION_A) && c.props["type"] == "CALCULATED")
         .unwrap();
-    health_check::set_switch(&client, primary_switch.props["id"].as_str().unwrap(), false)
-        .await
-        .unwrap();
+    health_check::set_switch(
+        &client,
+        primary_switch.props["id"].as_str().unwrap(),
+        &health_check::children_of(primary_switch),
+        false,
+    )
+    .await
+    .unwrap();
     let observed = observe(&client, &scope).await;
-    assert!(plan(&wanted(&app, 5, 10, &observed), &observed).is_empty());
+    let after = plan(&wanted(&app, 5, 10, &observed), &observed);
+    assert!(after.is_empty(), "{after:?}");
 
     // The interval is fixed once created: a replacement, which keeps an inversion, moves the switch
     // to the new check and leaves the switch off (up never undoes a failover).

@@ -135,8 +135,9 @@ impl Env {
         }
     }
 
-    /// The region's health check ID from the live status (the checkers may not have reported yet
-    /// when `up` returns: asked again for up to 30 s).
+    /// The ID of the region's endpoint health check (the child of the switch its DNS record uses)
+    /// from the live status (the checkers may not have reported yet when `up` returns: asked again
+    /// for up to 30 s).
     fn health_check_id(&self, region: &str) -> String {
         let config = self.w.config.display().to_string();
         let state = self.state.display().to_string();
@@ -158,7 +159,7 @@ impl Env {
             );
             assert_eq!(code, 0, "local status: {stderr}");
             let status: Value = serde_json::from_str(&stdout).unwrap();
-            if let Some(id) = status["regions"][region]["health_check"]["id"].as_str() {
+            if let Some(id) = status["regions"][region]["endpoint_check"]["id"].as_str() {
                 return id.to_owned();
             }
             assert!(

@@ -147,6 +147,16 @@ fn created_name(scope: &Scope, caller_reference: &str, regions: &[String]) -> Op
     crate::names::parse_check(&prefix, name, regions).map(|_| name.to_owned())
 }
 
+/// A switch's children, as observed.
+pub fn children_of(observed: &Resource) -> Vec<String> {
+    observed
+        .props
+        .get("children")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 /// Whether a switch with `threshold` over `children` checks is on (follows its endpoint).
 pub fn switch_on(threshold: Option<i32>, children: usize) -> bool {
     threshold.is_some_and(|t| usize::try_from(t).is_ok_and(|t| t <= children))
@@ -326,10 +336,20 @@ fn observed_id(observed: Option<&Resource>, id: &str) -> Result<String, DeployEr
 
 /// Turns a region's switch on (threshold 1: as healthy as its endpoint) or off (threshold 2, above
 /// its one child: always unhealthy): what `failover` and `failback` do. `up` leaves it alone.
-pub async fn set_switch(client: &Client, check_id: &str, on: bool) -> Result<(), DeployError> {
+///
+/// The switch's `children` go with the threshold: AWS keeps every element a request omits, but the
+/// local AWS (moto 5.2.5) resets omitted `ChildHealthChecks` to none, which would leave the local
+/// environment's switch with nothing to follow. Naming them is the same request on AWS.
+pub async fn set_switch(
+    client: &Client,
+    check_id: &str,
+    children: &[String],
+    on: bool,
+) -> Result<(), DeployError> {
     client
         .update_health_check()
         .health_check_id(check_id)
+        .set_child_health_checks(Some(children.to_vec()))
         .health_threshold(if on { 1 } else { 2 })
         .send()
         .await
@@ -435,17 +455,7 @@ pub async fn apply(
             // A switch over the old check follows it to the new one before the old one goes, so
             // that it never counts a missing child as unhealthy.
             for parent in all {
-                let kids: Vec<String> = parent
-                    .props
-                    .get("children")
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(Value::as_str)
-                            .map(str::to_owned)
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let kids = children_of(parent);
                 if !kids.contains(&check_id) {
                     continue;
                 }
