@@ -4,7 +4,8 @@
 //! # Layout
 //! - `todo`: the todo model, its DynamoDB item form (with `rep_version`, `rep_origin`, tombstones),
 //!   validation of ids and text.
-//! - `store`: the [`store::TodoStore`] seam: DynamoDB, and in memory for tests.
+//! - `store`: the [`store::TodoStore`] seam: DynamoDB (with the table's key attribute named by
+//!   configuration, `id` by default), and in memory for tests.
 //! - `api` (this file): the router, its middleware (region header, API key for the local server), the
 //!   handlers, and the JSON error type.
 //!

@@ -15,6 +15,13 @@ pub const MAX_TEXT: usize = 1000;
 /// Longest id.
 pub const MAX_ID: usize = 64;
 
+/// The id attribute of an [`Item`] as the app builds and reads it. The table's own key attribute may have
+/// another name (`--partition-key`); [`crate::store::DynamoStore`] renames it on the way in and out.
+pub const ID: &str = "id";
+
+/// Every attribute a todo item may have besides the version convention's.
+pub const TODO_ATTRIBUTES: &[&str] = &[ID, "text", "checked", "createdAt", "updatedAt"];
+
 /// A todo as the API returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -81,6 +88,34 @@ pub fn validate_id(id: &str) -> Result<(), String> {
     }
 }
 
+/// Checks the name of the table's key attribute (`--partition-key`): 1 to 255 bytes, as DynamoDB
+/// allows, and none of the other attributes a todo item has.
+pub fn validate_partition_key(name: &str, attrs: &VersionAttributes) -> Result<(), String> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(format!(
+            "must have 1 to 255 bytes (it has {}), as DynamoDB attribute names do",
+            name.len()
+        ));
+    }
+    let taken = TODO_ATTRIBUTES
+        .iter()
+        .skip(1)
+        .copied()
+        .chain([
+            attrs.version.as_str(),
+            attrs.origin.as_str(),
+            attrs.deleted.as_str(),
+            attrs.expires.as_str(),
+        ])
+        .any(|a| a == name);
+    if taken {
+        return Err(format!(
+            "{name:?} is an attribute the app writes itself; name the table's key attribute, for example id or pk"
+        ));
+    }
+    Ok(())
+}
+
 /// An RFC 3339 UTC timestamp for Unix milliseconds.
 pub use tworegion_common::time::rfc3339;
 
@@ -103,7 +138,7 @@ pub struct Stored {
 /// boolean (or absent: false); timestamps are RFC 3339 strings or epoch milliseconds (older items).
 /// An item that is not a todo is an error naming the field, so that it is never written back damaged.
 pub fn from_item(item: &Item, attrs: &VersionAttributes) -> Result<Stored, String> {
-    let id = match item.get("id") {
+    let id = match item.get(ID) {
         Some(AttributeValue::S(v)) => v.clone(),
         _ => return Err("id: missing or not a string".to_owned()),
     };
@@ -161,7 +196,7 @@ pub fn from_item(item: &Item, attrs: &VersionAttributes) -> Result<Stored, Strin
 /// The item for a todo at `version`, written in `region`.
 pub fn to_item(todo: &Todo, version: Version, region: &str, attrs: &VersionAttributes) -> Item {
     [
-        ("id".to_owned(), s(&todo.id)),
+        (ID.to_owned(), s(&todo.id)),
         ("text".to_owned(), s(&todo.text)),
         ("checked".to_owned(), AttributeValue::Bool(todo.checked)),
         ("createdAt".to_owned(), s(&todo.created_at)),
@@ -184,7 +219,7 @@ pub fn tombstone(
     attrs: &VersionAttributes,
 ) -> Item {
     [
-        ("id".to_owned(), s(id)),
+        (ID.to_owned(), s(id)),
         (
             attrs.version.clone(),
             AttributeValue::N(version.to_string()),
@@ -260,5 +295,19 @@ mod tests {
             from_item(&bad, &attrs).unwrap_err(),
             "checked: not a boolean"
         );
+    }
+
+    #[test]
+    fn the_key_attribute_may_not_be_one_the_app_writes() {
+        let attrs = VersionAttributes::default();
+        for ok in ["id", "pk", "todoId", "PK"] {
+            assert_eq!(validate_partition_key(ok, &attrs), Ok(()), "{ok}");
+        }
+        for taken in ["text", "createdAt", "rep_version", "rep_expires"] {
+            let error = validate_partition_key(taken, &attrs).unwrap_err();
+            assert!(error.contains("an attribute the app writes"), "{error}");
+        }
+        assert!(validate_partition_key("", &attrs).is_err());
+        assert!(validate_partition_key(&"k".repeat(256), &attrs).is_err());
     }
 }
