@@ -12,10 +12,14 @@
 //! # Invariants
 //! - Every write is conditional on what was read (absent, or the stored version) and carries a version
 //!   from the process's hybrid logical clock that is above the stored one: updates are never lost
-//!   inside a region and always win over what they replace.
+//!   inside a region and always win over what they replace. `PUT` replaces the whole todo and `PATCH`
+//!   merges fields into it; both write this way, and with `If-Match` only over the versions named.
+//! - A stored version this process's clock cannot write above (more than
+//!   [`tworegion_common::version::MAX_AHEAD_MILLIS`] ahead of it) is a server-side condition: 503 with
+//!   `Retry-After`, never adopted, never blamed on the client.
 //! - Deletes write tombstones; reads and lists never show them.
 //! - No input produces a 500 or a panic: bad requests get a 4xx naming the field, an unreachable table
-//!   a 503.
+//!   a 503 with `Retry-After`.
 
 pub mod store;
 pub mod todo;
@@ -34,7 +38,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
-use tworegion_common::version::{HybridClock, Version, VersionAttributes, system_millis};
+use tworegion_common::version::{
+    HybridClock, ImplausibleVersion, MAX_AHEAD_MILLIS, MAX_VERSION, Version, VersionAttributes,
+    system_millis,
+};
 
 use crate::store::{Expect, StoreError, TodoStore};
 use crate::todo::{Todo, from_item, rfc3339, to_item, tombstone, validate_id, validate_text};
@@ -45,10 +52,16 @@ pub const REGION_HEADER: &str = "x-tworegion-region";
 /// Largest request body, bytes.
 pub const MAX_BODY: usize = 16 * 1024;
 
+/// `Retry-After` of a 503 because the table could not be reached, seconds.
+pub const RETRY_UNAVAILABLE_SECS: u64 = 1;
+
+/// Longest `Retry-After` of a 503 because a stored version is ahead of this process's clock, seconds.
+pub const MAX_RETRY_AFTER_SECS: u64 = 3600;
+
 /// Every route and its methods; the OpenAPI document must list exactly these.
 pub const ROUTES: &[(&str, &[&str])] = &[
     ("/todos", &["get", "post"]),
-    ("/todos/{id}", &["get", "put", "delete"]),
+    ("/todos/{id}", &["get", "put", "patch", "delete"]),
     ("/todos/health", &["get"]),
     ("/openapi.json", &["get"]),
 ];
@@ -102,6 +115,8 @@ pub struct ApiError {
     pub status: StatusCode,
     /// The message.
     pub message: String,
+    /// `Retry-After`, seconds (503 answers).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -109,6 +124,7 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -118,6 +134,47 @@ impl ApiError {
 
     fn not_found(id: &str) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, format!("todo {id} not found"))
+    }
+
+    /// A stored item that is not a todo: it is reported, never written back.
+    fn damaged(id: &str, problem: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            format!("todo {id}: the stored item is damaged ({problem}); repair it in the table"),
+        )
+    }
+
+    /// The answer when the clock refuses to write above a stored version: a damaged item if the
+    /// version cannot be one (2^53 or more), otherwise a 503 until this process's clock has caught up
+    /// enough, with `Retry-After` (at most [`MAX_RETRY_AFTER_SECS`]).
+    fn unwritable_version(id: &str, attribute: &str, error: &ImplausibleVersion) -> ApiError {
+        if error.seen.0 >= MAX_VERSION {
+            return ApiError::damaged(
+                id,
+                &format!("{attribute}: {} is not below 2^53", error.seen),
+            );
+        }
+        let ahead_ms = error.seen.millis().saturating_sub(error.wall_millis);
+        let wait_ms = ahead_ms.saturating_sub(MAX_AHEAD_MILLIS);
+        let retry = wait_ms.div_ceil(1000).clamp(1, MAX_RETRY_AFTER_SECS);
+        tracing::error!(
+            todo = id,
+            version = %error.seen,
+            ahead_ms,
+            "A stored version is ahead of this region's clock; the todo cannot be changed until the clock catches up. Check both regions' clocks and the item."
+        );
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!(
+                "todo {id}: its stored version {} is {} s ahead of this server's clock, more than the {} s a \
+                 version may lead, so the server cannot yet write a version above it; retry after {retry} s. \
+                 The request is fine: a region's clock, or the stored item, is wrong",
+                error.seen,
+                ahead_ms / 1000,
+                MAX_AHEAD_MILLIS / 1000,
+            ),
+            retry_after: Some(retry),
+        }
     }
 }
 
@@ -130,10 +187,11 @@ impl From<StoreError> for ApiError {
             ),
             StoreError::Unavailable(detail) => {
                 tracing::error!(error = %detail, "The table is unavailable.");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the table is unavailable; try again shortly",
-                )
+                ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message: "the table is unavailable; try again shortly".to_owned(),
+                    retry_after: Some(RETRY_UNAVAILABLE_SECS),
+                }
             }
         }
     }
@@ -141,7 +199,14 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({ "message": self.message }))).into_response()
+        let mut response =
+            (self.status, axum::Json(json!({ "message": self.message }))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -313,10 +378,7 @@ async fn read<S: TodoStore>(app: &App<S>, id: &str) -> Result<crate::todo::Store
     match from_item(&item, &app.attributes) {
         Ok(stored) if !stored.deleted => Ok(stored),
         Ok(_) => Err(ApiError::not_found(id)),
-        Err(problem) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("todo {id}: the stored item is damaged ({problem}); repair it in the table"),
-        )),
+        Err(problem) => Err(ApiError::damaged(id, &problem)),
     }
 }
 
@@ -364,7 +426,7 @@ async fn change<S: TodoStore>(
         let version = app
             .clock
             .after(stored.version)
-            .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("todo {id}: {e}")))?;
+            .map_err(|e| ApiError::unwritable_version(id, &app.attributes.version, &e))?;
         let item = write(&stored, version);
         match app
             .store
@@ -388,7 +450,29 @@ async fn change<S: TodoStore>(
     ))
 }
 
-async fn update<S: TodoStore>(
+/// `PUT`: the body is the whole todo (`text` required, `checked` false if left out); `createdAt` is
+/// kept.
+async fn replace<S: TodoStore>(
+    State(app): State<Arc<App<S>>>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    let id = path_id(path)?;
+    let fields = fields(body)?;
+    let text = fields.text.ok_or_else(|| {
+        ApiError::bad("text: required (PUT replaces the whole todo; PATCH changes some fields)")
+    })?;
+    let checked = fields.checked.unwrap_or(false);
+    write(&app, &id, &headers, |todo| {
+        todo.text.clone_from(&text);
+        todo.checked = checked;
+    })
+    .await
+}
+
+/// `PATCH`: the fields given replace the stored ones, the others stay.
+async fn patch<S: TodoStore>(
     State(app): State<Arc<App<S>>>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -399,26 +483,39 @@ async fn update<S: TodoStore>(
     if fields.text.is_none() && fields.checked.is_none() {
         return Err(ApiError::bad("body: give text, checked, or both"));
     }
-    let now = rfc3339(system_millis());
-    let region = app.region.clone();
-    let (_, version, item) = change(&app, &id, &headers, |stored, version| {
-        let mut todo = stored.todo.clone();
+    write(&app, &id, &headers, |todo| {
         if let Some(text) = &fields.text {
-            todo.text = text.clone();
+            todo.text.clone_from(text);
         }
         if let Some(checked) = fields.checked {
             todo.checked = checked;
         }
+    })
+    .await
+}
+
+/// Writes the stored todo after `edit` (through [`change`]), with a new `updatedAt`, keeping what the
+/// client does not set: `createdAt`.
+async fn write<S: TodoStore>(
+    app: &App<S>,
+    id: &str,
+    headers: &HeaderMap,
+    edit: impl Fn(&mut Todo),
+) -> Result<Response, ApiError> {
+    let now = rfc3339(system_millis());
+    let (_, version, item) = change(app, id, headers, |stored, version| {
+        let mut todo = stored.todo.clone();
+        edit(&mut todo);
         if todo.created_at.is_empty() {
             todo.created_at = now.clone();
         }
         todo.updated_at = now.clone();
-        to_item(&todo, version, &region, &app.attributes)
+        to_item(&todo, version, &app.region, &app.attributes)
     })
     .await?;
     let todo = from_item(&item, &app.attributes)
         .map(|s| s.todo)
-        .map_err(|problem| ApiError::new(StatusCode::CONFLICT, format!("todo {id}: {problem}")))?;
+        .map_err(|problem| ApiError::damaged(id, &problem))?;
     Ok(todo_response(StatusCode::OK, &todo, version))
 }
 
@@ -626,7 +723,10 @@ pub fn router<S: TodoStore>(app: Arc<App<S>>) -> Router {
         .route("/todos/health", get(health::<S>))
         .route(
             "/todos/{id}",
-            get(get_one::<S>).put(update::<S>).delete(delete::<S>),
+            get(get_one::<S>)
+                .put(replace::<S>)
+                .patch(patch::<S>)
+                .delete(delete::<S>),
         )
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
@@ -651,6 +751,41 @@ pub fn router<S: TodoStore>(app: Arc<App<S>>) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_ahead_of_the_clock_are_a_503_with_retry_after() {
+        let wall_millis = 1_000_000;
+        let ahead = |ms: u64| ImplausibleVersion {
+            seen: Version::from_millis(wall_millis + ms),
+            wall_millis,
+        };
+        let e = ApiError::unwritable_version("a", "rep_version", &ahead(MAX_AHEAD_MILLIS + 1_500));
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.retry_after, Some(2));
+        assert!(
+            e.message.contains("ahead of this server's clock"),
+            "{}",
+            e.message
+        );
+        let e = ApiError::unwritable_version("a", "rep_version", &ahead(MAX_AHEAD_MILLIS + 1));
+        assert_eq!(e.retry_after, Some(1));
+        let e = ApiError::unwritable_version("a", "rep_version", &ahead(365 * 86_400_000));
+        assert_eq!(e.retry_after, Some(MAX_RETRY_AFTER_SECS));
+        let e = ApiError::unwritable_version(
+            "a",
+            "rep_version",
+            &ImplausibleVersion {
+                seen: Version(MAX_VERSION),
+                wall_millis,
+            },
+        );
+        assert_eq!(e.status, StatusCode::CONFLICT);
+        assert_eq!(e.retry_after, None);
+        assert!(
+            e.message
+                .contains("rep_version: 9007199254740992 is not below 2^53")
+        );
+    }
 
     #[test]
     fn constant_time_comparison() {

@@ -359,14 +359,14 @@ async fn the_key_attribute_is_named_by_configuration() {
     assert!(!stored.contains_key("id"), "{stored:?}");
     assert_eq!(stored["text"], AttributeValue::S("item 0".into()));
 
-    // Reads and updates, conditional on the version, through the configured key.
+    // Reads, PATCH, PUT, conditional on the version, through the configured key.
     let read = http(p, "GET", &format!("/todos/{id}"), None, &key).await;
     assert_eq!(read.status, 200);
     assert_eq!(read.body["id"], id.as_str(), "the API still calls it id");
     let tag = format!("\"{}\"", etag(&read));
     let patched = http(
         p,
-        "PUT",
+        "PATCH",
         &format!("/todos/{id}"),
         Some(r#"{"checked":true}"#),
         &[("x-api-key", KEY), ("if-match", &tag)],
@@ -383,6 +383,16 @@ async fn the_key_attribute_is_named_by_configuration() {
     )
     .await;
     assert_eq!(stale.status, 412);
+    let put = http(
+        p,
+        "PUT",
+        &format!("/todos/{id}"),
+        Some(r#"{"text":"replaced"}"#),
+        &key,
+    )
+    .await;
+    assert_eq!(put.status, 200);
+    assert_eq!(put.body["checked"], false);
 
     // Paging: the scan's start and last keys use the configured name.
     let mut listed = Vec::new();

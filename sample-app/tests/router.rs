@@ -116,7 +116,7 @@ async fn create_read_update_delete_with_versions() {
 
     let updated = call(
         &app,
-        "PUT",
+        "PATCH",
         &format!("/todos/{id}"),
         Some(r#"{"checked":true}"#),
         &[("if-match", &etag1)],
@@ -176,18 +176,21 @@ async fn create_read_update_delete_with_versions() {
             .status,
         StatusCode::NOT_FOUND
     );
-    assert_eq!(
-        call(
-            &app,
-            "PUT",
-            &format!("/todos/{id}"),
-            Some(r#"{"checked":false}"#),
-            &[]
-        )
-        .await
-        .status,
-        StatusCode::NOT_FOUND
-    );
+    for method in ["PUT", "PATCH"] {
+        assert_eq!(
+            call(
+                &app,
+                method,
+                &format!("/todos/{id}"),
+                Some(r#"{"text":"x","checked":false}"#),
+                &[]
+            )
+            .await
+            .status,
+            StatusCode::NOT_FOUND,
+            "{method} on a deleted todo"
+        );
+    }
     assert_eq!(
         call(&app, "DELETE", &format!("/todos/{id}"), None, &[])
             .await
@@ -217,7 +220,7 @@ async fn concurrent_updates_are_not_lost() {
             } else {
                 format!(r#"{{"text":"{i}"}}"#)
             };
-            let a = call(&app, "PUT", &format!("/todos/{id}"), Some(&body), &[]).await;
+            let a = call(&app, "PATCH", &format!("/todos/{id}"), Some(&body), &[]).await;
             (
                 a.status,
                 a.headers
@@ -302,7 +305,7 @@ async fn damaged_stored_items_are_reported_not_rewritten() {
     app.store.put(item.clone(), Expect::Absent).await.unwrap();
     let a = call(
         &app,
-        "PUT",
+        "PATCH",
         "/todos/bad-1",
         Some(r#"{"checked":true}"#),
         &[],
@@ -311,15 +314,16 @@ async fn damaged_stored_items_are_reported_not_rewritten() {
     assert_eq!(a.status, StatusCode::CONFLICT);
     assert!(message(&a).contains("rep_version"), "{}", message(&a));
     assert_eq!(app.store.all()["bad-1"], item, "left as it was");
-    // A version far in the future is refused rather than adopted by the clock.
+    // A version that cannot be one (2^53 or more) is a damaged item too.
     item.insert("id".to_owned(), AttributeValue::S("bad-2".into()));
     item.insert(
         "rep_version".to_owned(),
-        AttributeValue::N("9007199254740991".into()),
+        AttributeValue::N("9007199254740992".into()),
     );
     app.store.put(item, Expect::Absent).await.unwrap();
     let a = call(&app, "DELETE", "/todos/bad-2", None, &[]).await;
     assert_eq!(a.status, StatusCode::CONFLICT, "{:?}", a.body);
+    assert!(message(&a).contains("not below 2^53"), "{}", message(&a));
     // The list leaves damaged items out instead of failing.
     let list = call(&app, "GET", "/todos", None, &[]).await;
     assert_eq!(list.status, StatusCode::OK);
@@ -459,7 +463,7 @@ async fn bad_input_is_a_4xx_naming_the_field() {
             "todo nope not found",
         ),
         (
-            "PUT",
+            "PATCH",
             "/todos/nope",
             Some(r#"{}"#),
             StatusCode::BAD_REQUEST,
@@ -469,13 +473,27 @@ async fn bad_input_is_a_4xx_naming_the_field() {
             "PUT",
             "/todos/nope",
             Some(r#"{"checked":true}"#),
+            StatusCode::BAD_REQUEST,
+            "text: required (PUT replaces the whole todo",
+        ),
+        (
+            "PUT",
+            "/todos/nope",
+            Some(r#"{"text":"a"}"#),
+            StatusCode::NOT_FOUND,
+            "todo nope not found",
+        ),
+        (
+            "PATCH",
+            "/todos/nope",
+            Some(r#"{"checked":true}"#),
             StatusCode::NOT_FOUND,
             "todo nope not found",
         ),
         (
             "PUT",
             "/todos/x",
-            Some(r#"{"checked":true}"#),
+            Some(r#"{"text":"a"}"#),
             StatusCode::BAD_REQUEST,
             "",
         ),
@@ -670,4 +688,135 @@ async fn openapi_document_matches_the_router() {
     }
     let served = call(&app, "GET", "/openapi.json", None, &[]).await;
     assert_eq!(served.body, doc);
+}
+
+fn etag_of(a: &Answer) -> String {
+    a.headers
+        .get(header::ETAG)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn put_replaces_the_todo_and_patch_merges() {
+    let app = app(Some(KEY));
+    let created = call(
+        &app,
+        "POST",
+        "/todos",
+        Some(r#"{"text":"a","checked":true}"#),
+        &[],
+    )
+    .await;
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let uri = format!("/todos/{id}");
+
+    // PUT without checked: checked goes back to its default.
+    let put = call(&app, "PUT", &uri, Some(r#"{"text":"b"}"#), &[]).await;
+    assert_eq!(put.status, StatusCode::OK, "{:?}", put.body);
+    assert_eq!(put.body["text"], "b");
+    assert_eq!(
+        put.body["checked"], false,
+        "PUT replaces: not sent is default"
+    );
+    assert_eq!(put.body["createdAt"], created.body["createdAt"], "kept");
+    // PUT without the required text is refused, and changes nothing.
+    let partial = call(&app, "PUT", &uri, Some(r#"{"checked":true}"#), &[]).await;
+    assert_eq!(partial.status, StatusCode::BAD_REQUEST);
+    assert!(
+        message(&partial).starts_with("text: required"),
+        "{}",
+        message(&partial)
+    );
+    // PATCH merges: text stays.
+    let patched = call(&app, "PATCH", &uri, Some(r#"{"checked":true}"#), &[]).await;
+    assert_eq!(patched.status, StatusCode::OK);
+    assert_eq!(patched.body["text"], "b");
+    assert_eq!(patched.body["checked"], true);
+    let patched = call(&app, "PATCH", &uri, Some(r#"{"text":"c"}"#), &[]).await;
+    assert_eq!(patched.body["text"], "c");
+    assert_eq!(patched.body["checked"], true);
+    assert_eq!(call(&app, "GET", &uri, None, &[]).await.body, patched.body);
+    // Both honour If-Match: a stale ETag is a 412 and leaves the todo as it is.
+    let stale = etag_of(&put);
+    for (method, body) in [("PUT", r#"{"text":"d"}"#), ("PATCH", r#"{"text":"d"}"#)] {
+        let a = call(&app, method, &uri, Some(body), &[("if-match", &stale)]).await;
+        assert_eq!(a.status, StatusCode::PRECONDITION_FAILED, "{method}");
+    }
+    let current = etag_of(&patched);
+    let a = call(
+        &app,
+        "PUT",
+        &uri,
+        Some(r#"{"text":"d"}"#),
+        &[("if-match", &current)],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body["checked"], false);
+    // Unknown fields and wrong types are refused on both.
+    for method in ["PUT", "PATCH"] {
+        let a = call(&app, method, &uri, Some(r#"{"text":"e","id":"x"}"#), &[]).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{method}");
+        assert!(message(&a).starts_with("id: unknown field"), "{method}");
+    }
+}
+
+#[tokio::test]
+async fn a_version_ahead_of_the_clock_is_a_503_with_retry_after() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use sample_app::store::{Expect, TodoStore};
+    use tworegion_common::version::{MAX_AHEAD_MILLIS, Version, system_millis};
+    let app = app(Some(KEY));
+    // Written by a region whose clock runs 11 minutes ahead: more than a version may lead.
+    let ahead = Version::from_millis(system_millis() + MAX_AHEAD_MILLIS + 60_000);
+    let mut item = std::collections::HashMap::new();
+    item.insert("id".to_owned(), AttributeValue::S("ahead-1".into()));
+    item.insert("text".to_owned(), AttributeValue::S("x".into()));
+    item.insert(
+        "rep_version".to_owned(),
+        AttributeValue::N(ahead.to_string()),
+    );
+    app.store.put(item.clone(), Expect::Absent).await.unwrap();
+    for (method, body) in [
+        ("PATCH", Some(r#"{"checked":true}"#)),
+        ("PUT", Some(r#"{"text":"y"}"#)),
+        ("DELETE", None),
+    ] {
+        let a = call(&app, method, "/todos/ahead-1", body, &[]).await;
+        assert_eq!(
+            a.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{method}: {:?}",
+            a.body
+        );
+        let retry: u64 = a
+            .headers
+            .get(header::RETRY_AFTER)
+            .expect("Retry-After")
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((55..=61).contains(&retry), "{method}: Retry-After {retry}");
+        assert!(
+            message(&a).contains("ahead of this server's clock"),
+            "{method}: {}",
+            message(&a)
+        );
+        assert!(message(&a).contains("The request is fine"));
+    }
+    assert_eq!(app.store.all()["ahead-1"], item, "left as it was");
+    // Reading it is fine.
+    assert_eq!(
+        call(&app, "GET", "/todos/ahead-1", None, &[]).await.status,
+        StatusCode::OK
+    );
+    // An unreachable table is a 503 with Retry-After too.
+    app.store.down.store(true, Ordering::SeqCst);
+    let down = call(&app, "GET", "/todos", None, &[]).await;
+    assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(down.headers.get(header::RETRY_AFTER).unwrap(), "1");
 }
