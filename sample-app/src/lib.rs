@@ -2,8 +2,10 @@
 //! or by a local HTTP server. Every write carries the last-writer-wins stamps the replicator relies on.
 //!
 //! # Layout
-//! - `todo`: the todo model, its DynamoDB item form (with `rep_version`, `rep_origin`, tombstones),
-//!   validation of ids and text.
+//! - `todo`: the todo model, its DynamoDB item form (with `rep_version`, `rep_origin`, tombstones, and
+//!   the `Idempotency-Key` request that created it), validation of ids, text and the key attribute's
+//!   name.
+//! - `idempotency`: the `Idempotency-Key` header, the todo id a key stands for, the request hash.
 //! - `store`: the [`store::TodoStore`] seam: DynamoDB (with the table's key attribute named by
 //!   configuration, `id` by default), and in memory for tests.
 //! - `api` (this file): the router, its middleware (region header, API key for the local server), the
@@ -14,6 +16,10 @@
 //!   from the process's hybrid logical clock that is above the stored one: updates are never lost
 //!   inside a region and always win over what they replace. `PUT` replaces the whole todo and `PATCH`
 //!   merges fields into it; both write this way, and with `If-Match` only over the versions named.
+//! - A create with an `Idempotency-Key` writes the todo whose id is derived from the key, only if no
+//!   item has that id: a retry (in either region, once the first create has been replicated there)
+//!   finds it and answers it with 200 instead of creating a second one; the same key with another body
+//!   is a 422. Only the todos table is used.
 //! - A stored version this process's clock cannot write above (more than
 //!   [`tworegion_common::version::MAX_AHEAD_MILLIS`] ahead of it) is a server-side condition: 503 with
 //!   `Retry-After`, never adopted, never blamed on the client.
@@ -21,6 +27,7 @@
 //! - No input produces a 500 or a panic: bad requests get a 4xx naming the field, an unreachable table
 //!   a 503 with `Retry-After`.
 
+pub mod idempotency;
 pub mod store;
 pub mod todo;
 
@@ -44,13 +51,18 @@ use tworegion_common::version::{
 };
 
 use crate::store::{Expect, StoreError, TodoStore};
-use crate::todo::{Todo, from_item, rfc3339, to_item, tombstone, validate_id, validate_text};
+use crate::todo::{
+    CreatedWith, Todo, from_item, rfc3339, to_item, tombstone, validate_id, validate_text,
+};
 
 /// The header that names the region that served a response.
 pub const REGION_HEADER: &str = "x-tworegion-region";
 
 /// Largest request body, bytes.
 pub const MAX_BODY: usize = 16 * 1024;
+
+/// The response header that marks the answer to a retried create (`Idempotency-Key`).
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 
 /// `Retry-After` of a 503 because the table could not be reached, seconds.
 pub const RETRY_UNAVAILABLE_SECS: u64 = 1;
@@ -329,45 +341,110 @@ fn todo_response(status: StatusCode, todo: &Todo, version: Version) -> Response 
     response
 }
 
+fn with_location(mut response: Response, id: &str) -> Response {
+    if let Ok(location) = HeaderValue::from_str(&format!("/todos/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// How many times a create is tried when its conditional put fails and the item is then not there (a
+/// tombstone's TTL expired in between).
+const CREATE_ATTEMPTS: usize = 3;
+
 async fn create<S: TodoStore>(
     State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
     JsonObject(body): JsonObject,
 ) -> Result<Response, ApiError> {
+    let key = idempotency::from_headers(&headers).map_err(ApiError::bad)?;
     let fields = fields(body)?;
     let text = fields.text.ok_or_else(|| ApiError::bad("text: required"))?;
+    let checked = fields.checked.unwrap_or(false);
+    let created_with = key.map(|key| CreatedWith {
+        request: idempotency::request_hash(&text, checked),
+        key,
+    });
+    let id = match &created_with {
+        Some(c) => idempotency::todo_id(&c.key),
+        None => uuid::Uuid::new_v4().to_string(),
+    };
     let now = rfc3339(system_millis());
     let todo = Todo {
-        id: uuid::Uuid::new_v4().to_string(),
+        id,
         text,
-        checked: fields.checked.unwrap_or(false),
+        checked,
         created_at: now.clone(),
         updated_at: now,
     };
-    let version = app.clock.now();
-    match app
-        .store
-        .put(
-            to_item(&todo, version, &app.region, &app.attributes),
-            Expect::Absent,
-        )
-        .await
-    {
-        Ok(()) => {}
-        // A retried put whose first attempt was applied: the item is ours.
-        Err(StoreError::Conflict)
-            if app
-                .store
-                .get(&todo.id)
-                .await?
-                .and_then(|i| from_item(&i, &app.attributes).ok())
-                .is_some_and(|s| s.version == version) => {}
-        Err(other) => return Err(other.into()),
+    for _ in 0..CREATE_ATTEMPTS {
+        let version = app.clock.now();
+        let item = to_item(
+            &todo,
+            created_with.as_ref(),
+            version,
+            &app.region,
+            &app.attributes,
+        );
+        match app.store.put(item.clone(), Expect::Absent).await {
+            Ok(()) => {
+                let response = todo_response(StatusCode::CREATED, &todo, version);
+                return Ok(with_location(response, &todo.id));
+            }
+            Err(StoreError::Conflict) => {}
+            Err(other) => return Err(other.into()),
+        }
+        let Some(found) = app.store.get(&todo.id).await? else {
+            continue;
+        };
+        if found == item {
+            // A retried put whose first attempt was applied: the item is ours. (Comparing versions alone
+            // is not enough: another process may create the same id in the same millisecond.)
+            let response = todo_response(StatusCode::CREATED, &todo, version);
+            return Ok(with_location(response, &todo.id));
+        }
+        let stored = from_item(&found, &app.attributes)
+            .map_err(|problem| ApiError::damaged(&todo.id, &problem))?;
+        let Some(ours) = &created_with else {
+            return Err(StoreError::Conflict.into());
+        };
+        return match &stored.created_with {
+            _ if stored.deleted => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "Idempotency-Key: the todo this key created ({}) has been deleted; send a new key to create another todo",
+                    todo.id
+                ),
+            )),
+            Some(theirs) if theirs == ours => {
+                let mut response = todo_response(StatusCode::OK, &stored.todo, stored.version);
+                response.headers_mut().insert(
+                    HeaderName::from_static(REPLAYED_HEADER),
+                    HeaderValue::from_static("true"),
+                );
+                Ok(with_location(response, &todo.id))
+            }
+            Some(theirs) if theirs.key == ours.key => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "Idempotency-Key: this key already created todo {} from another body (text or checked differ); \
+                     retry with the same body, or send a new key to create another todo",
+                    todo.id
+                ),
+            )),
+            _ => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "Idempotency-Key: todo {} exists and was not created with this key; send a new key",
+                    todo.id
+                ),
+            )),
+        };
     }
-    let mut response = todo_response(StatusCode::CREATED, &todo, version);
-    if let Ok(location) = HeaderValue::from_str(&format!("/todos/{}", todo.id)) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "the todo changed while it was being written; retry",
+    ))
 }
 
 async fn read<S: TodoStore>(app: &App<S>, id: &str) -> Result<crate::todo::Stored, ApiError> {
@@ -495,7 +572,7 @@ async fn patch<S: TodoStore>(
 }
 
 /// Writes the stored todo after `edit` (through [`change`]), with a new `updatedAt`, keeping what the
-/// client does not set: `createdAt`.
+/// client does not set: `createdAt` and the `Idempotency-Key` request that created it.
 async fn write<S: TodoStore>(
     app: &App<S>,
     id: &str,
@@ -510,7 +587,13 @@ async fn write<S: TodoStore>(
             todo.created_at = now.clone();
         }
         todo.updated_at = now.clone();
-        to_item(&todo, version, &app.region, &app.attributes)
+        to_item(
+            &todo,
+            stored.created_with.as_ref(),
+            version,
+            &app.region,
+            &app.attributes,
+        )
     })
     .await?;
     let todo = from_item(&item, &app.attributes)

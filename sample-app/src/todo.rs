@@ -19,8 +19,22 @@ pub const MAX_ID: usize = 64;
 /// another name (`--partition-key`); [`crate::store::DynamoStore`] renames it on the way in and out.
 pub const ID: &str = "id";
 
+/// Attribute (String): the `Idempotency-Key` of the `POST` that created the todo.
+pub const IDEMPOTENCY_KEY: &str = "idempotencyKey";
+
+/// Attribute (String): SHA-256 (hex) of that request's todo, to tell a retry from a reuse of the key.
+pub const IDEMPOTENCY_REQUEST: &str = "idempotencyRequestSha256";
+
 /// Every attribute a todo item may have besides the version convention's.
-pub const TODO_ATTRIBUTES: &[&str] = &[ID, "text", "checked", "createdAt", "updatedAt"];
+pub const TODO_ATTRIBUTES: &[&str] = &[
+    ID,
+    "text",
+    "checked",
+    "createdAt",
+    "updatedAt",
+    IDEMPOTENCY_KEY,
+    IDEMPOTENCY_REQUEST,
+];
 
 /// A todo as the API returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,27 +50,6 @@ pub struct Todo {
     pub created_at: String,
     /// RFC 3339, UTC.
     pub updated_at: String,
-}
-
-/// `POST /todos` body.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateTodo {
-    /// What to do (required).
-    pub text: String,
-    /// Done or not (default false).
-    #[serde(default)]
-    pub checked: bool,
-}
-
-/// `PUT /todos/{id}` body: at least one field.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateTodo {
-    /// New text.
-    pub text: Option<String>,
-    /// New state.
-    pub checked: Option<bool>,
 }
 
 /// Checks `text`: a non-empty string (after trimming) of at most [`MAX_TEXT`] characters.
@@ -123,6 +116,15 @@ fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.to_owned())
 }
 
+/// How a todo created with an `Idempotency-Key` remembers that request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedWith {
+    /// The key, as the client sent it (without the quotes of the structured-field form).
+    pub key: String,
+    /// SHA-256 (hex) of the todo the request asked for.
+    pub request: String,
+}
+
 /// What a stored item says.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stored {
@@ -132,6 +134,8 @@ pub struct Stored {
     pub version: Version,
     /// A tombstone: deleted.
     pub deleted: bool,
+    /// The `Idempotency-Key` request that created it, if any (kept by every later update).
+    pub created_with: Option<CreatedWith>,
 }
 
 /// Reads a stored item. A tombstone needs only its id; a todo needs `text` (a string); `checked` is a
@@ -160,6 +164,7 @@ pub fn from_item(item: &Item, attrs: &VersionAttributes) -> Result<Stored, Strin
             },
             version,
             deleted,
+            created_with: None,
         });
     }
     let text = match item.get("text") {
@@ -180,6 +185,17 @@ pub fn from_item(item: &Item, attrs: &VersionAttributes) -> Result<Stored, Strin
             .map_err(|_| format!("{name}: {n:?} is not epoch milliseconds")),
         Some(_) => Err(format!("{name}: not a timestamp")),
     };
+    let string = |name: &str| match item.get(name) {
+        None => Ok(None),
+        Some(AttributeValue::S(v)) => Ok(Some(v.clone())),
+        Some(_) => Err(format!("{name}: not a string")),
+    };
+    let created_with = match (string(IDEMPOTENCY_KEY)?, string(IDEMPOTENCY_REQUEST)?) {
+        (None, None) => None,
+        (Some(key), Some(request)) => Some(CreatedWith { key, request }),
+        (Some(_), None) => return Err(format!("{IDEMPOTENCY_REQUEST}: missing")),
+        (None, Some(_)) => return Err(format!("{IDEMPOTENCY_KEY}: missing")),
+    };
     Ok(Stored {
         todo: Todo {
             id,
@@ -190,12 +206,20 @@ pub fn from_item(item: &Item, attrs: &VersionAttributes) -> Result<Stored, Strin
         },
         version,
         deleted,
+        created_with,
     })
 }
 
-/// The item for a todo at `version`, written in `region`.
-pub fn to_item(todo: &Todo, version: Version, region: &str, attrs: &VersionAttributes) -> Item {
-    [
+/// The item for a todo at `version`, written in `region`; `created_with` is the `Idempotency-Key`
+/// request that created it, which every later write keeps.
+pub fn to_item(
+    todo: &Todo,
+    created_with: Option<&CreatedWith>,
+    version: Version,
+    region: &str,
+    attrs: &VersionAttributes,
+) -> Item {
+    let mut item: Item = [
         (ID.to_owned(), s(&todo.id)),
         ("text".to_owned(), s(&todo.text)),
         ("checked".to_owned(), AttributeValue::Bool(todo.checked)),
@@ -207,7 +231,12 @@ pub fn to_item(todo: &Todo, version: Version, region: &str, attrs: &VersionAttri
         ),
         (attrs.origin.clone(), s(region)),
     ]
-    .into()
+    .into();
+    if let Some(c) = created_with {
+        item.insert(IDEMPOTENCY_KEY.to_owned(), s(&c.key));
+        item.insert(IDEMPOTENCY_REQUEST.to_owned(), s(&c.request));
+    }
+    item
 }
 
 /// The tombstone that replaces a deleted todo: its key, the convention's stamps, and an expiry.
@@ -263,11 +292,28 @@ mod tests {
             created_at: rfc3339(1),
             updated_at: rfc3339(2),
         };
-        let item = to_item(&todo, Version(5), "us-east-1", &attrs);
+        let item = to_item(&todo, None, Version(5), "us-east-1", &attrs);
         let back = from_item(&item, &attrs).unwrap();
         assert_eq!(back.todo, todo);
         assert_eq!(back.version, Version(5));
         assert!(!back.deleted);
+        assert_eq!(back.created_with, None);
+        // The Idempotency-Key request that created a todo is kept with it.
+        let created_with = CreatedWith {
+            key: "k".into(),
+            request: "ab".into(),
+        };
+        let keyed = to_item(&todo, Some(&created_with), Version(5), "us-east-1", &attrs);
+        assert_eq!(
+            from_item(&keyed, &attrs).unwrap().created_with,
+            Some(created_with)
+        );
+        let mut half = keyed;
+        half.remove(IDEMPOTENCY_REQUEST);
+        assert_eq!(
+            from_item(&half, &attrs).unwrap_err(),
+            "idempotencyRequestSha256: missing"
+        );
         let gone = from_item(&tombstone("a", Version(6), "us-east-1", 9, &attrs), &attrs).unwrap();
         assert!(gone.deleted);
         // Older items: numeric timestamps are read; damaged ones are errors naming the field.
@@ -303,7 +349,13 @@ mod tests {
         for ok in ["id", "pk", "todoId", "PK"] {
             assert_eq!(validate_partition_key(ok, &attrs), Ok(()), "{ok}");
         }
-        for taken in ["text", "createdAt", "rep_version", "rep_expires"] {
+        for taken in [
+            "text",
+            "createdAt",
+            "rep_version",
+            "rep_expires",
+            IDEMPOTENCY_KEY,
+        ] {
             let error = validate_partition_key(taken, &attrs).unwrap_err();
             assert!(error.contains("an attribute the app writes"), "{error}");
         }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::Value;
 use tworegion_common::test_support::{
-    LocalAws, REGION_A, TablesCleanup, create_table, unique_name,
+    LocalAws, REGION_A, REGION_B, TablesCleanup, create_table, unique_name,
 };
 
 const KEY: &str = "local-test-api-key-0123456789";
@@ -330,7 +330,7 @@ async fn the_key_attribute_is_named_by_configuration() {
     let health = http(p, "GET", "/todos/health", None, &[]).await;
     assert_eq!(health.status, 200, "{:?}", health.body);
 
-    // Creates (conditional on the key attribute).
+    // Creates, with and without Idempotency-Key (conditional on the key attribute).
     let mut ids = Vec::new();
     for i in 0..3 {
         let created = http(
@@ -344,6 +344,13 @@ async fn the_key_attribute_is_named_by_configuration() {
         assert_eq!(created.status, 201, "{:?}", created.body);
         ids.push(created.body["id"].as_str().unwrap().to_owned());
     }
+    let headers = [("x-api-key", KEY), ("idempotency-key", "pk-create-1")];
+    let keyed = http(p, "POST", "/todos", Some(r#"{"text":"keyed"}"#), &headers).await;
+    assert_eq!(keyed.status, 201, "{:?}", keyed.body);
+    let again = http(p, "POST", "/todos", Some(r#"{"text":"keyed"}"#), &headers).await;
+    assert_eq!(again.status, 200, "{:?}", again.body);
+    assert_eq!(again.body, keyed.body);
+    ids.push(keyed.body["id"].as_str().unwrap().to_owned());
 
     // The stored item has the key under the configured name, and no `id` attribute.
     let id = &ids[0];
@@ -439,4 +446,68 @@ async fn the_key_attribute_is_named_by_configuration() {
         .unwrap();
     assert_eq!(tomb["rep_deleted"], AttributeValue::Bool(true));
     assert!(!tomb.contains_key("id"));
+}
+
+#[tokio::test]
+async fn an_idempotent_create_is_found_in_the_other_region_once_replicated() {
+    let local = LocalAws::from_env();
+    let cleanup = TablesCleanup::new(&local);
+    let table = unique_name("todos-idem");
+    let east = local.dynamodb(REGION_A);
+    let west = local.dynamodb(REGION_B);
+    create_table(&east, &table, "id", None).await;
+    cleanup.table(REGION_A, &table);
+    create_table(&west, &table, "id", None).await;
+    cleanup.table(REGION_B, &table);
+    let a = start_with(&local, REGION_A, &table, &[]).await;
+    let b = start_with(&local, REGION_B, &table, &[]).await;
+    let headers = [("x-api-key", KEY), ("idempotency-key", "order-7-create")];
+    let body = Some(r#"{"text":"ship order 7","checked":false}"#);
+
+    let first = http(a.port, "POST", "/todos", body, &headers).await;
+    assert_eq!(first.status, 201, "{:?}", first.body);
+    let id = first.body["id"].as_str().unwrap().to_owned();
+    // The retry in the same region: the conditional create fails, the todo is answered.
+    let same = http(a.port, "POST", "/todos", body, &headers).await;
+    assert_eq!(same.status, 200, "{:?}", same.body);
+    assert_eq!(same.body, first.body);
+    assert_eq!(same.header("idempotent-replayed"), Some("true"));
+
+    // Replicate the whole item, as the replicator does, then retry in the other region.
+    let item = east
+        .get_item()
+        .table_name(&table)
+        .key("id", AttributeValue::S(id.clone()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert!(item.contains_key("idempotencyKey"), "{item:?}");
+    west.put_item()
+        .table_name(&table)
+        .set_item(Some(item))
+        .send()
+        .await
+        .unwrap();
+    let retry = http(b.port, "POST", "/todos", body, &headers).await;
+    assert_eq!(retry.status, 200, "{:?}", retry.body);
+    assert_eq!(
+        retry.body, first.body,
+        "the same todo from the other region"
+    );
+    assert_eq!(retry.header("x-tworegion-region"), Some(REGION_B));
+    assert_eq!(etag(&retry), etag(&first));
+    let misuse = http(
+        b.port,
+        "POST",
+        "/todos",
+        Some(r#"{"text":"ship order 8"}"#),
+        &headers,
+    )
+    .await;
+    assert_eq!(misuse.status, 422, "{:?}", misuse.body);
+    let count = west.scan().table_name(&table).send().await.unwrap().count;
+    assert_eq!(count, 1, "no duplicate in the other region");
 }

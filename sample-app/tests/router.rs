@@ -690,6 +690,47 @@ async fn openapi_document_matches_the_router() {
     assert_eq!(served.body, doc);
 }
 
+fn app_in(region: &str) -> Arc<App<MemoryStore>> {
+    Arc::new(App {
+        region: region.into(),
+        ..Arc::try_unwrap(app(Some(KEY))).unwrap()
+    })
+}
+
+/// `call` for an app in another region than us-west-2 (the region header differs).
+async fn call_in(
+    app: &Arc<App<MemoryStore>>,
+    method: &str,
+    uri: &str,
+    body: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Answer {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("x-api-key", KEY);
+    if body.is_some() {
+        request = request.header(header::CONTENT_TYPE, "application/json");
+    }
+    for (k, v) in extra {
+        request = request.header(*k, *v);
+    }
+    let request = request
+        .body(body.map(|b| Body::from(b.to_owned())).unwrap_or_default())
+        .unwrap();
+    let response = router(app.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    Answer {
+        status,
+        headers,
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
+}
+
 fn etag_of(a: &Answer) -> String {
     a.headers
         .get(header::ETAG)
@@ -697,6 +738,239 @@ fn etag_of(a: &Answer) -> String {
         .to_str()
         .unwrap()
         .to_owned()
+}
+
+#[tokio::test]
+async fn a_retried_create_with_the_same_idempotency_key_returns_the_same_todo() {
+    let app = app(Some(KEY));
+    let key = [("idempotency-key", "8e03978e-40d5-43e8-bc93-6894a57f9324")];
+    let first = call(&app, "POST", "/todos", Some(r#"{"text":"buy milk"}"#), &key).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    assert!(first.headers.get("idempotent-replayed").is_none());
+    let id = first.body["id"].as_str().unwrap().to_owned();
+
+    // The retry, also with the default spelled out and the key in the draft's quoted form.
+    for (body, key) in [
+        (
+            r#"{"text":"buy milk"}"#,
+            "8e03978e-40d5-43e8-bc93-6894a57f9324",
+        ),
+        (
+            r#"{"checked":false,"text":"buy milk"}"#,
+            "\"8e03978e-40d5-43e8-bc93-6894a57f9324\"",
+        ),
+    ] {
+        let retry = call(
+            &app,
+            "POST",
+            "/todos",
+            Some(body),
+            &[("idempotency-key", key)],
+        )
+        .await;
+        assert_eq!(retry.status, StatusCode::OK, "{:?}", retry.body);
+        assert_eq!(retry.body, first.body, "the same todo, not a new one");
+        assert_eq!(etag_of(&retry), etag_of(&first));
+        assert_eq!(retry.headers.get("idempotent-replayed").unwrap(), "true");
+        assert_eq!(
+            retry.headers.get(header::LOCATION).unwrap(),
+            &format!("/todos/{id}")
+        );
+    }
+    assert_eq!(app.store.all().len(), 1, "one todo in the table");
+
+    // The same key with another body is refused, naming the header.
+    let other = call(
+        &app,
+        "POST",
+        "/todos",
+        Some(r#"{"text":"buy milk","checked":true}"#),
+        &key,
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        message(&other).starts_with("Idempotency-Key: this key already created todo"),
+        "{}",
+        message(&other)
+    );
+
+    // A late retry after a change answers the todo as it is now.
+    let changed = call(
+        &app,
+        "PATCH",
+        &format!("/todos/{id}"),
+        Some(r#"{"checked":true}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(changed.status, StatusCode::OK);
+    let late = call(&app, "POST", "/todos", Some(r#"{"text":"buy milk"}"#), &key).await;
+    assert_eq!(late.status, StatusCode::OK);
+    assert_eq!(late.body, changed.body);
+    // Updates keep what the create remembered: a PUT, then a retry still finds it.
+    let put = call(
+        &app,
+        "PUT",
+        &format!("/todos/{id}"),
+        Some(r#"{"text":"buy oat milk"}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(put.status, StatusCode::OK);
+    let late = call(&app, "POST", "/todos", Some(r#"{"text":"buy milk"}"#), &key).await;
+    assert_eq!(late.status, StatusCode::OK);
+    assert_eq!(late.body["text"], "buy oat milk");
+
+    // Without a key, every create is a new todo; another key is another todo.
+    let plain = call(&app, "POST", "/todos", Some(r#"{"text":"buy milk"}"#), &[]).await;
+    assert_eq!(plain.status, StatusCode::CREATED);
+    assert_ne!(plain.body["id"], first.body["id"]);
+    let another = call(
+        &app,
+        "POST",
+        "/todos",
+        Some(r#"{"text":"buy milk"}"#),
+        &[("idempotency-key", "another-key")],
+    )
+    .await;
+    assert_eq!(another.status, StatusCode::CREATED);
+    assert_ne!(another.body["id"], first.body["id"]);
+    assert_eq!(app.store.all().len(), 3);
+
+    // Once the todo is deleted, a retry does not bring it back.
+    let deleted = call(&app, "DELETE", &format!("/todos/{id}"), None, &[]).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    let after = call(&app, "POST", "/todos", Some(r#"{"text":"buy milk"}"#), &key).await;
+    assert_eq!(after.status, StatusCode::CONFLICT);
+    assert!(
+        message(&after).contains("has been deleted"),
+        "{}",
+        message(&after)
+    );
+    assert_eq!(
+        call(&app, "GET", &format!("/todos/{id}"), None, &[])
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_validated() {
+    let app = app(Some(KEY));
+    for bad in ["", "a b", "a,b", "\"open", &"k".repeat(256)] {
+        let a = call(
+            &app,
+            "POST",
+            "/todos",
+            Some(r#"{"text":"a"}"#),
+            &[("idempotency-key", bad)],
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad:?}");
+        assert!(
+            message(&a).starts_with("Idempotency-Key: must be 1 to 255 characters"),
+            "{bad:?}: {}",
+            message(&a)
+        );
+    }
+    let twice = call(
+        &app,
+        "POST",
+        "/todos",
+        Some(r#"{"text":"a"}"#),
+        &[("idempotency-key", "a"), ("idempotency-key", "a")],
+    )
+    .await;
+    assert_eq!(twice.status, StatusCode::BAD_REQUEST);
+    assert_eq!(message(&twice), "Idempotency-Key: give the header once");
+    assert!(app.store.all().is_empty(), "nothing was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_with_one_key_make_one_todo() {
+    let app = app(Some(KEY));
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            call(
+                &app,
+                "POST",
+                "/todos",
+                Some(r#"{"text":"once"}"#),
+                &[("idempotency-key", "one-key")],
+            )
+            .await
+        }));
+    }
+    let mut created = 0;
+    let mut ids = Vec::new();
+    for t in tasks {
+        let a = t.await.unwrap();
+        match a.status {
+            StatusCode::CREATED => created += 1,
+            StatusCode::OK => {}
+            other => panic!("unexpected {other}: {:?}", a.body),
+        }
+        ids.push(a.body["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(created, 1, "exactly one create wrote");
+    ids.dedup();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(app.store.all().len(), 1);
+}
+
+#[tokio::test]
+async fn a_retry_in_the_other_region_finds_the_replicated_create() {
+    use sample_app::store::{Expect, TodoStore};
+    let east = app_in("us-east-1");
+    let west = app_in("us-west-2");
+    let key = [("idempotency-key", "failover-retry-1")];
+    let body = Some(r#"{"text":"pay rent","checked":true}"#);
+    let first = call_in(&east, "POST", "/todos", body, &key).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let id = first.body["id"].as_str().unwrap().to_owned();
+    // The replicator copies the whole item, the attributes that remember the key included.
+    let item = east.store.all()[&id].clone();
+    assert!(item.contains_key("idempotencyKey"));
+    assert!(item.contains_key("idempotencyRequestSha256"));
+    west.store.put(item, Expect::Absent).await.unwrap();
+
+    let retry = call_in(&west, "POST", "/todos", body, &key).await;
+    assert_eq!(retry.status, StatusCode::OK, "{:?}", retry.body);
+    assert_eq!(retry.body, first.body);
+    assert_eq!(retry.headers.get(REGION_HEADER).unwrap(), "us-west-2");
+    assert_eq!(
+        west.store.all().len(),
+        1,
+        "no second todo in the other region"
+    );
+    let misuse = call_in(&west, "POST", "/todos", Some(r#"{"text":"x"}"#), &key).await;
+    assert_eq!(misuse.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Before replication the other region cannot tell (documented): it creates, under the same id, so
+    // that replication makes the two one todo.
+    let early = call_in(
+        &west,
+        "POST",
+        "/todos",
+        body,
+        &[("idempotency-key", "not-yet-replicated")],
+    )
+    .await;
+    let late = call_in(
+        &east,
+        "POST",
+        "/todos",
+        body,
+        &[("idempotency-key", "not-yet-replicated")],
+    )
+    .await;
+    assert_eq!(early.status, StatusCode::CREATED);
+    assert_eq!(late.status, StatusCode::CREATED);
+    assert_eq!(early.body["id"], late.body["id"]);
 }
 
 #[tokio::test]
