@@ -25,7 +25,7 @@
 //!   `Retry-After`, never adopted, never blamed on the client.
 //! - Deletes write tombstones; reads and lists never show them.
 //! - No input produces a 500 or a panic: bad requests get a 4xx naming the field, an unreachable table
-//!   a 503 with `Retry-After`.
+//!   a 503 with `Retry-After`. `openapi.json` lists every status each operation can answer.
 
 pub mod idempotency;
 pub mod store;
@@ -305,34 +305,83 @@ enum Pinned {
     OneOf(Vec<Version>),
 }
 
-/// `If-Match`: `None` if absent. Weak tags (`W/"..."`) never match (RFC 9110 compares strongly).
+/// Digits in a strong ETag: a version is below 2^53, so it has at most 16.
+const MAX_ETAG_DIGITS: usize = 16;
+
+/// `If-Match` (RFC 9110 13.1.1), `None` if absent: `*`, or a comma-separated list of entity tags,
+/// each either strong, `"<version>"` as the ETag header gives it (1 to 16 digits), or weak, `W/"..."`
+/// (any visible ASCII but `"` inside, commas included), which is accepted and never matches (If-Match
+/// compares strongly). Empty list elements are ignored, as RFC 9110 5.6.1 asks; several `If-Match`
+/// fields are one list. Anything else is a 400.
 fn if_match(headers: &HeaderMap) -> Result<Option<Pinned>, ApiError> {
-    let Some(value) = headers.get(header::IF_MATCH) else {
-        return Ok(None);
+    let bad = || {
+        ApiError::bad(
+            "If-Match: expected * or ETags as the ETag header gives them, for example \"1764000000000000\" \
+             (quoted, 1 to 16 digits), separated by commas",
+        )
     };
-    let text = value
-        .to_str()
-        .map_err(|_| ApiError::bad("If-Match: not text"))?
-        .trim();
-    if text == "*" {
-        return Ok(Some(Pinned::Any));
+    let fields = headers
+        .get_all(header::IF_MATCH)
+        .iter()
+        .map(|v| v.to_str().map_err(|_| bad()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if fields.is_empty() {
+        return Ok(None);
     }
-    let mut versions = Vec::new();
-    for tag in text.split(',').map(str::trim) {
-        if tag.starts_with("W/") {
-            continue;
+    parse_if_match(&fields.join(", ")).map(Some).ok_or_else(bad)
+}
+
+/// The value of `If-Match`; `None` if it is neither `*` nor a list of entity tags.
+fn parse_if_match(value: &str) -> Option<Pinned> {
+    if value.trim_matches([' ', '\t']) == "*" {
+        return Some(Pinned::Any);
+    }
+    let b = value.as_bytes();
+    let skip = |i: &mut usize, also_commas: bool| {
+        while *i < b.len() && (b[*i] == b' ' || b[*i] == b'\t' || (also_commas && b[*i] == b',')) {
+            *i += 1;
         }
-        let bare = tag
-            .strip_prefix('"')
-            .and_then(|t| t.strip_suffix('"'))
-            .unwrap_or(tag);
-        versions.push(Version::parse(bare).ok_or_else(|| {
-            ApiError::bad(
-                "If-Match: expected the ETag of the todo, for example \"1764000000000000\"",
-            )
-        })?);
+    };
+    let mut versions = Vec::new();
+    let mut i = 0;
+    loop {
+        // White space, separators and empty elements before the next tag.
+        skip(&mut i, true);
+        if i == b.len() {
+            return Some(Pinned::OneOf(versions));
+        }
+        let weak = b[i..].starts_with(b"W/");
+        if weak {
+            i += 2;
+        }
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let start = i + 1;
+        let len = b.get(start..)?.iter().position(|&c| c == b'"')?;
+        let opaque = &b[start..start + len];
+        // etagc: any visible ASCII but the double quote.
+        if !opaque
+            .iter()
+            .all(|&c| c == b'!' || (b'#'..=b'~').contains(&c))
+        {
+            return None;
+        }
+        if !weak {
+            if !(1..=MAX_ETAG_DIGITS).contains(&opaque.len())
+                || !opaque.iter().all(u8::is_ascii_digit)
+            {
+                return None;
+            }
+            versions.push(Version::parse(std::str::from_utf8(opaque).ok()?)?);
+        }
+        i = start + len + 1;
+        // After a tag: white space, then a comma or the end.
+        skip(&mut i, false);
+        if i < b.len() && b[i] != b',' {
+            return None;
+        }
     }
-    Ok(Some(Pinned::OneOf(versions)))
 }
 
 fn todo_response(status: StatusCode, todo: &Todo, version: Version) -> Response {
@@ -639,10 +688,11 @@ async fn list<S: TodoStore>(
                     .ok_or_else(|| ApiError::bad("limit: must be a whole number from 1 to 100"))?;
             }
             "next" => {
-                next = Some(
-                    decode_token(value)
-                        .ok_or_else(|| ApiError::bad("next: not a token from a previous page"))?,
-                );
+                next = Some(decode_token(value).ok_or_else(|| {
+                    ApiError::bad(format!(
+                        "next: expected the token of a previous page (lowercase hex, 2 to {MAX_TOKEN} characters)"
+                    ))
+                })?);
             }
             other => {
                 return Err(ApiError::bad(format!(
@@ -670,20 +720,33 @@ async fn list<S: TodoStore>(
     Ok(axum::Json(json!({ "items": items, "next": next })).into_response())
 }
 
-/// The paging token: the last id, hex-encoded (opaque to clients; any id survives the round trip).
+/// Longest paging token: the hex of DynamoDB's longest partition key (2048 bytes).
+const MAX_TOKEN: usize = 4096;
+
+/// The paging token: the last key, its UTF-8 bytes in lowercase hex (opaque to clients; any key survives
+/// the round trip).
 fn encode_token(id: &str) -> String {
     id.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A token is an even number (2 to [`MAX_TOKEN`]) of lowercase hex digits; each such token is accepted
+/// as the position to continue after. Tokens this server gave are UTF-8; in a made-up one, bytes that
+/// are not are read as U+FFFD, which is a position all the same.
 fn decode_token(token: &str) -> Option<String> {
-    if token.is_empty() || !token.len().is_multiple_of(2) || token.len() > 2048 {
+    let hex = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    if token.is_empty() || !token.len().is_multiple_of(2) || token.len() > MAX_TOKEN {
         return None;
     }
-    let bytes: Option<Vec<u8>> = (0..token.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
+    let bytes: Option<Vec<u8>> = token
+        .as_bytes()
+        .chunks_exact(2)
+        .map(|pair| Some(hex(pair[0])? << 4 | hex(pair[1])?))
         .collect();
-    String::from_utf8(bytes?).ok()
+    Some(String::from_utf8_lossy(&bytes?).into_owned())
 }
 
 async fn health<S: TodoStore>(State(app): State<Arc<App<S>>>) -> Response {
@@ -834,6 +897,70 @@ pub fn router<S: TodoStore>(app: Arc<App<S>>) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for v in values {
+            map.append(header::IF_MATCH, HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn if_match_follows_rfc_9110_and_the_etag_format() {
+        let one_of = |v: &[u64]| {
+            Ok(Some(Pinned::OneOf(
+                v.iter().copied().map(Version).collect(),
+            )))
+        };
+        assert_eq!(if_match(&headers(&[])), Ok(None));
+        assert_eq!(if_match(&headers(&["*"])), Ok(Some(Pinned::Any)));
+        assert_eq!(if_match(&headers(&[" * "])), Ok(Some(Pinned::Any)));
+        assert_eq!(if_match(&headers(&["\"17\""])), one_of(&[17]));
+        assert_eq!(
+            if_match(&headers(&["W/\"x\", \t\"1\" ,\"9007199254740991\""])),
+            one_of(&[1, 9_007_199_254_740_991])
+        );
+        assert_eq!(if_match(&headers(&["\"1\"", "\"2\""])), one_of(&[1, 2]));
+        // Empty elements are ignored; a list of none matches nothing.
+        assert_eq!(if_match(&headers(&["\"1\",,"])), one_of(&[1]));
+        assert_eq!(if_match(&headers(&[""])), one_of(&[]));
+        assert_eq!(if_match(&headers(&["W/\"\""])), one_of(&[]));
+        // A comma inside a weak tag is part of it (etagc), not a separator.
+        assert_eq!(
+            if_match(&headers(&["W/\".n,0P<4w4,&6\",  \"5\""])),
+            one_of(&[5])
+        );
+        for bad in [
+            "17",
+            "\"\"",
+            "\"a\"",
+            "\"12345678901234567\"",
+            "\"1",
+            "W/1",
+            "W/\"a\"b\"",
+            "*, \"1\"",
+            "\"1\" \"2\"",
+            "\"+1\"",
+            "yesterday",
+        ] {
+            let error = if_match(&headers(&[bad])).unwrap_err();
+            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert!(error.message.starts_with("If-Match:"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_lowercase_hex_and_round_trip() {
+        for id in ["0f8fad5b-d9cb-469f-a165-70867728950e", "é x/y", "a"] {
+            assert_eq!(decode_token(&encode_token(id)).as_deref(), Some(id));
+        }
+        assert_eq!(decode_token("ff").as_deref(), Some("\u{fffd}"));
+        assert!(decode_token(&"61".repeat(MAX_TOKEN / 2)).is_some());
+        for bad in ["", "6", "6G", "6A", "%61", &"61".repeat(MAX_TOKEN / 2 + 1)] {
+            assert_eq!(decode_token(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn versions_ahead_of_the_clock_are_a_503_with_retry_after() {

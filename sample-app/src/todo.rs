@@ -19,6 +19,9 @@ pub const MAX_ID: usize = 64;
 /// another name (`--partition-key`); [`crate::store::DynamoStore`] renames it on the way in and out.
 pub const ID: &str = "id";
 
+/// The one id no todo can have: `GET /todos/health` is the health route.
+pub const RESERVED_ID: &str = "health";
+
 /// Attribute (String): the `Idempotency-Key` of the `POST` that created the todo.
 pub const IDEMPOTENCY_KEY: &str = "idempotencyKey";
 
@@ -66,19 +69,23 @@ pub fn validate_text(text: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks an id: 1 to [`MAX_ID`] characters of `A-Z a-z 0-9 -`.
+/// Checks an id: 1 to [`MAX_ID`] characters of `A-Z a-z 0-9 -`, and not [`RESERVED_ID`].
 pub fn validate_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
         && id.len() <= MAX_ID
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    if !ok {
+        return Err(format!(
             "id: {:?} is not a todo id (1 to {MAX_ID} characters: letters, digits, '-')",
             id.chars().take(80).collect::<String>()
-        ))
+        ));
     }
+    if id == RESERVED_ID {
+        return Err(format!(
+            "id: {RESERVED_ID:?} is not a todo id (/todos/{RESERVED_ID} is the health route)"
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the name of the table's key attribute (`--partition-key`): 1 to 255 bytes, as DynamoDB
@@ -270,9 +277,10 @@ mod tests {
     #[test]
     fn ids_and_text_are_validated_with_the_field_named() {
         assert!(validate_id("0f8fad5b-d9cb-469f-a165-70867728950e").is_ok());
-        for bad in ["", "a b", "../x", "é", &"x".repeat(65)] {
+        for bad in ["", "a b", "../x", "é", &"x".repeat(65), "health"] {
             assert!(validate_id(bad).unwrap_err().starts_with("id: "), "{bad}");
         }
+        assert!(validate_id("healthy").is_ok());
         assert!(validate_text("buy milk").is_ok());
         assert_eq!(validate_text("  ").unwrap_err(), "text: must not be empty");
         assert!(

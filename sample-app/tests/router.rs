@@ -491,6 +491,13 @@ async fn bad_input_is_a_4xx_naming_the_field() {
             "todo nope not found",
         ),
         (
+            "GET",
+            "/todos?next=6E6F7065",
+            None,
+            StatusCode::BAD_REQUEST,
+            "next: expected the token of a previous page (lowercase hex",
+        ),
+        (
             "PUT",
             "/todos/x",
             Some(r#"{"text":"a"}"#),
@@ -1093,4 +1100,24 @@ async fn a_version_ahead_of_the_clock_is_a_503_with_retry_after() {
     let down = call(&app, "GET", "/todos", None, &[]).await;
     assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(down.headers.get(header::RETRY_AFTER).unwrap(), "1");
+}
+
+#[tokio::test]
+async fn paging_tokens_are_lowercase_hex_and_405_lists_the_methods() {
+    let app = app(Some(KEY));
+    // Any well-formed token is a position to continue after, also one this server did not give.
+    for token in ["ff", "7a7a7a", "00"] {
+        let a = call(&app, "GET", &format!("/todos?next={token}"), None, &[]).await;
+        assert_eq!(a.status, StatusCode::OK, "{token}");
+    }
+    // 405 says which methods the route has (RFC 9110).
+    let a = call(&app, "POST", "/todos/some-id", Some("{}"), &[]).await;
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+    let allow = a.headers.get(header::ALLOW).unwrap().to_str().unwrap();
+    for method in ["GET", "PUT", "PATCH", "DELETE"] {
+        assert!(allow.contains(method), "{allow}");
+    }
+    // The id of the health route is no todo id.
+    let a = call(&app, "PATCH", "/todos/health", Some(r#"{"text":"x"}"#), &[]).await;
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
 }
