@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use sample_app::store::DynamoStore;
+use sample_app::todo::validate_partition_key;
 use sample_app::{App, Maintenance, router};
 use tworegion_common::aws::{AwsOptions, parse_region, sdk_config};
 use tworegion_common::telemetry::{LogFormat, init_logging};
@@ -28,9 +29,13 @@ struct Cli {
     /// The region this app serves, also stamped on its writes [default: AWS_REGION].
     #[arg(long, env = "SAMPLE_APP_REGION")]
     region: Option<String>,
-    /// The DynamoDB table (key `id`, a String).
+    /// The DynamoDB table (its partition key a String, named by --partition-key).
     #[arg(long, env = "SAMPLE_APP_TABLE")]
     table: String,
+    /// The name of the table's partition key attribute (a String; no sort key). The API still calls the
+    /// todo's id `id`.
+    #[arg(long, env = "SAMPLE_APP_PARTITION_KEY", default_value = "id")]
+    partition_key: String,
     /// The API key the local server requires in `x-api-key` (20 to 128 characters, as API Gateway).
     /// On Lambda, API Gateway checks the key and this is not used.
     #[arg(long, env = "SAMPLE_APP_API_KEY", hide_env_values = true)]
@@ -101,6 +106,10 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
     if cli.table.trim().is_empty() {
         bail!("--table: required");
     }
+    let attributes = VersionAttributes::default();
+    if let Err(problem) = validate_partition_key(&cli.partition_key, &attributes) {
+        bail!("--partition-key: {problem}");
+    }
     if cli.tombstone_retention < Duration::from_secs(3600) {
         bail!(
             "--tombstone-retention: at least 1h, longer than replication can lag (default 7d); a tombstone that expires first lets an older write bring the todo back"
@@ -118,11 +127,11 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         (None, _) => None,
     };
     let sdk = sdk_config(parse_region(&region)?, &AwsOptions::default()).await;
-    let attributes = VersionAttributes::default();
     let app = Arc::new(App {
         store: DynamoStore::new(
             aws_sdk_dynamodb::Client::new(&sdk),
             cli.table.clone(),
+            cli.partition_key.clone(),
             attributes.clone(),
         ),
         region: region.clone(),
@@ -144,7 +153,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("--listen {addr}"))?;
-            tracing::info!(addr = %listener.local_addr()?, region, table = cli.table, "Serving the todo API.");
+            tracing::info!(addr = %listener.local_addr()?, region, table = cli.table, partition_key = cli.partition_key, "Serving the todo API.");
             let server =
                 axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned());
             tokio::select! {

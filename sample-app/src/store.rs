@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::types::AttributeValue;
 use tworegion_common::version::{Version, VersionAttributes};
 
-use crate::todo::Item;
+use crate::todo::{ID, Item};
 
 /// What a conditional put expects of the stored item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,8 @@ pub struct ScanPage {
     pub next: Option<String>,
 }
 
-/// The todo table.
+/// The todo table. Items cross this seam with their key in the attribute [`ID`], whatever the table
+/// calls it.
 pub trait TodoStore: Send + Sync + 'static {
     /// The item with this id, consistent read.
     fn get(&self, id: &str) -> impl Future<Output = Result<Option<Item>, StoreError>> + Send;
@@ -66,18 +67,51 @@ pub trait TodoStore: Send + Sync + 'static {
 pub struct DynamoStore {
     client: Client,
     table: String,
+    key: String,
     attributes: VersionAttributes,
 }
 
 impl DynamoStore {
-    /// The table `table` through `client`.
-    pub fn new(client: Client, table: String, attributes: VersionAttributes) -> DynamoStore {
+    /// The table `table` through `client`; its partition key (a String) is the attribute `key`
+    /// (`--partition-key`, checked with [`crate::todo::validate_partition_key`]).
+    pub fn new(
+        client: Client,
+        table: String,
+        key: String,
+        attributes: VersionAttributes,
+    ) -> DynamoStore {
         DynamoStore {
             client,
             table,
+            key,
             attributes,
         }
     }
+
+    fn key_of(&self, id: &str) -> (String, AttributeValue) {
+        (self.key.clone(), AttributeValue::S(id.to_owned()))
+    }
+}
+
+/// The item as the table stores it: the app's [`ID`] attribute renamed to the table's key attribute.
+pub fn to_table(mut item: Item, key: &str) -> Item {
+    if key != ID
+        && let Some(id) = item.remove(ID)
+    {
+        item.insert(key.to_owned(), id);
+    }
+    item
+}
+
+/// The item as the app reads it: the table's key attribute renamed to [`ID`] (an attribute that the
+/// table happens to call `id` besides its key is replaced).
+pub fn from_table(mut item: Item, key: &str) -> Item {
+    if key != ID
+        && let Some(id) = item.remove(key)
+    {
+        item.insert(ID.to_owned(), id);
+    }
+    item
 }
 
 fn unavailable<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
@@ -92,12 +126,12 @@ impl TodoStore for DynamoStore {
             .client
             .get_item()
             .table_name(&self.table)
-            .key("id", AttributeValue::S(id.to_owned()))
+            .set_key(Some([self.key_of(id)].into()))
             .consistent_read(true)
             .send()
             .await
             .map_err(unavailable)?;
-        Ok(out.item)
+        Ok(out.item.map(|item| from_table(item, &self.key)))
     }
 
     async fn put(&self, item: Item, expect: Expect) -> Result<(), StoreError> {
@@ -105,14 +139,14 @@ impl TodoStore for DynamoStore {
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(item));
+            .set_item(Some(to_table(item, &self.key)));
         let request = match expect {
             Expect::Absent => request
-                .condition_expression("attribute_not_exists(#id)")
-                .expression_attribute_names("#id", "id"),
+                .condition_expression("attribute_not_exists(#k)")
+                .expression_attribute_names("#k", &self.key),
             Expect::Version(v) if v.0 == 0 => request
-                .condition_expression("attribute_exists(#id) AND attribute_not_exists(#v)")
-                .expression_attribute_names("#id", "id")
+                .condition_expression("attribute_exists(#k) AND attribute_not_exists(#v)")
+                .expression_attribute_names("#k", &self.key)
                 .expression_attribute_names("#v", &self.attributes.version),
             Expect::Version(v) => request
                 .condition_expression("#v = :v")
@@ -134,7 +168,7 @@ impl TodoStore for DynamoStore {
     }
 
     async fn scan(&self, limit: i32, after: Option<String>) -> Result<ScanPage, StoreError> {
-        let start = after.map(|id| [("id".to_owned(), AttributeValue::S(id))].into());
+        let start = after.map(|id| [self.key_of(&id)].into());
         let out = self
             .client
             .scan()
@@ -144,12 +178,19 @@ impl TodoStore for DynamoStore {
             .send()
             .await
             .map_err(unavailable)?;
-        let next = out.last_evaluated_key().and_then(|k| match k.get("id") {
-            Some(AttributeValue::S(id)) => Some(id.clone()),
-            _ => None,
-        });
+        let next = out
+            .last_evaluated_key()
+            .and_then(|k| match k.get(&self.key) {
+                Some(AttributeValue::S(id)) => Some(id.clone()),
+                _ => None,
+            });
         Ok(ScanPage {
-            items: out.items.unwrap_or_default(),
+            items: out
+                .items
+                .unwrap_or_default()
+                .into_iter()
+                .map(|item| from_table(item, &self.key))
+                .collect(),
             next,
         })
     }
@@ -158,7 +199,7 @@ impl TodoStore for DynamoStore {
         self.client
             .get_item()
             .table_name(&self.table)
-            .key("id", AttributeValue::S("health-check".to_owned()))
+            .set_key(Some([self.key_of("health-check")].into()))
             .send()
             .await
             .map_err(unavailable)
@@ -210,7 +251,7 @@ impl TodoStore for MemoryStore {
 
     async fn put(&self, item: Item, expect: Expect) -> Result<(), StoreError> {
         self.check()?;
-        let Some(AttributeValue::S(id)) = item.get("id").cloned() else {
+        let Some(AttributeValue::S(id)) = item.get(ID).cloned() else {
             return Err(StoreError::Unavailable("item without an id".to_owned()));
         };
         let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
@@ -258,5 +299,25 @@ impl TodoStore for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.check()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_attribute_is_renamed_both_ways() {
+        let item: Item = [
+            (ID.to_owned(), AttributeValue::S("a".into())),
+            ("text".to_owned(), AttributeValue::S("t".into())),
+        ]
+        .into();
+        let stored = to_table(item.clone(), "pk");
+        assert_eq!(stored.get("pk"), Some(&AttributeValue::S("a".into())));
+        assert!(!stored.contains_key(ID));
+        assert_eq!(from_table(stored, "pk"), item);
+        assert_eq!(to_table(item.clone(), ID), item);
+        assert_eq!(from_table(item.clone(), ID), item);
     }
 }

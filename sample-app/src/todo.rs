@@ -15,6 +15,30 @@ pub const MAX_TEXT: usize = 1000;
 /// Longest id.
 pub const MAX_ID: usize = 64;
 
+/// The id attribute of an [`Item`] as the app builds and reads it. The table's own key attribute may have
+/// another name (`--partition-key`); [`crate::store::DynamoStore`] renames it on the way in and out.
+pub const ID: &str = "id";
+
+/// The one id no todo can have: `GET /todos/health` is the health route.
+pub const RESERVED_ID: &str = "health";
+
+/// Attribute (String): the `Idempotency-Key` of the `POST` that created the todo.
+pub const IDEMPOTENCY_KEY: &str = "idempotencyKey";
+
+/// Attribute (String): SHA-256 (hex) of that request's todo, to tell a retry from a reuse of the key.
+pub const IDEMPOTENCY_REQUEST: &str = "idempotencyRequestSha256";
+
+/// Every attribute a todo item may have besides the version convention's.
+pub const TODO_ATTRIBUTES: &[&str] = &[
+    ID,
+    "text",
+    "checked",
+    "createdAt",
+    "updatedAt",
+    IDEMPOTENCY_KEY,
+    IDEMPOTENCY_REQUEST,
+];
+
 /// A todo as the API returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -31,27 +55,6 @@ pub struct Todo {
     pub updated_at: String,
 }
 
-/// `POST /todos` body.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateTodo {
-    /// What to do (required).
-    pub text: String,
-    /// Done or not (default false).
-    #[serde(default)]
-    pub checked: bool,
-}
-
-/// `PUT /todos/{id}` body: at least one field.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateTodo {
-    /// New text.
-    pub text: Option<String>,
-    /// New state.
-    pub checked: Option<bool>,
-}
-
 /// Checks `text`: a non-empty string (after trimming) of at most [`MAX_TEXT`] characters.
 pub fn validate_text(text: &str) -> Result<(), String> {
     if text.trim().is_empty() {
@@ -66,19 +69,51 @@ pub fn validate_text(text: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks an id: 1 to [`MAX_ID`] characters of `A-Z a-z 0-9 -`.
+/// Checks an id: 1 to [`MAX_ID`] characters of `A-Z a-z 0-9 -`, and not [`RESERVED_ID`].
 pub fn validate_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
         && id.len() <= MAX_ID
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
+    if !ok {
+        return Err(format!(
             "id: {:?} is not a todo id (1 to {MAX_ID} characters: letters, digits, '-')",
             id.chars().take(80).collect::<String>()
-        ))
+        ));
     }
+    if id == RESERVED_ID {
+        return Err(format!(
+            "id: {RESERVED_ID:?} is not a todo id (/todos/{RESERVED_ID} is the health route)"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the name of the table's key attribute (`--partition-key`): 1 to 255 bytes, as DynamoDB
+/// allows, and none of the other attributes a todo item has.
+pub fn validate_partition_key(name: &str, attrs: &VersionAttributes) -> Result<(), String> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(format!(
+            "must have 1 to 255 bytes (it has {}), as DynamoDB attribute names do",
+            name.len()
+        ));
+    }
+    let taken = TODO_ATTRIBUTES
+        .iter()
+        .skip(1)
+        .copied()
+        .chain([
+            attrs.version.as_str(),
+            attrs.origin.as_str(),
+            attrs.deleted.as_str(),
+            attrs.expires.as_str(),
+        ])
+        .any(|a| a == name);
+    if taken {
+        return Err(format!(
+            "{name:?} is an attribute the app writes itself; name the table's key attribute, for example id or pk"
+        ));
+    }
+    Ok(())
 }
 
 /// An RFC 3339 UTC timestamp for Unix milliseconds.
@@ -86,6 +121,15 @@ pub use tworegion_common::time::rfc3339;
 
 fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.to_owned())
+}
+
+/// How a todo created with an `Idempotency-Key` remembers that request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedWith {
+    /// The key, as the client sent it (without the quotes of the structured-field form).
+    pub key: String,
+    /// SHA-256 (hex) of the todo the request asked for.
+    pub request: String,
 }
 
 /// What a stored item says.
@@ -97,13 +141,15 @@ pub struct Stored {
     pub version: Version,
     /// A tombstone: deleted.
     pub deleted: bool,
+    /// The `Idempotency-Key` request that created it, if any (kept by every later update).
+    pub created_with: Option<CreatedWith>,
 }
 
 /// Reads a stored item. A tombstone needs only its id; a todo needs `text` (a string); `checked` is a
 /// boolean (or absent: false); timestamps are RFC 3339 strings or epoch milliseconds (older items).
 /// An item that is not a todo is an error naming the field, so that it is never written back damaged.
 pub fn from_item(item: &Item, attrs: &VersionAttributes) -> Result<Stored, String> {
-    let id = match item.get("id") {
+    let id = match item.get(ID) {
         Some(AttributeValue::S(v)) => v.clone(),
         _ => return Err("id: missing or not a string".to_owned()),
     };
@@ -125,6 +171,7 @@ pub fn from_item(item: &Item, attrs: &VersionAttributes) -> Result<Stored, Strin
             },
             version,
             deleted,
+            created_with: None,
         });
     }
     let text = match item.get("text") {
@@ -145,6 +192,17 @@ pub fn from_item(item: &Item, attrs: &VersionAttributes) -> Result<Stored, Strin
             .map_err(|_| format!("{name}: {n:?} is not epoch milliseconds")),
         Some(_) => Err(format!("{name}: not a timestamp")),
     };
+    let string = |name: &str| match item.get(name) {
+        None => Ok(None),
+        Some(AttributeValue::S(v)) => Ok(Some(v.clone())),
+        Some(_) => Err(format!("{name}: not a string")),
+    };
+    let created_with = match (string(IDEMPOTENCY_KEY)?, string(IDEMPOTENCY_REQUEST)?) {
+        (None, None) => None,
+        (Some(key), Some(request)) => Some(CreatedWith { key, request }),
+        (Some(_), None) => return Err(format!("{IDEMPOTENCY_REQUEST}: missing")),
+        (None, Some(_)) => return Err(format!("{IDEMPOTENCY_KEY}: missing")),
+    };
     Ok(Stored {
         todo: Todo {
             id,
@@ -155,13 +213,21 @@ pub fn from_item(item: &Item, attrs: &VersionAttributes) -> Result<Stored, Strin
         },
         version,
         deleted,
+        created_with,
     })
 }
 
-/// The item for a todo at `version`, written in `region`.
-pub fn to_item(todo: &Todo, version: Version, region: &str, attrs: &VersionAttributes) -> Item {
-    [
-        ("id".to_owned(), s(&todo.id)),
+/// The item for a todo at `version`, written in `region`; `created_with` is the `Idempotency-Key`
+/// request that created it, which every later write keeps.
+pub fn to_item(
+    todo: &Todo,
+    created_with: Option<&CreatedWith>,
+    version: Version,
+    region: &str,
+    attrs: &VersionAttributes,
+) -> Item {
+    let mut item: Item = [
+        (ID.to_owned(), s(&todo.id)),
         ("text".to_owned(), s(&todo.text)),
         ("checked".to_owned(), AttributeValue::Bool(todo.checked)),
         ("createdAt".to_owned(), s(&todo.created_at)),
@@ -172,7 +238,12 @@ pub fn to_item(todo: &Todo, version: Version, region: &str, attrs: &VersionAttri
         ),
         (attrs.origin.clone(), s(region)),
     ]
-    .into()
+    .into();
+    if let Some(c) = created_with {
+        item.insert(IDEMPOTENCY_KEY.to_owned(), s(&c.key));
+        item.insert(IDEMPOTENCY_REQUEST.to_owned(), s(&c.request));
+    }
+    item
 }
 
 /// The tombstone that replaces a deleted todo: its key, the convention's stamps, and an expiry.
@@ -184,7 +255,7 @@ pub fn tombstone(
     attrs: &VersionAttributes,
 ) -> Item {
     [
-        ("id".to_owned(), s(id)),
+        (ID.to_owned(), s(id)),
         (
             attrs.version.clone(),
             AttributeValue::N(version.to_string()),
@@ -206,9 +277,10 @@ mod tests {
     #[test]
     fn ids_and_text_are_validated_with_the_field_named() {
         assert!(validate_id("0f8fad5b-d9cb-469f-a165-70867728950e").is_ok());
-        for bad in ["", "a b", "../x", "é", &"x".repeat(65)] {
+        for bad in ["", "a b", "../x", "é", &"x".repeat(65), "health"] {
             assert!(validate_id(bad).unwrap_err().starts_with("id: "), "{bad}");
         }
+        assert!(validate_id("healthy").is_ok());
         assert!(validate_text("buy milk").is_ok());
         assert_eq!(validate_text("  ").unwrap_err(), "text: must not be empty");
         assert!(
@@ -228,11 +300,28 @@ mod tests {
             created_at: rfc3339(1),
             updated_at: rfc3339(2),
         };
-        let item = to_item(&todo, Version(5), "us-east-1", &attrs);
+        let item = to_item(&todo, None, Version(5), "us-east-1", &attrs);
         let back = from_item(&item, &attrs).unwrap();
         assert_eq!(back.todo, todo);
         assert_eq!(back.version, Version(5));
         assert!(!back.deleted);
+        assert_eq!(back.created_with, None);
+        // The Idempotency-Key request that created a todo is kept with it.
+        let created_with = CreatedWith {
+            key: "k".into(),
+            request: "ab".into(),
+        };
+        let keyed = to_item(&todo, Some(&created_with), Version(5), "us-east-1", &attrs);
+        assert_eq!(
+            from_item(&keyed, &attrs).unwrap().created_with,
+            Some(created_with)
+        );
+        let mut half = keyed;
+        half.remove(IDEMPOTENCY_REQUEST);
+        assert_eq!(
+            from_item(&half, &attrs).unwrap_err(),
+            "idempotencyRequestSha256: missing"
+        );
         let gone = from_item(&tombstone("a", Version(6), "us-east-1", 9, &attrs), &attrs).unwrap();
         assert!(gone.deleted);
         // Older items: numeric timestamps are read; damaged ones are errors naming the field.
@@ -260,5 +349,25 @@ mod tests {
             from_item(&bad, &attrs).unwrap_err(),
             "checked: not a boolean"
         );
+    }
+
+    #[test]
+    fn the_key_attribute_may_not_be_one_the_app_writes() {
+        let attrs = VersionAttributes::default();
+        for ok in ["id", "pk", "todoId", "PK"] {
+            assert_eq!(validate_partition_key(ok, &attrs), Ok(()), "{ok}");
+        }
+        for taken in [
+            "text",
+            "createdAt",
+            "rep_version",
+            "rep_expires",
+            IDEMPOTENCY_KEY,
+        ] {
+            let error = validate_partition_key(taken, &attrs).unwrap_err();
+            assert!(error.contains("an attribute the app writes"), "{error}");
+        }
+        assert!(validate_partition_key("", &attrs).is_err());
+        assert!(validate_partition_key(&"k".repeat(256), &attrs).is_err());
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::Value;
 use tworegion_common::test_support::{
-    LocalAws, REGION_A, TablesCleanup, create_table, unique_name,
+    LocalAws, REGION_A, REGION_B, TablesCleanup, create_table, unique_name,
 };
 
 const KEY: &str = "local-test-api-key-0123456789";
@@ -107,6 +107,12 @@ async fn http(
 }
 
 async fn start(local: &LocalAws, table: &str, maintenance_file: &std::path::Path) -> Server {
+    let file = maintenance_file.to_string_lossy();
+    start_with(local, REGION_A, table, &["--maintenance-file", &file]).await
+}
+
+/// The binary as a local server in `region` on `table`, with more flags in `extra`.
+async fn start_with(local: &LocalAws, region: &str, table: &str, extra: &[&str]) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -117,13 +123,12 @@ async fn start(local: &LocalAws, table: &str, maintenance_file: &std::path::Path
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--region",
-            REGION_A,
+            region,
             "--table",
             table,
         ])
         .args(["--api-key", KEY, "--log-format", "json"])
-        .arg("--maintenance-file")
-        .arg(maintenance_file)
+        .args(extra)
         .envs(local.child_env())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -303,4 +308,206 @@ async fn health_is_503_when_the_table_cannot_be_read() {
         "no 500 when the table is missing: {:?}",
         list.body
     );
+}
+
+fn etag(a: &Answer) -> u64 {
+    a.header("etag").unwrap().trim_matches('"').parse().unwrap()
+}
+
+#[tokio::test]
+async fn the_key_attribute_is_named_by_configuration() {
+    let local = LocalAws::from_env();
+    let cleanup = TablesCleanup::new(&local);
+    let client = local.dynamodb(REGION_A);
+    let table = unique_name("todos-pk");
+    create_table(&client, &table, "pk", None).await;
+    cleanup.table(REGION_A, &table);
+    let server = start_with(&local, REGION_A, &table, &["--partition-key", "pk"]).await;
+    let key = [("x-api-key", KEY)];
+    let p = server.port;
+
+    // Health reads the table by its key.
+    let health = http(p, "GET", "/todos/health", None, &[]).await;
+    assert_eq!(health.status, 200, "{:?}", health.body);
+
+    // Creates, with and without Idempotency-Key (conditional on the key attribute).
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let created = http(
+            p,
+            "POST",
+            "/todos",
+            Some(&format!(r#"{{"text":"item {i}"}}"#)),
+            &key,
+        )
+        .await;
+        assert_eq!(created.status, 201, "{:?}", created.body);
+        ids.push(created.body["id"].as_str().unwrap().to_owned());
+    }
+    let headers = [("x-api-key", KEY), ("idempotency-key", "pk-create-1")];
+    let keyed = http(p, "POST", "/todos", Some(r#"{"text":"keyed"}"#), &headers).await;
+    assert_eq!(keyed.status, 201, "{:?}", keyed.body);
+    let again = http(p, "POST", "/todos", Some(r#"{"text":"keyed"}"#), &headers).await;
+    assert_eq!(again.status, 200, "{:?}", again.body);
+    assert_eq!(again.body, keyed.body);
+    ids.push(keyed.body["id"].as_str().unwrap().to_owned());
+
+    // The stored item has the key under the configured name, and no `id` attribute.
+    let id = &ids[0];
+    let stored = client
+        .get_item()
+        .table_name(&table)
+        .key("pk", AttributeValue::S(id.clone()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert!(!stored.contains_key("id"), "{stored:?}");
+    assert_eq!(stored["text"], AttributeValue::S("item 0".into()));
+
+    // Reads, PATCH, PUT, conditional on the version, through the configured key.
+    let read = http(p, "GET", &format!("/todos/{id}"), None, &key).await;
+    assert_eq!(read.status, 200);
+    assert_eq!(read.body["id"], id.as_str(), "the API still calls it id");
+    let tag = format!("\"{}\"", etag(&read));
+    let patched = http(
+        p,
+        "PATCH",
+        &format!("/todos/{id}"),
+        Some(r#"{"checked":true}"#),
+        &[("x-api-key", KEY), ("if-match", &tag)],
+    )
+    .await;
+    assert_eq!(patched.status, 200, "{:?}", patched.body);
+    assert_eq!(patched.body["text"], "item 0");
+    let stale = http(
+        p,
+        "PUT",
+        &format!("/todos/{id}"),
+        Some(r#"{"text":"x"}"#),
+        &[("x-api-key", KEY), ("if-match", &tag)],
+    )
+    .await;
+    assert_eq!(stale.status, 412);
+    let put = http(
+        p,
+        "PUT",
+        &format!("/todos/{id}"),
+        Some(r#"{"text":"replaced"}"#),
+        &key,
+    )
+    .await;
+    assert_eq!(put.status, 200);
+    assert_eq!(put.body["checked"], false);
+
+    // Paging: the scan's start and last keys use the configured name.
+    let mut listed = Vec::new();
+    let mut next: Option<String> = None;
+    for _ in 0..10 {
+        let uri = match &next {
+            Some(n) => format!("/todos?limit=1&next={n}"),
+            None => "/todos?limit=1".to_owned(),
+        };
+        let page = http(p, "GET", &uri, None, &key).await;
+        assert_eq!(page.status, 200, "{:?}", page.body);
+        listed.extend(
+            page.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["id"].as_str().unwrap().to_owned()),
+        );
+        next = page.body["next"].as_str().map(str::to_owned);
+        if next.is_none() {
+            break;
+        }
+    }
+    listed.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(listed, expected);
+
+    // Delete writes the tombstone under the configured key.
+    assert_eq!(
+        http(p, "DELETE", &format!("/todos/{id}"), None, &key)
+            .await
+            .status,
+        204
+    );
+    let tomb = client
+        .get_item()
+        .table_name(&table)
+        .key("pk", AttributeValue::S(id.clone()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert_eq!(tomb["rep_deleted"], AttributeValue::Bool(true));
+    assert!(!tomb.contains_key("id"));
+}
+
+#[tokio::test]
+async fn an_idempotent_create_is_found_in_the_other_region_once_replicated() {
+    let local = LocalAws::from_env();
+    let cleanup = TablesCleanup::new(&local);
+    let table = unique_name("todos-idem");
+    let east = local.dynamodb(REGION_A);
+    let west = local.dynamodb(REGION_B);
+    create_table(&east, &table, "id", None).await;
+    cleanup.table(REGION_A, &table);
+    create_table(&west, &table, "id", None).await;
+    cleanup.table(REGION_B, &table);
+    let a = start_with(&local, REGION_A, &table, &[]).await;
+    let b = start_with(&local, REGION_B, &table, &[]).await;
+    let headers = [("x-api-key", KEY), ("idempotency-key", "order-7-create")];
+    let body = Some(r#"{"text":"ship order 7","checked":false}"#);
+
+    let first = http(a.port, "POST", "/todos", body, &headers).await;
+    assert_eq!(first.status, 201, "{:?}", first.body);
+    let id = first.body["id"].as_str().unwrap().to_owned();
+    // The retry in the same region: the conditional create fails, the todo is answered.
+    let same = http(a.port, "POST", "/todos", body, &headers).await;
+    assert_eq!(same.status, 200, "{:?}", same.body);
+    assert_eq!(same.body, first.body);
+    assert_eq!(same.header("idempotent-replayed"), Some("true"));
+
+    // Replicate the whole item, as the replicator does, then retry in the other region.
+    let item = east
+        .get_item()
+        .table_name(&table)
+        .key("id", AttributeValue::S(id.clone()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert!(item.contains_key("idempotencyKey"), "{item:?}");
+    west.put_item()
+        .table_name(&table)
+        .set_item(Some(item))
+        .send()
+        .await
+        .unwrap();
+    let retry = http(b.port, "POST", "/todos", body, &headers).await;
+    assert_eq!(retry.status, 200, "{:?}", retry.body);
+    assert_eq!(
+        retry.body, first.body,
+        "the same todo from the other region"
+    );
+    assert_eq!(retry.header("x-tworegion-region"), Some(REGION_B));
+    assert_eq!(etag(&retry), etag(&first));
+    let misuse = http(
+        b.port,
+        "POST",
+        "/todos",
+        Some(r#"{"text":"ship order 8"}"#),
+        &headers,
+    )
+    .await;
+    assert_eq!(misuse.status, 422, "{:?}", misuse.body);
+    let count = west.scan().table_name(&table).send().await.unwrap().count;
+    assert_eq!(count, 1, "no duplicate in the other region");
 }

@@ -116,7 +116,7 @@ async fn create_read_update_delete_with_versions() {
 
     let updated = call(
         &app,
-        "PUT",
+        "PATCH",
         &format!("/todos/{id}"),
         Some(r#"{"checked":true}"#),
         &[("if-match", &etag1)],
@@ -176,18 +176,21 @@ async fn create_read_update_delete_with_versions() {
             .status,
         StatusCode::NOT_FOUND
     );
-    assert_eq!(
-        call(
-            &app,
-            "PUT",
-            &format!("/todos/{id}"),
-            Some(r#"{"checked":false}"#),
-            &[]
-        )
-        .await
-        .status,
-        StatusCode::NOT_FOUND
-    );
+    for method in ["PUT", "PATCH"] {
+        assert_eq!(
+            call(
+                &app,
+                method,
+                &format!("/todos/{id}"),
+                Some(r#"{"text":"x","checked":false}"#),
+                &[]
+            )
+            .await
+            .status,
+            StatusCode::NOT_FOUND,
+            "{method} on a deleted todo"
+        );
+    }
     assert_eq!(
         call(&app, "DELETE", &format!("/todos/{id}"), None, &[])
             .await
@@ -217,7 +220,7 @@ async fn concurrent_updates_are_not_lost() {
             } else {
                 format!(r#"{{"text":"{i}"}}"#)
             };
-            let a = call(&app, "PUT", &format!("/todos/{id}"), Some(&body), &[]).await;
+            let a = call(&app, "PATCH", &format!("/todos/{id}"), Some(&body), &[]).await;
             (
                 a.status,
                 a.headers
@@ -302,7 +305,7 @@ async fn damaged_stored_items_are_reported_not_rewritten() {
     app.store.put(item.clone(), Expect::Absent).await.unwrap();
     let a = call(
         &app,
-        "PUT",
+        "PATCH",
         "/todos/bad-1",
         Some(r#"{"checked":true}"#),
         &[],
@@ -311,15 +314,16 @@ async fn damaged_stored_items_are_reported_not_rewritten() {
     assert_eq!(a.status, StatusCode::CONFLICT);
     assert!(message(&a).contains("rep_version"), "{}", message(&a));
     assert_eq!(app.store.all()["bad-1"], item, "left as it was");
-    // A version far in the future is refused rather than adopted by the clock.
+    // A version that cannot be one (2^53 or more) is a damaged item too.
     item.insert("id".to_owned(), AttributeValue::S("bad-2".into()));
     item.insert(
         "rep_version".to_owned(),
-        AttributeValue::N("9007199254740991".into()),
+        AttributeValue::N("9007199254740992".into()),
     );
     app.store.put(item, Expect::Absent).await.unwrap();
     let a = call(&app, "DELETE", "/todos/bad-2", None, &[]).await;
     assert_eq!(a.status, StatusCode::CONFLICT, "{:?}", a.body);
+    assert!(message(&a).contains("not below 2^53"), "{}", message(&a));
     // The list leaves damaged items out instead of failing.
     let list = call(&app, "GET", "/todos", None, &[]).await;
     assert_eq!(list.status, StatusCode::OK);
@@ -459,7 +463,7 @@ async fn bad_input_is_a_4xx_naming_the_field() {
             "todo nope not found",
         ),
         (
-            "PUT",
+            "PATCH",
             "/todos/nope",
             Some(r#"{}"#),
             StatusCode::BAD_REQUEST,
@@ -469,13 +473,34 @@ async fn bad_input_is_a_4xx_naming_the_field() {
             "PUT",
             "/todos/nope",
             Some(r#"{"checked":true}"#),
+            StatusCode::BAD_REQUEST,
+            "text: required (PUT replaces the whole todo",
+        ),
+        (
+            "PUT",
+            "/todos/nope",
+            Some(r#"{"text":"a"}"#),
             StatusCode::NOT_FOUND,
             "todo nope not found",
         ),
         (
+            "PATCH",
+            "/todos/nope",
+            Some(r#"{"checked":true}"#),
+            StatusCode::NOT_FOUND,
+            "todo nope not found",
+        ),
+        (
+            "GET",
+            "/todos?next=6E6F7065",
+            None,
+            StatusCode::BAD_REQUEST,
+            "next: expected the token of a previous page (lowercase hex",
+        ),
+        (
             "PUT",
             "/todos/x",
-            Some(r#"{"checked":true}"#),
+            Some(r#"{"text":"a"}"#),
             StatusCode::BAD_REQUEST,
             "",
         ),
@@ -670,4 +695,429 @@ async fn openapi_document_matches_the_router() {
     }
     let served = call(&app, "GET", "/openapi.json", None, &[]).await;
     assert_eq!(served.body, doc);
+}
+
+fn app_in(region: &str) -> Arc<App<MemoryStore>> {
+    Arc::new(App {
+        region: region.into(),
+        ..Arc::try_unwrap(app(Some(KEY))).unwrap()
+    })
+}
+
+/// `call` for an app in another region than us-west-2 (the region header differs).
+async fn call_in(
+    app: &Arc<App<MemoryStore>>,
+    method: &str,
+    uri: &str,
+    body: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Answer {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("x-api-key", KEY);
+    if body.is_some() {
+        request = request.header(header::CONTENT_TYPE, "application/json");
+    }
+    for (k, v) in extra {
+        request = request.header(*k, *v);
+    }
+    let request = request
+        .body(body.map(|b| Body::from(b.to_owned())).unwrap_or_default())
+        .unwrap();
+    let response = router(app.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    Answer {
+        status,
+        headers,
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
+}
+
+fn etag_of(a: &Answer) -> String {
+    a.headers
+        .get(header::ETAG)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_retried_create_with_the_same_idempotency_key_returns_the_same_todo() {
+    let app = app(Some(KEY));
+    let key = [("idempotency-key", "8e03978e-40d5-43e8-bc93-6894a57f9324")];
+    let first = call(&app, "POST", "/todos", Some(r#"{"text":"buy milk"}"#), &key).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    assert!(first.headers.get("idempotent-replayed").is_none());
+    let id = first.body["id"].as_str().unwrap().to_owned();
+
+    // The retry, also with the default spelled out and the key in the draft's quoted form.
+    for (body, key) in [
+        (
+            r#"{"text":"buy milk"}"#,
+            "8e03978e-40d5-43e8-bc93-6894a57f9324",
+        ),
+        (
+            r#"{"checked":false,"text":"buy milk"}"#,
+            "\"8e03978e-40d5-43e8-bc93-6894a57f9324\"",
+        ),
+    ] {
+        let retry = call(
+            &app,
+            "POST",
+            "/todos",
+            Some(body),
+            &[("idempotency-key", key)],
+        )
+        .await;
+        assert_eq!(retry.status, StatusCode::OK, "{:?}", retry.body);
+        assert_eq!(retry.body, first.body, "the same todo, not a new one");
+        assert_eq!(etag_of(&retry), etag_of(&first));
+        assert_eq!(retry.headers.get("idempotent-replayed").unwrap(), "true");
+        assert_eq!(
+            retry.headers.get(header::LOCATION).unwrap(),
+            &format!("/todos/{id}")
+        );
+    }
+    assert_eq!(app.store.all().len(), 1, "one todo in the table");
+
+    // The same key with another body is refused, naming the header.
+    let other = call(
+        &app,
+        "POST",
+        "/todos",
+        Some(r#"{"text":"buy milk","checked":true}"#),
+        &key,
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        message(&other).starts_with("Idempotency-Key: this key already created todo"),
+        "{}",
+        message(&other)
+    );
+
+    // A late retry after a change answers the todo as it is now.
+    let changed = call(
+        &app,
+        "PATCH",
+        &format!("/todos/{id}"),
+        Some(r#"{"checked":true}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(changed.status, StatusCode::OK);
+    let late = call(&app, "POST", "/todos", Some(r#"{"text":"buy milk"}"#), &key).await;
+    assert_eq!(late.status, StatusCode::OK);
+    assert_eq!(late.body, changed.body);
+    // Updates keep what the create remembered: a PUT, then a retry still finds it.
+    let put = call(
+        &app,
+        "PUT",
+        &format!("/todos/{id}"),
+        Some(r#"{"text":"buy oat milk"}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(put.status, StatusCode::OK);
+    let late = call(&app, "POST", "/todos", Some(r#"{"text":"buy milk"}"#), &key).await;
+    assert_eq!(late.status, StatusCode::OK);
+    assert_eq!(late.body["text"], "buy oat milk");
+
+    // Without a key, every create is a new todo; another key is another todo.
+    let plain = call(&app, "POST", "/todos", Some(r#"{"text":"buy milk"}"#), &[]).await;
+    assert_eq!(plain.status, StatusCode::CREATED);
+    assert_ne!(plain.body["id"], first.body["id"]);
+    let another = call(
+        &app,
+        "POST",
+        "/todos",
+        Some(r#"{"text":"buy milk"}"#),
+        &[("idempotency-key", "another-key")],
+    )
+    .await;
+    assert_eq!(another.status, StatusCode::CREATED);
+    assert_ne!(another.body["id"], first.body["id"]);
+    assert_eq!(app.store.all().len(), 3);
+
+    // Once the todo is deleted, a retry does not bring it back.
+    let deleted = call(&app, "DELETE", &format!("/todos/{id}"), None, &[]).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    let after = call(&app, "POST", "/todos", Some(r#"{"text":"buy milk"}"#), &key).await;
+    assert_eq!(after.status, StatusCode::CONFLICT);
+    assert!(
+        message(&after).contains("has been deleted"),
+        "{}",
+        message(&after)
+    );
+    assert_eq!(
+        call(&app, "GET", &format!("/todos/{id}"), None, &[])
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_validated() {
+    let app = app(Some(KEY));
+    for bad in ["", "a b", "a,b", "\"open", &"k".repeat(256)] {
+        let a = call(
+            &app,
+            "POST",
+            "/todos",
+            Some(r#"{"text":"a"}"#),
+            &[("idempotency-key", bad)],
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{bad:?}");
+        assert!(
+            message(&a).starts_with("Idempotency-Key: must be 1 to 255 characters"),
+            "{bad:?}: {}",
+            message(&a)
+        );
+    }
+    let twice = call(
+        &app,
+        "POST",
+        "/todos",
+        Some(r#"{"text":"a"}"#),
+        &[("idempotency-key", "a"), ("idempotency-key", "a")],
+    )
+    .await;
+    assert_eq!(twice.status, StatusCode::BAD_REQUEST);
+    assert_eq!(message(&twice), "Idempotency-Key: give the header once");
+    assert!(app.store.all().is_empty(), "nothing was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_with_one_key_make_one_todo() {
+    let app = app(Some(KEY));
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            call(
+                &app,
+                "POST",
+                "/todos",
+                Some(r#"{"text":"once"}"#),
+                &[("idempotency-key", "one-key")],
+            )
+            .await
+        }));
+    }
+    let mut created = 0;
+    let mut ids = Vec::new();
+    for t in tasks {
+        let a = t.await.unwrap();
+        match a.status {
+            StatusCode::CREATED => created += 1,
+            StatusCode::OK => {}
+            other => panic!("unexpected {other}: {:?}", a.body),
+        }
+        ids.push(a.body["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(created, 1, "exactly one create wrote");
+    ids.dedup();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(app.store.all().len(), 1);
+}
+
+#[tokio::test]
+async fn a_retry_in_the_other_region_finds_the_replicated_create() {
+    use sample_app::store::{Expect, TodoStore};
+    let east = app_in("us-east-1");
+    let west = app_in("us-west-2");
+    let key = [("idempotency-key", "failover-retry-1")];
+    let body = Some(r#"{"text":"pay rent","checked":true}"#);
+    let first = call_in(&east, "POST", "/todos", body, &key).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let id = first.body["id"].as_str().unwrap().to_owned();
+    // The replicator copies the whole item, the attributes that remember the key included.
+    let item = east.store.all()[&id].clone();
+    assert!(item.contains_key("idempotencyKey"));
+    assert!(item.contains_key("idempotencyRequestSha256"));
+    west.store.put(item, Expect::Absent).await.unwrap();
+
+    let retry = call_in(&west, "POST", "/todos", body, &key).await;
+    assert_eq!(retry.status, StatusCode::OK, "{:?}", retry.body);
+    assert_eq!(retry.body, first.body);
+    assert_eq!(retry.headers.get(REGION_HEADER).unwrap(), "us-west-2");
+    assert_eq!(
+        west.store.all().len(),
+        1,
+        "no second todo in the other region"
+    );
+    let misuse = call_in(&west, "POST", "/todos", Some(r#"{"text":"x"}"#), &key).await;
+    assert_eq!(misuse.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Before replication the other region cannot tell (documented): it creates, under the same id, so
+    // that replication makes the two one todo.
+    let early = call_in(
+        &west,
+        "POST",
+        "/todos",
+        body,
+        &[("idempotency-key", "not-yet-replicated")],
+    )
+    .await;
+    let late = call_in(
+        &east,
+        "POST",
+        "/todos",
+        body,
+        &[("idempotency-key", "not-yet-replicated")],
+    )
+    .await;
+    assert_eq!(early.status, StatusCode::CREATED);
+    assert_eq!(late.status, StatusCode::CREATED);
+    assert_eq!(early.body["id"], late.body["id"]);
+}
+
+#[tokio::test]
+async fn put_replaces_the_todo_and_patch_merges() {
+    let app = app(Some(KEY));
+    let created = call(
+        &app,
+        "POST",
+        "/todos",
+        Some(r#"{"text":"a","checked":true}"#),
+        &[],
+    )
+    .await;
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let uri = format!("/todos/{id}");
+
+    // PUT without checked: checked goes back to its default.
+    let put = call(&app, "PUT", &uri, Some(r#"{"text":"b"}"#), &[]).await;
+    assert_eq!(put.status, StatusCode::OK, "{:?}", put.body);
+    assert_eq!(put.body["text"], "b");
+    assert_eq!(
+        put.body["checked"], false,
+        "PUT replaces: not sent is default"
+    );
+    assert_eq!(put.body["createdAt"], created.body["createdAt"], "kept");
+    // PUT without the required text is refused, and changes nothing.
+    let partial = call(&app, "PUT", &uri, Some(r#"{"checked":true}"#), &[]).await;
+    assert_eq!(partial.status, StatusCode::BAD_REQUEST);
+    assert!(
+        message(&partial).starts_with("text: required"),
+        "{}",
+        message(&partial)
+    );
+    // PATCH merges: text stays.
+    let patched = call(&app, "PATCH", &uri, Some(r#"{"checked":true}"#), &[]).await;
+    assert_eq!(patched.status, StatusCode::OK);
+    assert_eq!(patched.body["text"], "b");
+    assert_eq!(patched.body["checked"], true);
+    let patched = call(&app, "PATCH", &uri, Some(r#"{"text":"c"}"#), &[]).await;
+    assert_eq!(patched.body["text"], "c");
+    assert_eq!(patched.body["checked"], true);
+    assert_eq!(call(&app, "GET", &uri, None, &[]).await.body, patched.body);
+    // Both honour If-Match: a stale ETag is a 412 and leaves the todo as it is.
+    let stale = etag_of(&put);
+    for (method, body) in [("PUT", r#"{"text":"d"}"#), ("PATCH", r#"{"text":"d"}"#)] {
+        let a = call(&app, method, &uri, Some(body), &[("if-match", &stale)]).await;
+        assert_eq!(a.status, StatusCode::PRECONDITION_FAILED, "{method}");
+    }
+    let current = etag_of(&patched);
+    let a = call(
+        &app,
+        "PUT",
+        &uri,
+        Some(r#"{"text":"d"}"#),
+        &[("if-match", &current)],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body["checked"], false);
+    // Unknown fields and wrong types are refused on both.
+    for method in ["PUT", "PATCH"] {
+        let a = call(&app, method, &uri, Some(r#"{"text":"e","id":"x"}"#), &[]).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{method}");
+        assert!(message(&a).starts_with("id: unknown field"), "{method}");
+    }
+}
+
+#[tokio::test]
+async fn a_version_ahead_of_the_clock_is_a_503_with_retry_after() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use sample_app::store::{Expect, TodoStore};
+    use tworegion_common::version::{MAX_AHEAD_MILLIS, Version, system_millis};
+    let app = app(Some(KEY));
+    // Written by a region whose clock runs 11 minutes ahead: more than a version may lead.
+    let ahead = Version::from_millis(system_millis() + MAX_AHEAD_MILLIS + 60_000);
+    let mut item = std::collections::HashMap::new();
+    item.insert("id".to_owned(), AttributeValue::S("ahead-1".into()));
+    item.insert("text".to_owned(), AttributeValue::S("x".into()));
+    item.insert(
+        "rep_version".to_owned(),
+        AttributeValue::N(ahead.to_string()),
+    );
+    app.store.put(item.clone(), Expect::Absent).await.unwrap();
+    for (method, body) in [
+        ("PATCH", Some(r#"{"checked":true}"#)),
+        ("PUT", Some(r#"{"text":"y"}"#)),
+        ("DELETE", None),
+    ] {
+        let a = call(&app, method, "/todos/ahead-1", body, &[]).await;
+        assert_eq!(
+            a.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{method}: {:?}",
+            a.body
+        );
+        let retry: u64 = a
+            .headers
+            .get(header::RETRY_AFTER)
+            .expect("Retry-After")
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((55..=61).contains(&retry), "{method}: Retry-After {retry}");
+        assert!(
+            message(&a).contains("ahead of this server's clock"),
+            "{method}: {}",
+            message(&a)
+        );
+        assert!(message(&a).contains("The request is fine"));
+    }
+    assert_eq!(app.store.all()["ahead-1"], item, "left as it was");
+    // Reading it is fine.
+    assert_eq!(
+        call(&app, "GET", "/todos/ahead-1", None, &[]).await.status,
+        StatusCode::OK
+    );
+    // An unreachable table is a 503 with Retry-After too.
+    app.store.down.store(true, Ordering::SeqCst);
+    let down = call(&app, "GET", "/todos", None, &[]).await;
+    assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(down.headers.get(header::RETRY_AFTER).unwrap(), "1");
+}
+
+#[tokio::test]
+async fn paging_tokens_are_lowercase_hex_and_405_lists_the_methods() {
+    let app = app(Some(KEY));
+    // Any well-formed token is a position to continue after, also one this server did not give.
+    for token in ["ff", "7a7a7a", "00"] {
+        let a = call(&app, "GET", &format!("/todos?next={token}"), None, &[]).await;
+        assert_eq!(a.status, StatusCode::OK, "{token}");
+    }
+    // 405 says which methods the route has (RFC 9110).
+    let a = call(&app, "POST", "/todos/some-id", Some("{}"), &[]).await;
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+    let allow = a.headers.get(header::ALLOW).unwrap().to_str().unwrap();
+    for method in ["GET", "PUT", "PATCH", "DELETE"] {
+        assert!(allow.contains(method), "{allow}");
+    }
+    // The id of the health route is no todo id.
+    let a = call(&app, "PATCH", "/todos/health", Some(r#"{"text":"x"}"#), &[]).await;
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
 }
