@@ -652,6 +652,19 @@ impl ConfigFile {
                 }
             }
         }
+        // The sample app addresses a todo by one string key, whatever its name.
+        if self.table.partition_key.kind != "S" {
+            return Err(bad(
+                "table.partition_key.type",
+                "the sample app's todo IDs are strings: use type = \"S\"",
+            ));
+        }
+        if self.table.sort_key.is_some() {
+            return Err(bad(
+                "table.sort_key",
+                "the sample app addresses each todo by its partition key alone: remove table.sort_key",
+            ));
+        }
         match self.table.billing_mode.as_str() {
             "PAY_PER_REQUEST" => {
                 if self.table.read_capacity.is_some() || self.table.write_capacity.is_some() {
@@ -893,6 +906,35 @@ image = "public.ecr.aws/example/tworegion-replicator:0.1.0"
     fn with(change: &str, value: &str) -> Result<Deployment, ConfigError> {
         let text = EXAMPLE.replace(change, value);
         ConfigFile::parse(&text)?.validate(&env)
+    }
+
+    #[test]
+    fn the_table_is_keyed_as_the_sample_app_reads_it() {
+        let err = with(
+            "partition_key = { name = \"id\", type = \"S\" }",
+            "partition_key = { name = \"id\", type = \"N\" }",
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "table.partition_key.type", "{err}");
+        let err = with(
+            "partition_key = { name = \"id\", type = \"S\" }",
+            "partition_key = { name = \"id\", type = \"S\" }\nsort_key = { name = \"sk\", type = \"S\" }",
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "table.sort_key", "{err}");
+        let d = with(
+            "partition_key = { name = \"id\", type = \"S\" }",
+            "partition_key = { name = \"pk\", type = \"S\" }",
+        )
+        .unwrap();
+        let function = crate::desired::desired(&d, "sha")
+            .into_iter()
+            .find(|r| r.kind == crate::desired::Kind::LambdaFunction)
+            .unwrap();
+        assert_eq!(
+            function.props["environment"]["SAMPLE_APP_PARTITION_KEY"],
+            "pk"
+        );
     }
 
     #[test]

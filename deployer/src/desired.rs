@@ -324,7 +324,10 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
                 "timeout_seconds": f.lambda.timeout_seconds,
                 "code_sha256": artifact_sha256,
                 "role": reference(Kind::LambdaRole, r, &role),
-                "environment": { "SAMPLE_APP_TABLE": f.table.name },
+                "environment": {
+                    "SAMPLE_APP_TABLE": f.table.name,
+                    "SAMPLE_APP_PARTITION_KEY": f.table.partition_key.name,
+                },
                 "tags": tags,
             }),
         ));

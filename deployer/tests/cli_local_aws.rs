@@ -232,7 +232,11 @@ async fn up_plan_change_status_failover_down() {
             .iter()
             .find(|c| format!("{}-switch", c.0) == *name)
             .unwrap();
-        assert_eq!(config.child_health_checks(), [endpoint.1.clone()], "{name}");
+        assert_eq!(
+            config.child_health_checks(),
+            std::slice::from_ref(&endpoint.1),
+            "{name}"
+        );
     }
     for (_, _, config) in &checks {
         assert_eq!(config.resource_path(), Some("/live/todos/health"));

@@ -951,7 +951,13 @@ async fn start(
             ],
             &[
                 aws_env(region),
-                vec![("SAMPLE_APP_API_KEY".into(), api_key.clone())],
+                vec![
+                    ("SAMPLE_APP_API_KEY".into(), api_key.clone()),
+                    (
+                        "SAMPLE_APP_PARTITION_KEY".into(),
+                        f.table.partition_key.name.clone(),
+                    ),
+                ],
             ]
             .concat(),
             &log,
