@@ -222,39 +222,13 @@ async fn todo_api_against_the_local_aws() {
         .unwrap();
     assert!(v2 > v1, "versions increase: {v1} -> {v2}");
     // The stored item carries the convention's stamps.
-    let stored = client
-        .get_item()
-        .table_name(&table)
-        .key("id", AttributeValue::S(id.clone()))
-        .send()
-        .await
-        .unwrap()
-        .item
-        .unwrap();
+    let stored = stored_item(&client, &table, "id", id).await;
     assert_eq!(stored["rep_version"], AttributeValue::N(v2.to_string()));
     assert_eq!(stored["rep_origin"], AttributeValue::S(REGION_A.to_owned()));
 
-    let mut listed = Vec::new();
-    let mut next: Option<String> = None;
-    for _ in 0..10 {
-        let uri = match &next {
-            Some(n) => format!("/todos?limit=2&next={n}"),
-            None => "/todos?limit=2".to_owned(),
-        };
-        let page = http(p, "GET", &uri, None, &key).await;
-        assert_eq!(page.status, 200, "{:?}", page.body);
-        let items = page.body["items"].as_array().unwrap();
-        assert!(items.len() <= 2);
-        listed.extend(items.iter().map(|t| t["id"].as_str().unwrap().to_owned()));
-        next = page.body["next"].as_str().map(str::to_owned);
-        if next.is_none() {
-            break;
-        }
-    }
-    listed.sort();
     let mut expected = ids.clone();
     expected.sort();
-    assert_eq!(listed, expected);
+    assert_eq!(list_all(p, &key, 2).await, expected);
 
     let deleted = http(p, "DELETE", &format!("/todos/{id}"), None, &key).await;
     assert_eq!(deleted.status, 204);
@@ -264,15 +238,7 @@ async fn todo_api_against_the_local_aws() {
             .status,
         404
     );
-    let tomb = client
-        .get_item()
-        .table_name(&table)
-        .key("id", AttributeValue::S(id.clone()))
-        .send()
-        .await
-        .unwrap()
-        .item
-        .unwrap();
+    let tomb = stored_item(&client, &table, "id", id).await;
     assert_eq!(
         tomb["rep_deleted"],
         AttributeValue::Bool(true),
@@ -308,6 +274,47 @@ async fn health_is_503_when_the_table_cannot_be_read() {
         "no 500 when the table is missing: {:?}",
         list.body
     );
+}
+
+/// Every todo's id, read page by page (`limit` per page, at most 10 pages).
+async fn list_all(p: u16, key: &[(&str, &str)], limit: usize) -> Vec<String> {
+    let mut listed = Vec::new();
+    let mut next: Option<String> = None;
+    for _ in 0..10 {
+        let uri = match &next {
+            Some(n) => format!("/todos?limit={limit}&next={n}"),
+            None => format!("/todos?limit={limit}"),
+        };
+        let page = http(p, "GET", &uri, None, key).await;
+        assert_eq!(page.status, 200, "{:?}", page.body);
+        let items = page.body["items"].as_array().unwrap();
+        assert!(items.len() <= limit);
+        listed.extend(items.iter().map(|t| t["id"].as_str().unwrap().to_owned()));
+        next = page.body["next"].as_str().map(str::to_owned);
+        if next.is_none() {
+            break;
+        }
+    }
+    listed.sort();
+    listed
+}
+
+/// The stored item whose key attribute `key_name` is `id`.
+async fn stored_item(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    key_name: &str,
+    id: &str,
+) -> std::collections::HashMap<String, AttributeValue> {
+    client
+        .get_item()
+        .table_name(table)
+        .key(key_name, AttributeValue::S(id.to_owned()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap()
 }
 
 fn etag(a: &Answer) -> u64 {
@@ -354,15 +361,7 @@ async fn the_key_attribute_is_named_by_configuration() {
 
     // The stored item has the key under the configured name, and no `id` attribute.
     let id = &ids[0];
-    let stored = client
-        .get_item()
-        .table_name(&table)
-        .key("pk", AttributeValue::S(id.clone()))
-        .send()
-        .await
-        .unwrap()
-        .item
-        .unwrap();
+    let stored = stored_item(&client, &table, "pk", id).await;
     assert!(!stored.contains_key("id"), "{stored:?}");
     assert_eq!(stored["text"], AttributeValue::S("item 0".into()));
 
@@ -402,31 +401,9 @@ async fn the_key_attribute_is_named_by_configuration() {
     assert_eq!(put.body["checked"], false);
 
     // Paging: the scan's start and last keys use the configured name.
-    let mut listed = Vec::new();
-    let mut next: Option<String> = None;
-    for _ in 0..10 {
-        let uri = match &next {
-            Some(n) => format!("/todos?limit=1&next={n}"),
-            None => "/todos?limit=1".to_owned(),
-        };
-        let page = http(p, "GET", &uri, None, &key).await;
-        assert_eq!(page.status, 200, "{:?}", page.body);
-        listed.extend(
-            page.body["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t["id"].as_str().unwrap().to_owned()),
-        );
-        next = page.body["next"].as_str().map(str::to_owned);
-        if next.is_none() {
-            break;
-        }
-    }
-    listed.sort();
     let mut expected = ids.clone();
     expected.sort();
-    assert_eq!(listed, expected);
+    assert_eq!(list_all(p, &key, 1).await, expected);
 
     // Delete writes the tombstone under the configured key.
     assert_eq!(
@@ -435,15 +412,7 @@ async fn the_key_attribute_is_named_by_configuration() {
             .status,
         204
     );
-    let tomb = client
-        .get_item()
-        .table_name(&table)
-        .key("pk", AttributeValue::S(id.clone()))
-        .send()
-        .await
-        .unwrap()
-        .item
-        .unwrap();
+    let tomb = stored_item(&client, &table, "pk", id).await;
     assert_eq!(tomb["rep_deleted"], AttributeValue::Bool(true));
     assert!(!tomb.contains_key("id"));
 }

@@ -149,17 +149,7 @@ fn created_name(scope: &Scope, caller_reference: &str, regions: &[String]) -> Op
 
 /// A switch's children, as observed.
 pub fn children_of(observed: &Resource) -> Vec<String> {
-    observed
-        .props
-        .get("children")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
+    super::strings(&observed.props, "children")
 }
 
 /// Whether a switch with `threshold` over `children` checks is on (follows its endpoint).
@@ -240,16 +230,7 @@ fn config(props: &BTreeMap<String, Value>) -> Result<HealthCheckConfig, String> 
 
 /// A CALCULATED check's children, once every one exists.
 fn children(props: &BTreeMap<String, Value>) -> Result<Vec<String>, String> {
-    let list: Vec<String> = props
-        .get("children")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
+    let list = super::strings(props, "children");
     if list.is_empty() || list.iter().any(|c| c.starts_with("ref:")) {
         return Err("the switch's endpoint check does not exist yet".to_owned());
     }

@@ -104,6 +104,20 @@ pub fn dotted(name: &str) -> String {
     }
 }
 
+/// The strings of an array property (none when missing).
+pub fn strings(props: &BTreeMap<String, Value>, field: &str) -> Vec<String> {
+    props
+        .get(field)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A string property, if it is one.
 pub fn text<'a>(props: &'a BTreeMap<String, Value>, field: &str) -> Option<&'a str> {
     props.get(field).and_then(Value::as_str)

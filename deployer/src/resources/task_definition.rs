@@ -11,7 +11,7 @@ use aws_sdk_ecs::types::{
 };
 use serde_json::{Value, json};
 
-use super::{DeployError, Scope, tag_pairs};
+use super::{DeployError, Scope, strings, tag_pairs};
 use crate::desired::{Kind, Resource};
 use crate::plan::{Action, Change};
 
@@ -93,19 +93,6 @@ fn text(props: &BTreeMap<String, Value>, field: &str) -> Option<String> {
         .and_then(Value::as_str)
         .filter(|s| !s.starts_with("ref:"))
         .map(str::to_owned)
-}
-
-fn strings(props: &BTreeMap<String, Value>, field: &str) -> Vec<String> {
-    props
-        .get(field)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 async fn register(
