@@ -318,6 +318,15 @@ pub struct HealthCheckFile {
     /// Checker regions (at least 3 of Route 53's), or empty for Route 53's default set.
     #[serde(default)]
     pub regions: Vec<String>,
+    /// What the check probes: `domain` (default), the region's own name under the custom domain
+    /// (`<region>.<domain>`, with SNI: the certificate, API Gateway's custom domain and its base
+    /// path mapping are in the path, as for users), or `execute-api` (the API's own host).
+    #[serde(default = "default_probe")]
+    pub probe: String,
+}
+
+fn default_probe() -> String {
+    "domain".to_owned()
 }
 
 fn default_health_path() -> String {
@@ -337,6 +346,7 @@ impl Default for HealthCheckFile {
             interval: default_interval(),
             failure_threshold: default_threshold(),
             regions: Vec::new(),
+            probe: default_probe(),
         }
     }
 }
@@ -466,6 +476,11 @@ pub struct Deployment {
 }
 
 impl Deployment {
+    /// Whether the health checks probe each region's name under the custom domain.
+    pub fn probes_domain(&self) -> bool {
+        self.file.health_check.probe == "domain"
+    }
+
     /// What `plan` warns about besides its changes: a quota that ends service, and replicator
     /// tasks in given subnets that must reach the other region.
     pub fn plan_warnings(&self) -> Vec<String> {
@@ -735,6 +750,16 @@ impl ConfigFile {
         let hc = &self.health_check;
         if !hc.path.starts_with('/') {
             return Err(bad("health_check.path", "must start with /"));
+        }
+        if !matches!(hc.probe.as_str(), "domain" | "execute-api") {
+            return Err(bad(
+                "health_check.probe",
+                format!(
+                    "{:?} is not \"domain\" (the region's name under the custom domain) or \
+                     \"execute-api\" (the API's own host)",
+                    hc.probe
+                ),
+            ));
         }
         if !matches!(hc.interval, 10 | 30) {
             return Err(bad(

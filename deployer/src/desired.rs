@@ -85,7 +85,7 @@ impl Kind {
         match self {
             Kind::Table => &["partition_key", "sort_key"],
             Kind::HealthCheck => &["request_interval", "type"],
-            Kind::Certificate => &["domain_name"],
+            Kind::Certificate => &["domain_name", "alternative_names"],
             // An API key's value cannot change: a new value is a new key.
             Kind::ApiKey => &["value"],
             _ => &[],
@@ -389,10 +389,24 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
             json!({ "plan": reference(Kind::UsagePlan, r, &format!("{prefix}-plan")),
                     "key": reference(Kind::ApiKey, r, &crate::names::api_key(&prefix)) }),
         ));
-        let certificate = match f.certificates.arns.get(region) {
-            Some(arn) => json!({ "domain_name": f.dns.domain_name, "given_arn": arn }),
-            None => {
-                json!({ "domain_name": f.dns.domain_name, "validation": "DNS", "hosted_zone": f.dns.hosted_zone, "tags": tags })
+        let probe = crate::names::probe_domain(r, &f.dns.domain_name);
+        // The health check's name must be covered too: a requested certificate gets the wildcard
+        // (one level: `<region>.<domain>`; ACM validates it with the domain's own record), a
+        // given one is checked for it.
+        let certificate = match (f.certificates.arns.get(region), d.probes_domain()) {
+            (Some(arn), true) => {
+                json!({ "domain_name": f.dns.domain_name, "given_arn": arn, "covers": [probe] })
+            }
+            (Some(arn), false) => {
+                json!({ "domain_name": f.dns.domain_name, "given_arn": arn, "covers": [] })
+            }
+            (None, probes) => {
+                let alternative: Vec<String> = if probes {
+                    vec![format!("*.{}", f.dns.domain_name.trim_end_matches('.'))]
+                } else {
+                    Vec::new()
+                };
+                json!({ "domain_name": f.dns.domain_name, "alternative_names": alternative, "validation": "DNS", "hosted_zone": f.dns.hosted_zone, "tags": tags })
             }
         };
         out.push(Resource::new(
@@ -414,7 +428,32 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
             format!("{}/(none)", f.dns.domain_name),
             json!({ "base_path": "", "api": reference(Kind::RestApi, r, &prefix), "stage": stage }),
         ));
+        if d.probes_domain() {
+            // What the health check calls: the same certificate, a custom domain and mapping of
+            // the same API and stage, found through DNS like the public name.
+            out.push(Resource::new(
+                Kind::DomainName,
+                Some(r),
+                probe.clone(),
+                json!({ "endpoint": "REGIONAL", "security_policy": "TLS_1_2",
+                        "certificate": reference(Kind::Certificate, r, &f.dns.domain_name), "tags": tags }),
+            ));
+            out.push(Resource::new(
+                Kind::BasePathMapping,
+                Some(r),
+                format!("{probe}/(none)"),
+                json!({ "base_path": "", "api": reference(Kind::RestApi, r, &prefix), "stage": stage }),
+            ));
+        }
         let hc = &f.health_check;
+        let (probe_target, probe_path) = if d.probes_domain() {
+            (json!(probe), hc.path.clone())
+        } else {
+            (
+                json!(reference_attr_key(Kind::RestApi, r, &prefix, "host")),
+                format!("/{stage}{}", hc.path),
+            )
+        };
         let endpoint_check = crate::names::endpoint_check(&prefix, r);
         let switch_check = crate::names::switch_check(&prefix, r);
         out.push(Resource::new(
@@ -423,8 +462,8 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
             endpoint_check.clone(),
             json!({
                 "type": "HTTPS",
-                "target": reference_attr_key(Kind::RestApi, r, &prefix, "host"),
-                "resource_path": format!("/{stage}{}", hc.path),
+                "target": probe_target,
+                "resource_path": probe_path,
                 "port": 443,
                 "enable_sni": true,
                 "request_interval": hc.interval,
@@ -582,6 +621,31 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
         }
     }
     let cname = f.dns.record_style == RecordStyle::Cname;
+    if d.probes_domain() {
+        // Each region's own name (what its health check probes): a weighted record of its own,
+        // no health check, so that it always answers with its region.
+        for region in &d.regions {
+            let r = region.as_str();
+            let probe = crate::names::probe_domain(r, &f.dns.domain_name);
+            let set_identifier = crate::names::set_identifier(&prefix, r);
+            out.push(Resource::new(
+                Kind::DnsRecord,
+                None,
+                format!("{probe}/probe"),
+                json!({
+                    "zone": f.dns.hosted_zone,
+                    "type": if cname { "CNAME" } else { "A" },
+                    "alias_to": if cname { Value::Null } else { reference(Kind::DomainName, r, &probe) },
+                    "cname_to": if cname { json!(reference_attr_key(Kind::DomainName, r, &probe, "regional_domain_name")) } else { Value::Null },
+                    "ttl": if cname { json!(f.dns.answer_ttl()) } else { Value::Null },
+                    "peers": [set_identifier],
+                    "set_identifier": set_identifier,
+                    "routing": { "weight": 100 },
+                    "health_check": Value::Null,
+                }),
+            ));
+        }
+    }
     let peers: Vec<String> = d
         .regions
         .iter()
@@ -736,8 +800,39 @@ image = "img"
             switch.props["children"],
             json!(["ref:HealthCheck/us-east-1/todos-dev-us-east-1"])
         );
-        let records: Vec<&Resource> = all.iter().filter(|r| r.kind == Kind::DnsRecord).collect();
+        let (probes, records): (Vec<&Resource>, Vec<&Resource>) = all
+            .iter()
+            .filter(|r| r.kind == Kind::DnsRecord)
+            .partition(|r| r.name.ends_with("/probe"));
         assert_eq!(records.len(), 2);
+        // Each region's own name, for its health check: weighted, no health check of its own.
+        assert_eq!(
+            probes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            [
+                "us-east-1.api.todos.example.com/probe",
+                "us-west-2.api.todos.example.com/probe"
+            ]
+        );
+        assert_eq!(probes[0].props["routing"], json!({"weight": 100}));
+        assert_eq!(probes[0].props["health_check"], Value::Null);
+        assert_eq!(
+            probes[0].props["alias_to"],
+            "ref:DomainName/us-east-1/us-east-1.api.todos.example.com"
+        );
+        let check = all
+            .iter()
+            .find(|r| r.kind == Kind::HealthCheck && r.name == "todos-dev-us-east-1")
+            .unwrap();
+        assert_eq!(check.props["target"], "us-east-1.api.todos.example.com");
+        assert_eq!(check.props["resource_path"], "/todos/health");
+        assert_eq!(check.props["enable_sni"], true);
+        let certificate = all.iter().find(|r| r.kind == Kind::Certificate).unwrap();
+        assert_eq!(
+            certificate.props["alternative_names"],
+            json!(["*.api.todos.example.com"])
+        );
+        assert!(all.iter().any(|r| r.kind == Kind::BasePathMapping
+            && r.name == "us-west-2.api.todos.example.com/(none)"));
         assert_eq!(records[0].props["routing"], json!({"failover": "PRIMARY"}));
         assert_eq!(
             records[0].props["health_check"],
@@ -834,6 +929,25 @@ image = "img"
                 "dynamodb:UpdateItem"
             ]
         );
+    }
+
+    #[test]
+    fn the_execute_api_probe_needs_no_names_of_its_own() {
+        let mut d = deployment("lww", "failover");
+        d.file.health_check.probe = "execute-api".to_owned();
+        let all = desired(&d, "abc");
+        assert!(!all.iter().any(|r| r.name.contains("us-east-1.api.")));
+        let check = all
+            .iter()
+            .find(|r| r.kind == Kind::HealthCheck && r.name == "todos-dev-us-east-1")
+            .unwrap();
+        assert_eq!(
+            check.props["target"],
+            "ref:RestApi/us-east-1/todos-dev#host"
+        );
+        assert_eq!(check.props["resource_path"], "/live/todos/health");
+        let certificate = all.iter().find(|r| r.kind == Kind::Certificate).unwrap();
+        assert_eq!(certificate.props["alternative_names"], json!([]));
     }
 
     #[test]

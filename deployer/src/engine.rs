@@ -336,10 +336,18 @@ impl Engine {
             Routing::Failover => Routing::Latency,
             Routing::Latency => Routing::Failover,
         };
+        // ... and the other probe's, so that the probe names' domains and records are found.
+        let mut other_probe = deployment.clone();
+        other_probe.file.health_check.probe = if deployment.probes_domain() {
+            "execute-api".to_owned()
+        } else {
+            "domain".to_owned()
+        };
         let mut targets = desired.clone();
         let variants = [
             crate::desired::desired(&lww, &sha),
             crate::desired::desired(&other_routing, &sha),
+            crate::desired::desired(&other_probe, &sha),
         ];
         for r in variants.into_iter().flatten() {
             if find(&targets, r.kind, r.region.as_deref(), &r.name).is_none() {
@@ -610,14 +618,25 @@ impl Engine {
                     // Not created yet (or already deleted): it holds no records.
                     return Ok(Vec::new());
                 }
-                found = dns_record::observe(
-                    &self.clients.route53,
-                    scope,
-                    &self.deployment.regions,
-                    &f.dns.hosted_zone,
-                    &f.dns.domain_name,
-                )
-                .await?;
+                // The public name, and each region's own name (the health checks' probes).
+                let mut domains: Vec<&str> = names
+                    .iter()
+                    .filter_map(|n| n.rsplit_once('/').map(|(domain, _)| domain))
+                    .collect();
+                domains.sort_unstable();
+                domains.dedup();
+                for domain in domains {
+                    found.extend(
+                        dns_record::observe(
+                            &self.clients.route53,
+                            scope,
+                            &self.deployment.regions,
+                            &f.dns.hosted_zone,
+                            domain,
+                        )
+                        .await?,
+                    );
+                }
             }
         }
         Ok(found.into_iter().filter(|r| here(r)).collect())

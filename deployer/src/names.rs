@@ -16,6 +16,12 @@ pub fn api_key(prefix: &str) -> String {
     format!("{prefix}-key")
 }
 
+/// The region's own name under the custom domain, which its health check probes:
+/// `<region>.<domain>` (covered by the certificate's `*.<domain>`).
+pub fn probe_domain(region: &str, domain: &str) -> String {
+    format!("{region}.{}", domain.trim_end_matches('.'))
+}
+
 /// What a Route 53 health check of the deployment does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckRole {

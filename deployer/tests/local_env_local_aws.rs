@@ -533,6 +533,65 @@ fn unhealthy_and_slow(env: &Env) {
     );
 }
 
+/// The health check probes what users call: the region's own name under the custom domain, through
+/// API Gateway's custom domain and its base path mapping. With the primary's mapping deleted by
+/// hand the check fails and DNS moves; `deployer up --region` the primary puts it back (never
+/// calling the secondary) and DNS returns.
+fn a_broken_custom_domain_fails_over(env: &Env) {
+    let (primary, secondary) = (env.address(REGION_A), env.address(REGION_B));
+    let detect = Duration::from_secs(INTERVAL * THRESHOLD + 7);
+    let probe = format!("{REGION_A}.{}", env.domain());
+    let status = env.local_status(false);
+    let target = status["regions"][REGION_A]["endpoint_check"]["target"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        target.starts_with(&format!("{probe}:443 /todos/health")),
+        "{}: the primary's check probes {target:?}, not its custom domain",
+        env.label
+    );
+    wait_dns(env, primary, detect, "the primary did not serve at first");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = aws_sdk_apigateway::Client::new(&env.aws.sdk_config(REGION_A));
+    runtime
+        .block_on(
+            client
+                .delete_base_path_mapping()
+                .domain_name(&probe)
+                .base_path("(none)")
+                .send(),
+        )
+        .unwrap();
+    wait_dns(
+        env,
+        secondary,
+        detect,
+        "a deleted base path mapping of the primary's custom domain did not fail over",
+    );
+    let (code, stdout, stderr) = deployer(
+        &env.config,
+        &["up", "--region", REGION_A],
+        &env.aws.child_env(),
+        &[],
+    );
+    assert_eq!(code, 0, "{}: up --region: {stdout} {stderr}", env.label);
+    assert!(
+        stdout.contains(&format!("create BasePathMapping/{REGION_A}/{probe}/(none)")),
+        "{}: {stdout}",
+        env.label
+    );
+    wait_dns(
+        env,
+        primary,
+        detect,
+        "the mended primary did not serve again",
+    );
+}
+
 /// The outage scenario on one environment; returns the seconds clients took to move.
 fn outage_scenario(env: &Env) -> f64 {
     let (primary, secondary) = (env.address(REGION_A), env.address(REGION_B));
@@ -794,6 +853,7 @@ fn a_region_fails_and_dns_moves_clients_with_nothing_acknowledged_lost() {
         assert_eq!(env.status["record_style"], "cname");
         assert_eq!(env.status["ttl_seconds"], 5);
         unhealthy_and_slow(&env);
+        a_broken_custom_domain_fails_over(&env);
         let moved = outage_scenario(&env);
         env.child_dies();
         (moved, cname_w)

@@ -977,7 +977,12 @@ async fn start(
                     .into_iter()
                     .map(|h| h.to_ascii_lowercase())
                     .collect(),
-                domain_names: vec![f.dns.domain_name.to_ascii_lowercase()],
+                // The public name, and the region's own name its health check probes (then
+                // followed by the API Gateway reader).
+                domain_names: vec![
+                    f.dns.domain_name.to_ascii_lowercase(),
+                    crate::names::probe_domain(region, &f.dns.domain_name).to_ascii_lowercase(),
+                ],
             }),
             health_path: f.health_check.path.clone(),
             client: super::http::upstream(),
@@ -1003,9 +1008,76 @@ async fn start(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    let fronts: Vec<Arc<Gateway>> = gateways.iter().map(|g| g.0.clone()).collect();
     for (gateway, listener, _, _) in gateways {
         let name = format!("the API front of {}", gateway.region);
         spawn_part(name, stop, parts, gateway.run(listener, stop.clone()));
+    }
+    // API Gateway's custom domains, read continually: a front serves a custom domain only while
+    // its root base path mapping to the stage exists (a mapping deleted by hand fails the health
+    // check that probes it, as on AWS).
+    for front in fronts {
+        let region = front.region.clone();
+        let client = aws_sdk_apigateway::Client::new(
+            &sdk_config(
+                parse_region(&region).map_err(|e| e.to_string())?,
+                &AwsOptions {
+                    profile: None,
+                    endpoint_url: Some(local_aws.clone()),
+                    placeholder_credentials: true,
+                },
+            )
+            .await,
+        );
+        let mut candidates = vec![f.dns.domain_name.to_ascii_lowercase()];
+        if d.probes_domain() {
+            candidates
+                .push(crate::names::probe_domain(&region, &f.dns.domain_name).to_ascii_lowercase());
+        }
+        let stop_reading = stop.clone();
+        spawn_part(
+            format!("the API Gateway reader of {region}"),
+            stop,
+            parts,
+            async move {
+                let mut last_error: Option<String> = None;
+                loop {
+                    tokio::select! {
+                        () = stop_reading.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(SNAPSHOT_EVERY) => {}
+                    }
+                    let stage = front
+                        .routes
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .stage
+                        .clone();
+                    let mut mapped = Vec::new();
+                    let mut known = true;
+                    for domain in &candidates {
+                        match super::gateway::root_mapping(&client, domain, &stage).await {
+                            Ok(true) => mapped.push(domain.clone()),
+                            Ok(false) => {}
+                            Err(error) => {
+                                // Said once per distinct error, not every half second.
+                                if last_error.as_deref() != Some(error.as_str()) {
+                                    tracing::warn!(%error, %domain, "reading API Gateway failed");
+                                    last_error = Some(error);
+                                }
+                                known = false;
+                            }
+                        }
+                    }
+                    if known {
+                        let mut routes = front.routes.write().unwrap_or_else(|p| p.into_inner());
+                        if routes.domain_names != mapped {
+                            tracing::info!(region = %front.region, domains = ?mapped, "custom domains served");
+                            routes.domain_names = mapped;
+                        }
+                    }
+                }
+            },
+        );
     }
 
     // The replicators, exactly as the ECS task definitions say (their environment), in the region

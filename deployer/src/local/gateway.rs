@@ -56,6 +56,33 @@ pub enum Route {
     Forbidden,
 }
 
+/// Whether API Gateway holds a root (`(none)`) base path mapping of `domain` to `stage` (a domain
+/// that does not exist has none).
+pub async fn root_mapping(
+    client: &aws_sdk_apigateway::Client,
+    domain: &str,
+    stage: &str,
+) -> Result<bool, String> {
+    match client
+        .get_base_path_mappings()
+        .domain_name(domain)
+        .send()
+        .await
+    {
+        Ok(out) => Ok(out
+            .items()
+            .iter()
+            .any(|m| m.base_path() == Some("(none)") && m.stage() == Some(stage))),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_not_found_exception()) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(aws_sdk_apigateway::error::DisplayErrorContext(&e).to_string()),
+    }
+}
+
 /// Routes a request by its Host header (without port) and path.
 pub fn route(routes: &Routes, host: Option<&str>, path: &str) -> Route {
     let host = host.map(|h| {

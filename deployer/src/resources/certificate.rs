@@ -329,6 +329,8 @@ struct Requested {
     status: String,
     created: i64,
     records: Vec<ValidationRecord>,
+    /// Its names besides the domain, sorted.
+    alternative_names: Vec<String>,
 }
 
 impl Requested {
@@ -395,10 +397,19 @@ pub async fn observe(
         {
             continue;
         }
+        let mut alternative_names: Vec<String> = detail
+            .subject_alternative_names()
+            .iter()
+            .filter(|n| !n.eq_ignore_ascii_case(domain))
+            .map(|n| n.to_ascii_lowercase())
+            .collect();
+        alternative_names.sort();
+        alternative_names.dedup();
         ours.push(Requested {
             status: status_str(&detail),
             created: detail.created_at().map(|t| t.secs()).unwrap_or_default(),
             records: validation_records(&detail).0,
+            alternative_names,
             arn,
         });
     }
@@ -419,11 +430,16 @@ pub async fn observe(
             } else {
                 detail.domain_name().unwrap_or_default().to_owned()
             };
+            // The wanted names it covers (the health check's): a missing one differs.
+            let covered: Vec<String> = super::strings(&wanted.props, "covers")
+                .into_iter()
+                .filter(|n| covers(names.iter().copied(), n))
+                .collect();
             found.push(resource(
                 region,
                 domain.to_owned(),
                 // The operator's: used while wanted, never deleted (nor reported for deletion).
-                json!({ "domain_name": domain_name, "given_arn": given_arn, "arn": arn, "status": status, "owned": false }),
+                json!({ "domain_name": domain_name, "given_arn": given_arn, "covers": covered, "arn": arn, "status": status, "owned": false }),
             ));
         }
     } else if let Some((chosen, rest)) = ours.split_first() {
@@ -454,6 +470,7 @@ pub async fn observe(
             domain.to_owned(),
             json!({
                 "domain_name": domain,
+                "alternative_names": chosen.alternative_names,
                 "validation": validation,
                 "hosted_zone": zone,
                 "tags": scope.tags(),
@@ -530,6 +547,41 @@ async fn check_given(
         )));
     }
     Ok(())
+}
+
+/// A given certificate must also cover `names` (the health check's name under the domain).
+async fn check_covers(
+    acm: &AcmClient,
+    arn: &str,
+    names: &[String],
+    id: &str,
+) -> Result<(), DeployError> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let Some(detail) = describe(acm, arn, id).await? else {
+        return Ok(());
+    };
+    let have = names_of(&detail);
+    let missing: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !covers(have.iter().copied(), n))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(DeployError::refused(
+        "acm:DescribeCertificate",
+        id,
+        format!(
+            "certificate {arn} ({}) does not cover {}, which the region's health check probes: give \
+             a certificate that also covers it (or the domain's wildcard), or set \
+             health_check.probe = \"execute-api\"",
+            have.join(", "),
+            missing.join(", ")
+        ),
+    ))
 }
 
 fn record_change(
@@ -714,11 +766,23 @@ async fn request(
         .map(|(k, v)| Tag::builder().key(k).value(v).build())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| DeployError::refused("acm:RequestCertificate", id, e.to_string()))?;
+    let alternative = super::strings(&want.props, "alternative_names");
+    // The names are part of the request's identity: a replacement that adds one within the
+    // token's window must not get the old certificate back.
+    let identity = std::iter::once(domain.to_owned())
+        .chain(alternative.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(",");
     let out = acm
         .request_certificate()
         .domain_name(domain)
+        .set_subject_alternative_names((!alternative.is_empty()).then(|| {
+            std::iter::once(domain.to_owned())
+                .chain(alternative.iter().cloned())
+                .collect()
+        }))
         .validation_method(ValidationMethod::Dns)
-        .idempotency_token(idempotency_token(&scope, region, domain, now_unix()))
+        .idempotency_token(idempotency_token(&scope, region, &identity, now_unix()))
         .set_tags(Some(tags))
         .send()
         .await
@@ -853,7 +917,8 @@ pub async fn apply(
                 .get("domain_name")
                 .and_then(Value::as_str)
                 .unwrap_or(&want.name);
-            check_given(acm, arn, domain, region, &id).await
+            check_given(acm, arn, domain, region, &id).await?;
+            check_covers(acm, arn, &super::strings(&want.props, "covers"), &id).await
         }
         (Action::Create, Some(want), None) => request(acm, route53, want, &id).await,
         (Action::Replace { .. }, Some(want), None) => {

@@ -90,17 +90,19 @@ pub async fn observe(
         if !is_ours(identifier, scope, regions) {
             continue;
         }
-        let routing = match (set.failover(), set.region()) {
-            (Some(f), _) => json!({ "failover": f.as_str() }),
-            (None, Some(r)) => json!({ "latency_region": r.as_str() }),
+        let routing = match (set.failover(), set.region(), set.weight()) {
+            (Some(f), _, _) => json!({ "failover": f.as_str() }),
+            (None, Some(r), _) => json!({ "latency_region": r.as_str() }),
+            (None, None, Some(w)) => json!({ "weight": w }),
             _ => Value::Null,
         };
-        let label = match set.failover() {
-            Some(f) => f.as_str().to_owned(),
-            None => set
-                .region()
-                .map(|r| r.as_str().to_owned())
-                .unwrap_or_default(),
+        // The label `desired` names the record by: the failover role, the latency region, or
+        // `probe` for a region's own (weighted) name.
+        let label = match (set.failover(), set.region(), set.weight()) {
+            (Some(f), _, _) => f.as_str().to_owned(),
+            (None, Some(r), _) => r.as_str().to_owned(),
+            (None, None, Some(_)) => "probe".to_owned(),
+            _ => String::new(),
         };
         let alias = set.alias_target().map(
             |a| json!({ "dns_name": dotted(a.dns_name()), "hosted_zone_id": a.hosted_zone_id() }),
@@ -186,7 +188,10 @@ pub async fn all_record_sets(
 /// Whether two record sets with one set identifier use the same routing policy and type (an UPSERT
 /// can change neither: the old set is deleted and the new one created in one batch).
 fn same_routing(a: &ResourceRecordSet, b: &ResourceRecordSet) -> bool {
-    a.failover() == b.failover() && a.region() == b.region() && a.r#type() == b.r#type()
+    a.failover() == b.failover()
+        && a.region() == b.region()
+        && a.weight().is_some() == b.weight().is_some()
+        && a.r#type() == b.r#type()
 }
 
 fn record(domain: &str, props: &BTreeMap<String, Value>) -> Result<ResourceRecordSet, String> {
@@ -238,6 +243,8 @@ fn record(domain: &str, props: &BTreeMap<String, Value>) -> Result<ResourceRecor
         set = set.failover(ResourceRecordSetFailover::from(f));
     } else if let Some(r) = routing.get("latency_region").and_then(Value::as_str) {
         set = set.region(ResourceRecordSetRegion::from(r));
+    } else if let Some(w) = routing.get("weight").and_then(Value::as_i64) {
+        set = set.weight(w);
     }
     set.build().map_err(|e| e.to_string())
 }
