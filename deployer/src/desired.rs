@@ -638,7 +638,8 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
                     "alias_to": if cname { Value::Null } else { reference(Kind::DomainName, r, &probe) },
                     "cname_to": if cname { json!(reference_attr_key(Kind::DomainName, r, &probe, "regional_domain_name")) } else { Value::Null },
                     "ttl": if cname { json!(f.dns.answer_ttl()) } else { Value::Null },
-                    "peers": [set_identifier],
+                    // As `dns_record::observe` reports every record of the deployment.
+                    "peers": d.regions.iter().map(|r| crate::names::set_identifier(&prefix, r)).collect::<Vec<_>>(),
                     "set_identifier": set_identifier,
                     "routing": { "weight": 100 },
                     "health_check": Value::Null,
@@ -869,7 +870,10 @@ image = "img"
         let services: Vec<&Resource> = all.iter().filter(|r| r.kind == Kind::EcsService).collect();
         assert_eq!(services.len(), 1);
         assert_eq!(services[0].region.as_deref(), Some("us-west-2"));
-        let records: Vec<&Resource> = all.iter().filter(|r| r.kind == Kind::DnsRecord).collect();
+        let records: Vec<&Resource> = all
+            .iter()
+            .filter(|r| r.kind == Kind::DnsRecord && !r.name.ends_with("/probe"))
+            .collect();
         assert_eq!(
             records[0].props["routing"],
             json!({"latency_region": "us-east-1"})

@@ -710,12 +710,34 @@ impl Engine {
         Ok((observed, unreachable))
     }
 
+    /// Observes again what a change touched: its kind in its region, or, for a base path mapping,
+    /// that mapping's domain alone (fewer calls; and the local AWS, moto 5.2.5, answers
+    /// GetBasePathMappings with HTTP 500 for a domain that never had a mapping, where AWS answers
+    /// with none, so asking about a sibling domain not yet mapped would fail there).
     async fn refresh(
         &self,
         observed: &mut Vec<Resource>,
         kind: Kind,
         region: Option<&str>,
+        name: &str,
     ) -> Result<(), DeployError> {
+        if kind == Kind::BasePathMapping {
+            let domain = name.split_once('/').map_or(name, |(d, _)| d);
+            let client = &self.clients.region(region)?.apigateway;
+            let found = domain_name::observe_mapping(
+                client,
+                region.unwrap_or_default(),
+                &[domain.to_owned()],
+            )
+            .await?;
+            observed.retain(|r| {
+                !(r.kind == kind
+                    && r.region.as_deref() == region
+                    && r.name.split_once('/').map_or(r.name.as_str(), |(d, _)| d) == domain)
+            });
+            observed.extend(found);
+            return Ok(());
+        }
         let found = self.observe_group(kind, region, observed).await?;
         observed.retain(|r| !(r.kind == kind && r.region.as_deref() == region));
         observed.extend(found);
@@ -877,7 +899,8 @@ impl Engine {
             }
             result?;
             applied.push(change.clone());
-            self.refresh(observed, change.kind, region).await?;
+            self.refresh(observed, change.kind, region, &change.name)
+                .await?;
         }
         Ok(())
     }

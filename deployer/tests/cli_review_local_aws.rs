@@ -13,12 +13,15 @@ use aws_sdk_route53::types::{HealthCheckConfig, HealthCheckType, RrType, Tag, Ta
 use cli_support::{Workspace, deployer, expect};
 use tworegion_common::test_support::{LocalAws, REGION_A, REGION_B};
 
-/// An issued ACM certificate for `domain` in `region`, made outside the deployer.
-async fn issued_certificate(local: &LocalAws, region: &str, domain: &str) -> String {
+/// An issued ACM certificate for `domain` (and `also`) in `region`, made outside the deployer.
+async fn issued_certificate(local: &LocalAws, region: &str, domain: &str, also: &[&str]) -> String {
     let acm = aws_sdk_acm::Client::new(&local.sdk_config(region));
+    let mut names = vec![domain.to_owned()];
+    names.extend(also.iter().map(|n| (*n).to_owned()));
     let arn = acm
         .request_certificate()
         .domain_name(domain)
+        .set_subject_alternative_names((!also.is_empty()).then_some(names))
         .validation_method(aws_sdk_acm::types::ValidationMethod::Dns)
         .send()
         .await
@@ -48,8 +51,28 @@ async fn given_certificates_are_used_and_down_leaves_them() {
     let local = LocalAws::from_env();
     let w = Workspace::new();
     let domain = format!("api.{}.test", w.app);
-    let a = issued_certificate(&local, REGION_A, &domain).await;
-    let b = issued_certificate(&local, REGION_B, &domain).await;
+    // A certificate for the domain alone does not cover the health checks' names.
+    let narrow = issued_certificate(&local, REGION_A, &domain, &[]).await;
+    let wildcard = format!("*.{domain}");
+    let a = issued_certificate(&local, REGION_A, &domain, &[&wildcard]).await;
+    let b = issued_certificate(&local, REGION_B, &domain, &[&wildcard]).await;
+    w.write_with(&[(
+        "[certificates]",
+        format!("[certificates]\narns = {{ {REGION_A} = \"{narrow}\", {REGION_B} = \"{b}\" }}"),
+    )]);
+    let run = deployer(&local, &w.config, &["up"], &[]);
+    expect(
+        &run,
+        1,
+        "up with a certificate that does not cover the probe",
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("does not cover {REGION_A}.{domain}"))
+            && run.stderr.contains("health_check.probe"),
+        "{}",
+        run.stderr
+    );
     w.write_with(&[(
         "[certificates]",
         format!("[certificates]\narns = {{ {REGION_A} = \"{a}\", {REGION_B} = \"{b}\" }}"),

@@ -127,6 +127,7 @@ async fn function_reconciles() {
         .environment(
             aws_sdk_lambda::types::Environment::builder()
                 .variables("SAMPLE_APP_TABLE", "todos")
+                .variables("SAMPLE_APP_PARTITION_KEY", "id")
                 .build(),
         )
         .code(
