@@ -238,8 +238,18 @@ async fn up_plan_change_status_failover_down() {
             "{name}"
         );
     }
-    for (_, _, config) in &checks {
-        assert_eq!(config.resource_path(), Some("/live/todos/health"));
+    for (name, _, config) in &checks {
+        // What users call: the region's own name under the custom domain, with SNI.
+        let region = if name.ends_with(REGION_A) {
+            REGION_A
+        } else {
+            REGION_B
+        };
+        assert_eq!(
+            config.fully_qualified_domain_name(),
+            Some(format!("{region}.{domain}").as_str())
+        );
+        assert_eq!(config.resource_path(), Some("/todos/health"));
         assert_eq!(config.request_interval(), Some(10));
         assert_eq!(config.failure_threshold(), Some(3));
         assert_eq!(config.r#type().as_str(), "HTTPS");

@@ -78,6 +78,11 @@ async fn failover_records_reconcile() {
                 "hosted_zone = \"example.com\"",
                 format!("hosted_zone = \"{zone_name}\""),
             ),
+            // The public name's records alone (the probe names' are covered end to end).
+            (
+                "failure_threshold = 3",
+                "failure_threshold = 3\nprobe = \"execute-api\"".to_owned(),
+            ),
         ],
     );
     let mut resolved = Resolved::new();
@@ -188,6 +193,10 @@ async fn failover_records_reconcile() {
             (
                 "hosted_zone = \"example.com\"",
                 format!("hosted_zone = \"{zone_name}\"\nrecord_style = \"cname\"\nttl = 7"),
+            ),
+            (
+                "failure_threshold = 3",
+                "failure_threshold = 3\nprobe = \"execute-api\"".to_owned(),
             ),
         ],
     );

@@ -134,7 +134,13 @@ async fn health_checks_reconcile() {
     for check in endpoint_checks(&observed) {
         assert_eq!(check.props["failure_threshold"], 3);
         assert_eq!(check.props["request_interval"], 10);
-        assert_eq!(check.props["resource_path"], "/live/todos/health");
+        // The region's own name under the custom domain, without the stage (its mapping is at
+        // the root).
+        assert_eq!(check.props["resource_path"], "/todos/health");
+        assert_eq!(
+            check.props["target"],
+            format!("{}.api.example.com", check.region.as_deref().unwrap())
+        );
         assert_eq!(check.props["enable_sni"], true);
         assert_eq!(check.props["tags"]["Name"], check.name.as_str());
         // Its switch: CALCULATED over it, on.
