@@ -437,10 +437,15 @@ pub fn render_status(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
                     h.checkers_reporting,
                     if h.inverted { ", inverted" } else { "" }
                 )?;
-                let switch = match h.switch_on {
-                    Some(true) => "on",
-                    Some(false) => "OFF (failover sent traffic away; undo: deployer failback)",
-                    None => "(none: run deployer up)",
+                let switch = match (h.switch_on, h.switch_in_dns) {
+                    (None, _) => "(none: run deployer up)",
+                    (Some(_), false) => {
+                        "not used by DNS yet (an up has not finished: run deployer up)"
+                    }
+                    (Some(true), true) => "on",
+                    (Some(false), true) => {
+                        "OFF (failover sent traffic away; undo: deployer failback)"
+                    }
                 };
                 writeln!(
                     out,

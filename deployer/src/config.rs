@@ -318,15 +318,13 @@ pub struct HealthCheckFile {
     /// Checker regions (at least 3 of Route 53's), or empty for Route 53's default set.
     #[serde(default)]
     pub regions: Vec<String>,
-    /// What the check probes: `domain` (default), the region's own name under the custom domain
+    /// What the check probes: `domain`, the region's own name under the custom domain
     /// (`<region>.<domain>`, with SNI: the certificate, API Gateway's custom domain and its base
-    /// path mapping are in the path, as for users), or `execute-api` (the API's own host).
-    #[serde(default = "default_probe")]
-    pub probe: String,
-}
-
-fn default_probe() -> String {
-    "domain".to_owned()
+    /// path mapping are in the path, as for users), or `execute-api` (the API's own host). Default:
+    /// `domain` when the deployer requests the certificates (it adds `*.<domain>`), `execute-api`
+    /// when they are given (they may not cover `<region>.<domain>`).
+    #[serde(default)]
+    pub probe: Option<String>,
 }
 
 fn default_health_path() -> String {
@@ -346,7 +344,7 @@ impl Default for HealthCheckFile {
             interval: default_interval(),
             failure_threshold: default_threshold(),
             regions: Vec::new(),
-            probe: default_probe(),
+            probe: None,
         }
     }
 }
@@ -478,7 +476,10 @@ pub struct Deployment {
 impl Deployment {
     /// Whether the health checks probe each region's name under the custom domain.
     pub fn probes_domain(&self) -> bool {
-        self.file.health_check.probe == "domain"
+        match self.file.health_check.probe.as_deref() {
+            Some(probe) => probe == "domain",
+            None => self.file.certificates.arns.is_empty(),
+        }
     }
 
     /// What `plan` warns about besides its changes: a quota that ends service, and replicator
@@ -751,13 +752,14 @@ impl ConfigFile {
         if !hc.path.starts_with('/') {
             return Err(bad("health_check.path", "must start with /"));
         }
-        if !matches!(hc.probe.as_str(), "domain" | "execute-api") {
+        if let Some(probe) = &hc.probe
+            && !matches!(probe.as_str(), "domain" | "execute-api")
+        {
             return Err(bad(
                 "health_check.probe",
                 format!(
-                    "{:?} is not \"domain\" (the region's name under the custom domain) or \
-                     \"execute-api\" (the API's own host)",
-                    hc.probe
+                    "{probe:?} is not \"domain\" (the region's name under the custom domain) or \
+                     \"execute-api\" (the API's own host)"
                 ),
             ));
         }

@@ -402,7 +402,10 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
             }
             (None, probes) => {
                 let alternative: Vec<String> = if probes {
-                    vec![format!("*.{}", f.dns.domain_name.trim_end_matches('.'))]
+                    vec![format!(
+                        "*.{}",
+                        f.dns.domain_name.trim_end_matches('.').to_ascii_lowercase()
+                    )]
                 } else {
                     Vec::new()
                 };
@@ -494,13 +497,18 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
             let log_group = format!("/tworegion/{prefix}/replicator");
             let task_role = format!("{prefix}-replicator-{r}");
             let exec_role = format!("{prefix}-replicator-exec-{r}");
-            let lease_table = format!("{prefix}-replicator-leases");
-            let dead_letter_table = format!("{prefix}-replicator-dead-letters");
+            let lease_table = crate::names::lease_table(&prefix);
+            let dead_letter_table = crate::names::dead_letter_table(&prefix);
             let network = f.replicator.network.get(region);
             // The replicator's own tables (rows keyed `path` + shard or record ID, as
             // replicator/src/lease/dynamo.rs and dead_letter/dynamo.rs expect): the deployer
             // creates, tags and removes them, so `down` leaves nothing behind.
-            for (table, range) in [(&lease_table, "shard"), (&dead_letter_table, "id")] {
+            // Leases and checkpoints are operational state: unprotected, no backups, and deleted
+            // by `down` without --allow-data-loss. Dead letters are data: protected like the app's.
+            for (table, range, data) in [
+                (&lease_table, "shard", false),
+                (&dead_letter_table, "id", true),
+            ] {
                 out.push(Resource::new(
                     Kind::Table,
                     Some(r),
@@ -513,8 +521,8 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
                         "write_capacity": null,
                         "stream": null,
                         "ttl_attribute": null,
-                        "deletion_protection": f.table.deletion_protection,
-                        "point_in_time_recovery": f.table.point_in_time_recovery,
+                        "deletion_protection": data && f.table.deletion_protection,
+                        "point_in_time_recovery": data && f.table.point_in_time_recovery,
                         "tags": tags,
                     }),
                 ));
@@ -938,7 +946,7 @@ image = "img"
     #[test]
     fn the_execute_api_probe_needs_no_names_of_its_own() {
         let mut d = deployment("lww", "failover");
-        d.file.health_check.probe = "execute-api".to_owned();
+        d.file.health_check.probe = Some("execute-api".to_owned());
         let all = desired(&d, "abc");
         assert!(!all.iter().any(|r| r.name.contains("us-east-1.api.")));
         let check = all

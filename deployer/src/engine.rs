@@ -206,18 +206,22 @@ pub struct DataPolicy {
 
 /// The plan under `policy`: a table deletion becomes a release when the table was adopted rather
 /// than created (unless `delete_adopted`) or with `keep_data`. Returns the plan and the changes
-/// that would still lose data without being allowed (then nothing may be applied). Pure.
+/// that would still lose data without being allowed (then nothing may be applied). Tables named in
+/// `disposable` hold no user data (the replicator's leases): deleted, never released or refused.
+/// Pure.
 pub fn with_data_policy(
     plan: Plan,
     observed: &[Resource],
     policy: DataPolicy,
+    disposable: &[String],
 ) -> (Plan, Vec<Change>) {
     let mut refused = Vec::new();
     let changes = plan
         .changes
         .into_iter()
         .map(|mut change| {
-            if change.kind == Kind::Table && change.action == Action::Delete {
+            let holds_data = !disposable.contains(&change.name);
+            if change.kind == Kind::Table && change.action == Action::Delete && holds_data {
                 let have = find(
                     observed,
                     Kind::Table,
@@ -229,13 +233,34 @@ pub fn with_data_policy(
                     change.action = Action::Release;
                 }
             }
-            if crate::plan::loses_data(&change) && !policy.allow_data_loss {
+            if crate::plan::loses_data(&change) && holds_data && !policy.allow_data_loss {
                 refused.push(change.clone());
             }
             change
         })
         .collect();
     (Plan { changes }, refused)
+}
+
+/// Whether `change` re-targets a health check at a name whose DNS record `desired` makes but that
+/// does not exist yet.
+fn waits_for_its_name(change: &Change, desired: &[Resource], observed: &[Resource]) -> bool {
+    let Action::Update { changes } = &change.action else {
+        return false;
+    };
+    if change.kind != Kind::HealthCheck {
+        return false;
+    }
+    let Some(target) = changes
+        .iter()
+        .find(|c| c.field == "target")
+        .and_then(|c| c.to.as_str())
+    else {
+        return false;
+    };
+    let record = format!("{target}/probe");
+    find(desired, Kind::DnsRecord, None, &record).is_some()
+        && find(observed, Kind::DnsRecord, None, &record).is_none()
 }
 
 /// The refusal for changes that would lose data: each named, with what to do instead.
@@ -338,11 +363,11 @@ impl Engine {
         };
         // ... and the other probe's, so that the probe names' domains and records are found.
         let mut other_probe = deployment.clone();
-        other_probe.file.health_check.probe = if deployment.probes_domain() {
+        other_probe.file.health_check.probe = Some(if deployment.probes_domain() {
             "execute-api".to_owned()
         } else {
             "domain".to_owned()
-        };
+        });
         let mut targets = desired.clone();
         let variants = [
             crate::desired::desired(&lww, &sha),
@@ -375,6 +400,14 @@ impl Engine {
     pub fn without_secrets(mut self) -> Engine {
         self.read_secrets = false;
         self
+    }
+
+    /// Tables that hold no user data (the replicator's leases), deleted without `--allow-data-loss`.
+    fn disposable(&self) -> Vec<String> {
+        vec![crate::names::lease_table(&crate::names::prefix(
+            &self.scope.app,
+            &self.scope.stage,
+        ))]
     }
 
     /// The deployment.
@@ -749,7 +782,12 @@ impl Engine {
     pub async fn plan(&self) -> Result<(Plan, Vec<Change>), DeployError> {
         let observed = self.observe().await?;
         let plan = reconcile(&self.desired, &observed, &self.scope, &self.targets);
-        Ok(with_data_policy(plan, &observed, DataPolicy::default()))
+        Ok(with_data_policy(
+            plan,
+            &observed,
+            DataPolicy::default(),
+            &self.disposable(),
+        ))
     }
 
     async fn apply(
@@ -926,7 +964,13 @@ impl Engine {
                 plan.changes
                     .retain(|c| self.in_region(c, region, desired, &observed));
             }
-            let (plan, refused) = with_data_policy(plan, &observed, policy);
+            // A health check re-targeted at its region's own name waits, one round, for that
+            // name's record (made in this round's DNS step): probing a name that does not resolve
+            // yet reads the region unhealthy, and with both regions so Route 53 answers with the
+            // primary whatever the switches say.
+            plan.changes
+                .retain(|c| !waits_for_its_name(c, desired, &observed));
+            let (plan, refused) = with_data_policy(plan, &observed, policy, &self.disposable());
             if !refused.is_empty() {
                 return Err(data_loss_refusal(action, &refused, &observed));
             }
@@ -1080,6 +1124,11 @@ impl Engine {
                     .and_then(Value::as_bool)
                     .unwrap_or(false)
         });
+        let switch_id = switch.map(|s| crate::resources::observed_str(Some(s), "id").to_owned());
+        // The switch counts only once the region's record uses it (an `up` of this version that
+        // was interrupted can leave the record on the endpoint check).
+        let switch_in_dns = switch_id.is_some()
+            && self.record_check(observed, region).as_deref() == switch_id.as_deref();
         let endpoint_healthy = effective_health(healthy, reporting, inverted);
         Ok(Some(Health {
             id: id.to_owned(),
@@ -1087,10 +1136,26 @@ impl Engine {
             checkers_reporting: reporting,
             inverted,
             endpoint_healthy,
-            switch_id: switch.map(|s| crate::resources::observed_str(Some(s), "id").to_owned()),
+            switch_id,
             switch_on,
-            healthy: endpoint_healthy && switch_on.unwrap_or(true),
+            switch_in_dns,
+            healthy: endpoint_healthy && (!switch_in_dns || switch_on.unwrap_or(true)),
         }))
+    }
+
+    /// The health check the region's public record uses, from observed records.
+    fn record_check(&self, observed: &[Resource], region: &str) -> Option<String> {
+        let prefix = crate::names::prefix(&self.scope.app, &self.scope.stage);
+        let id = crate::names::set_identifier(&prefix, region);
+        let domain = &self.deployment.file.dns.domain_name;
+        observed
+            .iter()
+            .filter(|r| r.kind == Kind::DnsRecord)
+            .filter(|r| r.name.split_once('/').is_some_and(|(d, _)| d == domain))
+            .find(|r| r.props.get("set_identifier").and_then(Value::as_str) == Some(id.as_str()))
+            .and_then(|r| r.props.get("health_check"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
     }
 
     /// `status`: what exists, whether it matches the config, each region's health, and which region
@@ -1205,7 +1270,36 @@ impl Engine {
         let found =
             health_check::observe(&self.clients.route53, &self.scope, &self.deployment.regions)
                 .await?;
+        // The switches move traffic only when the records use them: read the records (Route 53).
+        let f = &self.deployment.file;
+        let mut records_and_checks = found.clone();
+        records_and_checks.extend(
+            dns_record::observe(
+                &self.clients.route53,
+                &self.scope,
+                &self.deployment.regions,
+                &f.dns.hosted_zone,
+                &f.dns.domain_name,
+            )
+            .await?,
+        );
         let mut plan = Vec::new();
+        for region in &self.deployment.regions {
+            let switch_id = self
+                .health_check(&found, region, CheckRole::Switch)
+                .map(|s| crate::resources::observed_str(Some(s), "id").to_owned());
+            let record = self.record_check(&records_and_checks, region);
+            if switch_id.is_none() || record != switch_id {
+                return Err(DeployError::refused(
+                    "failover",
+                    region,
+                    "the region's DNS record does not use its health check switch yet (an `up` of \
+                     this version has not finished, or there are no records): run `deployer up` \
+                     (or `deployer up --region` a region that is reachable) first; nothing was \
+                     changed",
+                ));
+            }
+        }
         for region in &self.deployment.regions {
             let (Some(endpoint), Some(switch)) = (
                 self.health_check(&found, region, CheckRole::Endpoint),
@@ -1344,6 +1438,9 @@ pub struct Health {
     pub switch_id: Option<String>,
     /// The switch: on (serves while healthy), off (`failover` sent traffic away); `None`: no switch.
     pub switch_on: Option<bool>,
+    /// The region's DNS record uses the switch (else the endpoint check: the switch has no effect
+    /// until `up` finishes).
+    pub switch_in_dns: bool,
     /// What the DNS records see: the endpoint healthy and the switch on.
     pub healthy: bool,
 }
@@ -1476,6 +1573,38 @@ mod tests {
     }
 
     #[test]
+    fn a_check_moves_to_its_regions_name_only_once_the_name_resolves() {
+        let record = res(Kind::DnsRecord, None, "us-east-1.api.x/probe", json!({}));
+        let change = Change {
+            kind: Kind::HealthCheck,
+            region: Some("us-east-1".to_owned()),
+            name: "a-b-us-east-1".to_owned(),
+            action: Action::Update {
+                changes: vec![crate::plan::FieldChange {
+                    field: "target".to_owned(),
+                    from: json!("abc.execute-api.us-east-1.amazonaws.com"),
+                    to: json!("us-east-1.api.x"),
+                }],
+            },
+        };
+        let desired = vec![record.clone()];
+        assert!(waits_for_its_name(&change, &desired, &[]));
+        assert!(!waits_for_its_name(&change, &desired, &[record]));
+        // Nothing else waits.
+        let threshold = Change {
+            action: Action::Update {
+                changes: vec![crate::plan::FieldChange {
+                    field: "failure_threshold".to_owned(),
+                    from: json!(3),
+                    to: json!(1),
+                }],
+            },
+            ..change.clone()
+        };
+        assert!(!waits_for_its_name(&threshold, &desired, &[]));
+    }
+
+    #[test]
     fn tables_are_deleted_only_when_allowed_and_adopted_ones_are_released() {
         let tagged = json!({"tags": {"tworegion:app": "todos", "tworegion:stage": "dev"}});
         let mut created = tagged.clone();
@@ -1499,7 +1628,7 @@ mod tests {
             ],
         };
         let actions = |policy: DataPolicy| {
-            let (p, refused) = with_data_policy(plan.clone(), &observed, policy);
+            let (p, refused) = with_data_policy(plan.clone(), &observed, policy, &[]);
             let actions: Vec<Action> = p.changes.into_iter().map(|c| c.action).collect();
             let refused: Vec<String> = refused.into_iter().map(|c| c.name).collect();
             (actions, refused)
@@ -1532,8 +1661,20 @@ mod tests {
                 ..delete(Kind::Table, "made")
             }],
         };
-        let (_, refused) = with_data_policy(replace, &observed, DataPolicy::default());
+        let (_, refused) = with_data_policy(replace, &observed, DataPolicy::default(), &[]);
         assert_eq!(refused.len(), 1);
+        // The replicator's leases hold no user data: deleted (not released) without asking.
+        let leases = Plan {
+            changes: vec![delete(Kind::Table, "adopted")],
+        };
+        let (p, refused) = with_data_policy(
+            leases,
+            &observed,
+            DataPolicy::default(),
+            &["adopted".to_owned()],
+        );
+        assert_eq!(p.changes[0].action, Action::Delete);
+        assert!(refused.is_empty());
     }
 
     fn scope() -> Scope {

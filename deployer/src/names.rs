@@ -22,6 +22,16 @@ pub fn probe_domain(region: &str, domain: &str) -> String {
     format!("{region}.{}", domain.trim_end_matches('.'))
 }
 
+/// The replicator's lease table (checkpoints and leases: operational state, no user data).
+pub fn lease_table(prefix: &str) -> String {
+    format!("{prefix}-replicator-leases")
+}
+
+/// The replicator's dead-letter table (records that could not be applied: user data).
+pub fn dead_letter_table(prefix: &str) -> String {
+    format!("{prefix}-replicator-dead-letters")
+}
+
 /// What a Route 53 health check of the deployment does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CheckRole {

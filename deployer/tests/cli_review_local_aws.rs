@@ -56,10 +56,18 @@ async fn given_certificates_are_used_and_down_leaves_them() {
     let wildcard = format!("*.{domain}");
     let a = issued_certificate(&local, REGION_A, &domain, &[&wildcard]).await;
     let b = issued_certificate(&local, REGION_B, &domain, &[&wildcard]).await;
-    w.write_with(&[(
-        "[certificates]",
-        format!("[certificates]\narns = {{ {REGION_A} = \"{narrow}\", {REGION_B} = \"{b}\" }}"),
-    )]);
+    // With given certificates the probe is the execute-api host unless asked for: asked here.
+    let probe_domain = (
+        "regions = []",
+        "regions = []\nprobe = \"domain\"".to_owned(),
+    );
+    w.write_with(&[
+        (
+            "[certificates]",
+            format!("[certificates]\narns = {{ {REGION_A} = \"{narrow}\", {REGION_B} = \"{b}\" }}"),
+        ),
+        (probe_domain.0, probe_domain.1.clone()),
+    ]);
     let run = deployer(&local, &w.config, &["up"], &[]);
     expect(
         &run,
@@ -73,10 +81,13 @@ async fn given_certificates_are_used_and_down_leaves_them() {
         "{}",
         run.stderr
     );
-    w.write_with(&[(
-        "[certificates]",
-        format!("[certificates]\narns = {{ {REGION_A} = \"{a}\", {REGION_B} = \"{b}\" }}"),
-    )]);
+    w.write_with(&[
+        (
+            "[certificates]",
+            format!("[certificates]\narns = {{ {REGION_A} = \"{a}\", {REGION_B} = \"{b}\" }}"),
+        ),
+        (probe_domain.0, probe_domain.1.clone()),
+    ]);
     expect(&deployer(&local, &w.config, &["up"], &[]), 0, "up");
     expect(
         &deployer(&local, &w.config, &["plan"], &[]),

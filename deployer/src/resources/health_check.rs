@@ -107,7 +107,8 @@ pub async fn observe(
                 "owned": true,
                 // Operational state, not managed by `up`: the switch (`failover` sets it).
                 "health_threshold": threshold,
-                "switch_on": switch_on(threshold, config.child_health_checks().len()),
+                "switch_on": switch_on(threshold, config.child_health_checks().len())
+                    && !config.disabled().unwrap_or(false),
                 "inverted": config.inverted(),
             })
         } else {
@@ -152,9 +153,11 @@ pub fn children_of(observed: &Resource) -> Vec<String> {
     super::strings(&observed.props, "children")
 }
 
-/// Whether a switch with `threshold` over `children` checks is on (follows its endpoint).
+/// Whether a switch with `threshold` over `children` checks is on: it follows its endpoint (a
+/// threshold of 0 reads always healthy, and more than the children always unhealthy: neither
+/// follows, and `failback` sets 1 again).
 pub fn switch_on(threshold: Option<i32>, children: usize) -> bool {
-    threshold.is_some_and(|t| usize::try_from(t).is_ok_and(|t| t <= children))
+    threshold.is_some_and(|t| usize::try_from(t).is_ok_and(|t| t >= 1 && t <= children))
 }
 
 /// When the caller reference is `<name>-<millis>` (as `create` writes it), the millis.
@@ -337,6 +340,8 @@ pub async fn set_switch(
         .health_check_id(check_id)
         .set_child_health_checks(Some(children.to_vec()))
         .health_threshold(if on { 1 } else { 2 })
+        // A disabled check reads healthy whatever its children: a switch is never disabled.
+        .disabled(false)
         .send()
         .await
         .map_err(|e| DeployError::aws("route53:UpdateHealthCheck", check_id, &e))?;
@@ -524,7 +529,8 @@ mod tests {
         assert!(switch_on(Some(1), 1));
         assert!(!switch_on(Some(2), 1));
         assert!(!switch_on(None, 1));
-        assert!(switch_on(Some(0), 1));
+        // 0 reads always healthy: not following the endpoint, so not "on".
+        assert!(!switch_on(Some(0), 1));
     }
 
     #[test]

@@ -24,7 +24,12 @@ use crate::plan::{Action, Change};
 /// The tag on a table the deployer created (as opposed to adopted).
 pub const CREATED_TAG: &str = "tworegion:created-by";
 
-/// Whether an observed table was created by the deployer (else adopted, or foreign).
+/// [`CREATED_TAG`]'s value: which deployment created the table.
+fn created_value(app: &str, stage: &str) -> String {
+    format!("deployer:{app}/{stage}")
+}
+
+/// Whether an observed table was created by this deployment (else adopted, or another's).
 pub fn created(observed: &Resource) -> bool {
     observed
         .props
@@ -42,6 +47,7 @@ async fn read(
     client: &Client,
     region: &str,
     name: &str,
+    scope: &Scope,
 ) -> Result<Option<(Resource, BTreeMap<String, String>)>, DeployError> {
     let id = format!("Table/{region}/{name}");
     let described = match client.describe_table().table_name(name).send().await {
@@ -188,7 +194,8 @@ async fn read(
         "point_in_time_recovery": pitr,
         "tags": Scope::managed_tags(&tags),
         "arn": arn,
-        "created_by_deployer": tags.get(CREATED_TAG).is_some_and(|v| v == "deployer"),
+        // Created by this app and stage (another stage's table with the same name is not).
+        "created_by_deployer": tags.get(CREATED_TAG).is_some_and(|v| *v == created_value(&scope.app, &scope.stage)),
         // DynamoDB's figure, refreshed about every six hours: for messages only.
         "item_count": item_count,
     });
@@ -207,7 +214,7 @@ pub async fn observe(
 ) -> Result<Vec<Resource>, DeployError> {
     let mut found = Vec::new();
     for name in wanted {
-        if let Some((resource, _)) = read(client, region, name).await? {
+        if let Some((resource, _)) = read(client, region, name, scope).await? {
             found.push(resource);
         }
     }
@@ -225,7 +232,7 @@ pub async fn observe(
             if wanted.contains(name) {
                 continue;
             }
-            if let Some((resource, tags)) = read(client, region, name).await?
+            if let Some((resource, tags)) = read(client, region, name, scope).await?
                 && scope.owns(&tags)
             {
                 found.push(resource);
@@ -313,10 +320,20 @@ pub async fn apply(
                 }
             }
             let mut all_tags = tags(p);
+            let scope_tag = |key: &str| {
+                p.get("tags")
+                    .and_then(|t| t.get(key))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
             all_tags.extend(
                 Tag::builder()
                     .key(CREATED_TAG)
-                    .value("deployer")
+                    .value(created_value(
+                        &scope_tag(super::APP_TAG),
+                        &scope_tag(super::STAGE_TAG),
+                    ))
                     .build()
                     .ok(),
             );
@@ -376,6 +393,35 @@ pub async fn apply(
             for c in changes {
                 match c.field.as_str() {
                     "tags" => {
+                        // Adopting a table another app or stage manages would take its data:
+                        // refused, naming both.
+                        let theirs = observed
+                            .and_then(|o| o.props.get("tags"))
+                            .cloned()
+                            .unwrap_or(Value::Null);
+                        let mine = p.get("tags").cloned().unwrap_or(Value::Null);
+                        let owner = |t: &Value, key: &str| {
+                            t.get(key).and_then(Value::as_str).map(str::to_owned)
+                        };
+                        if let (Some(app), Some(stage)) = (
+                            owner(&theirs, super::APP_TAG),
+                            owner(&theirs, super::STAGE_TAG),
+                        ) && (Some(&app), Some(&stage))
+                            != (
+                                owner(&mine, super::APP_TAG).as_ref(),
+                                owner(&mine, super::STAGE_TAG).as_ref(),
+                            )
+                        {
+                            return Err(DeployError::refused(
+                                "dynamodb:TagResource",
+                                &id,
+                                format!(
+                                    "the table {name} in {region} belongs to app {app} stage \
+                                     {stage} (its tworegion tags); give this deployment's table \
+                                     another name in table.name"
+                                ),
+                            ));
+                        }
                         let arn = super::observed_str(observed, "arn");
                         client
                             .tag_resource()
@@ -523,14 +569,30 @@ async fn set_pitr(client: &Client, name: &str, on: bool, id: &str) -> Result<(),
         .point_in_time_recovery_enabled(on)
         .build()
         .map_err(|e| DeployError::refused("dynamodb:UpdateContinuousBackups", id, e.to_string()))?;
-    client
-        .update_continuous_backups()
-        .table_name(name)
-        .point_in_time_recovery_specification(spec)
-        .send()
-        .await
-        .map_err(|e| DeployError::aws("dynamodb:UpdateContinuousBackups", id, &e))?;
-    Ok(())
+    // Right after CreateTable, DynamoDB refuses for a while with ContinuousBackupsUnavailable
+    // ("Backups are being enabled"): asked again, up to 5 minutes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    let mut pause = Duration::from_secs(2);
+    loop {
+        match client
+            .update_continuous_backups()
+            .table_name(name)
+            .point_in_time_recovery_specification(spec.clone())
+            .send()
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_continuous_backups_unavailable_exception())
+                    && tokio::time::Instant::now() + pause < deadline =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(DeployError::aws("dynamodb:UpdateContinuousBackups", id, &e)),
+        }
+    }
 }
 
 async fn enable_ttl(
