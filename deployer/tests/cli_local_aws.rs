@@ -408,6 +408,73 @@ async fn up_plan_change_status_failover_down() {
     let status = deployer(&local, &w.config, &["--json", "status"], &[]).json();
     assert_eq!(status["serving"], serde_json::json!([REGION_A]));
 
+    // An `up` of this version interrupted before its DNS step leaves the PRIMARY record on the
+    // endpoint check: a switch would then move nothing, so `failover` refuses and changes nothing.
+    let endpoint_a = checks
+        .iter()
+        .find(|c| c.0.ends_with(REGION_A))
+        .unwrap()
+        .1
+        .clone();
+    let sets = r53
+        .list_resource_record_sets()
+        .hosted_zone_id(&zone)
+        .send()
+        .await
+        .unwrap();
+    let mut primary = sets
+        .resource_record_sets()
+        .iter()
+        .find(|s| {
+            s.name() == format!("{domain}.") && s.failover().map(|f| f.as_str()) == Some("PRIMARY")
+        })
+        .unwrap()
+        .clone();
+    primary.health_check_id = Some(endpoint_a);
+    r53.change_resource_record_sets()
+        .hosted_zone_id(&zone)
+        .change_batch(
+            aws_sdk_route53::types::ChangeBatch::builder()
+                .changes(
+                    aws_sdk_route53::types::Change::builder()
+                        .action(aws_sdk_route53::types::ChangeAction::Upsert)
+                        .resource_record_set(primary)
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let run = deployer(&local, &w.config, &["failover", "--to", REGION_B], &[]);
+    expect(
+        &run,
+        1,
+        "failover while a record is still on its endpoint check",
+    );
+    assert!(
+        run.stderr
+            .contains("does not use its health check switch yet")
+            && run.stderr.contains("deployer up"),
+        "{}",
+        run.stderr
+    );
+    let status = deployer(&local, &w.config, &["--json", "status"], &[]).json();
+    assert_eq!(status["regions"][REGION_A]["health"]["switch_on"], true);
+    assert_eq!(
+        status["regions"][REGION_A]["health"]["switch_in_dns"],
+        false
+    );
+    expect(
+        &deployer(&local, &w.config, &["up"], &[]),
+        0,
+        "up puts the record on the switch",
+    );
+    let status = deployer(&local, &w.config, &["--json", "status"], &[]).json();
+    assert_eq!(status["regions"][REGION_A]["health"]["switch_in_dns"], true);
+
     // --- a renamed table: plan marks the deletion, up refuses it, the table survives ---
     let current = std::fs::read_to_string(&w.config).unwrap();
     w.write(&edit(

@@ -175,6 +175,60 @@ async fn tables_reconcile_adopt_and_are_removed_alone() {
 }
 
 #[tokio::test]
+async fn a_table_of_another_stage_is_never_adopted() {
+    let local = LocalAws::from_env();
+    let cleanup = TablesCleanup::new(&local);
+    let app = format!("o{}", std::process::id() % 100_000);
+    let scope = Scope {
+        app: app.clone(),
+        stage: "dev".to_owned(),
+    };
+    let name = unique_name("shared-name");
+    cleanup.table(REGION_A, &name);
+    let a = local.dynamodb(REGION_A);
+    // The same name, made by the prod stage of the same app.
+    let prod = desired(&config(&app, "prod", &name), "sha")
+        .into_iter()
+        .filter(|r| {
+            r.kind == Kind::Table && r.region.as_deref() == Some(REGION_A) && r.name == name
+        })
+        .collect::<Vec<_>>();
+    let prod_scope = Scope {
+        app: app.clone(),
+        stage: "prod".to_owned(),
+    };
+    let observed = observe_all(&local, &prod_scope, &prod).await;
+    assert_eq!(apply_all(&local, &prod, &observed).await, 1);
+
+    let dev: Vec<Resource> = desired(&config(&app, "dev", &name), "sha")
+        .into_iter()
+        .filter(|r| {
+            r.kind == Kind::Table && r.region.as_deref() == Some(REGION_A) && r.name == name
+        })
+        .collect();
+    let observed = observe_all(&local, &scope, &dev).await;
+    // Not created by dev: dev's `down` would release it, never delete it.
+    assert!(!table::created(&observed[0]), "{:?}", observed[0]);
+    let change = plan(&dev, &observed)
+        .changes
+        .into_iter()
+        .find(|c| c.kind == Kind::Table)
+        .expect("the tags differ");
+    let error = table::apply(&a, &change, dev.first(), observed.first())
+        .await
+        .expect_err("dev must not take prod's table");
+    let text = error.to_string();
+    assert!(
+        text.contains("belongs to app") && text.contains("prod"),
+        "{text}"
+    );
+    // Still prod's.
+    let after = observe_all(&local, &prod_scope, &prod).await;
+    assert!(table::created(&after[0]));
+    assert!(plan(&prod, &after).is_empty());
+}
+
+#[tokio::test]
 async fn a_stream_of_another_view_type_is_refused_not_replaced() {
     let local = LocalAws::from_env();
     let cleanup = TablesCleanup::new(&local);
