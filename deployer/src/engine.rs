@@ -731,8 +731,10 @@ impl Engine {
                 }
                 match self.observe_group(kind, region.as_deref(), &observed).await {
                     Ok(found) => observed.extend(found),
+                    // Only a region that is not there is reported as unreachable: a refusal
+                    // (access denied, a bad request) from one that answers stays an error.
                     Err(error) => match (reach, region) {
-                        (Reach::Tolerant, Some(r)) => {
+                        (Reach::Tolerant, Some(r)) if error.is_unreachable() => {
                             unreachable.insert(r, error.to_string());
                         }
                         _ => return Err(error),

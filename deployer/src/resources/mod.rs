@@ -143,6 +143,10 @@ pub struct DeployError {
     pub message: String,
     /// What to do about it.
     pub hint: Option<String>,
+    /// The service could not be reached or failed on its side (no connection, a timeout, a 5xx,
+    /// the local environment's outage): what a region that is down looks like, as opposed to a
+    /// refusal (access denied, bad request) that a region which answers gives.
+    pub unreachable: bool,
 }
 
 impl DeployError {
@@ -173,7 +177,13 @@ impl DeployError {
             resource: resource.to_owned(),
             message: DisplayErrorContext(error).to_string(),
             hint,
+            unreachable: unreachable(error, code),
         }
+    }
+
+    /// Whether this failure means the service is not there (see [`DeployError::unreachable`]).
+    pub fn is_unreachable(&self) -> bool {
+        self.unreachable
     }
 
     /// A planned change that lacks the resource it needs (a bug in the caller).
@@ -188,6 +198,55 @@ impl DeployError {
             resource: resource.to_owned(),
             message: message.into(),
             hint: None,
+            unreachable: false,
         }
+    }
+}
+
+/// No connection, a timeout, an unreadable answer, or a server-side error code.
+fn unreachable<E, R>(error: &SdkError<E, R>, code: &str) -> bool {
+    match error {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(_) => matches!(
+            code,
+            "ServiceUnavailable"
+                | "ServiceUnavailableException"
+                | "InternalServerError"
+                | "InternalFailure"
+                | "InternalServerException"
+                | "InternalError"
+        ),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodb::error::ErrorMetadata;
+    use aws_sdk_dynamodb::operation::describe_table::DescribeTableError;
+
+    fn service(code: &str) -> SdkError<DescribeTableError, ()> {
+        SdkError::service_error(
+            DescribeTableError::generic(ErrorMetadata::builder().code(code).build()),
+            (),
+        )
+    }
+
+    #[test]
+    fn only_a_region_that_is_not_there_is_unreachable() {
+        let down = |e: &SdkError<DescribeTableError, ()>| {
+            DeployError::aws("dynamodb:DescribeTable", "Table/r/t", e).is_unreachable()
+        };
+        assert!(down(&SdkError::timeout_error("no answer")));
+        assert!(down(&service("ServiceUnavailable")));
+        assert!(down(&service("InternalServerError")));
+        // A region that answers with a refusal is there: an error, not an outage.
+        assert!(!down(&service("AccessDeniedException")));
+        assert!(!down(&service("ValidationException")));
+        assert!(!down(&SdkError::construction_failure("bad input")));
+        assert!(!DeployError::refused("a", "b", "c").is_unreachable());
     }
 }

@@ -165,6 +165,7 @@ fn missing_default_network(region: &str, why: String) -> DeployError {
         action: "ec2:DescribeVpcs".to_owned(),
         resource: format!("DefaultVpc/{region}"),
         message: why,
+        unreachable: false,
         hint: Some(format!(
             "give subnets and security_groups in [replicator.network.{region}]"
         )),
@@ -400,6 +401,7 @@ pub async fn wait(
                     },
                     timeout.as_secs()
                 ),
+                unreachable: false,
                 hint: Some(
                     "look at the service's events in the ECS console; run again later".to_owned(),
                 ),
