@@ -274,12 +274,12 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<u8, Failure> {
         }
         Command::Failover { to } => {
             let report = engine.failover(Some(to)).await?;
-            report_failover(&engine, Some(to), &report, cli.json, out)?;
+            report_failover(Some(to), &report, cli.json, out)?;
             Ok(0)
         }
         Command::Failback => {
             let report = engine.failover(None).await?;
-            report_failover(&engine, None, &report, cli.json, out)?;
+            report_failover(None, &report, cli.json, out)?;
             Ok(0)
         }
         Command::Local { .. } => Err(fail("unreachable: handled above")),
@@ -324,13 +324,11 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<u8, Failure> {
 }
 
 fn report_failover(
-    engine: &Engine,
     to: Option<&str>,
     report: &FailoverReport,
     json_out: bool,
     out: &mut dyn Write,
 ) -> Result<(), Failure> {
-    let _ = engine;
     let target_down = to.is_some() && report.target_healthy == Some(false);
     if json_out {
         writeln!(

@@ -135,28 +135,29 @@ impl Env {
         }
     }
 
+    /// `deployer --config C --json local --state-dir S <args>`: (exit code, stdout, stderr).
+    fn local(&self, args: &[&str]) -> (i32, String, String) {
+        let config = self.w.config.display().to_string();
+        let state = self.state.display().to_string();
+        let mut all = vec![
+            "--config",
+            &config,
+            "--json",
+            "local",
+            "--state-dir",
+            &state,
+        ];
+        all.extend_from_slice(args);
+        run(&bin("deployer"), &all, &[], &[])
+    }
+
     /// The ID of the region's endpoint health check (the child of the switch its DNS record uses)
     /// from the live status (the checkers may not have reported yet when `up` returns: asked again
     /// for up to 30 s).
     fn health_check_id(&self, region: &str) -> String {
-        let config = self.w.config.display().to_string();
-        let state = self.state.display().to_string();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            let (code, stdout, stderr) = run(
-                &bin("deployer"),
-                &[
-                    "--config",
-                    &config,
-                    "--json",
-                    "local",
-                    "--state-dir",
-                    &state,
-                    "status",
-                ],
-                &[],
-                &[],
-            );
+            let (code, stdout, stderr) = self.local(&["status"]);
             assert_eq!(code, 0, "local status: {stderr}");
             let status: Value = serde_json::from_str(&stdout).unwrap();
             if let Some(id) = status["regions"][region]["endpoint_check"]["id"].as_str() {

@@ -234,6 +234,17 @@ fn spawn_part<F>(
     });
 }
 
+/// The custom domains a region's front serves (lower case): the public name, and the region's own
+/// name its health check probes when it probes one.
+fn custom_domains(d: &Deployment, region: &str) -> Vec<String> {
+    let domain = &d.file.dns.domain_name;
+    let mut names = vec![domain.to_ascii_lowercase()];
+    if d.probes_domain() {
+        names.push(crate::names::probe_domain(region, domain).to_ascii_lowercase());
+    }
+    names
+}
+
 /// A free TCP port on `ip` (bound and released).
 fn free_port(ip: Ipv4Addr) -> Result<u16, String> {
     let l = std::net::TcpListener::bind((ip, 0)).map_err(io(&format!("a free port on {ip}")))?;
@@ -977,12 +988,8 @@ async fn start(
                     .into_iter()
                     .map(|h| h.to_ascii_lowercase())
                     .collect(),
-                // The public name, and the region's own name its health check probes (then
-                // followed by the API Gateway reader).
-                domain_names: vec![
-                    f.dns.domain_name.to_ascii_lowercase(),
-                    crate::names::probe_domain(region, &f.dns.domain_name).to_ascii_lowercase(),
-                ],
+                // Then followed by the API Gateway reader.
+                domain_names: custom_domains(d, region),
             }),
             health_path: f.health_check.path.clone(),
             client: super::http::upstream(),
@@ -1029,11 +1036,7 @@ async fn start(
             )
             .await,
         );
-        let mut candidates = vec![f.dns.domain_name.to_ascii_lowercase()];
-        if d.probes_domain() {
-            candidates
-                .push(crate::names::probe_domain(&region, &f.dns.domain_name).to_ascii_lowercase());
-        }
+        let candidates = custom_domains(d, &region);
         let stop_reading = stop.clone();
         spawn_part(
             format!("the API Gateway reader of {region}"),

@@ -63,6 +63,7 @@ pub async fn observe(
     }
     let mut found = Vec::new();
     let no_tags = BTreeMap::new();
+    let prefix = crate::names::prefix(&scope.app, &scope.stage);
     for check in checks {
         let tags = tags.get(check.id()).unwrap_or(&no_tags);
         // A check is ours when tagged so, or when its caller reference is one `create` wrote for
@@ -84,7 +85,6 @@ pub async fn observe(
         let Some(config) = check.health_check_config() else {
             continue;
         };
-        let prefix = crate::names::prefix(&scope.app, &scope.stage);
         // The part before `/<id>` (a stale duplicate's name) names the region.
         let base = name.split('/').next().unwrap_or_default();
         let region = crate::names::parse_check(&prefix, base, regions).map(|(r, _)| r.to_owned());
