@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use tworegion_common::aws::AwsOptions;
 
+use crate::rollout::Rollout;
+
 use crate::config::{ConfigFile, Deployment};
 use crate::engine::{Clients, DataPolicy, Engine, FailoverReport, Status};
 use crate::plan::render;
@@ -55,6 +57,14 @@ pub enum Command {
         /// other region: for when the other region is down.
         #[arg(long)]
         region: Option<String>,
+        /// Change both regions at once, without checking the first before the second (by default
+        /// the region not serving goes first, must pass its health check and a smoke request, and
+        /// is rolled back to its previous Lambda version if it does not).
+        #[arg(long, conflicts_with = "region")]
+        parallel: bool,
+        /// The longest one region's check may take, in seconds (health check, then smoke request).
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=3600))]
+        rollout_timeout: u64,
     },
     /// What is deployed, whether it matches the config, each region's health, which region DNS serves.
     Status,
@@ -222,12 +232,24 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<u8, Failure> {
         Command::Up {
             allow_data_loss,
             region,
+            parallel,
+            rollout_timeout,
         } => {
             let policy = DataPolicy {
                 allow_data_loss: *allow_data_loss,
                 ..DataPolicy::default()
             };
-            let report = engine.up(policy, region.as_deref(), progress).await?;
+            let gate = crate::rollout::HealthGate {
+                timeout: std::time::Duration::from_secs(*rollout_timeout),
+            };
+            let rollout = if *parallel {
+                Rollout::Parallel
+            } else {
+                Rollout::RegionByRegion(&gate)
+            };
+            let report = engine
+                .up(policy, region.as_deref(), rollout, progress)
+                .await?;
             if cli.json {
                 writeln!(out, "{}", json!(report))?;
             } else {

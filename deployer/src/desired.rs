@@ -21,6 +21,9 @@ pub enum Kind {
     LambdaRole,
     /// The Lambda function.
     LambdaFunction,
+    /// The function's alias that API Gateway invokes (`live`), on a published version: a rollout
+    /// moves it, a failed one moves it back.
+    LambdaAlias,
     /// The REST API (proxy and health routes, deployment, stage).
     RestApi,
     /// API Gateway's permission to invoke the function.
@@ -57,11 +60,12 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in dependency order.
-    pub const ALL: [Kind; 20] = [
+    pub const ALL: [Kind; 21] = [
         Kind::HostedZone,
         Kind::Table,
         Kind::LambdaRole,
         Kind::LambdaFunction,
+        Kind::LambdaAlias,
         Kind::RestApi,
         Kind::LambdaPermission,
         Kind::ApiKey,
@@ -312,24 +316,35 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
                 "tags": tags,
             }),
         ));
+        let code = json!({
+            "runtime": "provided.al2023",
+            "architecture": "x86_64",
+            "handler": "bootstrap",
+            "memory_mb": f.lambda.memory_mb,
+            "timeout_seconds": f.lambda.timeout_seconds,
+            "code_sha256": artifact_sha256,
+            "role": reference(Kind::LambdaRole, r, &role),
+            "environment": {
+                "SAMPLE_APP_TABLE": f.table.name,
+                "SAMPLE_APP_PARTITION_KEY": f.table.partition_key.name,
+            },
+        });
+        let mut function_props = code.clone();
+        function_props["tags"] = tags.clone();
         out.push(Resource::new(
             Kind::LambdaFunction,
             Some(r),
             function.clone(),
-            json!({
-                "runtime": "provided.al2023",
-                "architecture": "x86_64",
-                "handler": "bootstrap",
-                "memory_mb": f.lambda.memory_mb,
-                "timeout_seconds": f.lambda.timeout_seconds,
-                "code_sha256": artifact_sha256,
-                "role": reference(Kind::LambdaRole, r, &role),
-                "environment": {
-                    "SAMPLE_APP_TABLE": f.table.name,
-                    "SAMPLE_APP_PARTITION_KEY": f.table.partition_key.name,
-                },
-                "tags": tags,
-            }),
+            function_props,
+        ));
+        // The alias wants a published version with exactly the function's code and settings.
+        let mut alias_props = code;
+        alias_props["function"] = json!(function);
+        out.push(Resource::new(
+            Kind::LambdaAlias,
+            Some(r),
+            crate::names::LIVE_ALIAS.to_owned(),
+            alias_props,
         ));
         // The function's log group, managed so that it has a retention and tags and goes with
         // `down` (Lambda would create it on the first invocation, kept forever, untagged).
@@ -350,7 +365,7 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
                     { "path": "/todos/health", "method": "GET", "api_key_required": false },
                     { "path": "/{proxy+}", "method": "ANY", "api_key_required": true }
                 ],
-                "integration": reference(Kind::LambdaFunction, r, &function),
+                "integration": reference(Kind::LambdaAlias, r, crate::names::LIVE_ALIAS),
                 "stage": stage,
                 "tags": tags,
             }),
@@ -359,7 +374,8 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
             Kind::LambdaPermission,
             Some(r),
             format!("{function}-apigateway"),
-            json!({ "function": function, "principal": "apigateway.amazonaws.com",
+            json!({ "function": function, "qualifier": crate::names::LIVE_ALIAS,
+                    "principal": "apigateway.amazonaws.com",
                     "source": reference_attr_key(Kind::RestApi, r, &prefix, "source_arn") }),
         ));
         out.push(Resource::new(

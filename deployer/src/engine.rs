@@ -20,10 +20,11 @@ use crate::desired::{
 use crate::names::CheckRole;
 use crate::plan::{Action, Change, Plan, plan};
 use crate::resources::{
-    DeployError, Scope, api_key, certificate, cluster, dns_record, domain_name, function,
+    DeployError, Scope, alias, api_key, certificate, cluster, dns_record, domain_name, function,
     health_check, hosted_zone, log_group, permission, rest_api, role, service, table,
     task_definition, usage_plan,
 };
+use crate::rollout::Rollout;
 
 /// How many observe-plan-apply rounds `up` runs before it gives up (a plan that never empties means
 /// a resource that AWS reports differently from how it was written: a bug worth reporting).
@@ -521,18 +522,27 @@ impl Engine {
                 let c = &self.clients.region(region)?.apigateway;
                 found = rest_api::observe(c, region.unwrap_or_default(), scope, &names).await?;
             }
-            Kind::LambdaPermission => {
+            Kind::LambdaAlias | Kind::LambdaPermission => {
                 let c = &self.clients.region(region)?.lambda;
+                let functions: Vec<String> = so_far
+                    .iter()
+                    .filter(|r| r.kind == Kind::LambdaFunction && r.region.as_deref() == region)
+                    .map(|r| r.name.clone())
+                    .collect();
                 for t in self.targets.iter().filter(|r| here(r)) {
-                    let function = t
-                        .props
-                        .get("function")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
-                    found.extend(
-                        permission::observe(c, region.unwrap_or_default(), function, &t.name)
-                            .await?,
-                    );
+                    let text = |field: &str| t.props.get(field).and_then(Value::as_str);
+                    let function = text("function").unwrap_or_default();
+                    // Without its function there is neither alias nor policy to read.
+                    if !functions.iter().any(|f| f == function) {
+                        continue;
+                    }
+                    let r = region.unwrap_or_default();
+                    found.extend(match kind {
+                        Kind::LambdaAlias => alias::observe(c, r, function, &t.name).await?,
+                        _ => {
+                            permission::observe(c, r, function, text("qualifier"), &t.name).await?
+                        }
+                    });
                 }
             }
             Kind::ApiKey => {
@@ -725,6 +735,19 @@ impl Engine {
             }
             for region in self.regions(kind) {
                 if let Some(r) = region.as_deref()
+                    && only.is_some_and(|o| o != r)
+                    && kind == Kind::ApiKey
+                    && self.deployment.api_key == ApiKeySource::Generate
+                    && r == self.deployment.regions[0]
+                {
+                    // The secondary's key takes the primary's generated value: read the primary's
+                    // key when it answers (its changes stay out of a one-region plan).
+                    if let Ok(found) = self.observe_group(kind, Some(r), &observed).await {
+                        observed.extend(found);
+                    }
+                    continue;
+                }
+                if let Some(r) = region.as_deref()
                     && (only.is_some_and(|o| o != r) || unreachable.contains_key(r))
                 {
                     continue;
@@ -828,6 +851,9 @@ impl Engine {
             Kind::LambdaPermission => {
                 permission::apply(&global.region(region)?.lambda, change, want, have).await
             }
+            Kind::LambdaAlias => {
+                alias::apply(&global.region(region)?.lambda, change, want, have).await
+            }
             Kind::ApiKey => {
                 let value = self.api_key_value(region, observed).await?;
                 // Only a creation needs the value: a secondary key can be updated or deleted
@@ -839,7 +865,7 @@ impl Engine {
                     return Err(DeployError::refused(
                         "apigateway:CreateApiKey",
                         &change.name,
-                        "the primary region's generated key does not exist yet",
+                        "the primary region's generated key does not exist yet (or the primary could not be read)",
                     ));
                 }
                 api_key::apply(
@@ -1029,6 +1055,7 @@ impl Engine {
         &self,
         policy: DataPolicy,
         only: Option<&str>,
+        rollout: Rollout<'_>,
         progress: &mut dyn Write,
     ) -> Result<UpReport, DeployError> {
         if let Some(region) = only
@@ -1043,14 +1070,201 @@ impl Engine {
                 ),
             ));
         }
-        let (applied, rounds, observed) = self
-            .converge(&self.desired, "up", policy, only, progress)
-            .await?;
+        let gate = match (rollout, only) {
+            (Rollout::RegionByRegion(gate), None) => gate,
+            // One region, or both at once: one pass, unchecked.
+            _ => {
+                let (applied, rounds, observed) = self
+                    .converge(&self.desired, "up", policy, only, progress)
+                    .await?;
+                return Ok(UpReport {
+                    applied,
+                    rounds,
+                    endpoints: self.endpoints(&observed),
+                });
+            }
+        };
+        let serving = match self.serving_now().await {
+            Ok(serving) => serving,
+            Err(e) => {
+                writeln!(
+                    progress,
+                    "up: cannot tell which region serves ({e}); the primary goes first"
+                )
+                .ok();
+                Vec::new()
+            }
+        };
+        let order = crate::rollout::order(&self.deployment.regions, &serving);
+        let mut applied = Vec::new();
+        let mut rounds = 0;
+        let mut done: Vec<Resource> = Vec::new();
+        for (i, region) in order.iter().enumerate() {
+            let before = self.live_alias(region).await?;
+            writeln!(progress, "up: rolling out to {region} ({} of 2)", i + 1).ok();
+            let (changes, n, observed) = self
+                .converge(&self.desired, "up", policy, Some(region), progress)
+                .await?;
+            rounds += n;
+            let touched = changes
+                .iter()
+                .any(|c| c.region.as_deref() == Some(region.as_str()));
+            applied.extend(changes);
+            done.retain(|r| r.region.as_deref() != Some(region.as_str()) && r.region.is_some());
+            done.extend(observed.iter().cloned());
+            if !touched {
+                continue;
+            }
+            writeln!(
+                progress,
+                "up: checking {region}: its health check on the new version, then a smoke request"
+            )
+            .ok();
+            let target = self.gate_target(region, &observed).await?;
+            if let Err(why) = gate.check(&target).await {
+                let after = self.live_alias(region).await?;
+                let rollback = self
+                    .roll_back(region, before.as_ref(), after.as_ref())
+                    .await?;
+                let untouched = if i + 1 < order.len() {
+                    format!("; {} was not changed", order[i + 1])
+                } else {
+                    String::new()
+                };
+                return Err(DeployError {
+                    action: "up".to_owned(),
+                    resource: region.clone(),
+                    message: format!(
+                        "{region} failed its check after the rollout: {why}; {rollback}{untouched}"
+                    ),
+                    unreachable: false,
+                    hint: Some(
+                        "fix the build (or the config) and run up again; `up --parallel` skips the                          checks"
+                            .to_owned(),
+                    ),
+                });
+            }
+            writeln!(progress, "up: {region} passed its check").ok();
+        }
         Ok(UpReport {
             applied,
             rounds,
-            endpoints: self.endpoints(&observed),
+            endpoints: self.endpoints(&done),
         })
+    }
+
+    /// The region's `live` alias as it is now (`None` without function or alias).
+    async fn live_alias(&self, region: &str) -> Result<Option<Resource>, DeployError> {
+        let Some(function) = self
+            .desired
+            .iter()
+            .find(|r| r.kind == Kind::LambdaAlias && r.region.as_deref() == Some(region))
+            .and_then(|r| r.props.get("function"))
+            .and_then(Value::as_str)
+        else {
+            return Ok(None);
+        };
+        let lambda = &self.clients.region(Some(region))?.lambda;
+        alias::observe(lambda, region, function, crate::names::LIVE_ALIAS).await
+    }
+
+    /// Moves the region's alias back to the version it named before the rollout; says what it did.
+    async fn roll_back(
+        &self,
+        region: &str,
+        before: Option<&Resource>,
+        after: Option<&Resource>,
+    ) -> Result<String, DeployError> {
+        let (was, now) = (alias::version(before), alias::version(after));
+        match (was, now) {
+            (Some(was), Some(now)) if was != now => {
+                let function = crate::resources::observed_str(after, "function");
+                let lambda = &self.clients.region(Some(region))?.lambda;
+                let id = format!("LambdaAlias/{region}/{}", crate::names::LIVE_ALIAS);
+                alias::point(lambda, function, crate::names::LIVE_ALIAS, &was, true, &id).await?;
+                Ok(format!(
+                    "rolled back: its alias `{}` is on version {was} again (the new version {now}                      stays published, unused)",
+                    crate::names::LIVE_ALIAS
+                ))
+            }
+            (Some(_), Some(_)) => Ok(
+                "the Lambda version did not change, so there is nothing to roll back (the change                  that broke it is elsewhere in the config)"
+                    .to_owned(),
+            ),
+            (None, _) => Ok(
+                "nothing to roll back to: the region had no earlier version".to_owned(),
+            ),
+            (Some(was), None) => Ok(format!(
+                "the alias is gone; it was on version {was}"
+            )),
+        }
+    }
+
+    /// What the gate checks in `region`, from what was observed after its rollout.
+    async fn gate_target(
+        &self,
+        region: &str,
+        observed: &[Resource],
+    ) -> Result<crate::rollout::Target, DeployError> {
+        let check = self
+            .health_check(observed, region, CheckRole::Endpoint)
+            .map(|c| {
+                let int = |f: &str| c.props.get(f).and_then(Value::as_u64).unwrap_or(30);
+                crate::rollout::CheckRef {
+                    id: crate::resources::observed_str(Some(c), "id").to_owned(),
+                    interval: int("request_interval"),
+                    threshold: c
+                        .props
+                        .get("failure_threshold")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(3),
+                    inverted: c.props.get("inverted").and_then(Value::as_bool) == Some(true),
+                }
+            });
+        Ok(crate::rollout::Target {
+            region: region.to_owned(),
+            route53: self.clients.route53.clone(),
+            check,
+            base_url: self
+                .endpoints(observed)
+                .regional
+                .get(region)
+                .cloned()
+                .flatten(),
+            health_path: self.deployment.file.health_check.path.clone(),
+            api_key: self.client_api_key().await?,
+        })
+    }
+
+    /// The regions DNS sends clients to now, from Route 53 alone (health checks and records).
+    async fn serving_now(&self) -> Result<Vec<String>, DeployError> {
+        let observed = self.route53_view().await?;
+        let mut healthy = Vec::new();
+        for region in &self.deployment.regions {
+            let health = self.region_health(&observed, region).await?;
+            healthy.push((region.clone(), health.map(|h| h.healthy)));
+        }
+        let records = observed.iter().any(|r| r.kind == Kind::DnsRecord);
+        Ok(serving(self.deployment.routing, &healthy, records))
+    }
+
+    /// The deployment's health checks and the public name's records (Route 53 only).
+    async fn route53_view(&self) -> Result<Vec<Resource>, DeployError> {
+        let f = &self.deployment.file;
+        let mut found =
+            health_check::observe(&self.clients.route53, &self.scope, &self.deployment.regions)
+                .await?;
+        found.extend(
+            dns_record::observe(
+                &self.clients.route53,
+                &self.scope,
+                &self.deployment.regions,
+                &f.dns.hosted_zone,
+                &f.dns.domain_name,
+            )
+            .await?,
+        );
+        Ok(found)
     }
 
     /// `down`: deletes everything of this app and stage (in reverse dependency order), nothing
@@ -1268,23 +1482,14 @@ impl Engine {
                 ),
             ));
         }
-        // Health checks are global: one listing serves both regions.
-        let found =
-            health_check::observe(&self.clients.route53, &self.scope, &self.deployment.regions)
-                .await?;
-        // The switches move traffic only when the records use them: read the records (Route 53).
-        let f = &self.deployment.file;
-        let mut records_and_checks = found.clone();
-        records_and_checks.extend(
-            dns_record::observe(
-                &self.clients.route53,
-                &self.scope,
-                &self.deployment.regions,
-                &f.dns.hosted_zone,
-                &f.dns.domain_name,
-            )
-            .await?,
-        );
+        // Health checks are global: one listing serves both regions. The switches move traffic
+        // only when the records use them: read the records too (Route 53).
+        let records_and_checks = self.route53_view().await?;
+        let found: Vec<Resource> = records_and_checks
+            .iter()
+            .filter(|r| r.kind == Kind::HealthCheck)
+            .cloned()
+            .collect();
         let mut plan = Vec::new();
         for region in &self.deployment.regions {
             let switch_id = self

@@ -8,6 +8,7 @@
 //! - `resources`: per resource kind, observe what exists and apply one change.
 //! - `engine`: observe everything, resolve references, plan, apply change by change until the plan
 //!   is empty; `status`, `failover`, `down`.
+//! - `rollout`: region-by-region `up`: the order, the health and smoke check, the rollback.
 //! - `names`: the names the deployer gives, and their parsing back (one module owns the scheme).
 //! - `local`: the local two-region environment (`deployer local`), on loopback.
 //! - `cli`: the command line and its output.
@@ -24,3 +25,4 @@ pub mod local;
 pub mod names;
 pub mod plan;
 pub mod resources;
+pub mod rollout;

@@ -11,6 +11,9 @@ pub fn prefix(app: &str, stage: &str) -> String {
     format!("{app}-{stage}")
 }
 
+/// The Lambda alias that API Gateway invokes and a rollout moves (its permission is on it too).
+pub const LIVE_ALIAS: &str = "live";
+
 /// The API key (the same name in both regions): `<prefix>-key`.
 pub fn api_key(prefix: &str) -> String {
     format!("{prefix}-key")

@@ -33,9 +33,9 @@ impl Fixture {
         let mut resolved = Resolved::new();
         for r in [REGION_A, REGION_B] {
             resolved.insert(
-                reference_key(Kind::LambdaFunction, r, &format!("{app}-test-api")),
+                reference_key(Kind::LambdaAlias, r, "live"),
                 json!(format!(
-                    "arn:aws:lambda:{r}:123456789012:function:{app}-test-api"
+                    "arn:aws:lambda:{r}:123456789012:function:{app}-test-api:live"
                 )),
             );
         }

@@ -96,7 +96,7 @@ async fn up_plan_change_status_failover_down() {
     expect(&run, 2, "first plan");
     assert!(run.stdout.contains("create"), "{}", run.stdout);
 
-    let run = deployer(&local, &w.config, &["up"], &[]);
+    let run = deployer(&local, &w.config, &["up", "--parallel"], &[]);
     expect(&run, 0, "up");
     assert!(
         run.stdout.contains(&format!("https://api.{app}.test/")),
@@ -319,7 +319,7 @@ async fn up_plan_change_status_failover_down() {
     }
 
     // --- A second up and plan change nothing ---
-    let run = deployer(&local, &w.config, &["up"], &[]);
+    let run = deployer(&local, &w.config, &["up", "--parallel"], &[]);
     expect(&run, 0, "second up");
     assert!(run.stdout.contains("Nothing to change"), "{}", run.stdout);
     let run = deployer(&local, &w.config, &["plan"], &[]);
@@ -351,7 +351,7 @@ async fn up_plan_change_status_failover_down() {
     let run = deployer(&local, &w.config, &["--json", "status"], &[]);
     expect(&run, 4, "status with a change pending");
     assert_eq!(run.json()["pending_changes"], 2);
-    let run = deployer(&local, &w.config, &["up"], &[]);
+    let run = deployer(&local, &w.config, &["up", "--parallel"], &[]);
     expect(&run, 0, "up with a changed threshold");
     let run = deployer(&local, &w.config, &["plan"], &[]);
     expect(&run, 0, "plan after applying the threshold");
@@ -468,7 +468,7 @@ async fn up_plan_change_status_failover_down() {
         false
     );
     expect(
-        &deployer(&local, &w.config, &["up"], &[]),
+        &deployer(&local, &w.config, &["up", "--parallel"], &[]),
         0,
         "up puts the record on the switch",
     );
@@ -500,7 +500,7 @@ async fn up_plan_change_status_failover_down() {
         "{}",
         run.stdout
     );
-    let run = deployer(&local, &w.config, &["up"], &[]);
+    let run = deployer(&local, &w.config, &["up", "--parallel"], &[]);
     expect(&run, 1, "up with a renamed table");
     assert!(
         run.stderr.contains(&format!("Table {table} in {REGION_A}"))
@@ -619,14 +619,17 @@ async fn up_plan_change_status_failover_down() {
 async fn an_interrupted_up_is_finished_by_the_next() {
     use std::io::{BufRead, BufReader};
     let local = LocalAws::from_env();
-    // Early (roles, functions), middle (certificates), late (ECS).
-    for kill_after in [5, 17, 31] {
+    // Early (roles, functions), middle (certificates), late (ECS). Never between a custom domain
+    // and its base path mapping: the local AWS (moto 5.2.5) answers GetBasePathMappings with HTTP
+    // 500 for a domain that has none, where AWS answers with an empty list.
+    for kill_after in [5, 19, 33] {
         let w = Workspace::new();
         let mut command = Command::new(env!("CARGO_BIN_EXE_deployer"));
         command
             .arg("--config")
             .arg(&w.config)
             .arg("up")
+            .arg("--parallel")
             .env_remove("DEPLOYER_CONFIG")
             .stdout(std::process::Stdio::piped());
         for (k, v) in local.child_env() {
@@ -651,7 +654,7 @@ async fn an_interrupted_up_is_finished_by_the_next() {
             "up ended before it was interrupted: {seen:?}"
         );
 
-        let run = deployer(&local, &w.config, &["up"], &[]);
+        let run = deployer(&local, &w.config, &["up", "--parallel"], &[]);
         expect(&run, 0, "up after an interrupted up");
         let run = deployer(&local, &w.config, &["plan"], &[]);
         expect(&run, 0, "plan after the resumed up");

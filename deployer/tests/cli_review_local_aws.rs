@@ -68,7 +68,7 @@ async fn given_certificates_are_used_and_down_leaves_them() {
         ),
         (probe_domain.0, probe_domain.1.clone()),
     ]);
-    let run = deployer(&local, &w.config, &["up"], &[]);
+    let run = deployer(&local, &w.config, &["up", "--parallel"], &[]);
     expect(
         &run,
         1,
@@ -88,7 +88,11 @@ async fn given_certificates_are_used_and_down_leaves_them() {
         ),
         (probe_domain.0, probe_domain.1.clone()),
     ]);
-    expect(&deployer(&local, &w.config, &["up"], &[]), 0, "up");
+    expect(
+        &deployer(&local, &w.config, &["up", "--parallel"], &[]),
+        0,
+        "up",
+    );
     expect(
         &deployer(&local, &w.config, &["plan"], &[]),
         0,
@@ -166,7 +170,11 @@ async fn switching_the_routing_replaces_the_records() {
     let local = LocalAws::from_env();
     let w = Workspace::new();
     let app = w.app.clone();
-    expect(&deployer(&local, &w.config, &["up"], &[]), 0, "up");
+    expect(
+        &deployer(&local, &w.config, &["up", "--parallel"], &[]),
+        0,
+        "up",
+    );
     let ids = [
         format!("{app}-local-{REGION_A}"),
         format!("{app}-local-{REGION_B}"),
@@ -189,7 +197,11 @@ async fn switching_the_routing_replaces_the_records() {
                 run.stdout
             );
         }
-        expect(&deployer(&local, &w.config, &["up"], &[]), 0, "up");
+        expect(
+            &deployer(&local, &w.config, &["up", "--parallel"], &[]),
+            0,
+            "up",
+        );
         expect(
             &deployer(&local, &w.config, &["plan"], &[]),
             0,
@@ -225,7 +237,11 @@ async fn a_stale_health_check_is_deleted_and_failover_inverts_the_right_one() {
     let local = LocalAws::from_env();
     let w = Workspace::new();
     let app = w.app.clone();
-    expect(&deployer(&local, &w.config, &["up"], &[]), 0, "up");
+    expect(
+        &deployer(&local, &w.config, &["up", "--parallel"], &[]),
+        0,
+        "up",
+    );
     let r53 = aws_sdk_route53::Client::new(&local.sdk_config(REGION_A));
     // What an `up` killed inside a health check's replacement leaves: an older check, tagged with
     // the same Name (its caller reference is older too).
@@ -304,7 +320,11 @@ async fn a_stale_health_check_is_deleted_and_failover_inverts_the_right_one() {
         0,
         "failback",
     );
-    expect(&deployer(&local, &w.config, &["up"], &[]), 0, "up");
+    expect(
+        &deployer(&local, &w.config, &["up", "--parallel"], &[]),
+        0,
+        "up",
+    );
     expect(
         &deployer(&local, &w.config, &["plan"], &[]),
         0,
@@ -336,7 +356,11 @@ async fn down_finishes_when_the_primary_key_is_already_gone() {
     // from the primary's value) must still be deletable.
     let local = LocalAws::from_env();
     let w = Workspace::new();
-    expect(&deployer(&local, &w.config, &["up"], &[]), 0, "up");
+    expect(
+        &deployer(&local, &w.config, &["up", "--parallel"], &[]),
+        0,
+        "up",
+    );
     let apigw = aws_sdk_apigateway::Client::new(&local.sdk_config(REGION_A));
     let name = format!("{}-local-key", w.app);
     let keys = apigw.get_api_keys().name_query(&name).send().await.unwrap();
@@ -387,7 +411,7 @@ async fn down_releases_an_adopted_table_with_its_data() {
         .await
         .unwrap();
     expect(
-        &deployer(&local, &w.config, &["up"], &[]),
+        &deployer(&local, &w.config, &["up", "--parallel"], &[]),
         0,
         "up (adopts the table)",
     );

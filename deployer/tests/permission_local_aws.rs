@@ -52,19 +52,36 @@ async fn invoke_permission_reconciles() {
         .send()
         .await
         .unwrap();
+    // The permission is on the alias API Gateway invokes, which must exist first.
+    let version = lambda
+        .publish_version()
+        .function_name(&function)
+        .send()
+        .await
+        .unwrap();
+    lambda
+        .create_alias()
+        .function_name(&function)
+        .name("live")
+        .function_version(version.version().unwrap())
+        .send()
+        .await
+        .unwrap();
 
     let want = wanted(&app, "abc123");
+    assert_eq!(want.props["qualifier"], json!("live"));
     let name = want.name.clone();
     let step = |want: Option<Resource>| {
         let lambda = lambda.clone();
         let function = function.clone();
         let name = name.clone();
         async move {
-            let observed: Vec<Resource> = permission::observe(&lambda, REGION_A, &function, &name)
-                .await
-                .unwrap()
-                .into_iter()
-                .collect();
+            let observed: Vec<Resource> =
+                permission::observe(&lambda, REGION_A, &function, Some("live"), &name)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .collect();
             let want: Vec<Resource> = want.into_iter().collect();
             let plan = plan(&want, &observed);
             for change in &plan.changes {
@@ -76,7 +93,7 @@ async fn invoke_permission_reconciles() {
         }
     };
     assert_eq!(step(Some(want.clone())).await.len(), 1);
-    let observed = permission::observe(&lambda, REGION_A, &function, &name)
+    let observed = permission::observe(&lambda, REGION_A, &function, Some("live"), &name)
         .await
         .unwrap()
         .unwrap();
@@ -95,7 +112,7 @@ async fn invoke_permission_reconciles() {
         matches!(&moved[0].action, Action::Update { changes } if changes.len() == 1 && changes[0].field == "source"),
         "{moved:?}"
     );
-    let observed = permission::observe(&lambda, REGION_A, &function, &name)
+    let observed = permission::observe(&lambda, REGION_A, &function, Some("live"), &name)
         .await
         .unwrap()
         .unwrap();
@@ -108,7 +125,7 @@ async fn invoke_permission_reconciles() {
 
     assert_eq!(step(None).await.len(), 1);
     assert!(
-        permission::observe(&lambda, REGION_A, &function, &name)
+        permission::observe(&lambda, REGION_A, &function, Some("live"), &name)
             .await
             .unwrap()
             .is_none()

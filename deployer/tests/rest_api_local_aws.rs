@@ -14,8 +14,9 @@ use deployer::resources::{Scope, rest_api};
 use serde_json::{Value, json};
 use tworegion_common::test_support::{LocalAws, REGION_A, REGION_B};
 
+/// The alias API Gateway invokes.
 fn function_arn(region: &str, app: &str) -> String {
-    format!("arn:aws:lambda:{region}:123456789012:function:{app}-test-api")
+    format!("arn:aws:lambda:{region}:123456789012:function:{app}-test-api:live")
 }
 
 /// The desired REST API of `app` in `region`, with the function reference resolved.
@@ -24,7 +25,7 @@ fn wanted(app: &str, region: &str) -> Resource {
     let mut resolved = Resolved::new();
     for r in [REGION_A, REGION_B] {
         resolved.insert(
-            reference_key(Kind::LambdaFunction, r, &format!("{app}-test-api")),
+            reference_key(Kind::LambdaAlias, r, "live"),
             json!(function_arn(r, app)),
         );
     }

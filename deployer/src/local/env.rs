@@ -831,7 +831,16 @@ async fn start(
                     "-p".into(),
                     moto_port.to_string(),
                 ],
-                &[("MOTO_ACM_VALIDATION_WAIT".into(), "1".into())],
+                &[
+                    ("MOTO_ACM_VALIDATION_WAIT".into(), "1".into()),
+                    // moto runs no ECS task; the replicators run here as processes instead.
+                    // Report the service's tasks running, so that `up` finds them started
+                    // (moto reports this many for every new service).
+                    (
+                        "MOTO_ECS_SERVICE_RUNNING".into(),
+                        f.replicator.desired_count.to_string(),
+                    ),
+                ],
                 &log,
             )?;
             let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, moto_port));
@@ -903,7 +912,13 @@ async fn start(
     let engine = Engine::new(d.clone(), clients, Some(artifact));
     let mut progress = std::io::stderr();
     let report = engine
-        .up(crate::engine::DataPolicy::default(), None, &mut progress)
+        .up(
+            crate::engine::DataPolicy::default(),
+            None,
+            // Nothing serves yet to check (the apps and health checkers start below).
+            crate::rollout::Rollout::Parallel,
+            &mut progress,
+        )
         .await
         .map_err(|e| format!("deployer up against the local AWS: {e}"))?;
     let api_key = engine.client_api_key().await.map_err(|e| e.to_string())?;

@@ -10,7 +10,8 @@ use std::time::Duration;
 use aws_sdk_lambda::error::SdkError;
 use aws_sdk_lambda::operation::create_function::CreateFunctionError;
 use aws_sdk_lambda::types::{
-    Architecture, Environment, FunctionCode, LastUpdateStatus, Runtime, State,
+    Architecture, Environment, FunctionCode, FunctionConfiguration, LastUpdateStatus, Runtime,
+    State,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -71,6 +72,20 @@ pub async fn observe(
         .unwrap_or_default()
         .into_iter()
         .collect();
+    let mut props = code_props(config);
+    props["tags"] = Scope::managed_tags(&tags);
+    props["arn"] = json!(config.function_arn());
+    Ok(Some(Resource::from_props(
+        Kind::LambdaFunction,
+        Some(region.to_owned()),
+        name.to_owned(),
+        props,
+    )))
+}
+
+/// The code and settings of a function or of one of its published versions, in the desired form
+/// (the fields that a version freezes, so that an alias can be compared with the function).
+pub fn code_props(config: &FunctionConfiguration) -> Value {
     let environment: BTreeMap<String, String> = config
         .environment()
         .and_then(|e| e.variables())
@@ -78,7 +93,7 @@ pub async fn observe(
         .unwrap_or_default()
         .into_iter()
         .collect();
-    let props = json!({
+    json!({
         "runtime": config.runtime().map(|r| r.as_str()),
         "architecture": config.architectures().first().map(|a| a.as_str()),
         "handler": config.handler(),
@@ -87,15 +102,7 @@ pub async fn observe(
         "code_sha256": config.code_sha256(),
         "role": config.role(),
         "environment": environment,
-        "tags": Scope::managed_tags(&tags),
-        "arn": config.function_arn(),
-    });
-    Ok(Some(Resource::from_props(
-        Kind::LambdaFunction,
-        Some(region.to_owned()),
-        name.to_owned(),
-        props,
-    )))
+    })
 }
 
 fn int(props: &BTreeMap<String, Value>, field: &str) -> Option<i32> {
@@ -143,7 +150,7 @@ fn role_not_ready<R>(e: &SdkError<CreateFunctionError, R>) -> bool {
 
 /// Waits (at most two minutes) until the function is Active and its last update is done: Lambda
 /// refuses further changes while one is in progress.
-async fn wait_updated(client: &Client, name: &str, id: &str) -> Result<(), DeployError> {
+pub(crate) async fn wait_updated(client: &Client, name: &str, id: &str) -> Result<(), DeployError> {
     for _ in 0..120 {
         let config = client
             .get_function_configuration()

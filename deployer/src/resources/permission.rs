@@ -1,5 +1,7 @@
 //! API Gateway's permission to invoke the Lambda function: one statement in the function's resource
-//! policy, its `Sid` the resource's name, limited to the region's REST API (`AWS:SourceArn`).
+//! policy, its `Sid` the resource's name, limited to the region's REST API (`AWS:SourceArn`), on the
+//! alias that API Gateway invokes (`qualifier`: a permission on the function alone does not cover
+//! invoking an alias).
 
 use aws_sdk_lambda::Client;
 use serde_json::{Value, json};
@@ -13,10 +15,17 @@ pub async fn observe(
     client: &Client,
     region: &str,
     function: &str,
+    qualifier: Option<&str>,
     name: &str,
 ) -> Result<Option<Resource>, DeployError> {
     let id = format!("LambdaPermission/{region}/{name}");
-    let policy = match client.get_policy().function_name(function).send().await {
+    let policy = match client
+        .get_policy()
+        .function_name(function)
+        .set_qualifier(qualifier.map(str::to_owned))
+        .send()
+        .await
+    {
         Ok(out) => out.policy.unwrap_or_default(),
         Err(e)
             if e.as_service_error()
@@ -40,7 +49,8 @@ pub async fn observe(
     let source = statement["Condition"]["ArnLike"]["AWS:SourceArn"]
         .as_str()
         .map(str::to_owned);
-    let props = json!({ "function": function, "principal": principal, "source": source });
+    let props = json!({ "function": function, "qualifier": qualifier, "principal": principal,
+                        "source": source });
     Ok(Some(Resource::from_props(
         Kind::LambdaPermission,
         Some(region.to_owned()),
@@ -68,6 +78,7 @@ async fn add(client: &Client, want: &Resource, id: &str) -> Result<(), DeployErr
     client
         .add_permission()
         .function_name(text("function"))
+        .set_qualifier(Some(text("qualifier")).filter(|q| !q.is_empty()))
         .statement_id(&want.name)
         .action("lambda:InvokeFunction")
         .principal(text("principal"))
@@ -78,10 +89,17 @@ async fn add(client: &Client, want: &Resource, id: &str) -> Result<(), DeployErr
     Ok(())
 }
 
-async fn remove(client: &Client, function: &str, name: &str, id: &str) -> Result<(), DeployError> {
+async fn remove(
+    client: &Client,
+    observed: Option<&Resource>,
+    name: &str,
+    id: &str,
+) -> Result<(), DeployError> {
+    let qualifier = super::observed_str(observed, "qualifier");
     client
         .remove_permission()
-        .function_name(function)
+        .function_name(super::observed_str(observed, "function"))
+        .set_qualifier(Some(qualifier.to_owned()).filter(|q| !q.is_empty()))
         .statement_id(name)
         .send()
         .await
@@ -104,24 +122,10 @@ pub async fn apply(
     match (&change.action, desired) {
         (Action::Create, Some(want)) => add(client, want, &id).await,
         (Action::Update { .. } | Action::Replace { .. }, Some(want)) => {
-            remove(
-                client,
-                super::observed_str(observed, "function"),
-                &change.name,
-                &id,
-            )
-            .await?;
+            remove(client, observed, &change.name, &id).await?;
             add(client, want, &id).await
         }
-        (Action::Delete, _) => {
-            remove(
-                client,
-                super::observed_str(observed, "function"),
-                &change.name,
-                &id,
-            )
-            .await
-        }
+        (Action::Delete, _) => remove(client, observed, &change.name, &id).await,
         _ => Err(DeployError::unplanned(&id)),
     }
 }

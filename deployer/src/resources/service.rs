@@ -21,7 +21,8 @@ use aws_sdk_ecs::Client;
 use aws_sdk_ecs::error::ProvideErrorMetadata;
 use aws_sdk_ecs::types::{
     AssignPublicIp, AwsVpcConfiguration, DeploymentCircuitBreaker, DeploymentConfiguration,
-    LaunchType, NetworkConfiguration, PropagateTags, Service, ServiceField, Tag,
+    DeploymentRolloutState, LaunchType, NetworkConfiguration, PropagateTags, Service, ServiceField,
+    Tag,
 };
 use serde_json::{Value, json};
 
@@ -371,23 +372,25 @@ pub async fn wait(
                 format!("status {}", s.status().unwrap_or("unknown")),
             ),
             (Until::Steady, None) => (false, "not found".to_owned()),
-            (Until::Steady, Some(s)) => (
-                s.status() == Some("ACTIVE")
-                    && s.deployments().len() <= 1
-                    && s.pending_count() == 0
-                    && s.running_count() == s.desired_count(),
-                format!(
-                    "status {}, {} of {} tasks running, {} pending, {} deployments",
-                    s.status().unwrap_or("unknown"),
-                    s.running_count(),
-                    s.desired_count(),
-                    s.pending_count(),
-                    s.deployments().len()
-                ),
-            ),
+            (Until::Steady, Some(s)) => match readiness(s) {
+                Readiness::Ready => (true, String::new()),
+                Readiness::Waiting(seen) => (false, seen),
+                Readiness::Failed(why) => {
+                    let stopped = stopped_reasons(ecs, cluster, name).await;
+                    return Err(not_running(&id, &why, &stopped));
+                }
+            },
         };
         if done {
             return Ok(());
+        }
+        if until == Until::Steady && tokio::time::Instant::now() + poll > deadline {
+            let stopped = stopped_reasons(ecs, cluster, name).await;
+            return Err(not_running(
+                &id,
+                &format!("not running after {} s ({seen})", timeout.as_secs()),
+                &stopped,
+            ));
         }
         if tokio::time::Instant::now() + poll > deadline {
             return Err(DeployError {
@@ -410,6 +413,134 @@ pub async fn wait(
         tokio::time::sleep(poll).await;
     }
 }
+
+/// Where a service's rollout stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Its tasks run (and pass their health checks): the primary deployment's rollout is
+    /// `COMPLETED`, or, without a rollout state, one deployment with every desired task running.
+    Ready,
+    /// Not yet; what was seen.
+    Waiting(String),
+    /// The rollout failed (the circuit breaker gave up); why.
+    Failed(String),
+}
+
+/// Where `s`'s rollout stands (ECS marks a deployment `COMPLETED` only once its tasks are running
+/// and healthy, `FAILED` when the circuit breaker stops it).
+pub fn readiness(s: &aws_sdk_ecs::types::Service) -> Readiness {
+    let primary = s
+        .deployments()
+        .iter()
+        .find(|d| d.status() == Some("PRIMARY"));
+    let seen = format!(
+        "status {}, {} of {} tasks running, {} pending, {} deployments{}",
+        s.status().unwrap_or("unknown"),
+        s.running_count(),
+        s.desired_count(),
+        s.pending_count(),
+        s.deployments().len(),
+        primary
+            .and_then(|d| d.rollout_state())
+            .map(|r| format!(", rollout {}", r.as_str()))
+            .unwrap_or_default()
+    );
+    if s.status() != Some("ACTIVE") {
+        return Readiness::Waiting(seen);
+    }
+    match primary.and_then(|d| d.rollout_state()) {
+        Some(DeploymentRolloutState::Completed) => Readiness::Ready,
+        Some(DeploymentRolloutState::Failed) => Readiness::Failed(format!(
+            "its deployment failed: {} ({seen})",
+            primary
+                .and_then(|d| d.rollout_state_reason())
+                .unwrap_or("no reason given")
+        )),
+        Some(_) => Readiness::Waiting(seen),
+        None if s.deployments().len() <= 1
+            && s.pending_count() == 0
+            && s.running_count() == s.desired_count() =>
+        {
+            Readiness::Ready
+        }
+        None => Readiness::Waiting(seen),
+    }
+}
+
+/// Why the service's last stopped tasks stopped (at most three), as ECS says it: the task's stopped
+/// reason and each container's exit code and reason. Empty when none stopped or they cannot be read.
+async fn stopped_reasons(ecs: &Client, cluster: &str, name: &str) -> Vec<String> {
+    let Ok(list) = ecs
+        .list_tasks()
+        .cluster(cluster)
+        .service_name(name)
+        .desired_status(aws_sdk_ecs::types::DesiredStatus::Stopped)
+        .send()
+        .await
+    else {
+        return Vec::new();
+    };
+    let arns: Vec<String> = list.task_arns().iter().take(3).cloned().collect();
+    if arns.is_empty() {
+        return Vec::new();
+    }
+    match ecs
+        .describe_tasks()
+        .cluster(cluster)
+        .set_tasks(Some(arns))
+        .send()
+        .await
+    {
+        Ok(out) => out.tasks().iter().map(stopped_reason).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// One stopped task's reason: `task <id> stopped: <reason>[; container <name> exited <code>:
+/// <reason>]...`.
+pub fn stopped_reason(task: &aws_sdk_ecs::types::Task) -> String {
+    let id = task
+        .task_arn()
+        .and_then(|a| a.rsplit('/').next())
+        .unwrap_or("?");
+    let mut line = format!(
+        "task {id} stopped: {}",
+        task.stopped_reason().unwrap_or("no reason given")
+    );
+    for c in task.containers() {
+        if c.exit_code().is_some() || c.reason().is_some() {
+            line.push_str(&format!(
+                "; container {} exited {}{}",
+                c.name().unwrap_or("?"),
+                c.exit_code()
+                    .map_or("(no code)".to_owned(), |x| x.to_string()),
+                c.reason().map(|r| format!(": {r}")).unwrap_or_default()
+            ));
+        }
+    }
+    line
+}
+
+fn not_running(id: &str, why: &str, stopped: &[String]) -> DeployError {
+    let mut message = why.to_owned();
+    if !stopped.is_empty() {
+        message.push_str("; last stopped: ");
+        message.push_str(&stopped.join(" | "));
+    }
+    DeployError {
+        action: "ecs:DescribeServices".to_owned(),
+        resource: id.to_owned(),
+        message,
+        unreachable: false,
+        hint: Some(
+            "the replicator's tasks do not start: read the stopped reason above and the task's              log group, fix the image, roles or network, and run up again"
+                .to_owned(),
+        ),
+    }
+}
+
+/// How long `up` waits for a created or changed service's tasks to run.
+pub const START_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn tags(props: &BTreeMap<String, Value>) -> Vec<Tag> {
     tag_pairs(props)
@@ -585,7 +716,11 @@ pub async fn apply(
     let name = &change.name;
     let id = format!("EcsService/{region}/{name}");
     match (&change.action, desired) {
-        (Action::Create, Some(want)) => create(ecs, ec2, region, name, want, &id).await,
+        (Action::Create, Some(want)) => {
+            create(ecs, ec2, region, name, want, &id).await?;
+            let cluster = resolved(&want.props, "cluster", "ecs:DescribeServices", &id)?;
+            wait(ecs, cluster, name, Until::Steady, START_TIMEOUT).await
+        }
         (Action::Update { changes }, Some(want)) => {
             const ACTION: &str = "ecs:UpdateService";
             let changed = |field: &str| changes.iter().any(|c| c.field == field);
@@ -622,6 +757,8 @@ pub async fn apply(
                     .send()
                     .await
                     .map_err(|e| DeployError::aws(ACTION, &id, &e))?;
+                // The new tasks must run before `up` goes on (and before a rollout's next region).
+                wait(ecs, cluster, name, Until::Steady, START_TIMEOUT).await?;
             }
             if changed("tags") {
                 let arn = observed_str(observed, "arn");
@@ -640,7 +777,9 @@ pub async fn apply(
                 c => c,
             };
             delete(ecs, cluster, name, &id).await?;
-            create(ecs, ec2, region, name, want, &id).await
+            create(ecs, ec2, region, name, want, &id).await?;
+            let cluster = resolved(&want.props, "cluster", "ecs:DescribeServices", &id)?;
+            wait(ecs, cluster, name, Until::Steady, START_TIMEOUT).await
         }
         (Action::Delete, _) => {
             let cluster = observed_str(observed, "cluster");
@@ -656,6 +795,77 @@ pub async fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn service(status: &str, running: i32, desired: i32, rollout: Option<&str>) -> Service {
+        let mut deployment = aws_sdk_ecs::types::Deployment::builder()
+            .status("PRIMARY")
+            .running_count(running)
+            .desired_count(desired);
+        if let Some(r) = rollout {
+            deployment = deployment
+                .rollout_state(DeploymentRolloutState::from(r))
+                .rollout_state_reason("ECS deployment circuit breaker: tasks failed to start.");
+        }
+        Service::builder()
+            .status(status)
+            .running_count(running)
+            .desired_count(desired)
+            .pending_count(desired - running)
+            .deployments(deployment.build())
+            .build()
+    }
+
+    #[test]
+    fn a_service_is_ready_when_its_rollout_completes() {
+        assert_eq!(
+            readiness(&service("ACTIVE", 1, 1, Some("COMPLETED"))),
+            Readiness::Ready
+        );
+        assert!(matches!(
+            readiness(&service("ACTIVE", 1, 1, Some("IN_PROGRESS"))),
+            Readiness::Waiting(s) if s.contains("1 of 1 tasks running") && s.contains("IN_PROGRESS")
+        ));
+        assert!(matches!(
+            readiness(&service("ACTIVE", 0, 1, Some("FAILED"))),
+            Readiness::Failed(s) if s.contains("circuit breaker")
+        ));
+        // Without a rollout state (an older API or another controller): every task running.
+        assert_eq!(readiness(&service("ACTIVE", 2, 2, None)), Readiness::Ready);
+        assert!(matches!(
+            readiness(&service("ACTIVE", 1, 2, None)),
+            Readiness::Waiting(_)
+        ));
+        assert!(matches!(
+            readiness(&service("DRAINING", 1, 1, Some("COMPLETED"))),
+            Readiness::Waiting(_)
+        ));
+    }
+
+    #[test]
+    fn a_stopped_task_says_why() {
+        let task = aws_sdk_ecs::types::Task::builder()
+            .task_arn("arn:aws:ecs:us-east-1:123456789012:task/c/0123abcd")
+            .stopped_reason("Essential container in task exited")
+            .containers(
+                aws_sdk_ecs::types::Container::builder()
+                    .name("replicator")
+                    .exit_code(1)
+                    .reason("CannotPullContainerError: access denied")
+                    .build(),
+            )
+            .build();
+        assert_eq!(
+            stopped_reason(&task),
+            "task 0123abcd stopped: Essential container in task exited; container replicator \
+             exited 1: CannotPullContainerError: access denied"
+        );
+        let e = not_running(
+            "EcsService/r/s",
+            "not running after 600 s",
+            &[stopped_reason(&task)],
+        );
+        assert!(e.to_string().contains("last stopped: task 0123abcd"), "{e}");
+    }
 
     fn ids(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| (*s).to_owned()).collect()

@@ -1,0 +1,297 @@
+//! `up` region by region against the local AWS: the region not serving goes first, each region is
+//! checked before the next, and a region that fails its check is rolled back to its previous Lambda
+//! version (by moving its alias) while the other region is not touched.
+//!
+//! The local AWS runs no Lambda code and reports every health check healthy, so two gates are used:
+//! the CLI's own (whose smoke request cannot reach an execute-api host here, so it fails as a broken
+//! build would), and, through the library, a gate that fails exactly when the region's alias names
+//! the bad build.
+
+// Test helpers report failure by panicking.
+#![allow(clippy::unwrap_used)]
+
+mod cli_support;
+
+use std::sync::Mutex;
+
+use cli_support::{Workspace, deployer, expect};
+use deployer::config::ConfigFile;
+use deployer::engine::{Clients, DataPolicy, Engine};
+use deployer::resources::{alias, function};
+use deployer::rollout::{Gate, Rollout, Target};
+use futures::future::BoxFuture;
+use tworegion_common::aws::AwsOptions;
+use tworegion_common::test_support::{LocalAws, REGION_A, REGION_B};
+
+/// A valid empty zip with `comment`: a distinct artifact per build.
+fn build(comment: &str) -> Vec<u8> {
+    let mut zip = vec![0x50, 0x4b, 0x05, 0x06];
+    zip.extend([0u8; 16]);
+    zip.extend(u16::try_from(comment.len()).unwrap().to_le_bytes());
+    zip.extend(comment.as_bytes());
+    zip
+}
+
+/// `(alias version, the code it runs, the function's $LATEST code)` in `region`.
+async fn lambda_state(
+    local: &LocalAws,
+    region: &str,
+    function_name: &str,
+) -> (String, String, String) {
+    let lambda = aws_sdk_lambda::Client::new(&local.sdk_config(region));
+    let live = alias::observe(&lambda, region, function_name, "live")
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{region}: no alias"));
+    let latest = function::observe(&lambda, region, function_name)
+        .await
+        .unwrap()
+        .unwrap();
+    (
+        alias::version(Some(&live)).unwrap(),
+        live.props["code_sha256"].as_str().unwrap().to_owned(),
+        latest.props["code_sha256"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_failing_its_check_is_rolled_back_and_the_other_is_not_touched() {
+    let local = LocalAws::from_env();
+    let w = Workspace::new();
+    let function_name = format!("{}-local-api", w.app);
+    let good = build("good");
+    let bad = build("bad");
+    std::fs::write(w.dir.join("lambda.zip"), &good).unwrap();
+    expect(
+        &deployer(&local, &w.config, &["up", "--parallel"], &[]),
+        0,
+        "up",
+    );
+    let (a_version, a_code, _) = lambda_state(&local, REGION_A, &function_name).await;
+    let (b_version, b_code, _) = lambda_state(&local, REGION_B, &function_name).await;
+    assert_eq!(a_code, function::code_sha256(&good));
+    assert_eq!(b_code, a_code);
+
+    // A new build: the primary serves (the local AWS reports it healthy), so the secondary goes
+    // first, fails its smoke request, and is rolled back.
+    std::fs::write(w.dir.join("lambda.zip"), &bad).unwrap();
+    let run = deployer(&local, &w.config, &["up", "--rollout-timeout", "10"], &[]);
+    expect(&run, 1, "up with a build that fails its check");
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        said.contains(&format!("rolling out to {REGION_B} (1 of 2)")),
+        "{said}"
+    );
+    assert!(
+        !said.contains(&format!("rolling out to {REGION_A}")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("{REGION_B} failed its check")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("is on version {b_version} again")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("{REGION_A} was not changed")),
+        "{said}"
+    );
+    let (b_after, b_code_after, b_latest) = lambda_state(&local, REGION_B, &function_name).await;
+    assert_eq!(
+        b_after, b_version,
+        "{REGION_B}'s alias is back on the previous version"
+    );
+    assert_eq!(b_code_after, function::code_sha256(&good));
+    assert_eq!(
+        b_latest,
+        function::code_sha256(&bad),
+        "the new build was uploaded there"
+    );
+    let (a_after, a_code_after, a_latest) = lambda_state(&local, REGION_A, &function_name).await;
+    assert_eq!(
+        (a_after, a_code_after, a_latest),
+        (a_version, a_code.clone(), a_code),
+        "{REGION_A} was not touched"
+    );
+
+    // `--parallel` is today's behaviour: both regions, unchecked.
+    expect(
+        &deployer(&local, &w.config, &["up", "--parallel"], &[]),
+        0,
+        "up --parallel",
+    );
+    for region in [REGION_A, REGION_B] {
+        let (_, code, _) = lambda_state(&local, region, &function_name).await;
+        assert_eq!(code, function::code_sha256(&bad), "{region}");
+    }
+    let run = deployer(
+        &local,
+        &w.config,
+        &["up", "--parallel", "--region", REGION_A],
+        &[],
+    );
+    expect(&run, 1, "--parallel with --region");
+    assert!(run.stderr.contains("cannot be used with"), "{}", run.stderr);
+    expect(
+        &deployer(
+            &local,
+            &w.config,
+            &["down", "--yes", "--allow-data-loss"],
+            &[],
+        ),
+        0,
+        "down",
+    );
+}
+
+/// Fails a region whose alias runs `bad`; records the regions it checked, in order.
+struct BadBuildGate {
+    local: LocalAws,
+    function_name: String,
+    bad: String,
+    checked: Mutex<Vec<String>>,
+}
+
+impl Gate for BadBuildGate {
+    fn check<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.checked.lock().unwrap().push(target.region.clone());
+            assert!(
+                target.check.is_some(),
+                "the gate is given the region's endpoint check"
+            );
+            assert!(
+                target
+                    .base_url
+                    .as_deref()
+                    .is_some_and(|u| u.contains(&target.region)),
+                "the gate is given the regional endpoint: {:?}",
+                target.base_url
+            );
+            let (_, code, _) = lambda_state(&self.local, &target.region, &self.function_name).await;
+            if code == self.bad {
+                Err("its requests fail (500)".to_owned())
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_good_build_rolls_out_region_by_region_and_a_bad_one_stops_in_the_first() {
+    let local = LocalAws::from_env();
+    let w = Workspace::new();
+    let function_name = format!("{}-local-api", w.app);
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    let d = ConfigFile::parse(&text)
+        .unwrap()
+        .validate(&|k| std::env::var(k).ok())
+        .unwrap();
+    let options = AwsOptions {
+        profile: None,
+        endpoint_url: Some(local.endpoint().to_owned()),
+        placeholder_credentials: true,
+    };
+    let engine = |artifact: &[u8]| {
+        let d = d.clone();
+        let artifact = artifact.to_vec();
+        let options = options.clone();
+        async move {
+            let clients = Clients::load(&d.regions, &options).await.unwrap();
+            Engine::new(d, clients, Some(artifact))
+        }
+    };
+    let (v1, v2, bad) = (build("one"), build("two"), build("broken"));
+    let gate = BadBuildGate {
+        local: local.clone(),
+        function_name: function_name.clone(),
+        bad: function::code_sha256(&bad),
+        checked: Mutex::new(Vec::new()),
+    };
+    let up = |artifact: Vec<u8>, rollout: Rollout<'static>| {
+        let engine = engine(&artifact);
+        async move {
+            let mut progress = Vec::new();
+            let result = engine
+                .await
+                .up(DataPolicy::default(), None, rollout, &mut progress)
+                .await;
+            (result, String::from_utf8_lossy(&progress).into_owned())
+        }
+    };
+    // Leaked so that the rollouts can borrow it for 'static (one per test run).
+    let gate: &'static BadBuildGate = Box::leak(Box::new(gate));
+
+    let (first, said) = up(v1.clone(), Rollout::RegionByRegion(gate)).await;
+    first.unwrap_or_else(|e| panic!("first up: {e}\n{said}"));
+    assert_eq!(
+        *gate.checked.lock().unwrap(),
+        [REGION_A, REGION_B],
+        "a first deployment: the primary first, each region checked once it changed"
+    );
+    gate.checked.lock().unwrap().clear();
+    let (again, said) = up(v1.clone(), Rollout::RegionByRegion(gate)).await;
+    assert!(again.unwrap().applied.is_empty(), "{said}");
+    assert!(
+        gate.checked.lock().unwrap().is_empty(),
+        "nothing changed, nothing checked"
+    );
+
+    // Deployed: the primary serves (the local AWS reports every check healthy), so the secondary
+    // goes first from now on.
+    let (second, said) = up(v2.clone(), Rollout::RegionByRegion(gate)).await;
+    let report = second.unwrap_or_else(|e| panic!("second up: {e}\n{said}"));
+    assert_eq!(
+        *gate.checked.lock().unwrap(),
+        [REGION_B, REGION_A],
+        "{said}"
+    );
+    assert!(
+        report.endpoints.regional.values().all(Option::is_some),
+        "{report:?}"
+    );
+    for region in [REGION_A, REGION_B] {
+        let (_, code, _) = lambda_state(&local, region, &function_name).await;
+        assert_eq!(code, function::code_sha256(&v2), "{region}");
+    }
+    let (b_good, _, _) = lambda_state(&local, REGION_B, &function_name).await;
+    let (a_good, _, _) = lambda_state(&local, REGION_A, &function_name).await;
+
+    gate.checked.lock().unwrap().clear();
+    let (third, said) = up(bad.clone(), Rollout::RegionByRegion(gate)).await;
+    let e = third
+        .err()
+        .unwrap_or_else(|| panic!("a bad build passed\n{said}"));
+    assert_eq!(*gate.checked.lock().unwrap(), [REGION_B]);
+    assert!(e.to_string().contains("its requests fail"), "{e}");
+    let (b_now, b_code, _) = lambda_state(&local, REGION_B, &function_name).await;
+    assert_eq!((b_now, b_code), (b_good, function::code_sha256(&v2)));
+    let (a_now, a_code, a_latest) = lambda_state(&local, REGION_A, &function_name).await;
+    assert_eq!(
+        (a_now, a_code.as_str(), a_latest.as_str()),
+        (
+            a_good,
+            function::code_sha256(&v2).as_str(),
+            function::code_sha256(&v2).as_str()
+        )
+    );
+
+    let (down, said) = {
+        let engine = engine(&v2).await;
+        let mut out = Vec::new();
+        let r = engine
+            .down(
+                DataPolicy {
+                    allow_data_loss: true,
+                    ..DataPolicy::default()
+                },
+                &mut out,
+            )
+            .await;
+        (r, String::from_utf8_lossy(&out).into_owned())
+    };
+    down.unwrap_or_else(|e| panic!("down: {e}\n{said}"));
+}
