@@ -476,6 +476,17 @@ pub fn render_status(s: &Status, out: &mut dyn Write) -> std::io::Result<()> {
             }
             None => writeln!(out, "  health check (none)")?,
         }
+        if let Some(version) = &r.live_version {
+            writeln!(
+                out,
+                "  lambda       alias live on version {version}{}",
+                if r.undeployed_build {
+                    "; $LATEST holds another build (a rollout rolled back or not finished)"
+                } else {
+                    ""
+                }
+            )?;
+        }
         for rep in &r.replicators {
             writeln!(
                 out,

@@ -396,6 +396,10 @@ pub struct ReplicatorFile {
     /// Tasks per direction.
     #[serde(default = "default_count")]
     pub desired_count: i32,
+    /// How long `up` waits for a created or changed service's tasks to run and pass their health
+    /// check, in seconds.
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout_seconds: u64,
     /// Subnets and security groups per region; the default VPC's when a region is not given.
     #[serde(default)]
     pub network: BTreeMap<String, NetworkFile>,
@@ -409,6 +413,9 @@ fn default_task_memory() -> i32 {
 }
 fn default_count() -> i32 {
     1
+}
+fn default_start_timeout() -> u64 {
+    600
 }
 
 /// `[replicator.network.<region>]`
@@ -852,6 +859,12 @@ impl ConfigFile {
         }
         if !(0..=10).contains(&r.desired_count) {
             return Err(bad("replicator.desired_count", "must be 0 to 10"));
+        }
+        if !(5..=3600).contains(&r.start_timeout_seconds) {
+            return Err(bad(
+                "replicator.start_timeout_seconds",
+                "must be 5 to 3600 (seconds `up` waits for the tasks to run)",
+            ));
         }
         for (region, net) in &r.network {
             if !regions.contains(region) {

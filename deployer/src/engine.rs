@@ -921,7 +921,10 @@ impl Engine {
             }
             Kind::EcsService => {
                 let c = global.region(region)?;
-                service::apply(&c.ecs, &c.ec2, change, want, have).await
+                let start = std::time::Duration::from_secs(
+                    self.deployment.file.replicator.start_timeout_seconds,
+                );
+                service::apply(&c.ecs, &c.ec2, change, want, have, start).await
             }
             Kind::DnsRecord => dns_record::apply(&global.route53, change, want, have).await,
         }
@@ -1129,7 +1132,7 @@ impl Engine {
                 let untouched = if i + 1 < order.len() {
                     format!("; {} was not changed", order[i + 1])
                 } else {
-                    String::new()
+                    format!("; {} runs the new version (it passed its check)", order[0])
                 };
                 return Err(DeployError {
                     action: "up".to_owned(),
@@ -1139,7 +1142,8 @@ impl Engine {
                     ),
                     unreachable: false,
                     hint: Some(
-                        "fix the build (or the config) and run up again; `up --parallel` skips the                          checks"
+                        "fix the build (or the config) and run up again; `up --parallel` skips the \
+                         checks"
                             .to_owned(),
                     ),
                 });
@@ -1188,15 +1192,14 @@ impl Engine {
                 ))
             }
             (Some(_), Some(_)) => Ok(
-                "the Lambda version did not change, so there is nothing to roll back (the change                  that broke it is elsewhere in the config)"
+                "the Lambda version did not change, so there is nothing to roll back (the \
+                 change that broke it is elsewhere in the config)"
                     .to_owned(),
             ),
-            (None, _) => Ok(
-                "nothing to roll back to: the region had no earlier version".to_owned(),
-            ),
-            (Some(was), None) => Ok(format!(
-                "the alias is gone; it was on version {was}"
-            )),
+            (None, _) => {
+                Ok("nothing to roll back to: the region had no earlier version".to_owned())
+            }
+            (Some(was), None) => Ok(format!("the alias is gone; it was on version {was}")),
         }
     }
 
@@ -1232,7 +1235,10 @@ impl Engine {
                 .cloned()
                 .flatten(),
             health_path: self.deployment.file.health_check.path.clone(),
-            api_key: self.client_api_key().await?,
+            // Every region's key has the secondary's value (the primary's, when generated).
+            api_key: self
+                .api_key_value(Some(&self.deployment.regions[1]), observed)
+                .await?,
         })
     }
 
@@ -1418,9 +1424,18 @@ impl Engine {
                         .unwrap_or(0),
                 })
                 .collect();
+            let live = observed
+                .iter()
+                .find(|r| r.kind == Kind::LambdaAlias && r.region.as_deref() == Some(region));
+            let latest = observed
+                .iter()
+                .find(|r| r.kind == Kind::LambdaFunction && r.region.as_deref() == Some(region));
+            let code = |r: Option<&Resource>| r.and_then(|r| r.props.get("code_sha256")).cloned();
             regions.insert(
                 region.clone(),
                 RegionStatus {
+                    live_version: alias::version(live),
+                    undeployed_build: live.is_some() && code(live) != code(latest),
                     unreachable: unreachable.get(region).cloned(),
                     resources_present: present,
                     resources_wanted: wanted.len(),
@@ -1679,6 +1694,11 @@ pub struct RegionStatus {
     pub health: Option<Health>,
     /// Replicator services running in this region.
     pub replicators: Vec<Replicator>,
+    /// What API Gateway invokes: the version the `live` alias names (`None` without one).
+    pub live_version: Option<String>,
+    /// Whether the function's `$LATEST` holds other code than the live version (a rollout that
+    /// was rolled back, or one not finished).
+    pub undeployed_build: bool,
 }
 
 /// What `status` reports.

@@ -83,15 +83,42 @@ impl Gate for HealthGate {
                     "the region has no regional endpoint to send a smoke request to".into(),
                 );
             };
-            let left = self.timeout.saturating_sub(start.elapsed());
-            smoke(
-                base,
-                &target.health_path,
-                target.api_key.as_deref(),
-                left.max(Duration::from_secs(10)),
-            )
-            .await
+            // What is left of the time, but at least 20 s: a new key's usage plan membership and
+            // a cold start can take a few seconds to answer.
+            let budget = self
+                .timeout
+                .saturating_sub(start.elapsed())
+                .max(Duration::from_secs(20));
+            smoke_until(base, &target.health_path, target.api_key.as_deref(), budget).await
         })
+    }
+}
+
+/// [`smoke`], tried every 5 s until it succeeds or `budget` is spent; the last failure is the answer.
+pub async fn smoke_until(
+    base: &str,
+    health_path: &str,
+    api_key: Option<&str>,
+    budget: Duration,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + budget;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let attempt = smoke(
+            base,
+            health_path,
+            api_key,
+            left.min(Duration::from_secs(10)),
+        )
+        .await;
+        match attempt {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() + Duration::from_secs(5) < deadline => {
+                tracing::info!("smoke request failed, trying again in 5 s: {e}");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -241,10 +268,16 @@ mod tests {
         assert_eq!(settle_time(&check), Duration::from_secs(35));
     }
 
-    /// A loopback server answering every request with `status`; returns its base URL.
+    /// A loopback server (see [`serve_on`]); returns its base URL.
     async fn server(health: u16, list: u16) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        serve_on(listener, health, list);
+        format!("http://{addr}/live")
+    }
+
+    /// Serves `health` on the health path, `list` on keyed requests, 403 otherwise.
+    fn serve_on(listener: tokio::net::TcpListener, health: u16, list: u16) {
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -272,7 +305,35 @@ mod tests {
                 });
             }
         });
-        format!("http://{addr}/live")
+    }
+
+    #[tokio::test]
+    async fn the_smoke_request_is_tried_again_within_its_budget() {
+        // Unreachable for the first attempt, serving from the second.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let start = tokio::time::Instant::now();
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            serve_on(tokio::net::TcpListener::bind(addr).await.unwrap(), 200, 200);
+        });
+        smoke_until(
+            &format!("http://{addr}/live"),
+            "/todos/health",
+            Some("k"),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+        late.await.unwrap();
+        assert!(start.elapsed() >= Duration::from_secs(2));
+        // A region that never serves fails once the budget is spent, with the last failure.
+        let broken = server(500, 500).await;
+        let e = smoke_until(&broken, "/todos/health", None, Duration::from_secs(6))
+            .await
+            .unwrap_err();
+        assert!(e.contains("answered 500"), "{e}");
     }
 
     #[tokio::test]

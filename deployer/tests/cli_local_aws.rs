@@ -700,6 +700,15 @@ fn invalid_configs_fail_naming_the_field() {
             vec![],
         ),
         (
+            edit(
+                &w.text(),
+                "desired_count = ",
+                "desired_count = 1\nstart_timeout_seconds = 1",
+            ),
+            "replicator.start_timeout_seconds",
+            vec![],
+        ),
+        (
             edit(&w.text(), "generate = true", "from_env = \"SHORT_KEY\""),
             "api_key.from_env",
             vec![("SHORT_KEY", "only-19-characters!")],

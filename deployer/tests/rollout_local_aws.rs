@@ -1,6 +1,7 @@
 //! `up` region by region against the local AWS: the region not serving goes first, each region is
 //! checked before the next, and a region that fails its check is rolled back to its previous Lambda
-//! version (by moving its alias) while the other region is not touched.
+//! version (by moving its alias) while the other region is not touched. And `up` waits for the
+//! replicator's ECS tasks to run.
 //!
 //! The local AWS runs no Lambda code and reports every health check healthy, so two gates are used:
 //! the CLI's own (whose smoke request cannot reach an execute-api host here, so it fails as a broken
@@ -115,6 +116,24 @@ async fn a_region_failing_its_check_is_rolled_back_and_the_other_is_not_touched(
         (a_version, a_code.clone(), a_code),
         "{REGION_A} was not touched"
     );
+
+    // `status` shows what each region invokes, and that the secondary holds a build it does not run.
+    let status = deployer(&local, &w.config, &["--json", "status"], &[]).json();
+    assert_eq!(
+        status["regions"][REGION_B]["live_version"],
+        b_version.as_str(),
+        "{status}"
+    );
+    assert_eq!(
+        status["regions"][REGION_B]["undeployed_build"], true,
+        "{status}"
+    );
+    assert_eq!(
+        status["regions"][REGION_A]["undeployed_build"], false,
+        "{status}"
+    );
+    let text = deployer(&local, &w.config, &["status"], &[]).stdout;
+    assert!(text.contains("$LATEST holds another build"), "{text}");
 
     // `--parallel` is today's behaviour: both regions, unchecked.
     expect(
@@ -294,4 +313,46 @@ async fn a_good_build_rolls_out_region_by_region_and_a_bad_one_stops_in_the_firs
         (r, String::from_utf8_lossy(&out).into_owned())
     };
     down.unwrap_or_else(|e| panic!("down: {e}\n{said}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_fails_when_the_replicators_tasks_do_not_run() {
+    // The local AWS reports MOTO_ECS_SERVICE_RUNNING (1, set by scripts/local-aws) tasks running for
+    // a new service: a service that wants 2 never completes its rollout there.
+    let local = LocalAws::from_env();
+    let w = Workspace::new();
+    w.write_with(&[(
+        "desired_count = ",
+        "desired_count = 2\nstart_timeout_seconds = 5".to_owned(),
+    )]);
+    let run = deployer(&local, &w.config, &["up", "--parallel"], &[]);
+    expect(&run, 1, "up with tasks that do not start");
+    assert!(run.stderr.contains("EcsService/"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("not running after 5 s"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("1 of 2 tasks running"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("stopped reason"),
+        "the hint says where to look: {}",
+        run.stderr
+    );
+    // (Not followed by an `up` with a count that moto reaches: moto keeps the creation's rollout
+    // state IN_PROGRESS through UpdateService, where ECS starts a new deployment.)
+    expect(
+        &deployer(
+            &local,
+            &w.config,
+            &["down", "--yes", "--allow-data-loss"],
+            &[],
+        ),
+        0,
+        "down",
+    );
 }

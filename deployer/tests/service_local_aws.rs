@@ -70,6 +70,7 @@ impl Env {
                 change,
                 find(want).as_ref(),
                 find(&observed).as_ref(),
+                Duration::from_secs(30),
             )
             .await
             .unwrap_or_else(|e| panic!("{e}"));

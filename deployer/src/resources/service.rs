@@ -533,14 +533,12 @@ fn not_running(id: &str, why: &str, stopped: &[String]) -> DeployError {
         message,
         unreachable: false,
         hint: Some(
-            "the replicator's tasks do not start: read the stopped reason above and the task's              log group, fix the image, roles or network, and run up again"
+            "the replicator's tasks do not start: read the stopped reason above and the task's \
+             log group, fix the image, roles or network, and run up again"
                 .to_owned(),
         ),
     }
 }
-
-/// How long `up` waits for a created or changed service's tasks to run.
-pub const START_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn tags(props: &BTreeMap<String, Value>) -> Vec<Tag> {
     tag_pairs(props)
@@ -711,6 +709,7 @@ pub async fn apply(
     change: &Change,
     desired: Option<&Resource>,
     observed: Option<&Resource>,
+    start_timeout: Duration,
 ) -> Result<(), DeployError> {
     let region = change.region.as_deref().unwrap_or_default();
     let name = &change.name;
@@ -719,7 +718,7 @@ pub async fn apply(
         (Action::Create, Some(want)) => {
             create(ecs, ec2, region, name, want, &id).await?;
             let cluster = resolved(&want.props, "cluster", "ecs:DescribeServices", &id)?;
-            wait(ecs, cluster, name, Until::Steady, START_TIMEOUT).await
+            wait(ecs, cluster, name, Until::Steady, start_timeout).await
         }
         (Action::Update { changes }, Some(want)) => {
             const ACTION: &str = "ecs:UpdateService";
@@ -758,7 +757,7 @@ pub async fn apply(
                     .await
                     .map_err(|e| DeployError::aws(ACTION, &id, &e))?;
                 // The new tasks must run before `up` goes on (and before a rollout's next region).
-                wait(ecs, cluster, name, Until::Steady, START_TIMEOUT).await?;
+                wait(ecs, cluster, name, Until::Steady, start_timeout).await?;
             }
             if changed("tags") {
                 let arn = observed_str(observed, "arn");
@@ -779,7 +778,7 @@ pub async fn apply(
             delete(ecs, cluster, name, &id).await?;
             create(ecs, ec2, region, name, want, &id).await?;
             let cluster = resolved(&want.props, "cluster", "ecs:DescribeServices", &id)?;
-            wait(ecs, cluster, name, Until::Steady, START_TIMEOUT).await
+            wait(ecs, cluster, name, Until::Steady, start_timeout).await
         }
         (Action::Delete, _) => {
             let cluster = observed_str(observed, "cluster");
