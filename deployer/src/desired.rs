@@ -24,10 +24,12 @@ pub enum Kind {
     /// The function's alias that API Gateway invokes (`live`), on a published version: a rollout
     /// moves it, a failed one moves it back.
     LambdaAlias,
+    /// API Gateway's permission to invoke the function's alias: before the REST API, so that an
+    /// existing API whose integration moves to the alias is never without it (a new API's
+    /// permission waits a round for the API's ARN).
+    LambdaPermission,
     /// The REST API (proxy and health routes, deployment, stage).
     RestApi,
-    /// API Gateway's permission to invoke the function.
-    LambdaPermission,
     /// The API key (same value in both regions).
     ApiKey,
     /// The usage plan of the stage.
@@ -66,8 +68,8 @@ impl Kind {
         Kind::LambdaRole,
         Kind::LambdaFunction,
         Kind::LambdaAlias,
-        Kind::RestApi,
         Kind::LambdaPermission,
+        Kind::RestApi,
         Kind::ApiKey,
         Kind::UsagePlan,
         Kind::UsagePlanKey,

@@ -192,6 +192,9 @@ enum Reach {
     All,
     /// A region that fails is reported as unreachable (`status`).
     Tolerant,
+    /// As `All`; with one region, the primary's generated API key is read too when it answers (a
+    /// region-by-region `up`: the secondary's key takes its value).
+    Rollout,
 }
 
 /// What `up` and `down` may do to data (tables).
@@ -735,6 +738,7 @@ impl Engine {
             }
             for region in self.regions(kind) {
                 if let Some(r) = region.as_deref()
+                    && reach == Reach::Rollout
                     && only.is_some_and(|o| o != r)
                     && kind == Kind::ApiKey
                     && self.deployment.api_key == ApiKeySource::Generate
@@ -946,6 +950,15 @@ impl Engine {
             let want = find(desired, change.kind, region, &change.name)
                 .map(|w| resolve(std::slice::from_ref(w), &resolved).remove(0));
             let have = find(observed, change.kind, region, &change.name).cloned();
+            if let Some(missing) = want.as_ref().and_then(unresolved) {
+                // What it refers to is made later in this round (the permission of a new API).
+                let _ = writeln!(
+                    progress,
+                    "{} ... waits for {missing} (next round)",
+                    describe(change)
+                );
+                continue;
+            }
             if matches!(change.action, Action::Delete | Action::Release) && have.is_none() {
                 // Gone since the plan was made: an earlier change replaced it (a record whose routing
                 // changed is deleted and recreated in one Route 53 batch).
@@ -983,13 +996,14 @@ impl Engine {
         action: &str,
         policy: DataPolicy,
         only: Option<&str>,
+        reach: Reach,
         progress: &mut dyn Write,
     ) -> Result<(Vec<Change>, usize, Vec<Resource>), DeployError> {
         let mut applied = Vec::new();
         let mut round = 0;
         loop {
             round += 1;
-            let (mut observed, _) = self.observe_with(Reach::All, only).await?;
+            let (mut observed, _) = self.observe_with(reach, only).await?;
             let mut plan = reconcile(desired, &observed, &self.scope, &self.targets);
             if let Some(region) = only {
                 plan.changes
@@ -1078,7 +1092,7 @@ impl Engine {
             // One region, or both at once: one pass, unchecked.
             _ => {
                 let (applied, rounds, observed) = self
-                    .converge(&self.desired, "up", policy, only, progress)
+                    .converge(&self.desired, "up", policy, only, Reach::All, progress)
                     .await?;
                 return Ok(UpReport {
                     applied,
@@ -1087,27 +1101,45 @@ impl Engine {
                 });
             }
         };
-        let serving = match self.serving_now().await {
-            Ok(serving) => serving,
-            Err(e) => {
-                writeln!(
-                    progress,
-                    "up: cannot tell which region serves ({e}); the primary goes first"
-                )
-                .ok();
-                Vec::new()
-            }
-        };
+        let serving = self.serving_now().await.map_err(|e| DeployError {
+            message: format!(
+                "cannot tell which region serves, so cannot choose which to change first: {}",
+                e.message
+            ),
+            ..e
+        })?;
         let order = crate::rollout::order(&self.deployment.regions, &serving);
         let mut applied = Vec::new();
         let mut rounds = 0;
         let mut done: Vec<Resource> = Vec::new();
         for (i, region) in order.iter().enumerate() {
-            let before = self.live_alias(region).await?;
+            let other = &order[1 - i];
             writeln!(progress, "up: rolling out to {region} ({} of 2)", i + 1).ok();
-            let (changes, n, observed) = self
-                .converge(&self.desired, "up", policy, Some(region), progress)
-                .await?;
+            let before = match self.live_alias(region).await? {
+                Some(live) => Some(live),
+                None => self.baseline_alias(region, progress).await?,
+            };
+            let converged = self
+                .converge(
+                    &self.desired,
+                    "up",
+                    policy,
+                    Some(region),
+                    Reach::Rollout,
+                    progress,
+                )
+                .await;
+            let (changes, n, observed) = match converged {
+                Ok(done) => done,
+                Err(mut e) => {
+                    // The alias may have moved before the failure: never leave it on a version
+                    // nobody checked.
+                    if let Some(undo) = self.undo_unchecked(region, before.as_ref()).await {
+                        e.message = format!("{}; {undo}", e.message);
+                    }
+                    return Err(e);
+                }
+            };
             rounds += n;
             let touched = changes
                 .iter()
@@ -1115,7 +1147,11 @@ impl Engine {
             applied.extend(changes);
             done.retain(|r| r.region.as_deref() != Some(region.as_str()) && r.region.is_some());
             done.extend(observed.iter().cloned());
-            if !touched {
+            // Also checked when nothing changed but it runs other code than the other region: an
+            // earlier `up` stopped (Ctrl-C, an error) after moving its alias, before its check.
+            let live = self.live_alias(region).await?;
+            let differs = code_of(live.as_ref()) != code_of(self.live_alias(other).await?.as_ref());
+            if !touched && !differs {
                 continue;
             }
             writeln!(
@@ -1123,22 +1159,27 @@ impl Engine {
                 "up: checking {region}: its health check on the new version, then a smoke request"
             )
             .ok();
-            let target = self.gate_target(region, &observed).await?;
-            if let Err(why) = gate.check(&target).await {
-                let after = self.live_alias(region).await?;
-                let rollback = self
-                    .roll_back(region, before.as_ref(), after.as_ref())
-                    .await?;
-                let untouched = if i + 1 < order.len() {
-                    format!("; {} was not changed", order[i + 1])
+            let verdict = match self.gate_target(region, &observed).await {
+                Ok(target) => gate.check(&target).await,
+                Err(e) => Err(format!("it cannot be checked: {e}")),
+            };
+            if let Err(why) = verdict {
+                let rollback = match self.roll_back(region, before.as_ref(), live.as_ref()).await {
+                    Ok(said) => said,
+                    Err(e) => format!(
+                        "its alias could NOT be moved back ({e}): it still runs the new version"
+                    ),
+                };
+                let rest = if i == 0 {
+                    format!("; {other} was not changed")
                 } else {
-                    format!("; {} runs the new version (it passed its check)", order[0])
+                    format!("; {other} runs the new version (it passed its check)")
                 };
                 return Err(DeployError {
                     action: "up".to_owned(),
                     resource: region.clone(),
                     message: format!(
-                        "{region} failed its check after the rollout: {why}; {rollback}{untouched}"
+                        "{region} failed its check after the rollout: {why}; {rollback}{rest}"
                     ),
                     unreachable: false,
                     hint: Some(
@@ -1159,20 +1200,84 @@ impl Engine {
 
     /// The region's `live` alias as it is now (`None` without function or alias).
     async fn live_alias(&self, region: &str) -> Result<Option<Resource>, DeployError> {
-        let Some(function) = self
-            .desired
-            .iter()
-            .find(|r| r.kind == Kind::LambdaAlias && r.region.as_deref() == Some(region))
-            .and_then(|r| r.props.get("function"))
-            .and_then(Value::as_str)
-        else {
+        let Some(function) = self.function_name(region) else {
             return Ok(None);
         };
         let lambda = &self.clients.region(Some(region))?.lambda;
         alias::observe(lambda, region, function, crate::names::LIVE_ALIAS).await
     }
 
-    /// Moves the region's alias back to the version it named before the rollout; says what it did.
+    fn function_name(&self, region: &str) -> Option<&str> {
+        self.desired
+            .iter()
+            .find(|r| r.kind == Kind::LambdaAlias && r.region.as_deref() == Some(region))
+            .and_then(|r| r.props.get("function"))
+            .and_then(Value::as_str)
+    }
+
+    /// A function deployed before the alias existed (an earlier version of the deployer): its
+    /// current code is published and named by `live` before anything changes, so that a failed
+    /// rollout has a version to go back to. `None` when the region has no function yet.
+    async fn baseline_alias(
+        &self,
+        region: &str,
+        progress: &mut dyn Write,
+    ) -> Result<Option<Resource>, DeployError> {
+        let Some(function) = self.function_name(region) else {
+            return Ok(None);
+        };
+        let lambda = &self.clients.region(Some(region))?.lambda;
+        if function::observe(lambda, region, function).await?.is_none() {
+            return Ok(None);
+        }
+        let id = format!("LambdaAlias/{region}/{}", crate::names::LIVE_ALIAS);
+        let published = lambda
+            .publish_version()
+            .function_name(function)
+            .description("the code running before the first region-by-region rollout")
+            .send()
+            .await
+            .map_err(|e| DeployError::aws("lambda:PublishVersion", &id, &e))?;
+        let version = published.version().unwrap_or_default();
+        alias::point(
+            lambda,
+            function,
+            crate::names::LIVE_ALIAS,
+            version,
+            false,
+            None,
+            &id,
+        )
+        .await?;
+        writeln!(
+            progress,
+            "up: {region}: the running function is version {version} behind alias `{}` (what a \
+             failed rollout goes back to)",
+            crate::names::LIVE_ALIAS
+        )
+        .ok();
+        self.live_alias(region).await
+    }
+
+    /// After a failed converge: moves the alias back if it moved since `before`; what it did.
+    async fn undo_unchecked(&self, region: &str, before: Option<&Resource>) -> Option<String> {
+        let now = match self.live_alias(region).await {
+            Ok(now) => now,
+            Err(e) => return Some(format!("{region}'s alias could not be read ({e})")),
+        };
+        if alias::version(before) == alias::version(now.as_ref()) {
+            return None;
+        }
+        Some(match self.roll_back(region, before, now.as_ref()).await {
+            Ok(said) => format!("{region}'s rollout stopped unchecked: {said}"),
+            Err(e) => format!(
+                "{region}'s alias could NOT be moved back ({e}): it runs a version nobody checked"
+            ),
+        })
+    }
+
+    /// Moves the region's alias back to the version it named before the rollout, unless it changed
+    /// since `after` was read (another `up`); says what it did.
     async fn roll_back(
         &self,
         region: &str,
@@ -1183,11 +1288,24 @@ impl Engine {
         match (was, now) {
             (Some(was), Some(now)) if was != now => {
                 let function = crate::resources::observed_str(after, "function");
+                let revision = after
+                    .and_then(|a| a.props.get("revision_id"))
+                    .and_then(Value::as_str);
                 let lambda = &self.clients.region(Some(region))?.lambda;
                 let id = format!("LambdaAlias/{region}/{}", crate::names::LIVE_ALIAS);
-                alias::point(lambda, function, crate::names::LIVE_ALIAS, &was, true, &id).await?;
+                alias::point(
+                    lambda,
+                    function,
+                    crate::names::LIVE_ALIAS,
+                    &was,
+                    true,
+                    revision,
+                    &id,
+                )
+                .await?;
                 Ok(format!(
-                    "rolled back: its alias `{}` is on version {was} again (the new version {now}                      stays published, unused)",
+                    "rolled back: its alias `{}` is on version {was} again (the new version {now} \
+                     stays published, unused)",
                     crate::names::LIVE_ALIAS
                 ))
             }
@@ -1236,14 +1354,31 @@ impl Engine {
                 .flatten(),
             health_path: self.deployment.file.health_check.path.clone(),
             // Every region's key has the secondary's value (the primary's, when generated).
-            api_key: self
-                .api_key_value(Some(&self.deployment.regions[1]), observed)
-                .await?,
+            api_key: Some(
+                self.api_key_value(Some(&self.deployment.regions[1]), observed)
+                    .await?
+                    .ok_or_else(|| {
+                        DeployError::refused(
+                            "up",
+                            region,
+                            "the API key's value could not be read for the smoke request",
+                        )
+                    })?,
+            ),
         })
     }
 
     /// The regions DNS sends clients to now, from Route 53 alone (health checks and records).
     async fn serving_now(&self) -> Result<Vec<String>, DeployError> {
+        if self.deployment.file.dns.create_hosted_zone
+            && self
+                .observe_group(Kind::HostedZone, None, &[])
+                .await?
+                .is_empty()
+        {
+            // A first deployment: the zone `up` creates does not exist yet.
+            return Ok(Vec::new());
+        }
         let observed = self.route53_view().await?;
         let mut healthy = Vec::new();
         for region in &self.deployment.regions {
@@ -1280,7 +1415,9 @@ impl Engine {
         policy: DataPolicy,
         progress: &mut dyn Write,
     ) -> Result<Vec<Change>, DeployError> {
-        let (deleted, _, _) = self.converge(&[], "down", policy, None, progress).await?;
+        let (deleted, _, _) = self
+            .converge(&[], "down", policy, None, Reach::All, progress)
+            .await?;
         Ok(deleted)
     }
 
@@ -1600,6 +1737,26 @@ pub struct FailoverReport {
     pub changed: Vec<SwitchChange>,
     /// With `--to`: the target's real health now (`None`: no checkers report yet).
     pub target_healthy: Option<bool>,
+}
+
+/// The first reference in `r`'s properties that is not resolved yet.
+fn unresolved(r: &Resource) -> Option<String> {
+    fn walk(v: &Value) -> Option<String> {
+        match v {
+            Value::String(s) if s.starts_with("ref:") => {
+                Some(s.trim_start_matches("ref:").to_owned())
+            }
+            Value::Array(items) => items.iter().find_map(walk),
+            Value::Object(map) => map.values().find_map(walk),
+            _ => None,
+        }
+    }
+    r.props.values().find_map(walk)
+}
+
+/// The code an observed alias runs.
+fn code_of(alias: Option<&Resource>) -> Option<&Value> {
+    alias.and_then(|a| a.props.get("code_sha256"))
 }
 
 /// Route 53's view of a target: healthy when more than 18% of the reporting checkers say so, and

@@ -129,9 +129,10 @@ pub fn settle_time(check: &CheckRef) -> Duration {
     Duration::from_secs(check.interval * check.threshold + 5)
 }
 
-/// Waits until the checkers have had time to probe the new version (see [`settle_time`]), then
-/// until they read it healthy: at most `timeout`, and no longer than two more settle times (a
-/// region still unhealthy that long after the change is failing, not starting).
+/// Waits until the checkers have had time to probe the new version (the whole [`settle_time`],
+/// whatever `timeout` says: a verdict read earlier could be the old version's), then until they read
+/// it healthy: until `timeout`, no longer than two more settle times (a region still unhealthy that
+/// long after the change is failing, not starting), and at least 15 s.
 async fn wait_healthy(
     route53: &aws_sdk_route53::Client,
     check: &CheckRef,
@@ -139,8 +140,11 @@ async fn wait_healthy(
 ) -> Result<(), String> {
     let start = tokio::time::Instant::now();
     let settle = settle_time(check);
-    tokio::time::sleep(settle.min(timeout)).await;
-    let deadline = start + timeout.min(settle * 3);
+    tokio::time::sleep(settle).await;
+    let deadline = start
+        + timeout
+            .min(settle * 3)
+            .max(settle + Duration::from_secs(15));
     loop {
         let (healthy, reporting) = health_check::checker_status(route53, &check.id)
             .await

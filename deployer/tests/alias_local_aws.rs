@@ -133,6 +133,7 @@ async fn alias_follows_the_function_and_rolls_back() {
         "live",
         &first_version,
         true,
+        second.props["revision_id"].as_str(),
         "test",
     )
     .await

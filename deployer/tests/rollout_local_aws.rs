@@ -278,6 +278,8 @@ async fn a_good_build_rolls_out_region_by_region_and_a_bad_one_stops_in_the_firs
     }
     let (b_good, _, _) = lambda_state(&local, REGION_B, &function_name).await;
     let (a_good, _, _) = lambda_state(&local, REGION_A, &function_name).await;
+    let lambda_a = aws_sdk_lambda::Client::new(&local.sdk_config(REGION_A));
+    let lambda_b = aws_sdk_lambda::Client::new(&local.sdk_config(REGION_B));
 
     gate.checked.lock().unwrap().clear();
     let (third, said) = up(bad.clone(), Rollout::RegionByRegion(gate)).await;
@@ -297,6 +299,67 @@ async fn a_good_build_rolls_out_region_by_region_and_a_bad_one_stops_in_the_firs
             function::code_sha256(&v2).as_str()
         )
     );
+
+    // A region that runs other code than the other one is checked even when this `up` changes
+    // nothing there (an earlier `up` stopped after moving its alias, before its check): here the
+    // primary's alias is put back on the first build by hand.
+    let first_version = {
+        let versions = lambda_a
+            .list_versions_by_function()
+            .function_name(&function_name)
+            .send()
+            .await
+            .unwrap();
+        versions
+            .versions()
+            .iter()
+            .find(|v| v.code_sha256() == Some(function::code_sha256(&v1).as_str()))
+            .and_then(|v| v.version())
+            .unwrap()
+            .to_owned()
+    };
+    alias::point(
+        &lambda_a,
+        &function_name,
+        "live",
+        &first_version,
+        true,
+        None,
+        "test",
+    )
+    .await
+    .unwrap();
+    gate.checked.lock().unwrap().clear();
+    let (fourth, said) = up(v2.clone(), Rollout::RegionByRegion(gate)).await;
+    fourth.unwrap_or_else(|e| panic!("fourth up: {e}\n{said}"));
+    assert_eq!(
+        *gate.checked.lock().unwrap(),
+        [REGION_B, REGION_A],
+        "the secondary, unchanged but running other code than the primary, is checked too\n{said}"
+    );
+
+    // A function deployed before the alias existed: its running code is published and named by
+    // the alias first, so that a failed rollout goes back to it.
+    lambda_b
+        .delete_alias()
+        .function_name(&function_name)
+        .name("live")
+        .send()
+        .await
+        .unwrap();
+    let (fifth, said) = up(bad.clone(), Rollout::RegionByRegion(gate)).await;
+    let e = fifth
+        .err()
+        .unwrap_or_else(|| panic!("a bad build passed\n{said}"));
+    assert!(said.contains("the running function is version"), "{said}");
+    assert!(e.to_string().contains("is on version"), "{e}");
+    let (_, b_code, b_latest) = lambda_state(&local, REGION_B, &function_name).await;
+    assert_eq!(
+        b_code,
+        function::code_sha256(&v2),
+        "back on the code it ran before"
+    );
+    assert_eq!(b_latest, function::code_sha256(&bad));
 
     let (down, said) = {
         let engine = engine(&v2).await;
@@ -355,4 +418,105 @@ async fn up_fails_when_the_replicators_tasks_do_not_run() {
         0,
         "down",
     );
+}
+
+/// A loopback server: `health` on the health path, `list` on requests with an API key, 403
+/// otherwise; returns its base URL.
+async fn server(health: u16, list: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
+                let status = if text.starts_with("get /live/todos/health ") {
+                    health
+                } else if text.contains("\r\nx-api-key: ") {
+                    list
+                } else {
+                    403
+                };
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}/live")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_gate_waits_for_route53_then_sends_the_smoke_request() {
+    use aws_sdk_route53::types::{HealthCheckConfig, HealthCheckType};
+    use deployer::rollout::{CheckRef, HealthGate};
+    use std::time::{Duration, Instant};
+    let local = LocalAws::from_env();
+    let route53 = aws_sdk_route53::Client::new(&local.sdk_config(REGION_A));
+    let check = route53
+        .create_health_check()
+        .caller_reference(tworegion_common::test_support::unique_name("gate"))
+        .health_check_config(
+            HealthCheckConfig::builder()
+                .r#type(HealthCheckType::Https)
+                .fully_qualified_domain_name("us-east-1.api.gate.test")
+                .resource_path("/todos/health")
+                .request_interval(10)
+                .failure_threshold(1)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let id = check.health_check().unwrap().id().to_owned();
+    let target = |base: String, inverted: bool| Target {
+        region: REGION_A.to_owned(),
+        route53: route53.clone(),
+        check: Some(CheckRef {
+            id: id.clone(),
+            interval: 10,
+            threshold: 1,
+            inverted,
+        }),
+        base_url: Some(base),
+        health_path: "/todos/health".to_owned(),
+        api_key: Some("key".to_owned()),
+    };
+    // A timeout shorter than the checkers need is not a shortcut: the whole 15 s are waited.
+    let gate = HealthGate {
+        timeout: Duration::from_secs(10),
+    };
+    let (ok, keyed_broken, inverted) = (
+        target(server(200, 200).await, false),
+        target(server(200, 500).await, false),
+        // The local AWS reports every checker healthy: inverted, the check reads unhealthy.
+        target(server(200, 200).await, true),
+    );
+    let start = Instant::now();
+    let (ok, keyed_broken, inverted) = tokio::join!(
+        gate.check(&ok),
+        gate.check(&keyed_broken),
+        gate.check(&inverted)
+    );
+    ok.unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_secs(15),
+        "{:?}",
+        start.elapsed()
+    );
+    let e = keyed_broken.unwrap_err();
+    assert!(e.contains("/todos?limit=1") && e.contains("500"), "{e}");
+    let e = inverted.unwrap_err();
+    assert!(e.contains("reads unhealthy"), "{e}");
+    assert!(e.contains(&id), "{e}");
 }

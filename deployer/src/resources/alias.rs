@@ -55,6 +55,7 @@ pub async fn observe(
     props["function"] = json!(function);
     props["version"] = json!(version);
     props["arn"] = json!(alias.alias_arn());
+    props["revision_id"] = json!(alias.revision_id());
     Ok(Some(Resource::from_props(
         Kind::LambdaAlias,
         Some(region.to_owned()),
@@ -63,13 +64,15 @@ pub async fn observe(
     )))
 }
 
-/// Moves (or creates) the alias `name` of `function` to `version`.
+/// Moves (`exists`) or creates the alias `name` of `function` to `version`. With `revision` (the
+/// alias's revision when it was observed), Lambda refuses the move if the alias changed since.
 pub async fn point(
     client: &Client,
     function: &str,
     name: &str,
     version: &str,
     exists: bool,
+    revision: Option<&str>,
     id: &str,
 ) -> Result<(), DeployError> {
     if exists {
@@ -78,6 +81,7 @@ pub async fn point(
             .function_name(function)
             .name(name)
             .function_version(version)
+            .set_revision_id(revision.map(str::to_owned))
             .send()
             .await
             .map_err(|e| DeployError::aws("lambda:UpdateAlias", id, &e))?;
@@ -137,6 +141,9 @@ pub async fn apply(
                 &change.name,
                 version,
                 observed.is_some(),
+                observed
+                    .and_then(|o| o.props.get("revision_id"))
+                    .and_then(Value::as_str),
                 &id,
             )
             .await

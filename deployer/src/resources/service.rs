@@ -353,6 +353,19 @@ pub async fn wait(
     until: Until,
     timeout: Duration,
 ) -> Result<(), DeployError> {
+    wait_for(ecs, cluster, name, until, None, timeout).await
+}
+
+/// [`wait`]; with `deployment`, [`Until::Steady`] waits for that deployment (the one a create or
+/// update started) and fails when the circuit breaker failed or replaced it.
+async fn wait_for(
+    ecs: &Client,
+    cluster: &str,
+    name: &str,
+    until: Until,
+    deployment: Option<&str>,
+    timeout: Duration,
+) -> Result<(), DeployError> {
     let id = format!("EcsService/{cluster}/{name}");
     let poll = (timeout / 20).clamp(Duration::from_millis(100), Duration::from_secs(10));
     let deadline = tokio::time::Instant::now() + timeout;
@@ -372,7 +385,7 @@ pub async fn wait(
                 format!("status {}", s.status().unwrap_or("unknown")),
             ),
             (Until::Steady, None) => (false, "not found".to_owned()),
-            (Until::Steady, Some(s)) => match readiness(s) {
+            (Until::Steady, Some(s)) => match readiness(s, deployment) {
                 Readiness::Ready => (true, String::new()),
                 Readiness::Waiting(seen) => (false, seen),
                 Readiness::Failed(why) => {
@@ -427,8 +440,29 @@ pub enum Readiness {
 }
 
 /// Where `s`'s rollout stands (ECS marks a deployment `COMPLETED` only once its tasks are running
-/// and healthy, `FAILED` when the circuit breaker stops it).
-pub fn readiness(s: &aws_sdk_ecs::types::Service) -> Readiness {
+/// and healthy, `FAILED` when the circuit breaker stops it). With `deployment` (the one this `up`
+/// started), that deployment must complete: one that failed, or that is no longer the primary (the
+/// circuit breaker rolled back to the previous one, whose `COMPLETED` proves nothing of the new
+/// tasks), is a failure.
+pub fn readiness(s: &aws_sdk_ecs::types::Service, deployment: Option<&str>) -> Readiness {
+    if let Some(id) = deployment {
+        let ours = s.deployments().iter().find(|d| d.id() == Some(id));
+        match ours {
+            Some(d) if d.rollout_state() == Some(&DeploymentRolloutState::Failed) => {
+                return Readiness::Failed(format!(
+                    "its deployment {id} failed: {}",
+                    d.rollout_state_reason().unwrap_or("no reason given")
+                ));
+            }
+            Some(d) if d.status() == Some("PRIMARY") => {}
+            _ => {
+                return Readiness::Failed(format!(
+                    "its deployment {id} is no longer the service's primary one: the circuit \
+                     breaker rolled it back, or another update replaced it"
+                ));
+            }
+        }
+    }
     let primary = s
         .deployments()
         .iter()
@@ -624,7 +658,7 @@ async fn create(
     name: &str,
     want: &Resource,
     id: &str,
-) -> Result<(), DeployError> {
+) -> Result<Option<String>, DeployError> {
     const ACTION: &str = "ecs:CreateService";
     let cluster = resolved(&want.props, "cluster", ACTION, id)?;
     let task_definition = resolved(&want.props, "task_definition", ACTION, id)?;
@@ -666,7 +700,7 @@ async fn create(
     let started = tokio::time::Instant::now();
     loop {
         match request.clone().send().await {
-            Ok(_) => return Ok(()),
+            Ok(out) => return Ok(primary_deployment(out.service())),
             Err(e)
                 if started.elapsed() < LINKED_ROLE_WAIT
                     && e.as_service_error()
@@ -678,6 +712,16 @@ async fn create(
             Err(e) => return Err(DeployError::aws(ACTION, id, &e)),
         }
     }
+}
+
+/// The ID of the service's PRIMARY deployment (the one a create or update just started).
+fn primary_deployment(service: Option<&Service>) -> Option<String> {
+    service?
+        .deployments()
+        .iter()
+        .find(|d| d.status() == Some("PRIMARY"))
+        .and_then(|d| d.id())
+        .map(str::to_owned)
 }
 
 async fn delete(ecs: &Client, cluster: &str, name: &str, id: &str) -> Result<(), DeployError> {
@@ -716,9 +760,10 @@ pub async fn apply(
     let id = format!("EcsService/{region}/{name}");
     match (&change.action, desired) {
         (Action::Create, Some(want)) => {
-            create(ecs, ec2, region, name, want, &id).await?;
+            let deployment = create(ecs, ec2, region, name, want, &id).await?;
             let cluster = resolved(&want.props, "cluster", "ecs:DescribeServices", &id)?;
-            wait(ecs, cluster, name, Until::Steady, start_timeout).await
+            let deployment = deployment.as_deref();
+            wait_for(ecs, cluster, name, Until::Steady, deployment, start_timeout).await
         }
         (Action::Update { changes }, Some(want)) => {
             const ACTION: &str = "ecs:UpdateService";
@@ -752,12 +797,14 @@ pub async fn apply(
                 any = true;
             }
             if any {
-                update
+                let out = update
                     .send()
                     .await
                     .map_err(|e| DeployError::aws(ACTION, &id, &e))?;
                 // The new tasks must run before `up` goes on (and before a rollout's next region).
-                wait(ecs, cluster, name, Until::Steady, start_timeout).await?;
+                let deployment = primary_deployment(out.service());
+                let deployment = deployment.as_deref();
+                wait_for(ecs, cluster, name, Until::Steady, deployment, start_timeout).await?;
             }
             if changed("tags") {
                 let arn = observed_str(observed, "arn");
@@ -776,9 +823,10 @@ pub async fn apply(
                 c => c,
             };
             delete(ecs, cluster, name, &id).await?;
-            create(ecs, ec2, region, name, want, &id).await?;
+            let deployment = create(ecs, ec2, region, name, want, &id).await?;
             let cluster = resolved(&want.props, "cluster", "ecs:DescribeServices", &id)?;
-            wait(ecs, cluster, name, Until::Steady, start_timeout).await
+            let deployment = deployment.as_deref();
+            wait_for(ecs, cluster, name, Until::Steady, deployment, start_timeout).await
         }
         (Action::Delete, _) => {
             let cluster = observed_str(observed, "cluster");
@@ -814,28 +862,79 @@ mod tests {
             .build()
     }
 
+    fn readiness_of(s: &Service) -> Readiness {
+        readiness(s, None)
+    }
+
+    #[test]
+    fn a_deployment_the_circuit_breaker_rolled_back_is_a_failure() {
+        let deployment = |id: &str, status: &str, rollout: &str| {
+            aws_sdk_ecs::types::Deployment::builder()
+                .id(id)
+                .status(status)
+                .rollout_state(DeploymentRolloutState::from(rollout))
+                .rollout_state_reason("tasks failed to start")
+                .build()
+        };
+        let service = |deployments: Vec<aws_sdk_ecs::types::Deployment>| {
+            Service::builder()
+                .status("ACTIVE")
+                .running_count(1)
+                .desired_count(1)
+                .set_deployments(Some(deployments))
+                .build()
+        };
+        // Ours failed, the rollback to the previous one completed: the primary reads COMPLETED.
+        let rolled_back = service(vec![
+            deployment("ecs-svc/new", "ACTIVE", "FAILED"),
+            deployment("ecs-svc/old", "PRIMARY", "COMPLETED"),
+        ]);
+        assert_eq!(readiness(&rolled_back, None), Readiness::Ready);
+        assert!(matches!(
+            readiness(&rolled_back, Some("ecs-svc/new")),
+            Readiness::Failed(s) if s.contains("ecs-svc/new failed")
+        ));
+        // Ours is gone from the list (rolled back and drained).
+        let gone = service(vec![deployment("ecs-svc/old", "PRIMARY", "COMPLETED")]);
+        assert!(matches!(
+            readiness(&gone, Some("ecs-svc/new")),
+            Readiness::Failed(s) if s.contains("no longer the service's primary")
+        ));
+        // Ours is the primary and completes.
+        let done = service(vec![deployment("ecs-svc/new", "PRIMARY", "COMPLETED")]);
+        assert_eq!(readiness(&done, Some("ecs-svc/new")), Readiness::Ready);
+        let going = service(vec![deployment("ecs-svc/new", "PRIMARY", "IN_PROGRESS")]);
+        assert!(matches!(
+            readiness(&going, Some("ecs-svc/new")),
+            Readiness::Waiting(_)
+        ));
+    }
+
     #[test]
     fn a_service_is_ready_when_its_rollout_completes() {
         assert_eq!(
-            readiness(&service("ACTIVE", 1, 1, Some("COMPLETED"))),
+            readiness_of(&service("ACTIVE", 1, 1, Some("COMPLETED"))),
             Readiness::Ready
         );
         assert!(matches!(
-            readiness(&service("ACTIVE", 1, 1, Some("IN_PROGRESS"))),
+            readiness_of(&service("ACTIVE", 1, 1, Some("IN_PROGRESS"))),
             Readiness::Waiting(s) if s.contains("1 of 1 tasks running") && s.contains("IN_PROGRESS")
         ));
         assert!(matches!(
-            readiness(&service("ACTIVE", 0, 1, Some("FAILED"))),
+            readiness_of(&service("ACTIVE", 0, 1, Some("FAILED"))),
             Readiness::Failed(s) if s.contains("circuit breaker")
         ));
         // Without a rollout state (an older API or another controller): every task running.
-        assert_eq!(readiness(&service("ACTIVE", 2, 2, None)), Readiness::Ready);
+        assert_eq!(
+            readiness_of(&service("ACTIVE", 2, 2, None)),
+            Readiness::Ready
+        );
         assert!(matches!(
-            readiness(&service("ACTIVE", 1, 2, None)),
+            readiness_of(&service("ACTIVE", 1, 2, None)),
             Readiness::Waiting(_)
         ));
         assert!(matches!(
-            readiness(&service("DRAINING", 1, 1, Some("COMPLETED"))),
+            readiness_of(&service("DRAINING", 1, 1, Some("COMPLETED"))),
             Readiness::Waiting(_)
         ));
     }
