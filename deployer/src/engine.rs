@@ -1109,13 +1109,18 @@ impl Engine {
             ..e
         })?;
         let order = crate::rollout::order(&self.deployment.regions, &serving);
+        // Each region's `live` alias as last read: a region's pass changes only its own.
+        let mut lives = [
+            self.live_alias(&order[0]).await?,
+            self.live_alias(&order[1]).await?,
+        ];
         let mut applied = Vec::new();
         let mut rounds = 0;
         let mut done: Vec<Resource> = Vec::new();
         for (i, region) in order.iter().enumerate() {
             let other = &order[1 - i];
             writeln!(progress, "up: rolling out to {region} ({} of 2)", i + 1).ok();
-            let before = match self.live_alias(region).await? {
+            let before = match lives[i].take() {
                 Some(live) => Some(live),
                 None => self.baseline_alias(region, progress).await?,
             };
@@ -1149,8 +1154,9 @@ impl Engine {
             done.extend(observed.iter().cloned());
             // Also checked when nothing changed but it runs other code than the other region: an
             // earlier `up` stopped (Ctrl-C, an error) after moving its alias, before its check.
-            let live = self.live_alias(region).await?;
-            let differs = code_of(live.as_ref()) != code_of(self.live_alias(other).await?.as_ref());
+            lives[i] = self.live_alias(region).await?;
+            let live = lives[i].as_ref();
+            let differs = code_of(live) != code_of(lives[1 - i].as_ref());
             if !touched && !differs {
                 continue;
             }
@@ -1164,7 +1170,7 @@ impl Engine {
                 Err(e) => Err(format!("it cannot be checked: {e}")),
             };
             if let Err(why) = verdict {
-                let rollback = match self.roll_back(region, before.as_ref(), live.as_ref()).await {
+                let rollback = match self.roll_back(region, before.as_ref(), live).await {
                     Ok(said) => said,
                     Err(e) => format!(
                         "its alias could NOT be moved back ({e}): it still runs the new version"
@@ -1330,15 +1336,13 @@ impl Engine {
         let check = self
             .health_check(observed, region, CheckRole::Endpoint)
             .map(|c| {
-                let int = |f: &str| c.props.get(f).and_then(Value::as_u64).unwrap_or(30);
+                // Route 53's defaults when a field is missing.
+                let int =
+                    |f: &str, default| c.props.get(f).and_then(Value::as_u64).unwrap_or(default);
                 crate::rollout::CheckRef {
                     id: crate::resources::observed_str(Some(c), "id").to_owned(),
-                    interval: int("request_interval"),
-                    threshold: c
-                        .props
-                        .get("failure_threshold")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(3),
+                    interval: int("request_interval", 30),
+                    threshold: int("failure_threshold", 3),
                     inverted: c.props.get("inverted").and_then(Value::as_bool) == Some(true),
                 }
             });
@@ -1567,12 +1571,11 @@ impl Engine {
             let latest = observed
                 .iter()
                 .find(|r| r.kind == Kind::LambdaFunction && r.region.as_deref() == Some(region));
-            let code = |r: Option<&Resource>| r.and_then(|r| r.props.get("code_sha256")).cloned();
             regions.insert(
                 region.clone(),
                 RegionStatus {
                     live_version: alias::version(live),
-                    undeployed_build: live.is_some() && code(live) != code(latest),
+                    undeployed_build: live.is_some() && code_of(live) != code_of(latest),
                     unreachable: unreachable.get(region).cloned(),
                     resources_present: present,
                     resources_wanted: wanted.len(),
@@ -1754,9 +1757,9 @@ fn unresolved(r: &Resource) -> Option<String> {
     r.props.values().find_map(walk)
 }
 
-/// The code an observed alias runs.
-fn code_of(alias: Option<&Resource>) -> Option<&Value> {
-    alias.and_then(|a| a.props.get("code_sha256"))
+/// The code an observed function (its `$LATEST`) or alias (its version) runs.
+fn code_of(r: Option<&Resource>) -> Option<&Value> {
+    r.and_then(|r| r.props.get("code_sha256"))
 }
 
 /// Route 53's view of a target: healthy when more than 18% of the reporting checkers say so, and

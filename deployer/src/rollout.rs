@@ -67,7 +67,8 @@ pub trait Gate: Send + Sync {
 /// new version, then a smoke request must succeed through the regional endpoint.
 #[derive(Debug, Clone, Copy)]
 pub struct HealthGate {
-    /// The longest the whole check may take.
+    /// The longest the check may take beyond what the checkers need: the health wait is never
+    /// shorter than the checkers' settle time plus 15 s, the smoke requests get at least 20 s.
     pub timeout: Duration,
 }
 
@@ -188,16 +189,37 @@ pub async fn smoke(
     Ok(())
 }
 
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Empty<Bytes>,
+>;
+
+/// The smoke requests' client, built once (the system's TLS roots are read from disk).
+fn http_client() -> Result<&'static HttpClient, String> {
+    static CLIENT: std::sync::OnceLock<Result<HttpClient, String>> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_provider_and_native_roots(rustls::crypto::aws_lc_rs::default_provider())
+                .map_err(|e| format!("no TLS roots on this machine: {e}"))?
+                .https_or_http()
+                .enable_http1()
+                .build();
+            // No idle connections kept: a few requests seconds apart need none, and a kept one
+            // would belong to the runtime that opened it.
+            Ok(
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .pool_max_idle_per_host(0)
+                    .build(connector),
+            )
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
 /// One GET over HTTPS (the system's roots) or HTTP; returns the status.
 async fn get(url: &str, api_key: Option<&str>, timeout: Duration) -> Result<u16, String> {
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_native_roots(rustls::crypto::aws_lc_rs::default_provider())
-        .map_err(|e| format!("no TLS roots on this machine: {e}"))?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build::<_, Empty<Bytes>>(connector);
+    let client = http_client()?;
     let mut request = hyper::Request::get(url);
     if let Some(key) = api_key {
         request = request.header("x-api-key", key);

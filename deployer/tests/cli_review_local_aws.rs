@@ -220,16 +220,7 @@ async fn switching_the_routing_replaces_the_records() {
         };
         assert_eq!(records(&local, &app).await, want);
     }
-    expect(
-        &deployer(
-            &local,
-            &w.config,
-            &["down", "--yes", "--allow-data-loss"],
-            &[],
-        ),
-        0,
-        "down",
-    );
+    cli_support::down(&local, &w.config);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,16 +329,7 @@ async fn a_stale_health_check_is_deleted_and_failover_inverts_the_right_one() {
             .is_err(),
         "the stale check {stale} still exists"
     );
-    expect(
-        &deployer(
-            &local,
-            &w.config,
-            &["down", "--yes", "--allow-data-loss"],
-            &[],
-        ),
-        0,
-        "down",
-    );
+    cli_support::down(&local, &w.config);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,16 +357,7 @@ async fn down_finishes_when_the_primary_key_is_already_gone() {
         .send()
         .await
         .unwrap();
-    expect(
-        &deployer(
-            &local,
-            &w.config,
-            &["down", "--yes", "--allow-data-loss"],
-            &[],
-        ),
-        0,
-        "down",
-    );
+    cli_support::down(&local, &w.config);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,16 +153,7 @@ async fn a_region_failing_its_check_is_rolled_back_and_the_other_is_not_touched(
     );
     expect(&run, 1, "--parallel with --region");
     assert!(run.stderr.contains("cannot be used with"), "{}", run.stderr);
-    expect(
-        &deployer(
-            &local,
-            &w.config,
-            &["down", "--yes", "--allow-data-loss"],
-            &[],
-        ),
-        0,
-        "down",
-    );
+    cli_support::down(&local, &w.config);
 }
 
 /// Fails a region whose alias runs `bad`; records the regions it checked, in order.
@@ -408,16 +399,7 @@ async fn up_fails_when_the_replicators_tasks_do_not_run() {
     );
     // (Not followed by an `up` with a count that moto reaches: moto keeps the creation's rollout
     // state IN_PROGRESS through UpdateService, where ECS starts a new deployment.)
-    expect(
-        &deployer(
-            &local,
-            &w.config,
-            &["down", "--yes", "--allow-data-loss"],
-            &[],
-        ),
-        0,
-        "down",
-    );
+    cli_support::down(&local, &w.config);
 }
 
 /// A loopback server: `health` on the health path, `list` on requests with an API key, 403

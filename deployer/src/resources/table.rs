@@ -24,6 +24,11 @@ use crate::plan::{Action, Change};
 /// The tag on a table the deployer created (as opposed to adopted).
 pub const CREATED_TAG: &str = "tworegion:created-by";
 
+/// One tag's value from a `tags` property.
+fn tag<'a>(tags: Option<&'a Value>, key: &str) -> Option<&'a str> {
+    tags?.get(key)?.as_str()
+}
+
 /// [`CREATED_TAG`]'s value: which deployment created the table.
 fn created_value(app: &str, stage: &str) -> String {
     format!("deployer:{app}/{stage}")
@@ -320,19 +325,13 @@ pub async fn apply(
                 }
             }
             let mut all_tags = tags(p);
-            let scope_tag = |key: &str| {
-                p.get("tags")
-                    .and_then(|t| t.get(key))
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned()
-            };
+            let mine = p.get("tags");
             all_tags.extend(
                 Tag::builder()
                     .key(CREATED_TAG)
                     .value(created_value(
-                        &scope_tag(super::APP_TAG),
-                        &scope_tag(super::STAGE_TAG),
+                        tag(mine, super::APP_TAG).unwrap_or_default(),
+                        tag(mine, super::STAGE_TAG).unwrap_or_default(),
                     ))
                     .build()
                     .ok(),
@@ -395,22 +394,12 @@ pub async fn apply(
                     "tags" => {
                         // Adopting a table another app or stage manages would take its data:
                         // refused, naming both.
-                        let theirs = observed
-                            .and_then(|o| o.props.get("tags"))
-                            .cloned()
-                            .unwrap_or(Value::Null);
-                        let mine = p.get("tags").cloned().unwrap_or(Value::Null);
-                        let owner = |t: &Value, key: &str| {
-                            t.get(key).and_then(Value::as_str).map(str::to_owned)
-                        };
-                        if let (Some(app), Some(stage)) = (
-                            owner(&theirs, super::APP_TAG),
-                            owner(&theirs, super::STAGE_TAG),
-                        ) && (Some(&app), Some(&stage))
-                            != (
-                                owner(&mine, super::APP_TAG).as_ref(),
-                                owner(&mine, super::STAGE_TAG).as_ref(),
-                            )
+                        let theirs = observed.and_then(|o| o.props.get("tags"));
+                        let mine = p.get("tags");
+                        if let (Some(app), Some(stage)) =
+                            (tag(theirs, super::APP_TAG), tag(theirs, super::STAGE_TAG))
+                            && (Some(app), Some(stage))
+                                != (tag(mine, super::APP_TAG), tag(mine, super::STAGE_TAG))
                         {
                             return Err(DeployError::refused(
                                 "dynamodb:TagResource",

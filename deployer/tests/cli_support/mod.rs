@@ -72,6 +72,17 @@ pub fn expect(run: &Run, code: i32, what: &str) {
     );
 }
 
+/// `down --yes --allow-data-loss`, which must succeed: a test's clean-up.
+// Not every test binary that includes this module needs it.
+#[allow(dead_code)]
+pub fn down(local: &LocalAws, config: &Path) {
+    expect(
+        &deployer(local, config, &["down", "--yes", "--allow-data-loss"], &[]),
+        0,
+        "down",
+    );
+}
+
 /// `text` with the line that starts with `start` replaced; the line must exist.
 pub fn edit(text: &str, start: &str, line: &str) -> String {
     assert!(
