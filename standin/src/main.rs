@@ -5,6 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use axum::serve::ListenerExt;
 use clap::Parser;
 use standin::server::{Latency, Shared, router};
 use standin::store::Limits;
@@ -137,6 +138,10 @@ async fn main() -> anyhow::Result<()> {
             None => println!("standin listening on http://{local}"),
         }
         let app = router(shared.clone(), home);
+        // Answers go out at once (no Nagle delay behind a small response).
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         servers.push(tokio::spawn(
             async move { axum::serve(listener, app).await },
         ));

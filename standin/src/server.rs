@@ -673,10 +673,10 @@ fn describe_stream(store: &mut Store, input: DescribeStream) -> Result<Vec<u8>, 
         "KeySchema": [{"AttributeName": table.hash.0, "KeyType": "HASH"}],
         "Shards": page,
     });
-    if chosen.len() > limit {
-        if let Some(last) = chosen.get(limit - 1) {
-            description["LastEvaluatedShardId"] = json!(last.id);
-        }
+    if chosen.len() > limit
+        && let Some(last) = chosen.get(limit - 1)
+    {
+        description["LastEvaluatedShardId"] = json!(last.id);
     }
     to_body(&json!({ "StreamDescription": description }))
 }
@@ -914,28 +914,19 @@ fn control_error(status: StatusCode, message: String) -> Response {
         .into_response()
 }
 
-fn control_json(body: Bytes) -> Result<Json, Response> {
-    serde_json::from_slice(&body).map_err(|e| {
-        control_error(
-            StatusCode::BAD_REQUEST,
-            format!("the body is not JSON: {e}"),
-        )
-    })
+fn control_json(body: Bytes) -> Result<Json, String> {
+    serde_json::from_slice(&body).map_err(|e| format!("the body is not JSON: {e}"))
 }
 
-fn control_parse<T: for<'a> Deserialize<'a>>(body: &Bytes) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| {
-        control_error(
-            StatusCode::BAD_REQUEST,
-            format!("the body is not what this endpoint takes: {e}"),
-        )
-    })
+fn control_parse<T: for<'a> Deserialize<'a>>(body: &Bytes) -> Result<T, String> {
+    serde_json::from_slice(body)
+        .map_err(|e| format!("the body is not what this endpoint takes: {e}"))
 }
 
 async fn control_load(State(listener): State<Listener>, body: Bytes) -> Response {
     let input: LoadRequest = match control_parse(&body) {
         Ok(i) => i,
-        Err(r) => return r,
+        Err(message) => return control_error(StatusCode::BAD_REQUEST, message),
     };
     let started = std::time::Instant::now();
     let result = listener.shared.lock().load(
@@ -971,7 +962,7 @@ struct FeedRequest {
 async fn control_feed(State(listener): State<Listener>, body: Bytes) -> Response {
     let input: FeedRequest = match control_parse(&body) {
         Ok(i) => i,
-        Err(r) => return r,
+        Err(message) => return control_error(StatusCode::BAD_REQUEST, message),
     };
     if input.rate == 0 || !(0.0..=86_400.0).contains(&input.seconds) {
         return control_error(
@@ -1024,7 +1015,7 @@ fn percentile(sorted: &[u32], p: f64) -> u32 {
 async fn control_stats(State(listener): State<Listener>, body: Bytes) -> Response {
     let input = match control_json(body) {
         Ok(i) => i,
-        Err(r) => return r,
+        Err(message) => return control_error(StatusCode::BAD_REQUEST, message),
     };
     let (Some(region), Some(name)) = (input["region"].as_str(), input["table"].as_str()) else {
         return control_error(StatusCode::BAD_REQUEST, "give region and table".into());
@@ -1069,7 +1060,7 @@ async fn control_stats(State(listener): State<Listener>, body: Bytes) -> Respons
 async fn control_reset(State(listener): State<Listener>, body: Bytes) -> Response {
     let input = match control_json(body) {
         Ok(i) => i,
-        Err(r) => return r,
+        Err(message) => return control_error(StatusCode::BAD_REQUEST, message),
     };
     let (Some(region), Some(name)) = (input["region"].as_str(), input["table"].as_str()) else {
         return control_error(StatusCode::BAD_REQUEST, "give region and table".into());
@@ -1086,7 +1077,7 @@ async fn control_reset(State(listener): State<Listener>, body: Bytes) -> Respons
 async fn control_roll(State(listener): State<Listener>, body: Bytes) -> Response {
     let input = match control_json(body) {
         Ok(i) => i,
-        Err(r) => return r,
+        Err(message) => return control_error(StatusCode::BAD_REQUEST, message),
     };
     let (Some(region), Some(name)) = (input["region"].as_str(), input["table"].as_str()) else {
         return control_error(StatusCode::BAD_REQUEST, "give region and table".into());

@@ -513,8 +513,9 @@ impl Table {
             .or(old.as_ref())
             .and_then(|i| i.get(BENCH_MS))
             .filter(|_| measured)
+            && let Ok(created) = created.parse::<u64>()
         {
-            if let Ok(created) = created.parse::<u64>() {
+            {
                 let now = now_ms();
                 let lag = now.saturating_sub(created);
                 self.stats
