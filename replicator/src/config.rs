@@ -162,6 +162,24 @@ pub struct RunArgs {
     /// Pause after a read that returned nothing (for example 500ms, 1s).
     #[arg(long, env = "REPLICATOR_IDLE_POLL", default_value = "1s", value_parser = parse_duration)]
     pub idle_poll: Duration,
+    /// GetRecords calls per second per shard at most (DynamoDB Streams allows 5 per shard, shared by
+    /// every reader of the stream: lower it when something else reads the same stream, such as a Lambda
+    /// trigger).
+    #[arg(long, env = "REPLICATOR_READS_PER_SECOND", default_value_t = 5)]
+    pub reads_per_second: u32,
+    /// Records read but not yet applied, over all shards, at most (each read waits for room for a
+    /// whole page): bounds memory however many shards the worker holds.
+    #[arg(
+        long,
+        env = "REPLICATOR_MAX_BUFFERED_RECORDS",
+        default_value_t = 10_000
+    )]
+    pub max_buffered_records: usize,
+    /// How often at most a shard's checkpoint is written while records flow (for example 1s; 0s: after
+    /// every page). A stop, a hand-off and a shard's end always write it; after a crash, at most this
+    /// much is replayed (replays are harmless: every write is conditional).
+    #[arg(long, env = "REPLICATOR_CHECKPOINT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub checkpoint_interval: Duration,
     /// How often to list the stream's shards to find new ones.
     #[arg(long, env = "REPLICATOR_SHARD_SYNC_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub shard_sync_interval: Duration,
@@ -219,6 +237,12 @@ pub struct Tuning {
     pub shard_concurrency: usize,
     /// Pause after an empty read.
     pub idle_poll: Duration,
+    /// GetRecords calls per second per shard at most.
+    pub reads_per_second: u32,
+    /// Longest time between checkpoints of a shard while records flow.
+    pub checkpoint_interval: Duration,
+    /// Records read but not yet applied, over all shards, at most.
+    pub max_buffered_records: usize,
     /// Interval between shard listings.
     pub shard_sync_interval: Duration,
     /// Lease lifetime without renewal.
@@ -249,6 +273,9 @@ impl Default for Tuning {
             max_in_flight: 64,
             shard_concurrency: 16,
             idle_poll: Duration::from_secs(1),
+            reads_per_second: 5,
+            checkpoint_interval: Duration::from_secs(1),
+            max_buffered_records: 10_000,
             shard_sync_interval: Duration::from_secs(30),
             lease_duration: Duration::from_secs(10),
             max_backoff: Duration::from_secs(5),
@@ -464,6 +491,28 @@ impl RunArgs {
         let secs = Duration::from_secs;
         within("lease-duration", self.lease_duration, secs(1), secs(600))?;
         within("idle-poll", self.idle_poll, Duration::ZERO, secs(60))?;
+        if !(1..=5).contains(&self.reads_per_second) {
+            return Err(bad(
+                "reads-per-second",
+                format!(
+                    "{} is outside 1..=5: DynamoDB Streams allows 5 GetRecords calls per second per shard \
+                     (more are throttled)",
+                    self.reads_per_second
+                ),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.max_buffered_records) {
+            return Err(bad(
+                "max-buffered-records",
+                format!("{} is outside 1..=1000000", self.max_buffered_records),
+            ));
+        }
+        within(
+            "checkpoint-interval",
+            self.checkpoint_interval,
+            Duration::ZERO,
+            secs(60),
+        )?;
         within(
             "shard-sync-interval",
             self.shard_sync_interval,
@@ -525,6 +574,9 @@ impl RunArgs {
                 max_in_flight: self.max_in_flight,
                 shard_concurrency: self.shard_concurrency,
                 idle_poll: self.idle_poll,
+                reads_per_second: self.reads_per_second,
+                checkpoint_interval: self.checkpoint_interval,
+                max_buffered_records: self.max_buffered_records,
                 shard_sync_interval: self.shard_sync_interval,
                 lease_duration: self.lease_duration,
                 max_backoff: self.max_backoff,

@@ -113,9 +113,14 @@ pub async fn run(
     let source_ddb = with_deadline(&source_sdk);
     let target_ddb = with_deadline(&target_sdk);
     // Stream reads are idempotent: the SDK's standard retries are fine.
+    // Stalled-stream protection is off: every call already has a deadline (a stalled body fails it),
+    // and the protection's per-request timer costs CPU on every record (docs/BENCHMARKS.md).
     let streams = aws_sdk_dynamodbstreams::Client::from_conf(
         aws_sdk_dynamodbstreams::config::Builder::from(&source_sdk)
             .timeout_config(deadline.clone())
+            .stalled_stream_protection(
+                aws_sdk_dynamodbstreams::config::StalledStreamProtectionConfig::disabled(),
+            )
             .build(),
     );
     // Lease writes are conditional on the counter: an SDK retry of a write that DynamoDB applied but
@@ -158,6 +163,9 @@ pub async fn run(
     let attempt = config.tuning.lease_duration / 4;
     let write_config = aws_sdk_dynamodb::config::Builder::from(&target_sdk)
         .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::standard().with_max_attempts(1))
+        .stalled_stream_protection(
+            aws_sdk_dynamodb::config::StalledStreamProtectionConfig::disabled(),
+        )
         .timeout_config(
             aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
                 .operation_attempt_timeout(attempt)
@@ -224,6 +232,7 @@ pub async fn run(
         metrics,
         health: health.clone(),
         in_flight: Arc::new(Semaphore::new(config.tuning.max_in_flight)),
+        buffered: Arc::new(Semaphore::new(config.tuning.max_buffered_records)),
         // Different workers back off on different schedules.
         jitter_seed: AtomicU64::new(
             tworegion_common::version::system_millis() ^ u64::from(std::process::id()),

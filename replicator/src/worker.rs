@@ -3,10 +3,13 @@
 //! ```text
 //! start = checkpoint ? AFTER(checkpoint) : (root ? --start-position : TRIM_HORIZON)
 //! loop until told to stop:
-//!     page = GetRecords(iterator)          expired -> re-seek AFTER(last applied); trimmed -> gap, stop shard
-//!     plan = last write per key, skips     a record that cannot be planned -> stop shard
+//!     read the next page (at most --reads-per-second; after an empty page, --idle-poll later)
+//!         while the previous page applies: one page ahead, no more
+//!         expired -> re-seek AFTER(last applied); trimmed -> gap, stop shard
+//!     plan = last write per key, skips     a record that cannot be planned -> dead letter or stop shard
 //!     apply writes concurrently (bounded), retry retryable failures; a fatal one -> stop shard
-//!     checkpoint the watermark (every record up to it settled), fenced by the lease counter
+//!     checkpoint the watermark (every record up to it settled), fenced by the lease counter, at most
+//!         every --checkpoint-interval, and always when stopping
 //!     no next iterator -> shard ended: create the children's leases, checkpoint finished, exit
 //! ```
 
@@ -15,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +57,8 @@ pub struct Engine<S, T, L> {
     pub health: Arc<Health>,
     /// Writes in flight over all shards.
     pub in_flight: Arc<Semaphore>,
+    /// Records read but not applied yet, over all shards (`--max-buffered-records`).
+    pub buffered: Arc<Semaphore>,
     /// Seeds retry jitter.
     pub jitter_seed: AtomicU64,
     /// Where records the target refuses for good are parked; `None`: the shard stops instead
@@ -317,23 +322,15 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
     }
 
     /// Reads and applies one shard until it ends or the worker is told to stop.
+    ///
+    /// The next page is read while the current one applies (one page ahead, no more), reads are paced
+    /// to `--reads-per-second`, and the checkpoint is written at most every `--checkpoint-interval`
+    /// while records flow, and always on the way out (stop, hand-off, shard end, halt).
     pub async fn run_shard(&self, held: Arc<Held>) -> ShardExit {
         let lease = held.lease().await;
         let shard = lease.shard.clone();
         let stop = held.stop.clone();
-        let mut last = lease.checkpoint.clone();
         let start = start_position(&lease, self.start_position);
-        // Where to read again when there is no checkpoint yet (expired iterator): never LATEST again,
-        // which would skip what was written since the first read.
-        // Where to read again while there is no checkpoint yet (expired iterator): as if the shard had
-        // been read before, never LATEST again.
-        let restart = start_position(
-            &Lease {
-                started: true,
-                ..lease.clone()
-            },
-            self.start_position,
-        );
         tracing::info!(shard_id = %shard, from = %start, "Shard started.");
         // Progress for /healthz and the lag gauge, for as long as this task lives.
         let progress = self.health.track(&shard);
@@ -344,41 +341,190 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
                 return exit;
             }
         }
-        let mut iterator = match self.seek(&shard, &start, &stop).await {
+        let iterator = match self.seek(&shard, &start, &stop).await {
             Ok(it) => it,
             Err(exit) => return exit,
         };
-        // A checkpoint that could not be written yet (a transient failure): retried every turn, also
-        // when the stream is idle, and once more on the way out.
+        // Applied but not yet checkpointed (paced, or a write that failed transiently).
         let mut unsaved: Option<SeqNo> = None;
-        loop {
-            if let Some(seq) = unsaved.clone() {
-                progress.doing("writing the checkpoint");
+        let exit = self
+            .read_and_apply(&held, &lease, &progress, iterator, &mut unsaved)
+            .await;
+        if matches!(exit, ShardExit::Stopped | ShardExit::Halted)
+            && let Some(seq) = unsaved
+        {
+            // Stopping (shutdown, hand-off) or halted: the checkpoint covers everything applied, so
+            // the next owner replays nothing and a halted shard's checkpoint sits at its problem. A few
+            // tries; past them the next owner replays (harmless: every write is conditional).
+            progress.doing("writing the last checkpoint");
+            for attempt in 0..3 {
                 match self.checkpoint(&held, Some(&seq), false).await {
+                    Ok(true) => break,
+                    Ok(false) if attempt < 2 => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Ok(false) => {}
+                    // Lost meanwhile: a halted shard is someone else's to report now.
+                    Err(lost) => return lost,
+                }
+            }
+        }
+        exit
+    }
+
+    /// One read of the shard, no sooner than `next_read_at` (then moved one pacing interval on);
+    /// `None` when there is nothing to read or the worker was told to stop.
+    async fn paced_read(
+        &self,
+        iterator: Option<&str>,
+        next_read_at: &mut Instant,
+        stop: &CancellationToken,
+    ) -> Option<Result<(crate::stream::Page, OwnedSemaphorePermit), StreamError>> {
+        let iterator = iterator?;
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return None,
+            _ = tokio::time::sleep_until(*next_read_at) => {}
+        }
+        // Room for a whole page among the records buffered over all shards, held until the page is
+        // applied: memory stays bounded however many shards this worker holds.
+        let room = u32::try_from(self.tuning.batch_size.max(1))
+            .unwrap_or(1)
+            .min(u32::try_from(self.tuning.max_buffered_records.max(1)).unwrap_or(u32::MAX));
+        let mut permit = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return None,
+            permit = self.buffered.clone().acquire_many_owned(room) => permit.ok()?,
+        };
+        let interval = Duration::from_secs(1) / self.tuning.reads_per_second.max(1);
+        *next_read_at = Instant::now() + interval;
+        // A read has no side effects: abandoning it when told to stop loses nothing.
+        let page = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return None,
+            page = self.source.read(iterator, i32::try_from(room).unwrap_or(i32::MAX)) => page,
+        };
+        Some(page.map(|page| {
+            // Give back the room the page did not use.
+            let unused = (room as usize).saturating_sub(page.changes.len());
+            if unused > 0 && unused < room as usize {
+                drop(permit.split(unused));
+            }
+            (page, permit)
+        }))
+    }
+
+    async fn read_and_apply(
+        &self,
+        held: &Held,
+        lease: &Lease,
+        progress: &crate::metrics::ShardTracker,
+        iterator: String,
+        unsaved: &mut Option<SeqNo>,
+    ) -> ShardExit {
+        let shard = lease.shard.clone();
+        let stop = held.stop.clone();
+        // The last record applied (the watermark): where an expired iterator is sought again.
+        let mut last = lease.checkpoint.clone();
+        // Where to read again while there is no checkpoint yet (expired iterator): as if the shard had
+        // been read before, never LATEST again (that would skip what was written since the first read).
+        let restart = start_position(
+            &Lease {
+                started: true,
+                ..lease.clone()
+            },
+            self.start_position,
+        );
+        // The next read (`None` once the shard has ended), the page read but not applied yet, and the
+        // pacing of reads and checkpoints.
+        let mut iterator = Some(iterator);
+        let mut current: Option<(crate::stream::Page, OwnedSemaphorePermit)> = None;
+        let mut next_read_at = Instant::now();
+        let mut saved_at = Instant::now();
+        // The last read found nothing new: write what is unsaved now rather than after the idle pause.
+        let mut caught_up = false;
+        loop {
+            if stop.is_cancelled() {
+                return ShardExit::Stopped;
+            }
+            if let Some(seq) = unsaved.clone()
+                && (caught_up || saved_at.elapsed() >= self.tuning.checkpoint_interval)
+            {
+                progress.doing("writing the checkpoint");
+                match self.checkpoint(held, Some(&seq), false).await {
                     Ok(true) => {
-                        unsaved = None;
-                        progress.checkpointed(None);
+                        *unsaved = None;
+                        saved_at = Instant::now();
+                        // The read-ahead page, if any, is what is unapplied now.
+                        progress.checkpointed(
+                            current
+                                .as_ref()
+                                .and_then(|(p, _)| p.changes.first())
+                                .and_then(|c| c.created_at),
+                        );
                     }
                     Ok(false) => {}
                     Err(exit) => return exit,
                 }
             }
-            if stop.is_cancelled() {
-                return ShardExit::Stopped;
-            }
             if !held.valid(self.tuning.lease_duration) {
                 // Not renewed recently: another worker may take over soon, so apply nothing.
                 progress.doing("waiting for the lease to be renewed");
                 tokio::select! {
-                biased;
+                    biased;
                     _ = stop.cancelled() => return ShardExit::Stopped,
                     _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
                 }
             }
-            progress.doing("reading the stream");
-            let page = match self.source.read(&iterator, self.tuning.batch_size).await {
-                Ok(page) => page,
-                Err(StreamError::ExpiredIterator) => {
+            let read = self.paced_read(iterator.as_deref(), &mut next_read_at, &stop);
+            let (applied, read) = match current.take() {
+                Some((page, room)) => {
+                    progress.doing("applying writes");
+                    let apply = async {
+                        let applied = self.apply_batch(&shard, &page.changes, held).await;
+                        // The page's room is free as soon as it is applied, so the read beside it
+                        // (and other shards' reads) never wait on a page that is done.
+                        drop(room);
+                        applied
+                    };
+                    let (applied, read) = tokio::join!(apply, read);
+                    (Some((page, applied)), read)
+                }
+                None => {
+                    progress.doing("reading the stream");
+                    (None, read.await)
+                }
+            };
+            if let Some((page, (applied_to, halted))) = applied {
+                if let Some(seq) = applied_to {
+                    *unsaved = Some(seq.clone());
+                    last = Some(seq);
+                }
+                if halted {
+                    // run_shard writes what was applied before the halt.
+                    return self.halt();
+                }
+                if last.as_ref() != page.changes.last().map(|c| &c.seq) {
+                    // Told to stop mid-batch: the last checkpoint covers what was applied.
+                    return ShardExit::Stopped;
+                }
+            }
+            match read {
+                None => {}
+                Some(Ok((page, room))) => {
+                    iterator = page.next.clone();
+                    caught_up = page.changes.is_empty();
+                    if caught_up {
+                        progress.caught_up();
+                        // Nothing new: wait longer before the next read.
+                        next_read_at = next_read_at.max(Instant::now() + self.tuning.idle_poll);
+                    } else {
+                        progress.pending(page.changes.first().and_then(|c| c.created_at));
+                        self.metrics.records_read.inc_by(page.changes.len() as u64);
+                        current = Some((page, room));
+                    }
+                }
+                Some(Err(StreamError::ExpiredIterator)) => {
                     self.metrics.error("expired_iterator");
                     let at = last
                         .clone()
@@ -386,62 +532,22 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
                         .unwrap_or_else(|| restart.clone());
                     tracing::info!(shard_id = %shard, from = %at, "Iterator expired; seeking again.");
                     match self.seek(&shard, &at, &stop).await {
-                        Ok(it) => {
-                            iterator = it;
-                            continue;
-                        }
+                        Ok(it) => iterator = Some(it),
                         Err(exit) => return exit,
                     }
                 }
-                Err(error) => {
+                Some(Err(error)) => {
                     let at = last
                         .clone()
                         .map(StartAt::After)
                         .unwrap_or_else(|| restart.clone());
-                    match self.stream_failure(&shard, &at, &error, &stop).await {
-                        Some(exit) => return exit,
-                        None => continue,
+                    if let Some(exit) = self.stream_failure(&shard, &at, &error, &stop).await {
+                        return exit;
                     }
                 }
-            };
-            let count = page.changes.len();
-            if count == 0 {
-                progress.caught_up();
-            } else {
-                progress.pending(page.changes.first().and_then(|c| c.created_at));
-                self.metrics.records_read.inc_by(count as u64);
-                progress.doing("applying writes");
-                let (applied_to, halted) = self.apply_batch(&shard, &page.changes, &held).await;
-                if let Some(seq) = applied_to {
-                    progress.doing("writing the checkpoint");
-                    match self.checkpoint(&held, Some(&seq), false).await {
-                        Ok(true) => {
-                            unsaved = None;
-                            progress.checkpointed(None);
-                        }
-                        Ok(false) => unsaved = Some(seq.clone()),
-                        Err(exit) => return exit,
-                    }
-                    last = Some(seq);
-                }
-                if halted {
-                    return self.halt();
-                }
-                if last.as_ref() != page.changes.last().map(|c| &c.seq) {
-                    // Told to stop mid-batch: the checkpoint covers what was applied.
-                    return ShardExit::Stopped;
-                }
             }
-            match page.next {
-                Some(next) => iterator = next,
-                None => return self.end_shard(&held, &shard, last.as_ref()).await,
-            }
-            if count == 0 {
-                tokio::select! {
-                biased;
-                    _ = stop.cancelled() => return ShardExit::Stopped,
-                    _ = tokio::time::sleep(self.tuning.idle_poll) => {}
-                }
+            if iterator.is_none() && current.is_none() {
+                return self.end_shard(held, &shard, last.as_ref()).await;
             }
         }
     }
@@ -648,9 +754,6 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
                     if batch_stop.is_cancelled() {
                         return (planned, Err(GaveUp::Stopped));
                     }
-                    let Ok(_permit) = self.in_flight.acquire().await else {
-                        return (planned, Err(GaveUp::Stopped));
-                    };
                     // A key's chain is applied in order; each write is retried on its own.
                     let mut result = Err(GaveUp::Stopped);
                     for write in planned.before.iter().chain(std::iter::once(&planned.write)) {
@@ -660,11 +763,27 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
                                 seed,
                                 |f| self.metrics.error(f.kind),
                                 || {
-                                    // Every attempt, retries included, needs a recently renewed
-                                    // lease: past that, another worker may already own the shard.
-                                    let valid = held.valid(lease_duration);
+                                    let batch_stop = batch_stop.clone();
                                     async move {
-                                        if !valid {
+                                        // The process-wide write permit is held for the call
+                                        // only, never through a backoff pause; waiting for it
+                                        // ends when the batch is told to stop.
+                                        let permit = tokio::select! {
+                                            biased;
+                                            _ = batch_stop.cancelled() => None,
+                                            permit = self.in_flight.acquire() => permit.ok(),
+                                        };
+                                        let Some(_permit) = permit else {
+                                            return Err(AwsFailure::synthetic(
+                                                ErrorClass::Retryable,
+                                                "stopping",
+                                                "stopping before the write was sent",
+                                            ));
+                                        };
+                                        // Every attempt, retries included, needs a recently
+                                        // renewed lease, checked once the permit is held: past
+                                        // that, another worker may already own the shard.
+                                        if !held.valid(lease_duration) {
                                             return Err(AwsFailure::synthetic(
                                                 ErrorClass::Retryable,
                                                 "lease_not_renewed",

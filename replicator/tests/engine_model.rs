@@ -243,6 +243,9 @@ fn tuning() -> Tuning {
         max_in_flight: 16,
         shard_concurrency: 4,
         idle_poll: Duration::from_millis(10),
+        reads_per_second: 5,
+        checkpoint_interval: Duration::from_secs(1),
+        max_buffered_records: 10_000,
         shard_sync_interval: Duration::from_millis(50),
         lease_duration: Duration::from_secs(1),
         max_backoff: Duration::from_millis(50),
@@ -297,6 +300,7 @@ fn engine_from<T: TargetTable>(
         metrics: Arc::new(Metrics::default()),
         health: Arc::new(Health::new(tuning.lease_interval(), tuning.stall_timeout)),
         in_flight: Arc::new(Semaphore::new(tuning.max_in_flight)),
+        buffered: Arc::new(Semaphore::new(tuning.max_buffered_records)),
         jitter_seed: AtomicU64::new(7),
         // The stop policy unless a test parks refused records (`with_dead_letters`).
         dead_letters: None,
@@ -1767,5 +1771,110 @@ fn lag_is_reported_while_writes_are_refused_and_a_write_retried_forever_is_a_sta
         .await;
         assert_eq!(engine.health.live(), Ok(()));
         stop(worker).await;
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pacing: reads per second per shard, checkpoints at most every interval, always when stopping
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn reads_are_paced_and_the_next_page_is_read_while_one_applies() {
+    model_test(|| async {
+        let stream = Arc::new(MemoryStream::default());
+        let target = Arc::new(MemoryTarget::new(&["id"], VersionAttributes::default()));
+        let leases = Arc::new(MemoryLeases::default());
+        stream.open_shard("s1", None);
+        let mut last = None;
+        for i in 0..1000 {
+            last = Some(put(&stream, "s1", &format!("k{i}"), "v"));
+        }
+        stream.split("s1", &[]);
+        let mut paced = tuning();
+        paced.lease_duration = Duration::from_secs(60);
+        let engine = engine("w1", Mode::OneWay, paced, &stream, &target, &leases);
+        let held = take_lease(&leases, "s1", "w1").await;
+        let started = Instant::now();
+        assert_eq!(run_shard_to_end(&engine, held).await, ShardExit::Finished);
+        // Ten pages of 100 at 5 reads a second: the first at once, each later one 200 ms after the
+        // one before (on the paused clock, exactly), and no sooner.
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(1800),
+            "10 pages read in {elapsed:?}: faster than 5 reads a second"
+        );
+        assert!(elapsed < Duration::from_millis(2600), "{elapsed:?}");
+        assert_eq!(target.writes(), 1000);
+        let row = lease(&leases, "s1");
+        assert!(row.finished);
+        assert_eq!(row.checkpoint, last);
+    });
+}
+
+#[test]
+fn a_stop_writes_the_checkpoint_that_pacing_held_back() {
+    model_test(|| async {
+        let stream = Arc::new(MemoryStream::default());
+        let target = Arc::new(MemoryTarget::new(&["id"], VersionAttributes::default()));
+        let leases = Arc::new(MemoryLeases::default());
+        stream.open_shard("s1", None);
+        let mut seqs = Vec::new();
+        for i in 0..1000 {
+            seqs.push(put(&stream, "s1", &format!("k{i}"), "v"));
+        }
+        let mut slow = tuning();
+        slow.checkpoint_interval = Duration::from_secs(60);
+        slow.reads_per_second = 1;
+        // Nobody renews this hand-taken lease: keep it valid for the whole test.
+        slow.lease_duration = Duration::from_secs(60);
+        let engine = engine("w1", Mode::OneWay, slow, &stream, &target, &leases);
+        let held = take_lease(&leases, "s1", "w1").await;
+        let task = tokio::spawn({
+            let engine = engine.clone();
+            let held = held.clone();
+            async move { engine.run_shard(held).await }
+        });
+        // After 2.5 s three pages are applied and the fourth is waiting for its read; no
+        // checkpoint was due yet.
+        sleep(Duration::from_millis(2500)).await;
+        assert_eq!(target.writes(), 300);
+        assert_eq!(lease(&leases, "s1").checkpoint, None);
+        held.stop.cancel();
+        let exit = timeout(WAIT, task).await.expect("stops").expect("no panic");
+        assert_eq!(exit, ShardExit::Stopped);
+        assert_eq!(
+            lease(&leases, "s1").checkpoint,
+            Some(seqs[299].clone()),
+            "the stop writes the checkpoint of everything applied"
+        );
+    });
+}
+
+#[test]
+fn a_caught_up_shard_checkpoints_at_once_not_after_the_interval() {
+    model_test(|| async {
+        let stream = Arc::new(MemoryStream::default());
+        let target = Arc::new(MemoryTarget::new(&["id"], VersionAttributes::default()));
+        let leases = Arc::new(MemoryLeases::default());
+        stream.open_shard("s1", None);
+        let last = put(&stream, "s1", "a", "v");
+        let mut slow = tuning();
+        slow.checkpoint_interval = Duration::from_secs(30);
+        slow.idle_poll = Duration::from_secs(30);
+        slow.lease_duration = Duration::from_secs(60);
+        let engine = engine("w1", Mode::OneWay, slow, &stream, &target, &leases);
+        let held = take_lease(&leases, "s1", "w1").await;
+        let task = tokio::spawn({
+            let engine = engine.clone();
+            let held = held.clone();
+            async move { engine.run_shard(held).await }
+        });
+        // The page, then an empty read 200 ms later: caught up, so the checkpoint is written then,
+        // not 30 s later.
+        sleep(Duration::from_secs(1)).await;
+        assert_eq!(lease(&leases, "s1").checkpoint, Some(last));
+        held.stop.cancel();
+        let exit = timeout(WAIT, task).await.expect("stops").expect("no panic");
+        assert_eq!(exit, ShardExit::Stopped);
     });
 }

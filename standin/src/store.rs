@@ -277,14 +277,20 @@ pub struct Table {
     pub stats: Stats,
 }
 
-/// FNV-1a: the partition a key belongs to, and the stream shard.
+/// FNV-1a, mixed: the partition a key belongs to, and the stream shard.
 pub fn hash(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    h
+    // FNV's high bits barely move for short, similar keys; shards split the hash space by range, so
+    // mix them in (the splitmix64 finalizer).
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 fn key_text(value: &Value) -> String {

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
-use tworegion_common::version::{Version, VersionAttributes, compare_writes};
+use tworegion_common::version::{Version, VersionAttributes};
 
 use crate::error::{AwsFailure, ErrorClass};
 use crate::item::{Item, key_string};
@@ -104,10 +104,18 @@ pub struct Expression {
 }
 
 /// Renders a condition with the configured attribute names. One conditional write: never read-then-write.
+///
+/// A stored version (or fencing token) that is not a number, for example after a hand edit, counts as
+/// absent (`NOT attribute_type(#v, :n)`): the replicated write wins and puts a valid stamp back. Without
+/// that clause DynamoDB would compare across types as false, refuse every later write to the item, and
+/// the replicator would read each refusal as "the target is newer". A stored number is compared as
+/// DynamoDB compares numbers, also when it is negative, a decimal or beyond 64 bits.
 pub fn expression(condition: &Condition, attributes: &VersionAttributes) -> Expression {
+    let number_type = (":n".to_owned(), AttributeValue::S("N".to_owned()));
     match condition {
         Condition::Newer { version, origin } => Expression {
-            text: "attribute_not_exists(#v) OR #v < :v OR (#v = :v AND #o <= :o)",
+            text: "attribute_not_exists(#v) OR NOT attribute_type(#v, :n) OR #v < :v \
+                   OR (#v = :v AND #o <= :o)",
             names: [
                 ("#v".to_owned(), attributes.version.clone()),
                 ("#o".to_owned(), attributes.origin.clone()),
@@ -116,18 +124,27 @@ pub fn expression(condition: &Condition, attributes: &VersionAttributes) -> Expr
             values: [
                 (":v".to_owned(), AttributeValue::N(version.to_string())),
                 (":o".to_owned(), AttributeValue::S(origin.clone())),
+                number_type,
             ]
             .into(),
         },
         Condition::NotNewerThan { version } => Expression {
-            text: "attribute_not_exists(#v) OR #v <= :v",
+            text: "attribute_not_exists(#v) OR NOT attribute_type(#v, :n) OR #v <= :v",
             names: [("#v".to_owned(), attributes.version.clone())].into(),
-            values: [(":v".to_owned(), AttributeValue::N(version.to_string()))].into(),
+            values: [
+                (":v".to_owned(), AttributeValue::N(version.to_string())),
+                number_type,
+            ]
+            .into(),
         },
         Condition::Fenced { fence } => Expression {
-            text: "attribute_not_exists(#f) OR #f <= :f",
+            text: "attribute_not_exists(#f) OR NOT attribute_type(#f, :n) OR #f <= :f",
             names: [("#f".to_owned(), FENCE_ATTRIBUTE.to_owned())].into(),
-            values: [(":f".to_owned(), AttributeValue::N(fence.to_string()))].into(),
+            values: [
+                (":f".to_owned(), AttributeValue::N(fence.to_string())),
+                number_type,
+            ]
+            .into(),
         },
     }
 }
@@ -263,39 +280,85 @@ pub fn live<K: Eq + std::hash::Hash>(
         .collect()
 }
 
+/// How a stored number compares with `value`, exactly as DynamoDB compares numbers (any sign, decimal
+/// or exponent); `None` for text that is not a number.
+fn stored_vs(stored: &str, value: u64) -> Option<std::cmp::Ordering> {
+    use std::cmp::Ordering;
+    let (negative, digits, exponent) = decimal(stored)?;
+    let (_, value_digits, value_exponent) = decimal(&value.to_string())?;
+    Some(
+        match (negative, digits.is_empty(), value_digits.is_empty()) {
+            (_, true, true) => Ordering::Equal,
+            (true, _, _) => Ordering::Less,
+            (false, true, false) => Ordering::Less,
+            (false, false, true) => Ordering::Greater,
+            (false, false, false) => exponent
+                .cmp(&value_exponent)
+                .then_with(|| digits.cmp(&value_digits)),
+        },
+    )
+}
+
+/// A number's sign, significant digits (no leading or trailing zeros; none for zero) and the power of
+/// ten of its first digit.
+fn decimal(text: &str) -> Option<(bool, Vec<u8>, i64)> {
+    let text = text.trim();
+    let (negative, rest) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (mantissa, exponent) = match rest.find(['e', 'E']) {
+        Some(i) => (&rest[..i], rest[i + 1..].parse::<i64>().ok()?),
+        None => (rest, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if (int.is_empty() && frac.is_empty())
+        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let all: Vec<u8> = int.bytes().chain(frac.bytes()).map(|b| b - b'0').collect();
+    let leading = all.iter().take_while(|d| **d == 0).count();
+    let mut digits = all[leading..].to_vec();
+    while digits.last() == Some(&0) {
+        digits.pop();
+    }
+    let first = i64::try_from(int.len()).ok()? - 1 - i64::try_from(leading).ok()? + exponent;
+    Some((negative && !digits.is_empty(), digits, first))
+}
+
 /// Whether a write's condition holds against the stored item, exactly as DynamoDB evaluates the
-/// expressions from [`expression`] (a missing attribute makes a comparison false). In-process models
-/// use it.
+/// expressions from [`expression`]: an absent or non-number version (or fence) lets the write apply; a
+/// number is compared by value. In-process models use it.
 pub fn condition_holds(
     condition: Option<&Condition>,
     current: Option<&Item>,
     attributes: &VersionAttributes,
 ) -> bool {
+    use std::cmp::Ordering;
     let Some(condition) = condition else {
         return true;
     };
-    if let Condition::Fenced { fence } = condition {
-        return match current.and_then(|item| item.get(FENCE_ATTRIBUTE)) {
-            None => true,
-            Some(AttributeValue::N(stored)) => stored.parse::<u64>().is_ok_and(|s| s <= *fence),
-            Some(_) => false, // a comparison across types is false in DynamoDB
-        };
-    }
-    let Some((version, origin)) = current.and_then(|item| stored_version(item, attributes)) else {
-        return true; // attribute_not_exists(#v)
+    let number = |name: &str| match current.and_then(|item| item.get(name)) {
+        Some(AttributeValue::N(n)) => Some(n.as_str()),
+        _ => None, // absent, or another type: `NOT attribute_type(#v, :n)` holds
     };
     match condition {
-        Condition::Newer {
-            version: v,
-            origin: o,
-        } => {
-            *v > version
-                || (*v == version
-                    && origin
-                        .is_some_and(|stored| compare_writes((*v, o), (version, &stored)).is_ge()))
-        }
-        Condition::NotNewerThan { version: v } => version <= *v,
-        Condition::Fenced { .. } => true, // answered above
+        Condition::Fenced { fence } => number(FENCE_ATTRIBUTE)
+            .is_none_or(|stored| stored_vs(stored, *fence).is_some_and(Ordering::is_le)),
+        Condition::NotNewerThan { version } => number(&attributes.version)
+            .is_none_or(|stored| stored_vs(stored, version.0).is_some_and(Ordering::is_le)),
+        Condition::Newer { version, origin } => match number(&attributes.version) {
+            None => true,
+            Some(stored) => match stored_vs(stored, version.0) {
+                Some(Ordering::Less) => true,
+                Some(Ordering::Equal) => matches!(
+                    current.and_then(|item| item.get(&attributes.origin)),
+                    Some(AttributeValue::S(stored_origin)) if stored_origin.as_bytes() <= origin.as_bytes()
+                ),
+                _ => false,
+            },
+        },
     }
 }
 

@@ -74,6 +74,9 @@ fn tuning() -> Tuning {
         max_in_flight: 16,
         shard_concurrency: 4,
         idle_poll: Duration::from_millis(500),
+        reads_per_second: 5,
+        checkpoint_interval: Duration::from_secs(1),
+        max_buffered_records: 4000,
         shard_sync_interval: Duration::from_secs(5),
         lease_duration: Duration::from_secs(6),
         max_backoff: Duration::from_secs(1),
@@ -154,6 +157,7 @@ fn spawn_worker(world: &Shared, paths: &mut Paths, path: usize, sabotage: Sabota
                 metrics: metrics.clone(),
                 health: Arc::new(Health::new(tuning.lease_interval(), tuning.stall_timeout)),
                 in_flight: Arc::new(Semaphore::new(tuning.max_in_flight)),
+                buffered: Arc::new(Semaphore::new(tuning.max_buffered_records)),
                 jitter_seed: AtomicU64::new(paths.next_id * 1_000_000),
                 dead_letters: Some(Arc::new(SimDeadLetters {
                     world: world.clone(),
