@@ -159,7 +159,8 @@ pub struct RunArgs {
     /// Writes in flight at once for one shard.
     #[arg(long, env = "REPLICATOR_SHARD_CONCURRENCY", default_value_t = 16)]
     pub shard_concurrency: usize,
-    /// Pause after a read that returned nothing (for example 500ms, 1s).
+    /// Longest pause after reads that returned nothing (for example 500ms, 1s): the pause starts at the
+    /// read pacing interval and doubles with each empty read in a row up to this.
     #[arg(long, env = "REPLICATOR_IDLE_POLL", default_value = "1s", value_parser = parse_duration)]
     pub idle_poll: Duration,
     /// GetRecords calls per second per shard at most (DynamoDB Streams allows 5 per shard, shared by

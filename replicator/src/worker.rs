@@ -3,7 +3,7 @@
 //! ```text
 //! start = checkpoint ? AFTER(checkpoint) : (root ? --start-position : TRIM_HORIZON)
 //! loop until told to stop:
-//!     read the next page (at most --reads-per-second; after an empty page, --idle-poll later)
+//!     read the next page (at most --reads-per-second; after empty pages, a pause that doubles up to --idle-poll)
 //!         while the previous page applies: one page ahead, no more
 //!         expired -> re-seek AFTER(last applied); trimmed -> gap, stop shard
 //!     plan = last write per key, skips     a record that cannot be planned -> dead letter or stop shard
@@ -443,6 +443,8 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
         let mut saved_at = Instant::now();
         // The last read found nothing new: write what is unsaved now rather than after the idle pause.
         let mut caught_up = false;
+        // Empty reads in a row (the pause after one grows with them).
+        let mut empty_reads: u32 = 0;
         loop {
             if stop.is_cancelled() {
                 return ShardExit::Stopped;
@@ -516,9 +518,18 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
                     caught_up = page.changes.is_empty();
                     if caught_up {
                         progress.caught_up();
-                        // Nothing new: wait longer before the next read.
-                        next_read_at = next_read_at.max(Instant::now() + self.tuning.idle_poll);
+                        // Nothing new: wait longer before the next read, doubling from the pacing
+                        // interval up to --idle-poll with each empty read in a row, so one empty
+                        // read while records trickle costs little lag and an idle shard costs few
+                        // reads.
+                        empty_reads = empty_reads.saturating_add(1);
+                        let interval = Duration::from_secs(1) / self.tuning.reads_per_second.max(1);
+                        let pause = interval
+                            .saturating_mul(1 << empty_reads.min(16))
+                            .min(self.tuning.idle_poll);
+                        next_read_at = next_read_at.max(Instant::now() + pause);
                     } else {
+                        empty_reads = 0;
                         progress.pending(page.changes.first().and_then(|c| c.created_at));
                         self.metrics.records_read.inc_by(page.changes.len() as u64);
                         current = Some((page, room));

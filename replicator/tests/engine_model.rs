@@ -1878,3 +1878,36 @@ fn a_caught_up_shard_checkpoints_at_once_not_after_the_interval() {
         assert_eq!(exit, ShardExit::Stopped);
     });
 }
+
+#[test]
+fn one_empty_read_costs_a_short_pause_not_the_whole_idle_poll() {
+    model_test(|| async {
+        let stream = Arc::new(MemoryStream::default());
+        let target = Arc::new(MemoryTarget::new(&["id"], VersionAttributes::default()));
+        let leases = Arc::new(MemoryLeases::default());
+        stream.open_shard("s1", None);
+        put(&stream, "s1", "a", "v");
+        let mut slow = tuning();
+        slow.idle_poll = Duration::from_secs(30);
+        slow.lease_duration = Duration::from_secs(60);
+        let engine = engine("w1", Mode::OneWay, slow, &stream, &target, &leases);
+        let held = take_lease(&leases, "s1", "w1").await;
+        let task = tokio::spawn({
+            let engine = engine.clone();
+            let held = held.clone();
+            async move { engine.run_shard(held).await }
+        });
+        // Reads at 0 ms (the record) and 200 ms (empty: the pause is 400 ms, not 30 s), then 600 ms.
+        sleep(Duration::from_millis(300)).await;
+        put(&stream, "s1", "b", "v");
+        sleep(Duration::from_millis(700)).await;
+        assert_eq!(
+            text_of(&target.items(), "b").as_deref(),
+            Some("v"),
+            "a record written during a short lull waited for the whole --idle-poll"
+        );
+        held.stop.cancel();
+        let exit = timeout(WAIT, task).await.expect("stops").expect("no panic");
+        assert_eq!(exit, ShardExit::Stopped);
+    });
+}

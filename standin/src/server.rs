@@ -467,50 +467,46 @@ fn returned(
 }
 
 fn put_item(store: &mut Store, region: &str, input: ItemRequest) -> Result<Vec<u8>, Refused> {
-    let expressions = input.expressions()?;
-    let limits = store.limits.clone();
-    let table = store.table(region, &input.table_name)?;
-    let item = input
-        .item
-        .clone()
-        .ok_or_else(|| Refused::new("ValidationException", "PutItem needs an Item"))?;
-    let written = table.write(&item, true, &expressions, &limits, true, |_| {
-        Ok((Some(item.clone()), Vec::new()))
-    })?;
-    if !matches!(
-        input.return_values.as_deref(),
-        None | Some("NONE" | "ALL_OLD")
-    ) {
-        return Err(Refused::new(
-            "ValidationException",
-            "PutItem's ReturnValues must be NONE or ALL_OLD",
-        ));
-    }
-    to_body(&returned(
-        input.return_values.as_deref(),
-        written.old,
-        None,
-        &[],
-    )?)
+    put_or_delete(store, region, input, "PutItem")
 }
 
 fn delete_item(store: &mut Store, region: &str, input: ItemRequest) -> Result<Vec<u8>, Refused> {
+    put_or_delete(store, region, input, "DeleteItem")
+}
+
+/// PutItem (the request's Item) or DeleteItem (its Key), refused before anything is written when its
+/// ReturnValues is not one these operations take.
+fn put_or_delete(
+    store: &mut Store,
+    region: &str,
+    input: ItemRequest,
+    operation: &str,
+) -> Result<Vec<u8>, Refused> {
     let expressions = input.expressions()?;
-    let limits = store.limits.clone();
-    let table = store.table(region, &input.table_name)?;
-    let key = input.key()?;
-    let written = table.write(key, false, &expressions, &limits, true, |_| {
-        Ok((None, Vec::new()))
-    })?;
     if !matches!(
         input.return_values.as_deref(),
         None | Some("NONE" | "ALL_OLD")
     ) {
         return Err(Refused::new(
             "ValidationException",
-            "DeleteItem's ReturnValues must be NONE or ALL_OLD",
+            format!("{operation}'s ReturnValues must be NONE or ALL_OLD"),
         ));
     }
+    let limits = store.limits.clone();
+    let table = store.table(region, &input.table_name)?;
+    let written = if operation == "PutItem" {
+        let item = input
+            .item
+            .clone()
+            .ok_or_else(|| Refused::new("ValidationException", "PutItem needs an Item"))?;
+        table.write(&item, true, &expressions, &limits, true, |_| {
+            Ok((Some(item.clone()), Vec::new()))
+        })?
+    } else {
+        table.write(input.key()?, false, &expressions, &limits, true, |_| {
+            Ok((None, Vec::new()))
+        })?
+    };
     to_body(&returned(
         input.return_values.as_deref(),
         written.old,

@@ -147,9 +147,10 @@ impl StreamSource for AwsStream {
             .await
             .map_err(stream_error)?;
         let changes = out
-            .records()
-            .iter()
-            .map(record::decode)
+            .records
+            .unwrap_or_default()
+            .into_iter()
+            .map(record::decode_owned)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Page {
             changes,

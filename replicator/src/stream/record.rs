@@ -29,66 +29,84 @@ pub enum DecodeError {
     UnknownValue(String),
 }
 
-/// Converts one stream attribute value; `name` is used in the error.
-pub fn convert_value(name: &str, value: &StreamValue) -> Result<TableValue, DecodeError> {
+/// Converts one stream attribute value, moving its contents; `name` is used in the error.
+pub fn into_value(name: &str, value: StreamValue) -> Result<TableValue, DecodeError> {
     Ok(match value {
-        StreamValue::S(s) => TableValue::S(s.clone()),
-        StreamValue::N(n) => TableValue::N(n.clone()),
-        StreamValue::B(b) => TableValue::B(b.clone()),
-        StreamValue::Bool(b) => TableValue::Bool(*b),
-        StreamValue::Null(n) => TableValue::Null(*n),
-        StreamValue::Ss(v) => TableValue::Ss(v.clone()),
-        StreamValue::Ns(v) => TableValue::Ns(v.clone()),
-        StreamValue::Bs(v) => TableValue::Bs(v.clone()),
+        StreamValue::S(s) => TableValue::S(s),
+        StreamValue::N(n) => TableValue::N(n),
+        StreamValue::B(b) => TableValue::B(b),
+        StreamValue::Bool(b) => TableValue::Bool(b),
+        StreamValue::Null(n) => TableValue::Null(n),
+        StreamValue::Ss(v) => TableValue::Ss(v),
+        StreamValue::Ns(v) => TableValue::Ns(v),
+        StreamValue::Bs(v) => TableValue::Bs(v),
         StreamValue::L(list) => TableValue::L(
-            list.iter()
-                .map(|v| convert_value(name, v))
+            list.into_iter()
+                .map(|v| into_value(name, v))
                 .collect::<Result<_, _>>()?,
         ),
-        StreamValue::M(map) => TableValue::M(convert_image(map)?),
+        StreamValue::M(map) => TableValue::M(into_image(map)?),
         _ => return Err(DecodeError::UnknownValue(name.to_owned())),
     })
 }
 
-/// Converts a whole image.
-pub fn convert_image(
-    image: &std::collections::HashMap<String, StreamValue>,
+/// Converts a whole image, moving its contents (no copy of any name or value).
+pub fn into_image(
+    image: std::collections::HashMap<String, StreamValue>,
 ) -> Result<Item, DecodeError> {
     image
-        .iter()
-        .map(|(k, v)| Ok((k.clone(), convert_value(k, v)?)))
+        .into_iter()
+        .map(|(k, v)| {
+            let v = into_value(&k, v)?;
+            Ok((k, v))
+        })
         .collect()
 }
 
-/// Decodes one stream record.
+/// Converts one stream attribute value (a copy); `name` is used in the error.
+pub fn convert_value(name: &str, value: &StreamValue) -> Result<TableValue, DecodeError> {
+    into_value(name, value.clone())
+}
+
+/// Converts a whole image (a copy).
+pub fn convert_image(
+    image: &std::collections::HashMap<String, StreamValue>,
+) -> Result<Item, DecodeError> {
+    into_image(image.clone())
+}
+
+/// Decodes one stream record (a copy; see [`decode_owned`]).
 pub fn decode(record: &Record) -> Result<Change, DecodeError> {
-    let body = record
-        .dynamodb()
-        .ok_or(DecodeError::Missing("dynamodb section"))?;
-    let seq_text = body
-        .sequence_number()
-        .ok_or(DecodeError::Missing("sequence number"))?;
-    let seq =
-        SeqNo::parse(seq_text).ok_or_else(|| DecodeError::BadSequence(seq_text.to_owned()))?;
-    let kind = match record.event_name() {
+    decode_owned(record.clone())
+}
+
+/// Decodes one stream record, moving its images into the change: the read path, where a copy of every
+/// name and value per record was a measurable share of the CPU and the memory (docs/BENCHMARKS.md).
+pub fn decode_owned(record: Record) -> Result<Change, DecodeError> {
+    let by_ttl = record.user_identity().is_some_and(|identity| {
+        identity.r#type() == Some("Service") && identity.principal_id() == Some(TTL_PRINCIPAL)
+    });
+    let kind = match record.event_name {
         Some(OperationType::Insert) => EventKind::Insert,
         Some(OperationType::Modify) => EventKind::Modify,
         Some(OperationType::Remove) => EventKind::Remove,
         Some(other) => return Err(DecodeError::UnknownEvent(other.as_str().to_owned())),
         None => return Err(DecodeError::Missing("event name")),
     };
-    let keys = convert_image(body.keys().ok_or(DecodeError::Missing("keys"))?)?;
+    let body = record
+        .dynamodb
+        .ok_or(DecodeError::Missing("dynamodb section"))?;
+    let seq_text = body
+        .sequence_number
+        .ok_or(DecodeError::Missing("sequence number"))?;
+    let seq = SeqNo::parse(&seq_text).ok_or(DecodeError::BadSequence(seq_text))?;
+    let keys = into_image(body.keys.ok_or(DecodeError::Missing("keys"))?)?;
     if keys.is_empty() {
         return Err(DecodeError::Missing("keys"));
     }
-    let new_image = body.new_image().map(convert_image).transpose()?;
-    let old_image = body.old_image().map(convert_image).transpose()?;
-    let created_at = body
-        .approximate_creation_date_time()
-        .map(|t| t.as_secs_f64());
-    let by_ttl = record.user_identity().is_some_and(|identity| {
-        identity.r#type() == Some("Service") && identity.principal_id() == Some(TTL_PRINCIPAL)
-    });
+    let new_image = body.new_image.map(into_image).transpose()?;
+    let old_image = body.old_image.map(into_image).transpose()?;
+    let created_at = body.approximate_creation_date_time.map(|t| t.as_secs_f64());
     Ok(Change {
         seq,
         kind,
