@@ -98,6 +98,10 @@ pub struct SimConfig {
     pub write_for: Duration,
     /// Pause between one writer's writes, milliseconds.
     pub write_gap: (u64, u64),
+    /// The engine's checkpoint pacing (`--checkpoint-interval`): 0 (every page) to 3 s.
+    pub checkpoint_interval: Duration,
+    /// The engine's bound on buffered records (`--max-buffered-records`).
+    pub max_buffered_records: usize,
 }
 
 impl SimConfig {
@@ -157,6 +161,9 @@ impl SimConfig {
             keys: 3 + rng.below(10),
             write_for: Duration::from_secs(20 + rng.below(20)),
             write_gap: (20, 200 + rng.below(400)),
+            // The engine's pacing and buffering, so seeds cover every-page checkpoints and tiny pages too.
+            checkpoint_interval: Duration::from_millis([0, 200, 1000, 3000][rng.below(4) as usize]),
+            max_buffered_records: [50, 400, 4000][rng.below(3) as usize],
         }
     }
 }

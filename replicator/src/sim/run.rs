@@ -68,15 +68,15 @@ struct Paths {
     dead_metrics: Vec<(usize, Arc<Metrics>)>,
 }
 
-fn tuning() -> Tuning {
+fn tuning(config: &SimConfig) -> Tuning {
     Tuning {
         batch_size: 1000,
         max_in_flight: 16,
         shard_concurrency: 4,
         idle_poll: Duration::from_millis(500),
         reads_per_second: 5,
-        checkpoint_interval: Duration::from_secs(1),
-        max_buffered_records: 4000,
+        checkpoint_interval: config.checkpoint_interval,
+        max_buffered_records: config.max_buffered_records,
         shard_sync_interval: Duration::from_secs(5),
         lease_duration: Duration::from_secs(6),
         max_backoff: Duration::from_secs(1),
@@ -119,7 +119,7 @@ fn spawn_worker(world: &Shared, paths: &mut Paths, path: usize, sabotage: Sabota
     let id = format!("w{}-{}", paths.next_id, REGIONS[1 - path]);
     let config = lock(world).config.clone();
     let metrics = Arc::new(Metrics::default());
-    let tuning = tuning();
+    let tuning = tuning(&config);
     let stop = CancellationToken::new();
     let source = SimSource {
         world: world.clone(),
