@@ -372,6 +372,11 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
         exit
     }
 
+    /// The shortest time between two reads of one shard (`--reads-per-second`).
+    fn read_interval(&self) -> Duration {
+        Duration::from_secs(1) / self.tuning.reads_per_second.max(1)
+    }
+
     /// One read of the shard, no sooner than `next_read_at` (then moved one pacing interval on);
     /// `None` when there is nothing to read or the worker was told to stop.
     async fn paced_read(
@@ -396,8 +401,7 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
             _ = stop.cancelled() => return None,
             permit = self.buffered.clone().acquire_many_owned(room) => permit.ok()?,
         };
-        let interval = Duration::from_secs(1) / self.tuning.reads_per_second.max(1);
-        *next_read_at = Instant::now() + interval;
+        *next_read_at = Instant::now() + self.read_interval();
         // A read has no side effects: abandoning it when told to stop loses nothing.
         let page = tokio::select! {
             biased;
@@ -523,8 +527,8 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
                         // read while records trickle costs little lag and an idle shard costs few
                         // reads.
                         empty_reads = empty_reads.saturating_add(1);
-                        let interval = Duration::from_secs(1) / self.tuning.reads_per_second.max(1);
-                        let pause = interval
+                        let pause = self
+                            .read_interval()
                             .saturating_mul(1 << empty_reads.min(16))
                             .min(self.tuning.idle_poll);
                         next_read_at = next_read_at.max(Instant::now() + pause);

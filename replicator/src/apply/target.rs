@@ -283,48 +283,7 @@ pub fn live<K: Eq + std::hash::Hash>(
 /// How a stored number compares with `value`, exactly as DynamoDB compares numbers (any sign, decimal
 /// or exponent); `None` for text that is not a number.
 fn stored_vs(stored: &str, value: u64) -> Option<std::cmp::Ordering> {
-    use std::cmp::Ordering;
-    let (negative, digits, exponent) = decimal(stored)?;
-    let (_, value_digits, value_exponent) = decimal(&value.to_string())?;
-    Some(
-        match (negative, digits.is_empty(), value_digits.is_empty()) {
-            (_, true, true) => Ordering::Equal,
-            (true, _, _) => Ordering::Less,
-            (false, true, false) => Ordering::Less,
-            (false, false, true) => Ordering::Greater,
-            (false, false, false) => exponent
-                .cmp(&value_exponent)
-                .then_with(|| digits.cmp(&value_digits)),
-        },
-    )
-}
-
-/// A number's sign, significant digits (no leading or trailing zeros; none for zero) and the power of
-/// ten of its first digit.
-fn decimal(text: &str) -> Option<(bool, Vec<u8>, i64)> {
-    let text = text.trim();
-    let (negative, rest) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text.strip_prefix('+').unwrap_or(text)),
-    };
-    let (mantissa, exponent) = match rest.find(['e', 'E']) {
-        Some(i) => (&rest[..i], rest[i + 1..].parse::<i64>().ok()?),
-        None => (rest, 0),
-    };
-    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    if (int.is_empty() && frac.is_empty())
-        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    let all: Vec<u8> = int.bytes().chain(frac.bytes()).map(|b| b - b'0').collect();
-    let leading = all.iter().take_while(|d| **d == 0).count();
-    let mut digits = all[leading..].to_vec();
-    while digits.last() == Some(&0) {
-        digits.pop();
-    }
-    let first = i64::try_from(int.len()).ok()? - 1 - i64::try_from(leading).ok()? + exponent;
-    Some((negative && !digits.is_empty(), digits, first))
+    tworegion_common::number::compare_numbers(stored, &value.to_string())
 }
 
 /// Whether a write's condition holds against the stored item, exactly as DynamoDB evaluates the

@@ -63,18 +63,6 @@ pub fn into_image(
         .collect()
 }
 
-/// Converts one stream attribute value (a copy); `name` is used in the error.
-pub fn convert_value(name: &str, value: &StreamValue) -> Result<TableValue, DecodeError> {
-    into_value(name, value.clone())
-}
-
-/// Converts a whole image (a copy).
-pub fn convert_image(
-    image: &std::collections::HashMap<String, StreamValue>,
-) -> Result<Item, DecodeError> {
-    into_image(image.clone())
-}
-
 /// Decodes one stream record (a copy; see [`decode_owned`]).
 pub fn decode(record: &Record) -> Result<Change, DecodeError> {
     decode_owned(record.clone())
