@@ -36,6 +36,16 @@ pub enum OnRefusedRecord {
     Stop,
 }
 
+/// How the target table's writes are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WriteClient {
+    /// Signed with the SDK's signer and sent over a pooled HTTP connection without the SDK's per-request
+    /// machinery: about half the CPU per record (docs/BENCHMARKS.md).
+    Direct,
+    /// Through the AWS SDK's DynamoDB client, as every other call.
+    Sdk,
+}
+
 /// The flags that name a path (source stream to target table) and its lease table; `replicator run`,
 /// `leases` and `dlq` share them.
 #[derive(Debug, Clone, clap::Args)]
@@ -147,6 +157,15 @@ pub struct RunArgs {
         default_value = "trim-horizon"
     )]
     pub start_position: StartPosition,
+    /// How target writes are sent: direct (the SDK's signer, credentials and endpoint, without its
+    /// per-request machinery) or sdk (the SDK's client). Both send the same conditional requests.
+    #[arg(
+        long,
+        env = "REPLICATOR_WRITE_CLIENT",
+        value_enum,
+        default_value = "direct"
+    )]
+    pub write_client: WriteClient,
     /// The convention's attribute names.
     #[command(flatten)]
     pub attributes: AttributeArgs,
@@ -307,6 +326,8 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     /// Where new root shards start.
     pub start_position: StartPosition,
+    /// How target writes are sent.
+    pub write_client: WriteClient,
     /// The lww convention's attribute names.
     pub attributes: VersionAttributes,
     /// Tuning knobs.
@@ -569,6 +590,7 @@ impl RunArgs {
             worker_id,
             metrics_addr,
             start_position: self.start_position,
+            write_client: self.write_client,
             attributes,
             tuning: Tuning {
                 batch_size: self.batch_size,

@@ -50,9 +50,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tworegion_common::aws::{AwsOptions, parse_region, sdk_config};
 
+use crate::apply::direct::{DirectConfig, DirectTarget, Writer, resolve_endpoint};
 use crate::apply::plan::PlanContext;
 use crate::apply::target::AwsTarget;
-use crate::config::Config;
+use crate::config::{Config, WriteClient};
 use crate::lease::dynamo::{DynamoLeases, LeaseTableError, ensure_table};
 use crate::metrics::{Health, Metrics};
 use crate::stream::aws::AwsStream;
@@ -83,6 +84,9 @@ pub enum RunError {
     /// The lease loop ended before shutdown (a bug).
     #[error("the lease loop ended unexpectedly: {0}")]
     LeaseLoop(String),
+    /// The direct target writer could not be set up.
+    #[error("cannot set up the target writer (--write-client direct): {0}")]
+    WriteClient(String),
     /// A region name was invalid.
     #[error(transparent)]
     Region(#[from] tworegion_common::aws::InvalidRegion),
@@ -173,7 +177,36 @@ pub async fn run(
                 .build(),
         )
         .build();
-    let target_writes = aws_sdk_dynamodb::Client::from_conf(write_config);
+    let target = match config.write_client {
+        WriteClient::Sdk => Writer::Sdk(AwsTarget::new(
+            aws_sdk_dynamodb::Client::from_conf(write_config),
+            config.target.table.clone(),
+            config.attributes.clone(),
+        )),
+        WriteClient::Direct => {
+            let endpoint = resolve_endpoint(&target_sdk)
+                .await
+                .map_err(RunError::WriteClient)?;
+            let provider = target_sdk.credentials_provider().ok_or_else(|| {
+                RunError::WriteClient(
+                    "no credentials provider is configured for the target region".to_owned(),
+                )
+            })?;
+            Writer::Direct(Box::new(
+                DirectTarget::new(
+                    DirectConfig {
+                        region: config.target.region.clone(),
+                        endpoint,
+                        table: config.target.table.clone(),
+                        attributes: config.attributes.clone(),
+                        attempt_timeout: attempt,
+                    },
+                    provider,
+                )
+                .map_err(RunError::WriteClient)?,
+            ))
+        }
+    };
 
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::new(
@@ -208,11 +241,7 @@ pub async fn run(
         });
     let engine = Arc::new(Engine {
         source: Arc::new(AwsStream::new(streams, checked.stream_arn.clone())),
-        target: Arc::new(AwsTarget::new(
-            target_writes,
-            config.target.table.clone(),
-            config.attributes.clone(),
-        )),
+        target: Arc::new(target),
         leases: Arc::new(DynamoLeases::new(
             lease_ddb,
             config.lease.table.clone(),

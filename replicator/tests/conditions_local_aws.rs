@@ -2,7 +2,9 @@
 //! model's agreement with it, over every ordering and tie.
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use replicator::apply::direct::{DirectConfig, DirectTarget, Writer, resolve_endpoint};
 use replicator::apply::target::{AwsTarget, Condition, MemoryTarget, Outcome, TargetTable, Write};
+use replicator::config::WriteClient;
 use tworegion_common::test_support::{
     LocalAws, REGION_B, TablesCleanup, create_table, unique_name,
 };
@@ -48,15 +50,49 @@ fn delete(id: &str, version: u64) -> Write {
     }
 }
 
+/// The target writer `replicator run --write-client KIND` uses, on `table` in region B.
+async fn writer(
+    local: &LocalAws,
+    kind: WriteClient,
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+) -> Writer {
+    match kind {
+        WriteClient::Sdk => {
+            Writer::Sdk(AwsTarget::new(client, table, VersionAttributes::default()))
+        }
+        WriteClient::Direct => {
+            let sdk = local.sdk_config(REGION_B);
+            let config = DirectConfig {
+                region: REGION_B.to_owned(),
+                endpoint: resolve_endpoint(&sdk).await.expect("endpoint"),
+                table,
+                attributes: VersionAttributes::default(),
+                attempt_timeout: std::time::Duration::from_secs(10),
+            };
+            let provider = sdk.credentials_provider().expect("credentials");
+            Writer::Direct(Box::new(
+                DirectTarget::new(config, provider).expect("direct writer"),
+            ))
+        }
+    }
+}
+
 #[tokio::test]
 async fn conflict_rule_over_every_ordering_and_tie() {
+    for kind in [WriteClient::Sdk, WriteClient::Direct] {
+        conflict_rule(kind).await;
+    }
+}
+
+async fn conflict_rule(kind: WriteClient) {
     let local = LocalAws::from_env();
     let cleanup = TablesCleanup::new(&local);
     let client = local.dynamodb(REGION_B);
     let table = unique_name("conditions");
     create_table(&client, &table, "id", None).await;
     cleanup.table(REGION_B, &table);
-    let aws = AwsTarget::new(client, table, VersionAttributes::default());
+    let aws = writer(&local, kind, client, table).await;
     let memory = MemoryTarget::new(&["id"], VersionAttributes::default());
 
     // (stored item before the write, the write, expected outcome)
@@ -143,7 +179,7 @@ async fn conflict_rule_over_every_ordering_and_tie() {
         assert_eq!(
             aws.write(&write).await.expect("write"),
             expected,
-            "DynamoDB: {name}"
+            "DynamoDB ({kind:?} writer): {name}"
         );
         assert_eq!(
             memory.write(&write).await.expect("write"),
@@ -159,6 +195,12 @@ type FencedCase = (&'static str, Vec<(Write, u64)>, Outcome);
 
 #[tokio::test]
 async fn fenced_one_way_writes_never_land_over_a_later_owners_copy() {
+    for kind in [WriteClient::Sdk, WriteClient::Direct] {
+        fenced_writes(kind).await;
+    }
+}
+
+async fn fenced_writes(kind: WriteClient) {
     let local = LocalAws::from_env();
     let cleanup = TablesCleanup::new(&local);
     let client = local.dynamodb(REGION_B);
@@ -166,7 +208,7 @@ async fn fenced_one_way_writes_never_land_over_a_later_owners_copy() {
     create_table(&client, &table, "id", None).await;
     cleanup.table(REGION_B, &table);
     let attributes = VersionAttributes::default();
-    let aws = AwsTarget::new(client.clone(), table.clone(), attributes.clone());
+    let aws = writer(&local, kind, client.clone(), table.clone()).await;
     let memory = MemoryTarget::new(&["id"], attributes.clone());
     let plain = |id: &str, text: &str| Write::Put {
         item: [
@@ -232,7 +274,10 @@ async fn fenced_one_way_writes_never_land_over_a_later_owners_copy() {
             };
             let got_aws = aws.write(&write).await.expect("write");
             let got_memory = memory.write(&write).await.expect("write");
-            assert_eq!(got_aws, got_memory, "model and DynamoDB agree: {name}");
+            assert_eq!(
+                got_aws, got_memory,
+                "model and DynamoDB ({kind:?} writer) agree: {name}"
+            );
             last = Some(got_aws);
         }
         assert_eq!(last, Some(expected), "{name}");

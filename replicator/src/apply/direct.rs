@@ -1,0 +1,747 @@
+//! The target table's writes sent directly: each conditional `PutItem` or `DeleteItem` is one JSON
+//! request, signed with the SDK's own SigV4 signer (`aws-sigv4`), with credentials from the SDK's own
+//! provider chain, to the endpoint the SDK's own resolver names, over a pooled hyper connection.
+//!
+//! Why: a profile of the replicator showed the SDK's per-request machinery (its orchestrator, config
+//! bag, interceptors, retry classifiers, endpoint resolution per call) costing more CPU per record than
+//! the HTTP exchange itself, and one conditional write per record is nearly all the replicator does
+//! (docs/BENCHMARKS.md). Everything else (reads, leases, start-up checks, dead letters, the operator's
+//! tools) still goes through the SDK clients; `--write-client sdk` sends the writes through them too.
+//!
+//! What is the same as the SDK's writer: the request (operation, JSON body, condition expressions from
+//! [`expression`]), the signature (the same crate signs it), the credential chain (the SDK's provider,
+//! refreshed before expiry), the endpoint (the SDK's resolver with the same region, FIPS, dual-stack and
+//! `AWS_ENDPOINT_URL[_DYNAMODB]` inputs), TLS (rustls with aws-lc-rs and the platform's roots), one
+//! attempt per call with a deadline, and the error classification ([`classify_code`]). What differs: no
+//! SDK retries (the writer never used them: one attempt each, the engine retries), no clock-skew
+//! correction (a skewed clock gets `InvalidSignatureException`, which is fatal and names itself), and
+//! the regional endpoint is used rather than the account-based one (`{account}.ddb.{region}...`), which
+//! DynamoDB serves equally.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_sdk_dynamodb::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_smithy_runtime_api::client::identity::Identity;
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HOST, HeaderValue};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tworegion_common::version::VersionAttributes;
+
+use super::target::{AwsTarget, Outcome, TargetTable, Write, expression};
+use crate::error::{AwsFailure, ErrorClass, classify_code};
+use crate::item::Item;
+
+/// Credentials are refreshed when they have less than this left (the SDK's identity cache refreshes
+/// within a similar margin), so no request is signed with credentials about to expire in flight.
+const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(5 * 60);
+/// After a refresh that still returned credentials inside the margin (a provider that hands out
+/// short-lived ones), ask again at most this often until they really expire.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// Idle pooled connections are closed after this (DynamoDB closes idle connections itself after a
+/// while; a connection it closed is reopened by the pool).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The time allowed to open a connection (including TLS), within the attempt's deadline.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const JSON_1_0: &str = "application/x-amz-json-1.0";
+
+/// How the direct writer reaches one table.
+#[derive(Debug, Clone)]
+pub struct DirectConfig {
+    /// The target's region (also the signing region).
+    pub region: String,
+    /// The endpoint, as the SDK resolves it (see [`resolve_endpoint`]).
+    pub endpoint: String,
+    /// The table.
+    pub table: String,
+    /// The convention's attribute names.
+    pub attributes: VersionAttributes,
+    /// The deadline of one attempt (sending, the answer, and reading it).
+    pub attempt_timeout: Duration,
+}
+
+/// The endpoint the SDK's DynamoDB client would call for `sdk`: its own resolver, fed what
+/// `aws_sdk_dynamodb::config::Builder::from(sdk)` feeds it (an endpoint URL given in code, else
+/// `AWS_ENDPOINT_URL_DYNAMODB` or the profile's service setting, else `AWS_ENDPOINT_URL`; region; FIPS;
+/// dual-stack).
+pub async fn resolve_endpoint(sdk: &aws_config::SdkConfig) -> Result<String, String> {
+    use aws_types::service_config::ServiceConfigKey;
+    let region = sdk
+        .region()
+        .map(|r| r.as_ref().to_owned())
+        .ok_or("no region is configured for the target")?;
+    let url = if sdk.get_origin("endpoint_url").is_client_config() {
+        sdk.endpoint_url().map(str::to_owned)
+    } else {
+        sdk.service_config()
+            .and_then(|conf| {
+                conf.load_config(
+                    ServiceConfigKey::builder()
+                        .service_id("DynamoDB")
+                        .env("AWS_ENDPOINT_URL")
+                        .profile("endpoint_url")
+                        .build()
+                        .ok()?,
+                )
+            })
+            .or_else(|| sdk.endpoint_url().map(str::to_owned))
+    };
+    let params = Params::builder()
+        .region(region)
+        .use_fips(sdk.use_fips().unwrap_or(false))
+        .use_dual_stack(sdk.use_dual_stack().unwrap_or(false))
+        .set_endpoint(url)
+        .build()
+        .map_err(|e| format!("cannot build the endpoint parameters: {e}"))?;
+    let endpoint = DefaultResolver::new()
+        .resolve_endpoint(&params)
+        .await
+        .map_err(|e| format!("cannot resolve the DynamoDB endpoint: {e}"))?;
+    Ok(endpoint.url().to_owned())
+}
+
+/// Credentials from the SDK's provider, kept until shortly before they expire.
+struct CredentialCache {
+    provider: SharedCredentialsProvider,
+    current: RwLock<Option<Cached>>,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+#[derive(Clone)]
+struct Cached {
+    identity: Arc<Identity>,
+    expiry: Option<SystemTime>,
+    fetched: Instant,
+}
+
+impl CredentialCache {
+    fn fresh(&self) -> Option<Arc<Identity>> {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        let cached = current.as_ref()?;
+        let now = SystemTime::now();
+        let usable = match cached.expiry {
+            None => true,
+            Some(expiry) if expiry <= now => false,
+            Some(expiry) => {
+                expiry.duration_since(now).unwrap_or_default() > REFRESH_BEFORE_EXPIRY
+                    || cached.fetched.elapsed() < MIN_REFRESH_INTERVAL
+            }
+        };
+        usable.then(|| cached.identity.clone())
+    }
+
+    async fn identity(&self) -> Result<Arc<Identity>, AwsFailure> {
+        if let Some(identity) = self.fresh() {
+            return Ok(identity);
+        }
+        let _one_refresh = self.refresh.lock().await;
+        if let Some(identity) = self.fresh() {
+            return Ok(identity);
+        }
+        let credentials = self.provider.provide_credentials().await.map_err(|e| {
+            AwsFailure::synthetic(
+                ErrorClass::Retryable,
+                "credentials",
+                format!(
+                    "cannot load credentials for the target: {}",
+                    aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+                ),
+            )
+        })?;
+        let expiry = credentials.expiry();
+        let identity = Arc::new(Identity::from(credentials));
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Cached {
+            identity: identity.clone(),
+            expiry,
+            fetched: Instant::now(),
+        });
+        Ok(identity)
+    }
+}
+
+/// The target on DynamoDB, written directly (see the module's documentation).
+pub struct DirectTarget {
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    uri: http::Uri,
+    /// The URI as the signer reads it.
+    uri_text: String,
+    host: HeaderValue,
+    credentials: CredentialCache,
+    /// The table name as a JSON string, quotes included.
+    table_json: String,
+    config: DirectConfig,
+}
+
+impl std::fmt::Debug for DirectTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectTarget")
+            .field("endpoint", &self.uri_text)
+            .field("table", &self.config.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DirectTarget {
+    /// A writer for `config.table`, with credentials from `provider`.
+    pub fn new(
+        config: DirectConfig,
+        provider: SharedCredentialsProvider,
+    ) -> Result<DirectTarget, String> {
+        let uri: http::Uri = config.endpoint.parse().map_err(|e| {
+            format!(
+                "the DynamoDB endpoint {:?} is not a URL: {e}",
+                config.endpoint
+            )
+        })?;
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("the DynamoDB endpoint {:?} has no host", config.endpoint))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(format!(
+                "the DynamoDB endpoint {:?} must start with https:// (or http:// for a local one)",
+                config.endpoint
+            ));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!(
+                "the DynamoDB endpoint {:?} must not have a path or query",
+                config.endpoint
+            ));
+        }
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|e| format!("the endpoint's host is not a valid header: {e}"))?;
+        let uri_text = format!("{}://{}/", uri.scheme_str().unwrap_or("https"), authority);
+        let uri: http::Uri = uri_text
+            .parse()
+            .map_err(|e| format!("the endpoint {uri_text:?} is not a URL: {e}"))?;
+        let mut connector = HttpConnector::new();
+        connector.enforce_http(false);
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(rustls::crypto::aws_lc_rs::default_provider())
+            .map_err(|e| format!("cannot load the platform's CA certificates: {e}"))?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .build(https);
+        let table_json =
+            serde_json::to_string(&config.table).map_err(|e| format!("table name: {e}"))?;
+        Ok(DirectTarget {
+            http,
+            uri,
+            uri_text,
+            host,
+            credentials: CredentialCache {
+                provider,
+                current: RwLock::new(None),
+                refresh: tokio::sync::Mutex::new(()),
+            },
+            table_json,
+            config,
+        })
+    }
+
+    /// The JSON body of `write` and its `X-Amz-Target`.
+    fn body(&self, write: &Write) -> Result<(Vec<u8>, &'static str), AwsFailure> {
+        let (operation, field, item, condition) = match write {
+            Write::Put { item, condition } => {
+                ("DynamoDB_20120810.PutItem", "Item", item, condition)
+            }
+            Write::Delete { key, condition } => {
+                ("DynamoDB_20120810.DeleteItem", "Key", key, condition)
+            }
+        };
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"{\"TableName\":");
+        out.extend_from_slice(self.table_json.as_bytes());
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(field.as_bytes());
+        out.extend_from_slice(b"\":");
+        write_item(&mut out, item)?;
+        if let Some(condition) = condition {
+            let e = expression(condition, &self.config.attributes);
+            out.extend_from_slice(b",\"ConditionExpression\":");
+            write_str(&mut out, e.text);
+            out.extend_from_slice(b",\"ExpressionAttributeNames\":{");
+            for (i, (placeholder, name)) in e.names.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_str(&mut out, placeholder);
+                out.push(b':');
+                write_str(&mut out, name);
+            }
+            out.extend_from_slice(b"},\"ExpressionAttributeValues\":");
+            write_item(&mut out, &e.values)?;
+        }
+        out.push(b'}');
+        Ok((out, operation))
+    }
+
+    async fn send(&self, body: Vec<u8>, operation: &'static str) -> Result<Outcome, AwsFailure> {
+        let identity = self.credentials.identity().await?;
+        let settings = SigningSettings::default();
+        let params = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.config.region)
+            .name("dynamodb")
+            .time(SystemTime::now())
+            .settings(settings)
+            .build()
+            .map_err(|e| construction(format!("signing parameters: {e}")))?
+            .into();
+        let host = self.host.to_str().unwrap_or_default();
+        let headers = [
+            (HOST.as_str(), host),
+            (CONTENT_TYPE.as_str(), JSON_1_0),
+            ("x-amz-target", operation),
+        ];
+        let signable = SignableRequest::new(
+            "POST",
+            &self.uri_text,
+            headers.into_iter(),
+            SignableBody::Bytes(&body),
+        )
+        .map_err(|e| construction(format!("signing: {e}")))?;
+        let (instructions, _signature) = sign(signable, &params)
+            .map_err(|e| construction(format!("signing: {e}")))?
+            .into_parts();
+        let mut request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(self.uri.clone())
+            .header(HOST, self.host.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static(JSON_1_0))
+            .header("x-amz-target", HeaderValue::from_static(operation))
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| construction(format!("request: {e}")))?;
+        instructions.apply_to_request_http1x(&mut request);
+        let exchange = async {
+            let response = self.http.request(request).await.map_err(|e| {
+                AwsFailure::synthetic(
+                    ErrorClass::Retryable,
+                    "dispatch",
+                    format!("the write was not answered: {}", chain(&e)),
+                )
+            })?;
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.map_err(|e| {
+                AwsFailure::synthetic(
+                    ErrorClass::Retryable,
+                    "response",
+                    format!("the write's answer was cut off: {}", chain(&e)),
+                )
+            })?;
+            Ok::<_, AwsFailure>((parts, body.to_bytes()))
+        };
+        let (parts, body) = tokio::time::timeout(self.config.attempt_timeout, exchange)
+            .await
+            .map_err(|_| {
+                AwsFailure::synthetic(
+                    ErrorClass::Retryable,
+                    "timeout",
+                    format!(
+                        "the write was not answered within {:?}",
+                        self.config.attempt_timeout
+                    ),
+                )
+            })??;
+        if parts.status.is_success() {
+            return Ok(Outcome::Applied);
+        }
+        let failure = service_failure(parts.status.as_u16(), &parts.headers, &body);
+        if failure.class == ErrorClass::Conflict {
+            Ok(Outcome::Conflict)
+        } else {
+            Err(failure)
+        }
+    }
+}
+
+impl TargetTable for DirectTarget {
+    async fn write(&self, write: &Write) -> Result<Outcome, AwsFailure> {
+        let (body, operation) = self.body(write)?;
+        self.send(body, operation).await
+    }
+}
+
+/// The target writer `replicator run` uses, as `--write-client` chose.
+#[derive(Debug)]
+pub enum Writer {
+    /// Through the SDK's client.
+    Sdk(AwsTarget),
+    /// Directly.
+    Direct(Box<DirectTarget>),
+}
+
+impl TargetTable for Writer {
+    async fn write(&self, write: &Write) -> Result<Outcome, AwsFailure> {
+        match self {
+            Writer::Sdk(target) => target.write(write).await,
+            Writer::Direct(target) => target.write(write).await,
+        }
+    }
+}
+
+fn construction(message: String) -> AwsFailure {
+    AwsFailure::synthetic(ErrorClass::Fatal, "construction", message)
+}
+
+/// An error and its causes, on one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A DynamoDB error answer, classified as the SDK's errors are ([`classify_code`]): the code is the
+/// part of `__type` after `#` (`com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException`).
+pub(crate) fn service_failure(status: u16, headers: &http::HeaderMap, body: &[u8]) -> AwsFailure {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let field = |name: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v.get(name))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    let code = field("__type").map(|t| match t.rsplit_once('#') {
+        Some((_, code)) => code.to_owned(),
+        None => t,
+    });
+    let text = field("message").or_else(|| field("Message"));
+    let (class, kind) = classify_code(code.as_deref(), Some(status));
+    let message = match (&code, text) {
+        (Some(code), Some(text)) => format!("{code}: {text}"),
+        (Some(code), None) => format!("{code} (HTTP {status})"),
+        (None, _) => format!("HTTP {status} without a DynamoDB error code"),
+    };
+    let request_id = headers
+        .get("x-amzn-requestid")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    AwsFailure {
+        class,
+        kind,
+        code,
+        message,
+        request_id,
+    }
+}
+
+fn write_str(out: &mut Vec<u8>, text: &str) {
+    // Writing to a Vec cannot fail, and a &str always serializes.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+/// An item (or a key, or expression values) in DynamoDB's JSON: `{"name":{"S":"..."},...}`.
+fn write_item(out: &mut Vec<u8>, item: &Item) -> Result<(), AwsFailure> {
+    out.push(b'{');
+    for (i, (name, value)) in item.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, name);
+        out.push(b':');
+        write_value(out, value)?;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+fn write_strings<'a>(out: &mut Vec<u8>, tag: &[u8], items: impl Iterator<Item = &'a str>) {
+    out.extend_from_slice(tag);
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, item);
+    }
+    out.extend_from_slice(b"]}");
+}
+
+fn write_value(out: &mut Vec<u8>, value: &AttributeValue) -> Result<(), AwsFailure> {
+    use aws_smithy_types::base64::encode;
+    match value {
+        AttributeValue::S(s) => {
+            out.extend_from_slice(b"{\"S\":");
+            write_str(out, s);
+            out.push(b'}');
+        }
+        AttributeValue::N(n) => {
+            out.extend_from_slice(b"{\"N\":");
+            write_str(out, n);
+            out.push(b'}');
+        }
+        AttributeValue::B(b) => {
+            out.extend_from_slice(b"{\"B\":\"");
+            out.extend_from_slice(encode(b.as_ref()).as_bytes());
+            out.extend_from_slice(b"\"}");
+        }
+        AttributeValue::Bool(b) => {
+            out.extend_from_slice(if *b {
+                b"{\"BOOL\":true}"
+            } else {
+                b"{\"BOOL\":false}"
+            });
+        }
+        AttributeValue::Null(b) => {
+            out.extend_from_slice(if *b {
+                b"{\"NULL\":true}"
+            } else {
+                b"{\"NULL\":false}"
+            });
+        }
+        AttributeValue::M(m) => {
+            out.extend_from_slice(b"{\"M\":");
+            write_item(out, m)?;
+            out.push(b'}');
+        }
+        AttributeValue::L(l) => {
+            out.extend_from_slice(b"{\"L\":[");
+            for (i, v) in l.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_value(out, v)?;
+            }
+            out.extend_from_slice(b"]}");
+        }
+        AttributeValue::Ss(v) => write_strings(out, b"{\"SS\":[", v.iter().map(String::as_str)),
+        AttributeValue::Ns(v) => write_strings(out, b"{\"NS\":[", v.iter().map(String::as_str)),
+        AttributeValue::Bs(v) => {
+            let encoded: Vec<String> = v.iter().map(|b| encode(b.as_ref())).collect();
+            write_strings(out, b"{\"BS\":[", encoded.iter().map(String::as_str));
+        }
+        other => {
+            return Err(construction(format!(
+                "an attribute value of a type this replicator does not know: {other:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::target::Condition;
+    use aws_sdk_dynamodb::primitives::Blob;
+    use tworegion_common::version::Version;
+
+    fn target() -> DirectTarget {
+        DirectTarget::new(
+            DirectConfig {
+                region: "eu-west-1".into(),
+                endpoint: "http://127.0.0.1:9".into(),
+                table: "to\"dos".into(),
+                attributes: VersionAttributes::default(),
+                attempt_timeout: Duration::from_secs(1),
+            },
+            SharedCredentialsProvider::new(aws_credential_types::Credentials::new(
+                "AKID", "SECRET", None, None, "test",
+            )),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn every_attribute_type_is_written_as_dynamodb_json() {
+        let item: Item = [
+            ("s".to_owned(), AttributeValue::S("a\"b\\c\n".into())),
+            ("n".to_owned(), AttributeValue::N("-1.5E3".into())),
+            (
+                "b".to_owned(),
+                AttributeValue::B(Blob::new(vec![0, 255, 1])),
+            ),
+            ("t".to_owned(), AttributeValue::Bool(true)),
+            ("f".to_owned(), AttributeValue::Bool(false)),
+            ("z".to_owned(), AttributeValue::Null(true)),
+            (
+                "m".to_owned(),
+                AttributeValue::M([("x".to_owned(), AttributeValue::N("1".into()))].into()),
+            ),
+            (
+                "l".to_owned(),
+                AttributeValue::L(vec![
+                    AttributeValue::S("q".into()),
+                    AttributeValue::L(vec![]),
+                ]),
+            ),
+            (
+                "ss".to_owned(),
+                AttributeValue::Ss(vec!["a".into(), "b".into()]),
+            ),
+            (
+                "ns".to_owned(),
+                AttributeValue::Ns(vec!["1".into(), "2.5".into()]),
+            ),
+            (
+                "bs".to_owned(),
+                AttributeValue::Bs(vec![Blob::new(b"hi".to_vec()), Blob::new(vec![])]),
+            ),
+        ]
+        .into();
+        let mut out = Vec::new();
+        write_item(&mut out, &item).unwrap();
+        let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!({
+                "s": {"S": "a\"b\\c\n"},
+                "n": {"N": "-1.5E3"},
+                "b": {"B": "AP8B"},
+                "t": {"BOOL": true},
+                "f": {"BOOL": false},
+                "z": {"NULL": true},
+                "m": {"M": {"x": {"N": "1"}}},
+                "l": {"L": [{"S": "q"}, {"L": []}]},
+                "ss": {"SS": ["a", "b"]},
+                "ns": {"NS": ["1", "2.5"]},
+                "bs": {"BS": ["aGk=", ""]},
+            })
+        );
+    }
+
+    #[test]
+    fn a_conditional_put_and_delete_carry_the_table_the_item_and_the_condition() {
+        let target = target();
+        let attributes = VersionAttributes::default();
+        let condition = Condition::Newer {
+            version: Version(42),
+            origin: "eu-west-1".into(),
+        };
+        let item: Item = [("pk".to_owned(), AttributeValue::S("k".into()))].into();
+        let (body, operation) = target
+            .body(&Write::Put {
+                item: item.clone(),
+                condition: Some(condition.clone()),
+            })
+            .unwrap();
+        assert_eq!(operation, "DynamoDB_20120810.PutItem");
+        let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let e = expression(&condition, &attributes);
+        assert_eq!(parsed["TableName"], "to\"dos");
+        assert_eq!(parsed["Item"], serde_json::json!({"pk": {"S": "k"}}));
+        assert_eq!(parsed["ConditionExpression"], e.text);
+        assert_eq!(
+            parsed["ExpressionAttributeNames"],
+            serde_json::json!({"#v": attributes.version, "#o": attributes.origin})
+        );
+        assert_eq!(
+            parsed["ExpressionAttributeValues"],
+            serde_json::json!({":v": {"N": "42"}, ":o": {"S": "eu-west-1"}, ":n": {"S": "N"}})
+        );
+
+        let (body, operation) = target
+            .body(&Write::Delete {
+                key: item,
+                condition: None,
+            })
+            .unwrap();
+        assert_eq!(operation, "DynamoDB_20120810.DeleteItem");
+        let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!({"TableName": "to\"dos", "Key": {"pk": {"S": "k"}}})
+        );
+    }
+
+    #[test]
+    fn error_answers_are_classified_like_the_sdks() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-amzn-requestid", HeaderValue::from_static("RID"));
+        let conflict = service_failure(
+            400,
+            &headers,
+            br#"{"__type":"com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException","message":"The conditional request failed"}"#,
+        );
+        assert_eq!(conflict.class, ErrorClass::Conflict);
+        assert_eq!(
+            conflict.code.as_deref(),
+            Some("ConditionalCheckFailedException")
+        );
+        assert_eq!(conflict.request_id.as_deref(), Some("RID"));
+        let throttled = service_failure(
+            400,
+            &headers,
+            br#"{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException","message":"slow down"}"#,
+        );
+        assert_eq!(
+            (throttled.class, throttled.kind),
+            (ErrorClass::Retryable, "throttled")
+        );
+        assert_eq!(
+            throttled.message,
+            "ProvisionedThroughputExceededException: slow down"
+        );
+        let denied = service_failure(
+            400,
+            &headers,
+            br#"{"__type":"com.amazon.coral.service#AccessDeniedException","Message":"no"}"#,
+        );
+        assert_eq!(
+            (denied.class, denied.kind),
+            (ErrorClass::Fatal, "access_denied")
+        );
+        let html = service_failure(503, &headers, b"<html>busy</html>");
+        assert_eq!((html.class, html.kind), (ErrorClass::Retryable, "server"));
+        assert_eq!(html.message, "HTTP 503 without a DynamoDB error code");
+    }
+
+    #[test]
+    fn endpoints_that_cannot_work_are_refused_with_the_reason() {
+        let provider = SharedCredentialsProvider::new(aws_credential_types::Credentials::new(
+            "AKID", "SECRET", None, None, "test",
+        ));
+        for (endpoint, says) in [
+            ("not a url", "is not a URL"),
+            ("ftp://host", "must start with https://"),
+            ("https://host/path", "must not have a path"),
+        ] {
+            let error = DirectTarget::new(
+                DirectConfig {
+                    region: "eu-west-1".into(),
+                    endpoint: endpoint.into(),
+                    table: "t".into(),
+                    attributes: VersionAttributes::default(),
+                    attempt_timeout: Duration::from_secs(1),
+                },
+                provider.clone(),
+            )
+            .unwrap_err();
+            assert!(error.contains(says), "{endpoint}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_retryable_dispatch_failure() {
+        // Port 9 (discard) on loopback: nothing listens in the test environment.
+        let failure = target()
+            .write(&Write::Delete {
+                key: [("pk".to_owned(), AttributeValue::S("k".into()))].into(),
+                condition: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (failure.class, failure.kind),
+            (ErrorClass::Retryable, "dispatch")
+        );
+    }
+}
