@@ -21,13 +21,12 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use aws_credential_types::Credentials;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sdk_dynamodb::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
-use aws_smithy_runtime_api::client::identity::Identity;
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HOST, HeaderValue};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -35,7 +34,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tworegion_common::version::VersionAttributes;
 
-use super::target::{AwsTarget, Outcome, TargetTable, Write, expression};
+use super::sigv4::{self, JSON_1_0, KeyCache};
+use super::target::{
+    AwsTarget, Condition, FENCE_ATTRIBUTE, FENCED_TEXT, NEWER_TEXT, NOT_NEWER_TEXT, Outcome,
+    TargetTable, Write,
+};
 use crate::error::{AwsFailure, ErrorClass, classify_code};
 use crate::item::Item;
 
@@ -50,7 +53,6 @@ const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The time allowed to open a connection (including TLS), within the attempt's deadline.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const JSON_1_0: &str = "application/x-amz-json-1.0";
 
 /// How the direct writer reaches one table.
 #[derive(Debug, Clone)]
@@ -110,23 +112,23 @@ pub async fn resolve_endpoint(sdk: &aws_config::SdkConfig) -> Result<String, Str
 /// Credentials from the SDK's provider, kept until shortly before they expire.
 struct CredentialCache {
     provider: SharedCredentialsProvider,
-    current: RwLock<Option<Cached>>,
+    current: RwLock<Option<Arc<Cached>>>,
     refresh: tokio::sync::Mutex<()>,
 }
 
-#[derive(Clone)]
+/// One set of credentials and its signing keys.
 struct Cached {
-    identity: Arc<Identity>,
-    expiry: Option<SystemTime>,
+    credentials: Credentials,
+    keys: KeyCache,
     fetched: Instant,
 }
 
 impl CredentialCache {
-    fn fresh(&self) -> Option<Arc<Identity>> {
+    fn fresh(&self) -> Option<Arc<Cached>> {
         let current = self.current.read().unwrap_or_else(|p| p.into_inner());
         let cached = current.as_ref()?;
         let now = SystemTime::now();
-        let usable = match cached.expiry {
+        let usable = match cached.credentials.expiry() {
             None => true,
             Some(expiry) if expiry <= now => false,
             Some(expiry) => {
@@ -134,16 +136,16 @@ impl CredentialCache {
                     || cached.fetched.elapsed() < MIN_REFRESH_INTERVAL
             }
         };
-        usable.then(|| cached.identity.clone())
+        usable.then(|| cached.clone())
     }
 
-    async fn identity(&self) -> Result<Arc<Identity>, AwsFailure> {
-        if let Some(identity) = self.fresh() {
-            return Ok(identity);
+    async fn get(&self) -> Result<Arc<Cached>, AwsFailure> {
+        if let Some(cached) = self.fresh() {
+            return Ok(cached);
         }
         let _one_refresh = self.refresh.lock().await;
-        if let Some(identity) = self.fresh() {
-            return Ok(identity);
+        if let Some(cached) = self.fresh() {
+            return Ok(cached);
         }
         let credentials = self.provider.provide_credentials().await.map_err(|e| {
             AwsFailure::synthetic(
@@ -155,14 +157,13 @@ impl CredentialCache {
                 ),
             )
         })?;
-        let expiry = credentials.expiry();
-        let identity = Arc::new(Identity::from(credentials));
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Cached {
-            identity: identity.clone(),
-            expiry,
+        let cached = Arc::new(Cached {
+            credentials,
+            keys: KeyCache::default(),
             fetched: Instant::now(),
         });
-        Ok(identity)
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(cached.clone());
+        Ok(cached)
     }
 }
 
@@ -270,62 +271,89 @@ impl DirectTarget {
         out.extend_from_slice(b"\":");
         write_item(&mut out, item)?;
         if let Some(condition) = condition {
-            let e = expression(condition, &self.config.attributes);
-            out.extend_from_slice(b",\"ConditionExpression\":");
-            write_str(&mut out, e.text);
-            out.extend_from_slice(b",\"ExpressionAttributeNames\":{");
-            for (i, (placeholder, name)) in e.names.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(&mut out, placeholder);
-                out.push(b':');
-                write_str(&mut out, name);
-            }
-            out.extend_from_slice(b"},\"ExpressionAttributeValues\":");
-            write_item(&mut out, &e.values)?;
+            self.write_condition(&mut out, condition);
         }
         out.push(b'}');
         Ok((out, operation))
     }
 
+    /// The condition's expression, names and values, as [`super::target::expression`] gives them to
+    /// the SDK (a test checks that they agree).
+    fn write_condition(&self, out: &mut Vec<u8>, condition: &Condition) {
+        use std::io::Write as _;
+        let attributes = &self.config.attributes;
+        out.extend_from_slice(b",\"ConditionExpression\":");
+        let text = match condition {
+            Condition::Newer { .. } => NEWER_TEXT,
+            Condition::NotNewerThan { .. } => NOT_NEWER_TEXT,
+            Condition::Fenced { .. } => FENCED_TEXT,
+        };
+        write_str(out, text);
+        out.extend_from_slice(b",\"ExpressionAttributeNames\":{");
+        match condition {
+            Condition::Newer { .. } => {
+                out.extend_from_slice(b"\"#v\":");
+                write_str(out, &attributes.version);
+                out.extend_from_slice(b",\"#o\":");
+                write_str(out, &attributes.origin);
+            }
+            Condition::NotNewerThan { .. } => {
+                out.extend_from_slice(b"\"#v\":");
+                write_str(out, &attributes.version);
+            }
+            Condition::Fenced { .. } => {
+                out.extend_from_slice(b"\"#f\":");
+                write_str(out, FENCE_ATTRIBUTE);
+            }
+        }
+        out.extend_from_slice(b"},\"ExpressionAttributeValues\":{\":n\":{\"S\":\"N\"},");
+        // Writing to a Vec cannot fail.
+        let _ = match condition {
+            Condition::Newer { version, origin } => {
+                let _ = write!(out, "\":v\":{{\"N\":\"{}\"}},\":o\":{{\"S\":", version.0);
+                write_str(out, origin);
+                write!(out, "}}")
+            }
+            Condition::NotNewerThan { version } => {
+                write!(out, "\":v\":{{\"N\":\"{}\"}}", version.0)
+            }
+            Condition::Fenced { fence } => write!(out, "\":f\":{{\"N\":\"{fence}\"}}"),
+        };
+        out.push(b'}');
+    }
+
     async fn send(&self, body: Vec<u8>, operation: &'static str) -> Result<Outcome, AwsFailure> {
-        let identity = self.credentials.identity().await?;
-        let settings = SigningSettings::default();
-        let params = aws_sigv4::sign::v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&self.config.region)
-            .name("dynamodb")
-            .time(SystemTime::now())
-            .settings(settings)
-            .build()
-            .map_err(|e| construction(format!("signing parameters: {e}")))?
-            .into();
-        let host = self.host.to_str().unwrap_or_default();
-        let headers = [
-            (HOST.as_str(), host),
-            (CONTENT_TYPE.as_str(), JSON_1_0),
-            ("x-amz-target", operation),
-        ];
-        let signable = SignableRequest::new(
-            "POST",
-            &self.uri_text,
-            headers.into_iter(),
-            SignableBody::Bytes(&body),
-        )
-        .map_err(|e| construction(format!("signing: {e}")))?;
-        let (instructions, _signature) = sign(signable, &params)
-            .map_err(|e| construction(format!("signing: {e}")))?
-            .into_parts();
+        let cached = self.credentials.get().await?;
+        let signature = sigv4::sign(
+            &sigv4::Request {
+                region: &self.config.region,
+                service: "dynamodb",
+                host: self.host.to_str().unwrap_or_default(),
+                target: operation,
+                body: &body,
+            },
+            &cached.credentials,
+            &cached.keys,
+            SystemTime::now(),
+        );
+        let header = |value: &str| {
+            HeaderValue::from_str(value)
+                .map_err(|e| construction(format!("a signing header is not valid: {e}")))
+        };
         let mut request = http::Request::builder()
             .method(http::Method::POST)
             .uri(self.uri.clone())
             .header(HOST, self.host.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static(JSON_1_0))
             .header("x-amz-target", HeaderValue::from_static(operation))
+            .header("x-amz-date", header(&signature.amz_date)?)
+            .header(AUTHORIZATION, header(&signature.authorization)?);
+        if let Some(token) = cached.credentials.session_token() {
+            request = request.header("x-amz-security-token", header(token)?);
+        }
+        let request = request
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| construction(format!("request: {e}")))?;
-        instructions.apply_to_request_http1x(&mut request);
         let exchange = async {
             let response = self.http.request(request).await.map_err(|e| {
                 AwsFailure::synthetic(
@@ -540,7 +568,7 @@ fn write_value(out: &mut Vec<u8>, value: &AttributeValue) -> Result<(), AwsFailu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::target::Condition;
+    use crate::apply::target::expression;
     use aws_sdk_dynamodb::primitives::Blob;
     use tworegion_common::version::Version;
 
@@ -618,37 +646,63 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_conditional_put_and_delete_carry_the_table_the_item_and_the_condition() {
+    /// `body`'s condition parts as JSON, beside what the SDK writer sends for the same condition.
+    fn condition_json(condition: &Condition) -> (serde_json::Value, serde_json::Value) {
         let target = target();
-        let attributes = VersionAttributes::default();
-        let condition = Condition::Newer {
-            version: Version(42),
-            origin: "eu-west-1".into(),
-        };
         let item: Item = [("pk".to_owned(), AttributeValue::S("k".into()))].into();
         let (body, operation) = target
             .body(&Write::Put {
-                item: item.clone(),
+                item,
                 condition: Some(condition.clone()),
             })
             .unwrap();
         assert_eq!(operation, "DynamoDB_20120810.PutItem");
         let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        let e = expression(&condition, &attributes);
         assert_eq!(parsed["TableName"], "to\"dos");
         assert_eq!(parsed["Item"], serde_json::json!({"pk": {"S": "k"}}));
-        assert_eq!(parsed["ConditionExpression"], e.text);
-        assert_eq!(
-            parsed["ExpressionAttributeNames"],
-            serde_json::json!({"#v": attributes.version, "#o": attributes.origin})
-        );
-        assert_eq!(
-            parsed["ExpressionAttributeValues"],
-            serde_json::json!({":v": {"N": "42"}, ":o": {"S": "eu-west-1"}, ":n": {"S": "N"}})
-        );
+        let ours = serde_json::json!({
+            "text": parsed["ConditionExpression"],
+            "names": parsed["ExpressionAttributeNames"],
+            "values": parsed["ExpressionAttributeValues"],
+        });
+        let e = expression(condition, &VersionAttributes::default());
+        let mut values = serde_json::Map::new();
+        for (name, value) in &e.values {
+            let mut out = Vec::new();
+            write_value(&mut out, value).unwrap();
+            values.insert(name.clone(), serde_json::from_slice(&out).unwrap());
+        }
+        let sdk = serde_json::json!({"text": e.text, "names": e.names, "values": values});
+        (ours, sdk)
+    }
 
-        let (body, operation) = target
+    #[test]
+    fn conditions_are_the_ones_the_sdk_writer_sends() {
+        for condition in [
+            Condition::Newer {
+                version: Version(42),
+                origin: "eu-\"west-1".into(),
+            },
+            Condition::Newer {
+                version: Version(u64::MAX),
+                origin: String::new(),
+            },
+            Condition::NotNewerThan {
+                version: Version(7),
+            },
+            Condition::Fenced {
+                fence: 1_796_640_989_381,
+            },
+        ] {
+            let (ours, sdk) = condition_json(&condition);
+            assert_eq!(ours, sdk, "{condition:?}");
+        }
+    }
+
+    #[test]
+    fn an_unconditional_delete_carries_the_table_and_key_only() {
+        let item: Item = [("pk".to_owned(), AttributeValue::S("k".into()))].into();
+        let (body, operation) = target()
             .body(&Write::Delete {
                 key: item,
                 condition: None,

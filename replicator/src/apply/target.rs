@@ -93,6 +93,16 @@ impl AwsTarget {
     }
 }
 
+/// The expression of [`Condition::Newer`]: names `#v` (version), `#o` (origin); values `:v`, `:o`, `:n`
+/// (the type name `N`).
+pub const NEWER_TEXT: &str = "attribute_not_exists(#v) OR NOT attribute_type(#v, :n) OR #v < :v \
+                              OR (#v = :v AND #o <= :o)";
+/// The expression of [`Condition::NotNewerThan`]: name `#v`; values `:v`, `:n`.
+pub const NOT_NEWER_TEXT: &str =
+    "attribute_not_exists(#v) OR NOT attribute_type(#v, :n) OR #v <= :v";
+/// The expression of [`Condition::Fenced`]: name `#f` ([`FENCE_ATTRIBUTE`]); values `:f`, `:n`.
+pub const FENCED_TEXT: &str = "attribute_not_exists(#f) OR NOT attribute_type(#f, :n) OR #f <= :f";
+
 /// A condition as a DynamoDB expression with its names and values.
 pub struct Expression {
     /// The condition expression.
@@ -114,8 +124,7 @@ pub fn expression(condition: &Condition, attributes: &VersionAttributes) -> Expr
     let number_type = (":n".to_owned(), AttributeValue::S("N".to_owned()));
     match condition {
         Condition::Newer { version, origin } => Expression {
-            text: "attribute_not_exists(#v) OR NOT attribute_type(#v, :n) OR #v < :v \
-                   OR (#v = :v AND #o <= :o)",
+            text: NEWER_TEXT,
             names: [
                 ("#v".to_owned(), attributes.version.clone()),
                 ("#o".to_owned(), attributes.origin.clone()),
@@ -129,7 +138,7 @@ pub fn expression(condition: &Condition, attributes: &VersionAttributes) -> Expr
             .into(),
         },
         Condition::NotNewerThan { version } => Expression {
-            text: "attribute_not_exists(#v) OR NOT attribute_type(#v, :n) OR #v <= :v",
+            text: NOT_NEWER_TEXT,
             names: [("#v".to_owned(), attributes.version.clone())].into(),
             values: [
                 (":v".to_owned(), AttributeValue::N(version.to_string())),
@@ -138,7 +147,7 @@ pub fn expression(condition: &Condition, attributes: &VersionAttributes) -> Expr
             .into(),
         },
         Condition::Fenced { fence } => Expression {
-            text: "attribute_not_exists(#f) OR NOT attribute_type(#f, :n) OR #f <= :f",
+            text: FENCED_TEXT,
             names: [("#f".to_owned(), FENCE_ATTRIBUTE.to_owned())].into(),
             values: [
                 (":f".to_owned(), AttributeValue::N(fence.to_string())),
