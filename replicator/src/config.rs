@@ -189,12 +189,10 @@ pub struct RunArgs {
     #[arg(long, env = "REPLICATOR_READS_PER_SECOND", default_value_t = 5)]
     pub reads_per_second: u32,
     /// Records read but not yet applied, over all shards, at most (each read waits for room for a
-    /// whole page): bounds memory however many shards the worker holds.
-    #[arg(
-        long,
-        env = "REPLICATOR_MAX_BUFFERED_RECORDS",
-        default_value_t = 10_000
-    )]
+    /// whole page): bounds memory however many shards the worker holds. A read asks for the shard's
+    /// share of it (at least 100 records, at most --batch-size), so pages get smaller as the worker
+    /// holds more shards: raise it for faster catch-up of single shards on a worker holding many.
+    #[arg(long, env = "REPLICATOR_MAX_BUFFERED_RECORDS", default_value_t = 4_000)]
     pub max_buffered_records: usize,
     /// How often at most a shard's checkpoint is written while records flow (for example 1s; 0s: after
     /// every page). A stop, a hand-off and a shard's end always write it; after a crash, at most this
@@ -296,7 +294,7 @@ impl Default for Tuning {
             idle_poll: Duration::from_secs(1),
             reads_per_second: 5,
             checkpoint_interval: Duration::from_secs(1),
-            max_buffered_records: 10_000,
+            max_buffered_records: 4_000,
             shard_sync_interval: Duration::from_secs(30),
             lease_duration: Duration::from_secs(10),
             max_backoff: Duration::from_secs(5),

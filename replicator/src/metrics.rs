@@ -293,6 +293,11 @@ impl Health {
         }
     }
 
+    /// How many shards this worker is running.
+    pub fn tracked(&self) -> usize {
+        self.shards.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Starts tracking a shard task.
     pub fn track(self: &Arc<Self>, shard: &str) -> ShardTracker {
         self.shards

@@ -66,6 +66,21 @@ pub struct Engine<S, T, L> {
     pub dead_letters: Option<Arc<dyn DeadLetterSink>>,
 }
 
+/// The smallest page a read asks for when many shards share `--max-buffered-records`.
+pub const MIN_PAGE: usize = 100;
+
+/// The records one read asks for when the worker runs `shards` shards: the shard's share of
+/// `--max-buffered-records`, at least [`MIN_PAGE`], at most `--batch-size` and never more than the
+/// whole bound.
+pub fn page_limit(tuning: &Tuning, shards: usize) -> u32 {
+    let share = (tuning.max_buffered_records / shards.max(1)).max(MIN_PAGE);
+    let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    u32::try_from(tuning.batch_size.max(1))
+        .unwrap_or(1)
+        .min(to_u32(share))
+        .min(to_u32(tuning.max_buffered_records.max(1)))
+}
+
 /// A lease this worker holds, shared by the shard task (checkpoints) and the lease loop (renewals).
 #[derive(Debug)]
 pub struct Held {
@@ -392,10 +407,11 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
             _ = tokio::time::sleep_until(*next_read_at) => {}
         }
         // Room for a whole page among the records buffered over all shards, held until the page is
-        // applied: memory stays bounded however many shards this worker holds.
-        let room = u32::try_from(self.tuning.batch_size.max(1))
-            .unwrap_or(1)
-            .min(u32::try_from(self.tuning.max_buffered_records.max(1)).unwrap_or(u32::MAX));
+        // applied: memory stays bounded however many shards this worker holds. The page is the
+        // shard's share of that bound (at least MIN_PAGE records, at most --batch-size): with many
+        // shards, smaller responses are in flight at once, which is what the process's peak memory
+        // follows (docs/BENCHMARKS.md).
+        let room = page_limit(&self.tuning, self.health.tracked());
         let mut permit = tokio::select! {
             biased;
             _ = stop.cancelled() => return None,
@@ -885,5 +901,31 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
                 .observe(lag);
         }
         (watermark.advance(), halted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_shrink_to_each_shards_share_of_the_buffer_bound() {
+        let tuning = Tuning::default(); // --batch-size 1000, --max-buffered-records 4000
+        assert_eq!(page_limit(&tuning, 0), 1000);
+        assert_eq!(page_limit(&tuning, 1), 1000);
+        assert_eq!(page_limit(&tuning, 4), 1000);
+        assert_eq!(page_limit(&tuning, 10), 400);
+        assert_eq!(page_limit(&tuning, 16), 250);
+        assert_eq!(page_limit(&tuning, 64), 100, "never below MIN_PAGE");
+        let small = Tuning {
+            batch_size: 50,
+            ..Tuning::default()
+        };
+        assert_eq!(page_limit(&small, 1000), 50, "never above --batch-size");
+        let tight = Tuning {
+            max_buffered_records: 40,
+            ..Tuning::default()
+        };
+        assert_eq!(page_limit(&tight, 64), 40, "never above the whole bound");
     }
 }
