@@ -11,26 +11,29 @@ pub type Item = HashMap<String, AttributeValue>;
 /// different keys never give the same string), for grouping changes per key and for log messages, for
 /// example `"pk"=S"user#1","sk"=N"7"`. Never used as a metric label.
 pub fn key_string(keys: &Item) -> String {
+    use std::fmt::Write as _;
     let mut names: Vec<&String> = keys.keys().collect();
     names.sort();
-    let mut out = String::new();
+    let mut out = String::with_capacity(64);
+    // Writing to a String cannot fail.
     for (i, name) in names.into_iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        out.push_str(&format!("{name:?}="));
-        match &keys[name] {
-            AttributeValue::S(s) => out.push_str(&format!("S{s:?}")),
-            AttributeValue::N(n) => out.push_str(&format!("N{n:?}")),
+        let _ = write!(out, "{name:?}=");
+        let _ = match &keys[name] {
+            AttributeValue::S(s) => write!(out, "S{s:?}"),
+            AttributeValue::N(n) => write!(out, "N{n:?}"),
             AttributeValue::B(b) => {
                 out.push_str("B\"");
                 for byte in b.as_ref() {
-                    out.push_str(&format!("{byte:02x}"));
+                    let _ = write!(out, "{byte:02x}");
                 }
                 out.push('"');
+                Ok(())
             }
-            other => out.push_str(&format!("{other:?}")),
-        }
+            other => write!(out, "{other:?}"),
+        };
     }
     out
 }
