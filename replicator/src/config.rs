@@ -190,8 +190,9 @@ pub struct RunArgs {
     pub reads_per_second: u32,
     /// Records read but not yet applied, over all shards, at most (each read waits for room for a
     /// whole page): bounds memory however many shards the worker holds. A read asks for the shard's
-    /// share of it (at least 100 records, at most --batch-size), so pages get smaller as the worker
-    /// holds more shards: raise it for faster catch-up of single shards on a worker holding many.
+    /// share of it among the shards that are reading records (at least 200 records, at most
+    /// --batch-size), so pages get smaller as more shards are busy: raise it for faster catch-up when
+    /// one worker holds many busy shards.
     #[arg(long, env = "REPLICATOR_MAX_BUFFERED_RECORDS", default_value_t = 4_000)]
     pub max_buffered_records: usize,
     /// How often at most a shard's checkpoint is written while records flow (for example 1s; 0s: after

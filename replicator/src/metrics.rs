@@ -215,6 +215,8 @@ struct ShardProgress {
     doing: &'static str,
     /// The current stall was logged.
     reported: bool,
+    /// The last read returned records (a shard with a backlog or a stream of changes).
+    busy: bool,
 }
 
 /// What `/healthz` and `/readyz` report.
@@ -243,12 +245,14 @@ impl ShardTracker {
             p.last = Instant::now();
             p.oldest_unapplied = None;
             p.reported = false;
+            p.busy = false;
         });
     }
 
     /// Records were read that are not applied yet; `created` is the oldest one's creation time.
     pub fn pending(&self, created: Option<f64>) {
         self.health.update(&self.shard, |p| {
+            p.busy = true;
             if p.oldest_unapplied.is_none() {
                 p.oldest_unapplied = created;
             }
@@ -293,9 +297,14 @@ impl Health {
         }
     }
 
-    /// How many shards this worker is running.
-    pub fn tracked(&self) -> usize {
-        self.shards.lock().unwrap_or_else(|p| p.into_inner()).len()
+    /// How many of this worker's shards returned records at their last read.
+    pub fn busy_shards(&self) -> usize {
+        self.shards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|p| p.busy)
+            .count()
     }
 
     /// Starts tracking a shard task.
@@ -310,6 +319,7 @@ impl Health {
                     oldest_unapplied: None,
                     doing: "starting",
                     reported: false,
+                    busy: false,
                 },
             );
         ShardTracker {

@@ -66,10 +66,11 @@ pub struct Engine<S, T, L> {
     pub dead_letters: Option<Arc<dyn DeadLetterSink>>,
 }
 
-/// The smallest page a read asks for when many shards share `--max-buffered-records`.
-pub const MIN_PAGE: usize = 100;
+/// The smallest page a read asks for when many shards share `--max-buffered-records`: 5 reads a second
+/// of it, 1,000 records/s, is what one partition (and so one stream shard) can be written at.
+pub const MIN_PAGE: usize = 200;
 
-/// The records one read asks for when the worker runs `shards` shards: the shard's share of
+/// The records one read asks for when `shards` shards are reading records: the shard's share of
 /// `--max-buffered-records`, at least [`MIN_PAGE`], at most `--batch-size` and never more than the
 /// whole bound.
 pub fn page_limit(tuning: &Tuning, shards: usize) -> u32 {
@@ -399,6 +400,7 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
         iterator: Option<&str>,
         next_read_at: &mut Instant,
         stop: &CancellationToken,
+        busy: bool,
     ) -> Option<Result<(crate::stream::Page, OwnedSemaphorePermit), StreamError>> {
         let iterator = iterator?;
         tokio::select! {
@@ -411,7 +413,9 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
         // shard's share of that bound (at least MIN_PAGE records, at most --batch-size): with many
         // shards, smaller responses are in flight at once, which is what the process's peak memory
         // follows (docs/BENCHMARKS.md).
-        let room = page_limit(&self.tuning, self.health.tracked());
+        // Shards that are reading records share the bound; idle ones hold none of it between reads.
+        let sharing = self.health.busy_shards() + usize::from(!busy);
+        let room = page_limit(&self.tuning, sharing);
         let mut permit = tokio::select! {
             biased;
             _ = stop.cancelled() => return None,
@@ -498,7 +502,7 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
                     _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
                 }
             }
-            let read = self.paced_read(iterator.as_deref(), &mut next_read_at, &stop);
+            let read = self.paced_read(iterator.as_deref(), &mut next_read_at, &stop, !caught_up);
             let (applied, read) = match current.take() {
                 Some((page, room)) => {
                     progress.doing("applying writes");
@@ -916,7 +920,7 @@ mod tests {
         assert_eq!(page_limit(&tuning, 4), 1000);
         assert_eq!(page_limit(&tuning, 10), 400);
         assert_eq!(page_limit(&tuning, 16), 250);
-        assert_eq!(page_limit(&tuning, 64), 100, "never below MIN_PAGE");
+        assert_eq!(page_limit(&tuning, 64), 200, "never below MIN_PAGE");
         let small = Tuning {
             batch_size: 50,
             ..Tuning::default()

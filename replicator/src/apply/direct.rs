@@ -19,7 +19,9 @@
 //! DynamoDB serves equally.
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
@@ -37,7 +39,7 @@ use tworegion_common::version::VersionAttributes;
 use super::sigv4::{self, JSON_1_0, KeyCache};
 use super::target::{
     AwsTarget, Condition, FENCE_ATTRIBUTE, FENCED_TEXT, NEWER_TEXT, NOT_NEWER_TEXT, Outcome,
-    TargetTable, Write,
+    TargetTable, Write, refused,
 };
 use crate::error::{AwsFailure, ErrorClass, classify_code};
 use crate::item::Item;
@@ -45,9 +47,16 @@ use crate::item::Item;
 /// Credentials are refreshed when they have less than this left (the SDK's identity cache refreshes
 /// within a similar margin), so no request is signed with credentials about to expire in flight.
 const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(5 * 60);
-/// After a refresh that still returned credentials inside the margin (a provider that hands out
-/// short-lived ones), ask again at most this often until they really expire.
+/// Credentials without an expiry (static keys, some `credential_process` tools) are loaded again after
+/// this, as the SDK's identity cache does, so keys rotated in a profile are picked up.
+const NO_EXPIRY_LIFETIME: Duration = Duration::from_secs(15 * 60);
+/// After a refresh that failed, or that returned credentials already inside the margin, the provider
+/// is asked again at most this often (the current credentials are used meanwhile while still valid).
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// The longest wait for the credential provider (instance metadata, the ECS endpoint, STS).
+const CREDENTIALS_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest answer read: DynamoDB's answers to these writes are a few hundred bytes.
+const MAX_ANSWER_BYTES: usize = 1 << 20;
 /// Idle pooled connections are closed after this (DynamoDB closes idle connections itself after a
 /// while; a connection it closed is reopened by the pool).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -110,10 +119,23 @@ pub async fn resolve_endpoint(sdk: &aws_config::SdkConfig) -> Result<String, Str
 }
 
 /// Credentials from the SDK's provider, kept until shortly before they expire.
+///
+/// One caller refreshes at a time, within [`CREDENTIALS_TIMEOUT`]; while valid credentials remain,
+/// nobody waits for a refresh and a failed refresh is only logged (and tried again after
+/// [`MIN_REFRESH_INTERVAL`]). Without valid credentials a failed load is a retryable failure, and
+/// callers in the following [`MIN_REFRESH_INTERVAL`] get that failure at once instead of each asking
+/// the provider again.
 struct CredentialCache {
     provider: SharedCredentialsProvider,
-    current: RwLock<Option<Arc<Cached>>>,
+    state: RwLock<CacheState>,
     refresh: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct CacheState {
+    current: Option<Arc<Cached>>,
+    /// When a refresh last failed, and why.
+    failed: Option<(Instant, String)>,
 }
 
 /// One set of credentials and its signing keys.
@@ -121,49 +143,125 @@ struct Cached {
     credentials: Credentials,
     keys: KeyCache,
     fetched: Instant,
+    /// Set when DynamoDB refused these credentials: load again before the next request.
+    refused: std::sync::atomic::AtomicBool,
+}
+
+impl Cached {
+    fn valid(&self, now: SystemTime) -> bool {
+        !self.refused.load(std::sync::atomic::Ordering::Relaxed)
+            && self.credentials.expiry().is_none_or(|expiry| expiry > now)
+    }
+
+    fn due(&self, now: SystemTime) -> bool {
+        match self.credentials.expiry() {
+            None => self.fetched.elapsed() >= NO_EXPIRY_LIFETIME,
+            Some(expiry) => {
+                expiry.duration_since(now).unwrap_or_default() <= REFRESH_BEFORE_EXPIRY
+                    && self.fetched.elapsed() >= MIN_REFRESH_INTERVAL
+            }
+        }
+    }
 }
 
 impl CredentialCache {
-    fn fresh(&self) -> Option<Arc<Cached>> {
-        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
-        let cached = current.as_ref()?;
+    fn new(provider: SharedCredentialsProvider) -> CredentialCache {
+        CredentialCache {
+            provider,
+            state: RwLock::new(CacheState::default()),
+            refresh: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The current credentials if they are valid (and whether a refresh is due), or the recent
+    /// failure to load any.
+    fn peek(&self) -> (Option<Arc<Cached>>, bool, Option<String>) {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         let now = SystemTime::now();
-        let usable = match cached.credentials.expiry() {
-            None => true,
-            Some(expiry) if expiry <= now => false,
-            Some(expiry) => {
-                expiry.duration_since(now).unwrap_or_default() > REFRESH_BEFORE_EXPIRY
-                    || cached.fetched.elapsed() < MIN_REFRESH_INTERVAL
-            }
-        };
-        usable.then(|| cached.clone())
+        let recent_failure = state
+            .failed
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < MIN_REFRESH_INTERVAL)
+            .map(|(_, why)| why.clone());
+        match &state.current {
+            Some(cached) if cached.valid(now) => (
+                Some(cached.clone()),
+                cached.due(now) && recent_failure.is_none(),
+                recent_failure,
+            ),
+            _ => (None, recent_failure.is_none(), recent_failure),
+        }
     }
 
     async fn get(&self) -> Result<Arc<Cached>, AwsFailure> {
-        if let Some(cached) = self.fresh() {
-            return Ok(cached);
-        }
-        let _one_refresh = self.refresh.lock().await;
-        if let Some(cached) = self.fresh() {
-            return Ok(cached);
-        }
-        let credentials = self.provider.provide_credentials().await.map_err(|e| {
+        let unavailable = |why: &str| {
             AwsFailure::synthetic(
                 ErrorClass::Retryable,
                 "credentials",
-                format!(
-                    "cannot load credentials for the target: {}",
-                    aws_sdk_dynamodb::error::DisplayErrorContext(&e)
-                ),
+                format!("cannot load credentials for the target: {why}"),
             )
-        })?;
-        let cached = Arc::new(Cached {
-            credentials,
-            keys: KeyCache::default(),
-            fetched: Instant::now(),
-        });
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(cached.clone());
-        Ok(cached)
+        };
+        let (current, due, failure) = self.peek();
+        match (current, due) {
+            (Some(cached), false) => return Ok(cached),
+            // Valid but due: one caller refreshes, the others go on with these.
+            (Some(cached), true) => match self.refresh.try_lock() {
+                Ok(_one_refresh) => return Ok(self.load().await.unwrap_or(cached)),
+                Err(_) => return Ok(cached),
+            },
+            (None, false) => return Err(unavailable(failure.as_deref().unwrap_or("unknown"))),
+            (None, true) => {}
+        }
+        let _one_refresh = self.refresh.lock().await;
+        // Someone else may have loaded them (or failed to) while this caller waited.
+        match self.peek() {
+            (Some(cached), _, _) => return Ok(cached),
+            (None, false, failure) => {
+                return Err(unavailable(failure.as_deref().unwrap_or("unknown")));
+            }
+            (None, true, _) => {}
+        }
+        match self.load().await {
+            Some(cached) => Ok(cached),
+            None => {
+                let (_, _, failure) = self.peek();
+                Err(unavailable(failure.as_deref().unwrap_or("unknown")))
+            }
+        }
+    }
+
+    /// Asks the provider (the caller holds `refresh`); `None` when it failed, with the failure kept.
+    async fn load(&self) -> Option<Arc<Cached>> {
+        let loaded =
+            tokio::time::timeout(CREDENTIALS_TIMEOUT, self.provider.provide_credentials()).await;
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        match loaded {
+            Ok(Ok(credentials)) => {
+                let cached = Arc::new(Cached {
+                    credentials,
+                    keys: KeyCache::default(),
+                    fetched: Instant::now(),
+                    refused: std::sync::atomic::AtomicBool::new(false),
+                });
+                state.current = Some(cached.clone());
+                state.failed = None;
+                Some(cached)
+            }
+            Ok(Err(error)) => {
+                let why = aws_sdk_dynamodb::error::DisplayErrorContext(&error).to_string();
+                tracing::warn!(error = %why, "Could not refresh the target's credentials.");
+                state.failed = Some((Instant::now(), why));
+                None
+            }
+            Err(_) => {
+                let why = format!(
+                    "the credential provider did not answer within {CREDENTIALS_TIMEOUT:?}"
+                );
+                tracing::warn!(error = %why, "Could not refresh the target's credentials.");
+                state.failed = Some((Instant::now(), why));
+                None
+            }
+        }
     }
 }
 
@@ -243,11 +341,7 @@ impl DirectTarget {
             uri,
             uri_text,
             host,
-            credentials: CredentialCache {
-                provider,
-                current: RwLock::new(None),
-                refresh: tokio::sync::Mutex::new(()),
-            },
+            credentials: CredentialCache::new(provider),
             table_json,
             config,
         })
@@ -323,7 +417,20 @@ impl DirectTarget {
     }
 
     async fn send(&self, body: Vec<u8>, operation: &'static str) -> Result<Outcome, AwsFailure> {
-        let cached = self.credentials.get().await?;
+        // Within the attempt's deadline too, so a write never goes out long after the lease check
+        // that preceded it.
+        let cached = tokio::time::timeout(self.config.attempt_timeout, self.credentials.get())
+            .await
+            .map_err(|_| {
+                AwsFailure::synthetic(
+                    ErrorClass::Retryable,
+                    "credentials",
+                    format!(
+                        "no credentials for the target within {:?}",
+                        self.config.attempt_timeout
+                    ),
+                )
+            })??;
         let signature = sigv4::sign(
             &sigv4::Request {
                 region: &self.config.region,
@@ -363,13 +470,18 @@ impl DirectTarget {
                 )
             })?;
             let (parts, body) = response.into_parts();
-            let body = body.collect().await.map_err(|e| {
-                AwsFailure::synthetic(
-                    ErrorClass::Retryable,
-                    "response",
-                    format!("the write's answer was cut off: {}", chain(&e)),
-                )
-            })?;
+            let body = http_body_util::Limited::new(body, MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| {
+                    AwsFailure::synthetic(
+                        ErrorClass::Retryable,
+                        "response",
+                        format!(
+                            "the write's answer was cut off or over {MAX_ANSWER_BYTES} bytes: {e}"
+                        ),
+                    )
+                })?;
             Ok::<_, AwsFailure>((parts, body.to_bytes()))
         };
         let (parts, body) = tokio::time::timeout(self.config.attempt_timeout, exchange)
@@ -385,14 +497,39 @@ impl DirectTarget {
                 )
             })??;
         if parts.status.is_success() {
-            return Ok(Outcome::Applied);
+            // DynamoDB answers a write with a JSON object (`{}` here). Anything else is not DynamoDB
+            // (a wrong endpoint, a proxy's page): never take it as applied.
+            return match serde_json::from_slice::<serde_json::Value>(&body) {
+                Ok(serde_json::Value::Object(_)) => Ok(Outcome::Applied),
+                _ => Err(AwsFailure::synthetic(
+                    ErrorClass::Retryable,
+                    "response",
+                    format!(
+                        "HTTP {} from {} with an answer that is not DynamoDB's JSON: is the \
+                         endpoint a DynamoDB endpoint?",
+                        parts.status.as_u16(),
+                        self.uri_text
+                    ),
+                )),
+            };
         }
         let failure = service_failure(parts.status.as_u16(), &parts.headers, &body);
-        if failure.class == ErrorClass::Conflict {
-            Ok(Outcome::Conflict)
-        } else {
-            Err(failure)
+        if failure.kind == "access_denied"
+            && matches!(
+                failure.code.as_deref(),
+                Some(
+                    "ExpiredTokenException"
+                        | "UnrecognizedClientException"
+                        | "InvalidSignatureException"
+                )
+            )
+        {
+            // Load the credentials again before the next attempt (rotated keys, a revoked session).
+            cached
+                .refused
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        refused(failure)
     }
 }
 
@@ -448,11 +585,26 @@ pub(crate) fn service_failure(status: u16, headers: &http::HeaderMap, body: &[u8
             .and_then(|v| v.as_str())
             .map(str::to_owned)
     };
-    let code = field("__type").map(|t| match t.rsplit_once('#') {
-        Some((_, code)) => code.to_owned(),
-        None => t,
-    });
-    let text = field("message").or_else(|| field("Message"));
+    // As the SDK's awsJson1_0 errors: the `x-amzn-errortype` header, else the body's `code`, else
+    // `__type`; cut at the first `:` (a URL may follow) and after the last `#` (a namespace may
+    // precede).
+    let code = headers
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| field("code"))
+        .or_else(|| field("__type"))
+        .map(|raw| {
+            let before_colon = raw.split(':').next().unwrap_or_default();
+            match before_colon.rsplit_once('#') {
+                Some((_, code)) => code.to_owned(),
+                None => before_colon.to_owned(),
+            }
+        })
+        .filter(|code| !code.is_empty());
+    let text = field("message")
+        .or_else(|| field("Message"))
+        .or_else(|| field("errorMessage"));
     let (class, kind) = classify_code(code.as_deref(), Some(status));
     let message = match (&code, text) {
         (Some(code), Some(text)) => format!("{code}: {text}"),
@@ -753,6 +905,20 @@ mod tests {
             (denied.class, denied.kind),
             (ErrorClass::Fatal, "access_denied")
         );
+        let mut typed = http::HeaderMap::new();
+        typed.insert(
+            "x-amzn-errortype",
+            HeaderValue::from_static("ThrottlingException:http://internal.amazon.com/coral/"),
+        );
+        let from_header = service_failure(400, &typed, b"{}");
+        assert_eq!(from_header.code.as_deref(), Some("ThrottlingException"));
+        assert_eq!(from_header.class, ErrorClass::Retryable);
+        let with_url = service_failure(
+            400,
+            &headers,
+            br#"{"__type":"com.amazonaws.dynamodb.v20120810#ResourceNotFoundException:http://x/","message":"gone"}"#,
+        );
+        assert_eq!(with_url.code.as_deref(), Some("ResourceNotFoundException"));
         let html = service_failure(503, &headers, b"<html>busy</html>");
         assert_eq!((html.class, html.kind), (ErrorClass::Retryable, "server"));
         assert_eq!(html.message, "HTTP 503 without a DynamoDB error code");
@@ -781,6 +947,242 @@ mod tests {
             .unwrap_err();
             assert!(error.contains(says), "{endpoint}: {error}");
         }
+    }
+
+    /// A credential provider that counts its calls and answers as told.
+    #[derive(Debug, Default)]
+    struct Provider {
+        calls: std::sync::atomic::AtomicUsize,
+        /// 0: static credentials; 1: expiring in `expires_in`; 2: fail; 3: never answer.
+        behaviour: std::sync::atomic::AtomicUsize,
+        expires_in: Duration,
+    }
+
+    impl ProvideCredentials for Provider {
+        fn provide_credentials<'a>(
+            &'a self,
+        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            use std::sync::atomic::Ordering::SeqCst;
+            let call = self.calls.fetch_add(1, SeqCst) + 1;
+            let behaviour = self.behaviour.load(SeqCst);
+            aws_credential_types::provider::future::ProvideCredentials::new(async move {
+                let key = format!("AKID{call}");
+                match behaviour {
+                    0 => Ok(Credentials::new(key, "SECRET", None, None, "test")),
+                    1 => Ok(Credentials::new(
+                        key,
+                        "SECRET",
+                        Some("TOKEN".into()),
+                        Some(SystemTime::now() + self.expires_in),
+                        "test",
+                    )),
+                    2 => Err(
+                        aws_credential_types::provider::error::CredentialsError::not_loaded(
+                            "no credentials here",
+                        ),
+                    ),
+                    _ => std::future::pending().await,
+                }
+            })
+        }
+    }
+
+    fn cache(provider: &Arc<Provider>) -> CredentialCache {
+        CredentialCache::new(SharedCredentialsProvider::new(ProviderRef(
+            provider.clone(),
+        )))
+    }
+
+    #[derive(Debug)]
+    struct ProviderRef(Arc<Provider>);
+
+    impl ProvideCredentials for ProviderRef {
+        fn provide_credentials<'a>(
+            &'a self,
+        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            self.0.provide_credentials()
+        }
+    }
+
+    fn calls(provider: &Provider) -> usize {
+        provider.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn static_credentials_are_loaded_once_then_again_after_fifteen_minutes() {
+        let provider = Arc::new(Provider::default());
+        let cache = cache(&provider);
+        for _ in 0..100 {
+            cache.get().await.unwrap();
+        }
+        assert_eq!(calls(&provider), 1);
+        tokio::time::advance(NO_EXPIRY_LIFETIME).await;
+        let fresh = cache.get().await.unwrap();
+        assert_eq!(calls(&provider), 2);
+        assert_eq!(fresh.credentials.access_key_id(), "AKID2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_provider_is_a_retryable_failure_and_is_not_asked_by_every_caller() {
+        let provider = Arc::new(Provider::default());
+        provider
+            .behaviour
+            .store(2, std::sync::atomic::Ordering::SeqCst);
+        let cache = cache(&provider);
+        for _ in 0..10 {
+            let failure = cache.get().await.err().unwrap();
+            assert_eq!(
+                (failure.class, failure.kind),
+                (ErrorClass::Retryable, "credentials")
+            );
+            assert!(
+                failure.message.contains("no credentials here"),
+                "{}",
+                failure.message
+            );
+        }
+        assert_eq!(calls(&provider), 1, "asked once within the interval");
+        tokio::time::advance(MIN_REFRESH_INTERVAL).await;
+        provider
+            .behaviour
+            .store(0, std::sync::atomic::Ordering::SeqCst);
+        cache.get().await.unwrap();
+        assert_eq!(calls(&provider), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_that_never_answers_is_given_up_on() {
+        let provider = Arc::new(Provider::default());
+        provider
+            .behaviour
+            .store(3, std::sync::atomic::Ordering::SeqCst);
+        let failure = cache(&provider).get().await.err().unwrap();
+        assert_eq!(failure.class, ErrorClass::Retryable);
+        assert!(
+            failure.message.contains("did not answer"),
+            "{}",
+            failure.message
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiring_credentials_are_refreshed_and_kept_while_a_refresh_fails() {
+        let provider = Arc::new(Provider {
+            expires_in: Duration::from_secs(60),
+            ..Provider::default()
+        });
+        provider
+            .behaviour
+            .store(1, std::sync::atomic::Ordering::SeqCst);
+        let cache = cache(&provider);
+        let first = cache.get().await.unwrap();
+        assert_eq!(first.credentials.session_token(), Some("TOKEN"));
+        // Inside the 5-minute margin from the start, but asked again only after the interval.
+        cache.get().await.unwrap();
+        assert_eq!(calls(&provider), 1);
+        tokio::time::advance(MIN_REFRESH_INTERVAL).await;
+        provider
+            .behaviour
+            .store(2, std::sync::atomic::Ordering::SeqCst);
+        let kept = cache.get().await.unwrap();
+        assert_eq!(calls(&provider), 2, "the refresh was tried");
+        assert_eq!(
+            kept.credentials.access_key_id(),
+            "AKID1",
+            "and the valid ones kept"
+        );
+        cache.get().await.unwrap();
+        assert_eq!(calls(&provider), 2, "not asked again right after a failure");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn credentials_that_dynamodb_refused_are_loaded_again() {
+        let provider = Arc::new(Provider::default());
+        let cache = cache(&provider);
+        let first = cache.get().await.unwrap();
+        first
+            .refused
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let second = cache.get().await.unwrap();
+        assert_eq!(calls(&provider), 2);
+        assert_eq!(second.credentials.access_key_id(), "AKID2");
+    }
+
+    /// Answers the first request on a loopback port with `answer`, then closes.
+    fn answer_once(answer: &'static str) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            if let Ok((mut stream, _)) = listener.accept() {
+                let mut request = vec![0u8; 65_536];
+                let _ = stream.read(&mut request);
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        endpoint
+    }
+
+    fn target_at(endpoint: String) -> DirectTarget {
+        DirectTarget::new(
+            DirectConfig {
+                region: "eu-west-1".into(),
+                endpoint,
+                table: "t".into(),
+                attributes: VersionAttributes::default(),
+                attempt_timeout: Duration::from_secs(5),
+            },
+            SharedCredentialsProvider::new(aws_credential_types::Credentials::new(
+                "AKID", "SECRET", None, None, "test",
+            )),
+        )
+        .unwrap()
+    }
+
+    async fn answer_to_a_delete(answer: &'static str) -> Result<Outcome, AwsFailure> {
+        target_at(answer_once(answer))
+            .write(&Write::Delete {
+                key: [("pk".to_owned(), AttributeValue::S("k".into()))].into(),
+                condition: None,
+            })
+            .await
+    }
+
+    #[tokio::test]
+    async fn answers_are_applied_conflicts_or_failures_and_never_a_guess() {
+        assert_eq!(
+            answer_to_a_delete("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                .await
+                .unwrap(),
+            Outcome::Applied
+        );
+        let conflict = "HTTP/1.1 400 Bad Request\r\ncontent-length: 77\r\n\r\n\
+            {\"__type\":\"com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException\"}";
+        assert_eq!(
+            answer_to_a_delete(conflict).await.unwrap(),
+            Outcome::Conflict
+        );
+        // A 200 that is not DynamoDB's JSON (a wrong endpoint, a proxy's page) is not applied.
+        let not_dynamodb =
+            answer_to_a_delete("HTTP/1.1 200 OK\r\ncontent-length: 15\r\n\r\n<html>hi</html>")
+                .await
+                .unwrap_err();
+        assert_eq!(
+            (not_dynamodb.class, not_dynamodb.kind),
+            (ErrorClass::Retryable, "response")
+        );
+        assert!(not_dynamodb.message.contains("not DynamoDB's JSON"));
+        // An answer cut off before its declared length.
+        let cut = answer_to_a_delete("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{}")
+            .await
+            .unwrap_err();
+        assert_eq!((cut.class, cut.kind), (ErrorClass::Retryable, "response"));
     }
 
     #[tokio::test]

@@ -27,19 +27,28 @@ const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 /// The signing key of one day, for one set of credentials, region and service.
 #[derive(Debug, Default)]
 pub(crate) struct KeyCache {
-    key: Mutex<Option<(u64, Vec<u8>)>>,
+    key: Mutex<Option<(u64, [u8; 32])>>,
 }
 
 impl KeyCache {
-    fn key(&self, secret: &str, now: SystemTime, day: u64, region: &str, service: &str) -> Vec<u8> {
+    fn key(
+        &self,
+        secret: &str,
+        now: SystemTime,
+        day: u64,
+        region: &str,
+        service: &str,
+    ) -> [u8; 32] {
         let mut cached = self.key.lock().unwrap_or_else(|p| p.into_inner());
         match &*cached {
-            Some((cached_day, key)) if *cached_day == day => key.clone(),
+            Some((cached_day, key)) if *cached_day == day => *key,
             _ => {
-                let key = aws_sigv4::sign::v4::generate_signing_key(secret, now, region, service)
-                    .as_ref()
-                    .to_vec();
-                *cached = Some((day, key.clone()));
+                let derived =
+                    aws_sigv4::sign::v4::generate_signing_key(secret, now, region, service);
+                // HMAC-SHA256 output: always 32 bytes.
+                let mut key = [0u8; 32];
+                key.copy_from_slice(derived.as_ref());
+                *cached = Some((day, key));
                 key
             }
         }
@@ -123,7 +132,7 @@ pub(crate) fn sign(
         request.region,
         request.service,
     );
-    let signature = aws_sigv4::sign::v4::calculate_signature(&key, string_to_sign.as_bytes());
+    let signature = aws_sigv4::sign::v4::calculate_signature(key, string_to_sign.as_bytes());
     let authorization = format!(
         "{ALGORITHM} Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
         credentials.access_key_id()

@@ -170,14 +170,17 @@ where
 {
     match result {
         Ok(_) => Ok(Outcome::Applied),
-        Err(error) => {
-            let failure = AwsFailure::from_sdk(&error);
-            if failure.class == ErrorClass::Conflict {
-                Ok(Outcome::Conflict)
-            } else {
-                Err(failure)
-            }
-        }
+        Err(error) => refused(AwsFailure::from_sdk(&error)),
+    }
+}
+
+/// A write the service refused: its condition failing is an answer ([`Outcome::Conflict`]), anything
+/// else a failure.
+pub(crate) fn refused(failure: AwsFailure) -> Result<Outcome, AwsFailure> {
+    if failure.class == ErrorClass::Conflict {
+        Ok(Outcome::Conflict)
+    } else {
+        Err(failure)
     }
 }
 
