@@ -215,7 +215,8 @@ struct ShardProgress {
     doing: &'static str,
     /// The current stall was logged.
     reported: bool,
-    /// The last read returned records (a shard with a backlog or a stream of changes).
+    /// The last read returned records (a shard with a backlog or a stream of changes); a shard that
+    /// has not read yet counts as busy, so shards starting together share the bound from the start.
     busy: bool,
 }
 
@@ -319,7 +320,7 @@ impl Health {
                     oldest_unapplied: None,
                     doing: "starting",
                     reported: false,
-                    busy: false,
+                    busy: true,
                 },
             );
         ShardTracker {
