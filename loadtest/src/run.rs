@@ -342,13 +342,8 @@ async fn plan(load: &LoadArgs, fault: Option<&FaultArgs>) -> Result<Plan, String
 }
 
 fn utc_stamp() -> String {
-    // 2026-12-01T02:00:12.123Z -> 20261201T020012Z
-    let text = tworegion_common::time::rfc3339(tworegion_common::version::system_millis());
-    let bare: String = text[..19]
-        .chars()
-        .filter(|c| *c != '-' && *c != ':')
-        .collect();
-    format!("{bare}Z")
+    // For example 20261201T020012Z.
+    tworegion_common::time::basic_utc(tworegion_common::version::system_millis() / 1000)
 }
 
 /// What the run shares between its tasks.

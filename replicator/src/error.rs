@@ -85,19 +85,35 @@ impl AwsFailure {
             }
             other => DisplayErrorContext(other).to_string(),
         };
-        let (class, kind, code) = match error {
-            SdkError::TimeoutError(_) => (ErrorClass::Retryable, "timeout", None),
-            SdkError::DispatchFailure(_) => (ErrorClass::Retryable, "dispatch", None),
-            SdkError::ResponseError(_) => (ErrorClass::Retryable, "response", None),
-            SdkError::ConstructionFailure(_) => (ErrorClass::Fatal, "construction", None),
+        let (class, kind) = match error {
+            SdkError::TimeoutError(_) => (ErrorClass::Retryable, "timeout"),
+            SdkError::DispatchFailure(_) => (ErrorClass::Retryable, "dispatch"),
+            SdkError::ResponseError(_) => (ErrorClass::Retryable, "response"),
+            SdkError::ConstructionFailure(_) => (ErrorClass::Fatal, "construction"),
             SdkError::ServiceError(service) => {
                 let code = service.err().code().map(str::to_owned);
-                let status = Some(service.raw().status().as_u16());
-                let (class, kind) = classify_code(code.as_deref(), status);
-                (class, kind, code)
+                let status = service.raw().status().as_u16();
+                return AwsFailure::service(code, status, message, request_id);
             }
-            _ => (ErrorClass::Fatal, "other", None),
+            _ => (ErrorClass::Fatal, "other"),
         };
+        AwsFailure {
+            class,
+            kind,
+            code: None,
+            message,
+            request_id,
+        }
+    }
+
+    /// A service's error answer with its code and HTTP status, classified by [`classify_code`].
+    pub fn service(
+        code: Option<String>,
+        status: u16,
+        message: String,
+        request_id: Option<String>,
+    ) -> Self {
+        let (class, kind) = classify_code(code.as_deref(), Some(status));
         AwsFailure {
             class,
             kind,

@@ -409,11 +409,10 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
             _ = tokio::time::sleep_until(*next_read_at) => {}
         }
         // Room for a whole page among the records buffered over all shards, held until the page is
-        // applied: memory stays bounded however many shards this worker holds. The page is the
-        // shard's share of that bound (at least MIN_PAGE records, at most --batch-size): with many
-        // shards, smaller responses are in flight at once, which is what the process's peak memory
-        // follows (docs/BENCHMARKS.md).
-        // Shards that are reading records share the bound; idle ones hold none of it between reads.
+        // applied: memory stays bounded however many shards this worker holds. The page is this
+        // shard's share of the bound among the shards reading records (idle ones hold none of it
+        // between reads): with many busy shards, smaller responses are in flight at once, which is
+        // what the process's peak memory follows (docs/BENCHMARKS.md).
         let sharing = self.health.busy_shards() + usize::from(!busy);
         let room = page_limit(&self.tuning, sharing);
         let mut permit = tokio::select! {

@@ -41,7 +41,7 @@ use super::target::{
     AwsTarget, Condition, FENCE_ATTRIBUTE, FENCED_TEXT, NEWER_TEXT, NOT_NEWER_TEXT, Outcome,
     TargetTable, Write, refused,
 };
-use crate::error::{AwsFailure, ErrorClass, classify_code};
+use crate::error::{AwsFailure, ErrorClass};
 use crate::item::Item;
 
 /// Credentials are refreshed when they have less than this left (the SDK's identity cache refreshes
@@ -402,17 +402,18 @@ impl DirectTarget {
         }
         out.extend_from_slice(b"},\"ExpressionAttributeValues\":{\":n\":{\"S\":\"N\"},");
         // Writing to a Vec cannot fail.
-        let _ = match condition {
-            Condition::Newer { version, origin } => {
-                let _ = write!(out, "\":v\":{{\"N\":\"{}\"}},\":o\":{{\"S\":", version.0);
-                write_str(out, origin);
-                write!(out, "}}")
+        let (name, number) = match condition {
+            Condition::Newer { version, .. } | Condition::NotNewerThan { version } => {
+                (":v", version.0)
             }
-            Condition::NotNewerThan { version } => {
-                write!(out, "\":v\":{{\"N\":\"{}\"}}", version.0)
-            }
-            Condition::Fenced { fence } => write!(out, "\":f\":{{\"N\":\"{fence}\"}}"),
+            Condition::Fenced { fence } => (":f", *fence),
         };
+        let _ = write!(out, "\"{name}\":{{\"N\":\"{number}\"}}");
+        if let Condition::Newer { origin, .. } = condition {
+            out.extend_from_slice(b",\":o\":{\"S\":");
+            write_str(out, origin);
+            out.push(b'}');
+        }
         out.push(b'}');
     }
 
@@ -466,7 +467,10 @@ impl DirectTarget {
                 AwsFailure::synthetic(
                     ErrorClass::Retryable,
                     "dispatch",
-                    format!("the write was not answered: {}", chain(&e)),
+                    format!(
+                        "the write was not answered: {}",
+                        aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+                    ),
                 )
             })?;
             let (parts, body) = response.into_parts();
@@ -562,18 +566,6 @@ fn construction(message: String) -> AwsFailure {
     AwsFailure::synthetic(ErrorClass::Fatal, "construction", message)
 }
 
-/// An error and its causes, on one line.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// A DynamoDB error answer, classified as the SDK's errors are ([`classify_code`]): the code is the
 /// part of `__type` after `#` (`com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException`).
 pub(crate) fn service_failure(status: u16, headers: &http::HeaderMap, body: &[u8]) -> AwsFailure {
@@ -605,7 +597,6 @@ pub(crate) fn service_failure(status: u16, headers: &http::HeaderMap, body: &[u8
     let text = field("message")
         .or_else(|| field("Message"))
         .or_else(|| field("errorMessage"));
-    let (class, kind) = classify_code(code.as_deref(), Some(status));
     let message = match (&code, text) {
         (Some(code), Some(text)) => format!("{code}: {text}"),
         (Some(code), None) => format!("{code} (HTTP {status})"),
@@ -615,13 +606,7 @@ pub(crate) fn service_failure(status: u16, headers: &http::HeaderMap, body: &[u8
         .get("x-amzn-requestid")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    AwsFailure {
-        class,
-        kind,
-        code,
-        message,
-        request_id,
-    }
+    AwsFailure::service(code, status, message, request_id)
 }
 
 fn write_str(out: &mut Vec<u8>, text: &str) {
@@ -725,19 +710,7 @@ mod tests {
     use tworegion_common::version::Version;
 
     fn target() -> DirectTarget {
-        DirectTarget::new(
-            DirectConfig {
-                region: "eu-west-1".into(),
-                endpoint: "http://127.0.0.1:9".into(),
-                table: "to\"dos".into(),
-                attributes: VersionAttributes::default(),
-                attempt_timeout: Duration::from_secs(1),
-            },
-            SharedCredentialsProvider::new(aws_credential_types::Credentials::new(
-                "AKID", "SECRET", None, None, "test",
-            )),
-        )
-        .unwrap()
+        target_at("http://127.0.0.1:9".into(), "to\"dos")
     }
 
     #[test]
@@ -1129,12 +1102,13 @@ mod tests {
         endpoint
     }
 
-    fn target_at(endpoint: String) -> DirectTarget {
+    /// A writer for `table` at `endpoint`, with fixed credentials.
+    fn target_at(endpoint: String, table: &str) -> DirectTarget {
         DirectTarget::new(
             DirectConfig {
                 region: "eu-west-1".into(),
                 endpoint,
-                table: "t".into(),
+                table: table.into(),
                 attributes: VersionAttributes::default(),
                 attempt_timeout: Duration::from_secs(5),
             },
@@ -1146,7 +1120,7 @@ mod tests {
     }
 
     async fn answer_to_a_delete(answer: &'static str) -> Result<Outcome, AwsFailure> {
-        target_at(answer_once(answer))
+        target_at(answer_once(answer), "t")
             .write(&Write::Delete {
                 key: [("pk".to_owned(), AttributeValue::S("k".into()))].into(),
                 condition: None,
