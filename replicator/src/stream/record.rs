@@ -27,6 +27,9 @@ pub enum DecodeError {
     /// An attribute value of a type this SDK version does not know.
     #[error("attribute {0:?} has a value type this replicator does not know")]
     UnknownValue(String),
+    /// A record whose JSON is not a stream record (read directly: [`super::direct`]).
+    #[error("the record cannot be read: {0}")]
+    Unreadable(String),
 }
 
 /// Converts one stream attribute value, moving its contents; `name` is used in the error.
