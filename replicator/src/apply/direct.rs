@@ -805,6 +805,23 @@ fn write_value(out: &mut Vec<u8>, value: &AttributeValue) -> Result<(), AwsFailu
     Ok(())
 }
 
+/// Answers the first request on a loopback port with the raw HTTP `answer`, then closes: the
+/// endpoint, for tests of the direct calls.
+#[cfg(test)]
+pub(crate) fn answer_once(answer: String) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let endpoint = format!("http://{}", listener.local_addr().expect("its address"));
+    std::thread::spawn(move || {
+        if let Ok((mut stream, _)) = listener.accept() {
+            let mut request = vec![0u8; 65_536];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    endpoint
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1191,21 +1208,6 @@ mod tests {
         assert_eq!(second.credentials.access_key_id(), "AKID2");
     }
 
-    /// Answers the first request on a loopback port with `answer`, then closes.
-    fn answer_once(answer: &'static str) -> String {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        std::thread::spawn(move || {
-            if let Ok((mut stream, _)) = listener.accept() {
-                let mut request = vec![0u8; 65_536];
-                let _ = stream.read(&mut request);
-                let _ = stream.write_all(answer.as_bytes());
-            }
-        });
-        endpoint
-    }
-
     /// A writer for `table` at `endpoint`, with fixed credentials.
     fn target_at(endpoint: String, table: &str) -> DirectTarget {
         DirectTarget::new(
@@ -1224,7 +1226,7 @@ mod tests {
     }
 
     async fn answer_to_a_delete(answer: &'static str) -> Result<Outcome, AwsFailure> {
-        target_at(answer_once(answer), "t")
+        target_at(answer_once(answer.to_owned()), "t")
             .write(&Write::Delete {
                 key: [("pk".to_owned(), AttributeValue::S("k".into()))].into(),
                 condition: None,

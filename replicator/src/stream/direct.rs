@@ -22,8 +22,8 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 
-use super::record::{DecodeError, TTL_PRINCIPAL};
-use super::{Change, EventKind, Page, SeqNo, StreamError};
+use super::record::{DecodeError, TTL_PRINCIPAL, event_kind, sequence};
+use super::{Change, Page, StreamError};
 use crate::apply::direct::DirectClient;
 use crate::error::{AwsFailure, ErrorClass};
 use crate::item::Item;
@@ -168,20 +168,11 @@ impl RawRecord {
             identity.kind.as_deref() == Some("Service")
                 && identity.principal.as_deref() == Some(TTL_PRINCIPAL)
         });
-        let kind = match self.event_name.as_deref() {
-            Some("INSERT") => EventKind::Insert,
-            Some("MODIFY") => EventKind::Modify,
-            Some("REMOVE") => EventKind::Remove,
-            Some(other) => return Err(DecodeError::UnknownEvent(other.to_owned())),
-            None => return Err(DecodeError::Missing("event name")),
-        };
+        let kind = event_kind(self.event_name.as_deref())?;
         let body = self
             .dynamodb
             .ok_or(DecodeError::Missing("dynamodb section"))?;
-        let seq_text = body
-            .sequence_number
-            .ok_or(DecodeError::Missing("sequence number"))?;
-        let seq = SeqNo::parse(&seq_text).ok_or(DecodeError::BadSequence(seq_text))?;
+        let seq = sequence(body.sequence_number)?;
         let keys = body.keys.ok_or(DecodeError::Missing("keys"))?.0;
         if keys.is_empty() {
             return Err(DecodeError::Missing("keys"));
@@ -406,24 +397,12 @@ mod tests {
         })
     }
 
-    /// Answers the first request on a loopback port with `status` (`200 OK`) and `body`, then
-    /// closes.
-    fn serve_once(status: &'static str, body: &'static str) -> String {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        std::thread::spawn(move || {
-            if let Ok((mut stream, _)) = listener.accept() {
-                let mut request = vec![0u8; 65_536];
-                let _ = stream.read(&mut request);
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status}\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-        });
-        endpoint
+    /// Answers the first request on a loopback port with `status` (`200 OK`) and `body`.
+    fn serve_once(status: &str, body: &str) -> String {
+        crate::apply::direct::answer_once(format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ))
     }
 
     #[test]
