@@ -31,14 +31,29 @@ pub struct AwsFailure {
     pub request_id: Option<String>,
 }
 
+/// Throttling codes: the SDK's own list (`aws_runtime::retries::classifiers::THROTTLING_ERRORS`, a
+/// test checks that this holds all of it) plus DynamoDB's. The direct calls make one attempt each, so
+/// this table alone decides what the engine retries.
 const THROTTLING: &[&str] = &[
-    "ProvisionedThroughputExceededException",
+    "Throttling",
     "ThrottlingException",
-    "RequestLimitExceeded",
-    "LimitExceededException",
+    "ThrottledException",
+    "RequestThrottledException",
     "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "TransactionInProgressException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "LimitExceededException",
+    "RequestThrottled",
+    "SlowDown",
+    "PriorRequestNotComplete",
+    "EC2ThrottledException",
 ];
+/// Transient codes: the SDK's (`TRANSIENT_ERRORS`, also checked) plus DynamoDB's server errors.
 const TRANSIENT: &[&str] = &[
+    "RequestTimeout",
+    "RequestTimeoutException",
     "InternalServerError",
     "InternalFailure",
     "ServiceUnavailable",
@@ -138,6 +153,22 @@ impl AwsFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_code_the_sdk_retries_is_retried() {
+        use aws_runtime::retries::classifiers::{THROTTLING_ERRORS, TRANSIENT_ERRORS};
+        for code in THROTTLING_ERRORS.iter().chain(TRANSIENT_ERRORS) {
+            assert_eq!(
+                classify_code(Some(code), Some(400)).0,
+                ErrorClass::Retryable,
+                "{code}"
+            );
+        }
+        assert_eq!(
+            classify_code(Some("SlowDown"), Some(503)),
+            (ErrorClass::Retryable, "throttled")
+        );
+    }
 
     #[test]
     fn classifies_codes() {

@@ -66,6 +66,23 @@ pub struct Engine<S, T, L> {
     pub dead_letters: Option<Arc<dyn DeadLetterSink>>,
 }
 
+/// The pause after the `failures`-th failed stream call in a row: 200 ms doubling up to `max` (the
+/// `--max-backoff`), each between half and all of that, jittered by `seed` so shards throttled
+/// together spread out. Reads are one attempt each, so this is what eases off a throttled shard
+/// (DynamoDB Streams allows 5 reads a second per shard, shared by every reader).
+pub fn stream_pause(failures: u32, max: Duration, seed: u64) -> Duration {
+    let base = Duration::from_millis(200)
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(max.max(Duration::from_millis(200)));
+    // splitmix64: a well-mixed fraction from the seed.
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let thousandths = u32::try_from(z % 1_000).unwrap_or(0);
+    base / 2 + base / 2 * thousandths / 1_000
+}
+
 /// The smallest page a read asks for when many shards share `--max-buffered-records`: 5 reads a second
 /// of it, 1,000 records/s, is what one partition (and so one stream shard) can be written at.
 pub const MIN_PAGE: usize = 200;
@@ -284,6 +301,8 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
         at: &StartAt,
         stop: &CancellationToken,
     ) -> Result<String, ShardExit> {
+        // Failures in a row, for the backoff.
+        let mut failures: u32 = 0;
         loop {
             if stop.is_cancelled() {
                 return Err(ShardExit::Stopped);
@@ -291,12 +310,20 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
             match self.source.iterator(shard, at).await {
                 Ok(iterator) => return Ok(iterator),
                 Err(error) => {
-                    if let Some(exit) = self.stream_failure(shard, at, &error, stop).await {
+                    failures = failures.saturating_add(1);
+                    if let Some(exit) = self.stream_failure(shard, at, &error, failures, stop).await
+                    {
                         return Err(exit);
                     }
                 }
             }
         }
+    }
+
+    /// The pause after the `failures`-th failed stream call in a row ([`stream_pause`]).
+    fn stream_backoff(&self, failures: u32) -> Duration {
+        let seed = self.jitter_seed.fetch_add(1, Ordering::Relaxed);
+        stream_pause(failures, self.tuning.max_backoff, seed)
     }
 
     /// Handles a failed stream call: `None` to try again (after a pause), or how the shard ends.
@@ -305,6 +332,7 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
         shard: &str,
         at: &StartAt,
         error: &StreamError,
+        failures: u32,
         stop: &CancellationToken,
     ) -> Option<ShardExit> {
         self.metrics.error(error.kind());
@@ -327,11 +355,12 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
                 Some(self.halt())
             }
             StreamError::ExpiredIterator | StreamError::Aws(_) => {
-                tracing::warn!(shard_id = %shard, error = %error, "Stream read failed; retrying.");
+                let pause = self.stream_backoff(failures);
+                tracing::warn!(shard_id = %shard, error = %error, failures, pause = ?pause, "Stream read failed; retrying.");
                 tokio::select! {
                 biased;
                     _ = stop.cancelled() => Some(ShardExit::Stopped),
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => None,
+                    _ = tokio::time::sleep(pause) => None,
                 }
             }
         }
@@ -466,8 +495,10 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
         let mut saved_at = Instant::now();
         // The last read found nothing new: write what is unsaved now rather than after the idle pause.
         let mut caught_up = false;
-        // Empty reads in a row (the pause after one grows with them).
+        // Empty reads in a row (the pause after one grows with them), and failed stream calls in a
+        // row (the backoff grows with them).
         let mut empty_reads: u32 = 0;
+        let mut failed_reads: u32 = 0;
         loop {
             if stop.is_cancelled() {
                 return ShardExit::Stopped;
@@ -537,6 +568,7 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
             match read {
                 None => {}
                 Some(Ok((page, room))) => {
+                    failed_reads = 0;
                     iterator = page.next.clone();
                     caught_up = page.changes.is_empty();
                     if caught_up {
@@ -575,7 +607,11 @@ impl<S: StreamSource, T: TargetTable, L: LeaseStore> Engine<S, T, L> {
                         .clone()
                         .map(StartAt::After)
                         .unwrap_or_else(|| restart.clone());
-                    if let Some(exit) = self.stream_failure(&shard, &at, &error, &stop).await {
+                    failed_reads = failed_reads.saturating_add(1);
+                    if let Some(exit) = self
+                        .stream_failure(&shard, &at, &error, failed_reads, &stop)
+                        .await
+                    {
                         return exit;
                     }
                 }
@@ -920,6 +956,27 @@ mod tests {
         assert_eq!(page_limit(&tuning, 10), 400);
         assert_eq!(page_limit(&tuning, 16), 250);
         assert_eq!(page_limit(&tuning, 64), 200, "never below MIN_PAGE");
+    }
+
+    #[test]
+    fn failed_stream_calls_back_off_exponentially_with_jitter_up_to_the_maximum() {
+        let max = Duration::from_secs(5);
+        let ms = Duration::from_millis;
+        for seed in 0..200 {
+            for (failures, base) in [
+                (1, ms(200)),
+                (2, ms(400)),
+                (3, ms(800)),
+                (6, ms(5_000)),
+                (60, ms(5_000)),
+            ] {
+                let pause = stream_pause(failures, max, seed);
+                assert!(pause >= base / 2 && pause <= base, "{failures}: {pause:?}");
+            }
+        }
+        let spread: std::collections::BTreeSet<_> =
+            (0..50).map(|seed| stream_pause(3, max, seed)).collect();
+        assert!(spread.len() > 40, "jittered: {spread:?}");
         let small = Tuning {
             batch_size: 50,
             ..Tuning::default()

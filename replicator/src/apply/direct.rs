@@ -809,17 +809,27 @@ fn write_value(out: &mut Vec<u8>, value: &AttributeValue) -> Result<(), AwsFailu
 /// endpoint, for tests of the direct calls.
 #[cfg(test)]
 pub(crate) fn answer_once(answer: String) -> String {
+    answer_once_capturing(answer).0
+}
+
+/// [`answer_once`], and the request as it arrived (at most 64 KB, read once).
+#[cfg(test)]
+pub(crate) fn answer_once_capturing(
+    answer: String,
+) -> (String, std::sync::mpsc::Receiver<Vec<u8>>) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
     let endpoint = format!("http://{}", listener.local_addr().expect("its address"));
+    let (sent, received) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         if let Ok((mut stream, _)) = listener.accept() {
             let mut request = vec![0u8; 65_536];
-            let _ = stream.read(&mut request);
+            let n = stream.read(&mut request).unwrap_or(0);
+            let _ = sent.send(request[..n].to_vec());
             let _ = stream.write_all(answer.as_bytes());
         }
     });
-    endpoint
+    (endpoint, received)
 }
 
 #[cfg(test)]

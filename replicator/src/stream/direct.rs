@@ -8,7 +8,8 @@
 //! The answer is read as the SDK reads it: `Records[].eventName`, `dynamodb.{Keys, NewImage,
 //! OldImage, SequenceNumber, ApproximateCreationDateTime}`, `userIdentity.{Type, PrincipalId}` and
 //! `NextShardIterator` (absent or null once a closed shard has been read to its end); other fields
-//! are ignored. A record this replicator cannot decode (a missing part, an attribute type it does not
+//! are ignored. `Records` must be there (DynamoDB Streams always sends it, `[]` when empty): JSON
+//! without it is not a GetRecords answer, and is retried rather than taken for a shard's end. A record this replicator cannot decode (a missing part, an attribute type it does not
 //! know) stops the shard, as with the SDK ([`StreamError::Decode`]); an answer that is not JSON at
 //! all (cut off, a proxy's page) is a retryable failure.
 
@@ -109,9 +110,13 @@ fn parse_page(answer: &[u8]) -> Result<Page, Unreadable> {
             Unreadable::NotJson(e.to_string())
         }
     })?;
-    let changes = parsed
-        .records
-        .unwrap_or_default()
+    // DynamoDB Streams always sends `Records` (`[]` when there are none). Without it this is not
+    // its answer (a proxy's or a wrong endpoint's JSON), and taking it as one would take the missing
+    // `NextShardIterator` for the end of the shard and skip the rest of it.
+    let records = parsed.records.ok_or_else(|| {
+        Unreadable::NotJson("it has no Records, so it is not a GetRecords answer".to_owned())
+    })?;
+    let changes = records
         .into_iter()
         .map(RawRecord::decode)
         .collect::<Result<Vec<_>, _>>()
@@ -324,19 +329,20 @@ mod tests {
     use crate::stream::record::decode_owned;
     use aws_sdk_dynamodbstreams::types::Record;
 
-    /// A GetRecords answer as DynamoDB Streams writes it: every value type, nested, a TTL deletion,
-    /// binary keys, and a creation time with a fraction.
+    /// A GetRecords answer as DynamoDB Streams writes it: every value type, nested, escapes and a
+    /// surrogate pair, a TTL deletion and another service's change, binary keys, and a creation time
+    /// with a fraction.
     const ANSWER: &str = r#"{
         "NextShardIterator": "arn:aws:dynamodb:eu-west-1:1:table/t/stream/x|1|AAAA",
         "Records": [
             {"awsRegion": "eu-west-1", "eventID": "e1", "eventName": "INSERT", "eventSource": "aws:dynamodb", "eventVersion": "1.1",
-             "dynamodb": {"ApproximateCreationDateTime": 1.7e9, "Keys": {"pk": {"S": "a\"b"}},
-                          "NewImage": {"pk": {"S": "a\"b"}, "n": {"N": "-1.5E3"}, "b": {"B": "AP8B"}, "t": {"BOOL": true},
+             "dynamodb": {"ApproximateCreationDateTime": 1700000000.5, "Keys": {"pk": {"S": "a\"b\u00e9\ud83d\ude00"}},
+                          "NewImage": {"pk": {"S": "a\"b\u00e9\ud83d\ude00"}, "\u00fc": {"S": "\n"}, "n": {"N": "-1.5E3"}, "b": {"B": "AP8B"}, "t": {"BOOL": true},
                                        "z": {"NULL": true}, "ss": {"SS": ["x", "y"]}, "ns": {"NS": ["1", "2.5"]},
                                        "bs": {"BS": ["aGk=", ""]}, "l": {"L": [{"S": "q"}, {"L": []}, {"M": {"k": {"N": "1"}}}]},
                                        "m": {"M": {"inner": {"M": {}}}}},
                           "SequenceNumber": "100000000000000000001", "SizeBytes": 90, "StreamViewType": "NEW_AND_OLD_IMAGES"}},
-            {"eventName": "MODIFY",
+            {"eventName": "MODIFY", "userIdentity": {"PrincipalId": "backup.amazonaws.com", "Type": "Service"},
              "dynamodb": {"ApproximateCreationDateTime": 1700000001, "Keys": {"pk": {"B": "AQI="}},
                           "NewImage": {"pk": {"B": "AQI="}, "v": {"N": "2"}}, "OldImage": {"pk": {"B": "AQI="}, "v": {"N": "1"}},
                           "SequenceNumber": "200000000000000000002"}},
@@ -360,7 +366,11 @@ mod tests {
         assert_eq!(page.changes, sdk);
         assert_eq!(page.changes.len(), 3);
         assert!(page.changes[2].by_ttl && !page.changes[1].by_ttl);
-        assert_eq!(page.changes[0].created_at, Some(1.7e9));
+        assert_eq!(page.changes[0].created_at, Some(1_700_000_000.5));
+        assert_eq!(
+            page.changes[0].keys["pk"],
+            AttributeValue::S("a\"b\u{e9}\u{1f600}".into())
+        );
         let image = page.changes[0].new_image.as_ref().unwrap();
         assert_eq!(image["b"], AttributeValue::B(Blob::new(vec![0, 255, 1])));
         assert_eq!(
@@ -467,6 +477,8 @@ mod tests {
             "<html>busy</html>",
             r#"{"Records": [{"eventName": "INS"#,
             "",
+            "{}",
+            r#"{"message": "hello from a proxy"}"#,
         ] {
             assert!(
                 matches!(parse_page(garbage.as_bytes()), Err(Unreadable::NotJson(_))),
@@ -525,9 +537,44 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let page = read("200 OK", r#"{"Records":[],"NextShardIterator":"next"}"#)
-            .await
-            .unwrap();
+        // The request itself: its operation, signing scope and body.
+        let body = r#"{"Records":[],"NextShardIterator":"next"}"#;
+        let (endpoint, request) = crate::apply::direct::answer_once_capturing(format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+        let page = DirectReader::new(
+            "eu-west-1",
+            &endpoint,
+            SharedCredentialsProvider::new(aws_credential_types::Credentials::new(
+                "AKID", "SECRET", None, None, "test",
+            )),
+            Duration::from_secs(5),
+        )
+        .unwrap()
+        .read("it\"x", 10)
+        .await
+        .unwrap();
         assert_eq!(page.next.as_deref(), Some("next"));
+        let request = String::from_utf8(request.recv().unwrap())
+            .unwrap()
+            .to_lowercase();
+        assert!(request.starts_with("post / http/1.1\r\n"), "{request}");
+        assert!(
+            request.contains("x-amz-target: dynamodbstreams_20120810.getrecords\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains("content-type: application/x-amz-json-1.0\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains("/eu-west-1/dynamodb/aws4_request"),
+            "{request}"
+        );
+        assert!(
+            request.ends_with(r#"{"sharditerator":"it\"x","limit":10}"#),
+            "{request}"
+        );
     }
 }
