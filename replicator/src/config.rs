@@ -36,14 +36,13 @@ pub enum OnRefusedRecord {
     Stop,
 }
 
-/// How the per-record calls (GetRecords on the source stream, the target's writes) are sent.
+/// How the target table's writes are sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DataClient {
-    /// Signed with the SDK's signing-key derivation, credentials and endpoint, and sent over a
-    /// pooled HTTP connection without the SDK's per-request machinery: about half the CPU per
-    /// record (docs/BENCHMARKS.md).
+pub enum WriteClient {
+    /// Signed with the SDK's signer and sent over a pooled HTTP connection without the SDK's per-request
+    /// machinery: about half the CPU per record (docs/BENCHMARKS.md).
     Direct,
-    /// Through the AWS SDK's clients, as every other call.
+    /// Through the AWS SDK's DynamoDB client, as every other call.
     Sdk,
 }
 
@@ -158,11 +157,15 @@ pub struct RunArgs {
         default_value = "trim-horizon"
     )]
     pub start_position: StartPosition,
-    /// How stream reads (GetRecords) and target writes are sent: direct (the SDK's credentials,
-    /// endpoint and signing-key derivation, without its per-request machinery) or sdk (the SDK's
-    /// clients). Both send the same requests.
-    #[arg(long, env = "REPLICATOR_CLIENT", value_enum, default_value = "direct")]
-    pub client: DataClient,
+    /// How target writes are sent: direct (the SDK's signer, credentials and endpoint, without its
+    /// per-request machinery) or sdk (the SDK's client). Both send the same conditional requests.
+    #[arg(
+        long,
+        env = "REPLICATOR_WRITE_CLIENT",
+        value_enum,
+        default_value = "direct"
+    )]
+    pub write_client: WriteClient,
     /// The convention's attribute names.
     #[command(flatten)]
     pub attributes: AttributeArgs,
@@ -323,8 +326,8 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     /// Where new root shards start.
     pub start_position: StartPosition,
-    /// How stream reads and target writes are sent.
-    pub client: DataClient,
+    /// How target writes are sent.
+    pub write_client: WriteClient,
     /// The lww convention's attribute names.
     pub attributes: VersionAttributes,
     /// Tuning knobs.
@@ -587,7 +590,7 @@ impl RunArgs {
             worker_id,
             metrics_addr,
             start_position: self.start_position,
-            client: self.client,
+            write_client: self.write_client,
             attributes,
             tuning: Tuning {
                 batch_size: self.batch_size,

@@ -50,14 +50,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tworegion_common::aws::{AwsOptions, parse_region, sdk_config};
 
-use crate::apply::direct::{DirectConfig, DirectTarget, Service, Writer, resolve_endpoint};
+use crate::apply::direct::{DirectConfig, DirectTarget, Writer, resolve_endpoint};
 use crate::apply::plan::PlanContext;
 use crate::apply::target::AwsTarget;
-use crate::config::{Config, DataClient};
+use crate::config::{Config, WriteClient};
 use crate::lease::dynamo::{DynamoLeases, LeaseTableError, ensure_table};
 use crate::metrics::{Health, Metrics};
 use crate::stream::aws::AwsStream;
-use crate::stream::direct::DirectReader;
 use crate::worker::Engine;
 
 /// Why `run` failed.
@@ -86,8 +85,8 @@ pub enum RunError {
     #[error("the lease loop ended unexpectedly: {0}")]
     LeaseLoop(String),
     /// The direct target writer could not be set up.
-    #[error("cannot set up the direct client (--client direct; --client sdk uses the SDK's): {0}")]
-    DirectClient(String),
+    #[error("cannot set up the target writer (--write-client direct): {0}")]
+    WriteClient(String),
     /// A region name was invalid.
     #[error(transparent)]
     Region(#[from] tworegion_common::aws::InvalidRegion),
@@ -178,49 +177,34 @@ pub async fn run(
                 .build(),
         )
         .build();
-    let direct_provider = |sdk: &aws_config::SdkConfig, what: &str| {
-        sdk.credentials_provider()
-            .ok_or_else(|| format!("no credentials provider is configured for {what}"))
-    };
-    let (target, reader) = match config.client {
-        DataClient::Sdk => (
-            Writer::Sdk(AwsTarget::new(
-                aws_sdk_dynamodb::Client::from_conf(write_config),
-                config.target.table.clone(),
-                config.attributes.clone(),
-            )),
-            None,
-        ),
-        DataClient::Direct => {
-            let endpoint = resolve_endpoint(&target_sdk, Service::DynamoDb)
+    let target = match config.write_client {
+        WriteClient::Sdk => Writer::Sdk(AwsTarget::new(
+            aws_sdk_dynamodb::Client::from_conf(write_config),
+            config.target.table.clone(),
+            config.attributes.clone(),
+        )),
+        WriteClient::Direct => {
+            let endpoint = resolve_endpoint(&target_sdk)
                 .await
-                .map_err(|e| RunError::DirectClient(format!("the target: {e}")))?;
-            let writer = DirectTarget::new(
-                DirectConfig {
-                    region: config.target.region.clone(),
-                    endpoint,
-                    table: config.target.table.clone(),
-                    attributes: config.attributes.clone(),
-                    attempt_timeout: attempt,
-                },
-                direct_provider(&target_sdk, "the target region")
-                    .map_err(RunError::DirectClient)?,
-            )
-            .map_err(RunError::DirectClient)?;
-            let endpoint = resolve_endpoint(&source_sdk, Service::Streams)
-                .await
-                .map_err(|e| RunError::DirectClient(format!("the source stream: {e}")))?;
-            // Reads are idempotent: one attempt within the calls' deadline, and the engine retries
-            // (paced) after a failure.
-            let reader = DirectReader::new(
-                &config.source.region,
-                &endpoint,
-                direct_provider(&source_sdk, "the source region")
-                    .map_err(RunError::DirectClient)?,
-                config.tuning.aws_timeout,
-            )
-            .map_err(RunError::DirectClient)?;
-            (Writer::Direct(Box::new(writer)), Some(reader))
+                .map_err(RunError::WriteClient)?;
+            let provider = target_sdk.credentials_provider().ok_or_else(|| {
+                RunError::WriteClient(
+                    "no credentials provider is configured for the target region".to_owned(),
+                )
+            })?;
+            Writer::Direct(Box::new(
+                DirectTarget::new(
+                    DirectConfig {
+                        region: config.target.region.clone(),
+                        endpoint,
+                        table: config.target.table.clone(),
+                        attributes: config.attributes.clone(),
+                        attempt_timeout: attempt,
+                    },
+                    provider,
+                )
+                .map_err(RunError::WriteClient)?,
+            ))
         }
     };
 
@@ -256,12 +240,7 @@ pub async fn run(
             )) as Arc<dyn dead_letter::DeadLetterSink>
         });
     let engine = Arc::new(Engine {
-        source: Arc::new(match reader {
-            Some(reader) => {
-                AwsStream::new(streams, checked.stream_arn.clone()).with_direct_reads(reader)
-            }
-            None => AwsStream::new(streams, checked.stream_arn.clone()),
-        }),
+        source: Arc::new(AwsStream::new(streams, checked.stream_arn.clone())),
         target: Arc::new(target),
         leases: Arc::new(DynamoLeases::new(
             lease_ddb,

@@ -2,9 +2,9 @@
 //! model's agreement with it, over every ordering and tie.
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use replicator::apply::direct::{DirectConfig, DirectTarget, Service, Writer, resolve_endpoint};
+use replicator::apply::direct::{DirectConfig, DirectTarget, Writer, resolve_endpoint};
 use replicator::apply::target::{AwsTarget, Condition, MemoryTarget, Outcome, TargetTable, Write};
-use replicator::config::DataClient;
+use replicator::config::WriteClient;
 use tworegion_common::test_support::{
     LocalAws, REGION_B, TablesCleanup, create_table, unique_name,
 };
@@ -50,22 +50,22 @@ fn delete(id: &str, version: u64) -> Write {
     }
 }
 
-/// The target writer `replicator run --client KIND` uses, on `table` in region B.
+/// The target writer `replicator run --write-client KIND` uses, on `table` in region B.
 async fn writer(
     local: &LocalAws,
-    kind: DataClient,
+    kind: WriteClient,
     client: aws_sdk_dynamodb::Client,
     table: String,
 ) -> Writer {
     match kind {
-        DataClient::Sdk => Writer::Sdk(AwsTarget::new(client, table, VersionAttributes::default())),
-        DataClient::Direct => {
+        WriteClient::Sdk => {
+            Writer::Sdk(AwsTarget::new(client, table, VersionAttributes::default()))
+        }
+        WriteClient::Direct => {
             let sdk = local.sdk_config(REGION_B);
             let config = DirectConfig {
                 region: REGION_B.to_owned(),
-                endpoint: resolve_endpoint(&sdk, Service::DynamoDb)
-                    .await
-                    .expect("endpoint"),
+                endpoint: resolve_endpoint(&sdk).await.expect("endpoint"),
                 table,
                 attributes: VersionAttributes::default(),
                 attempt_timeout: std::time::Duration::from_secs(10),
@@ -80,12 +80,12 @@ async fn writer(
 
 #[tokio::test]
 async fn conflict_rule_over_every_ordering_and_tie() {
-    for kind in [DataClient::Sdk, DataClient::Direct] {
+    for kind in [WriteClient::Sdk, WriteClient::Direct] {
         conflict_rule(kind).await;
     }
 }
 
-async fn conflict_rule(kind: DataClient) {
+async fn conflict_rule(kind: WriteClient) {
     let local = LocalAws::from_env();
     let cleanup = TablesCleanup::new(&local);
     let client = local.dynamodb(REGION_B);
@@ -195,12 +195,12 @@ type FencedCase = (&'static str, Vec<(Write, u64)>, Outcome);
 
 #[tokio::test]
 async fn fenced_one_way_writes_never_land_over_a_later_owners_copy() {
-    for kind in [DataClient::Sdk, DataClient::Direct] {
+    for kind in [WriteClient::Sdk, WriteClient::Direct] {
         fenced_writes(kind).await;
     }
 }
 
-async fn fenced_writes(kind: DataClient) {
+async fn fenced_writes(kind: WriteClient) {
     let local = LocalAws::from_env();
     let cleanup = TablesCleanup::new(&local);
     let client = local.dynamodb(REGION_B);

@@ -526,7 +526,7 @@ async fn kill_9_mid_stream_and_restart_loses_nothing() {
     // The first worker writes through the SDK's client, the second (after the crash) directly: both
     // write clients on one path, handing over mid-stream.
     let mut sdk_args = args.clone();
-    sdk_args.extend(["--client", "sdk"]);
+    sdk_args.extend(["--write-client", "sdk"]);
     let mut first = Replicator::start(&local, &sdk_args);
     let mut rng = Lcg(3);
     mixed_writes(&a, &src, &mut rng, 300, 100).await;

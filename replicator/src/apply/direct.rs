@@ -1,18 +1,15 @@
 //! The target table's writes sent directly: each conditional `PutItem` or `DeleteItem` is one JSON
-//! request, signed by [`super::sigv4`] (the SDK's signing-key derivation and signature functions),
-//! with credentials from the SDK's own provider chain, to the endpoint the SDK's own resolver names,
-//! over a pooled hyper connection. [`DirectClient`] is that call, shared with the direct stream reader
-//! ([`crate::stream::direct`]).
+//! request, signed with the SDK's own SigV4 signer (`aws-sigv4`), with credentials from the SDK's own
+//! provider chain, to the endpoint the SDK's own resolver names, over a pooled hyper connection.
 //!
 //! Why: a profile of the replicator showed the SDK's per-request machinery (its orchestrator, config
 //! bag, interceptors, retry classifiers, endpoint resolution per call) costing more CPU per record than
 //! the HTTP exchange itself, and one conditional write per record is nearly all the replicator does
-//! (docs/BENCHMARKS.md). GetRecords is sent the same way; everything else (leases, DescribeStream,
-//! start-up checks, dead letters, the operator's tools) still goes through the SDK clients, and
-//! `--client sdk` sends the writes and reads through them too.
+//! (docs/BENCHMARKS.md). Everything else (reads, leases, start-up checks, dead letters, the operator's
+//! tools) still goes through the SDK clients; `--write-client sdk` sends the writes through them too.
 //!
 //! What is the same as the SDK's writer: the request (operation, JSON body, condition expressions from
-//! [`expression`]), the signature (byte for byte the SDK signer's, tested), the credential chain (the SDK's provider,
+//! [`expression`]), the signature (the same crate signs it), the credential chain (the SDK's provider,
 //! refreshed before expiry), the endpoint (the SDK's resolver with the same region, FIPS, dual-stack and
 //! `AWS_ENDPOINT_URL[_DYNAMODB]` inputs), TLS (rustls with aws-lc-rs and the platform's roots), one
 //! attempt per call with a deadline, and the error classification ([`classify_code`]). What differs: no
@@ -81,32 +78,16 @@ pub struct DirectConfig {
     pub attempt_timeout: Duration,
 }
 
-/// Which service's endpoint [`resolve_endpoint`] names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Service {
-    /// DynamoDB (the target's writes).
-    DynamoDb,
-    /// DynamoDB Streams (the source's reads).
-    Streams,
-}
-
-/// The endpoint the SDK's client of `service` would call for `sdk`: its own resolver, fed what
-/// `aws_sdk_dynamodb::config::Builder::from(sdk)` (or the streams crate's) feeds it (an endpoint URL
-/// given in code, else `AWS_ENDPOINT_URL_DYNAMODB[_STREAMS]` or the profile's service setting, else
-/// `AWS_ENDPOINT_URL`; region; FIPS; dual-stack).
-pub async fn resolve_endpoint(
-    sdk: &aws_config::SdkConfig,
-    service: Service,
-) -> Result<String, String> {
+/// The endpoint the SDK's DynamoDB client would call for `sdk`: its own resolver, fed what
+/// `aws_sdk_dynamodb::config::Builder::from(sdk)` feeds it (an endpoint URL given in code, else
+/// `AWS_ENDPOINT_URL_DYNAMODB` or the profile's service setting, else `AWS_ENDPOINT_URL`; region; FIPS;
+/// dual-stack).
+pub async fn resolve_endpoint(sdk: &aws_config::SdkConfig) -> Result<String, String> {
     use aws_types::service_config::ServiceConfigKey;
     let region = sdk
         .region()
         .map(|r| r.as_ref().to_owned())
-        .ok_or("no region is configured")?;
-    let service_id = match service {
-        Service::DynamoDb => "DynamoDB",
-        Service::Streams => "DynamoDB Streams",
-    };
+        .ok_or("no region is configured for the target")?;
     let url = if sdk.get_origin("endpoint_url").is_client_config() {
         sdk.endpoint_url().map(str::to_owned)
     } else {
@@ -114,7 +95,7 @@ pub async fn resolve_endpoint(
             .and_then(|conf| {
                 conf.load_config(
                     ServiceConfigKey::builder()
-                        .service_id(service_id)
+                        .service_id("DynamoDB")
                         .env("AWS_ENDPOINT_URL")
                         .profile("endpoint_url")
                         .build()
@@ -123,33 +104,17 @@ pub async fn resolve_endpoint(
             })
             .or_else(|| sdk.endpoint_url().map(str::to_owned))
     };
-    let fips = sdk.use_fips().unwrap_or(false);
-    let dual_stack = sdk.use_dual_stack().unwrap_or(false);
-    let endpoint = match service {
-        Service::DynamoDb => {
-            let params = Params::builder()
-                .region(region)
-                .use_fips(fips)
-                .use_dual_stack(dual_stack)
-                .set_endpoint(url)
-                .build()
-                .map_err(|e| format!("cannot build the endpoint parameters: {e}"))?;
-            DefaultResolver::new().resolve_endpoint(&params).await
-        }
-        Service::Streams => {
-            use aws_sdk_dynamodbstreams::config::endpoint as streams;
-            let params = streams::Params::builder()
-                .region(region)
-                .use_fips(fips)
-                .use_dual_stack(dual_stack)
-                .set_endpoint(url)
-                .build()
-                .map_err(|e| format!("cannot build the endpoint parameters: {e}"))?;
-            streams::ResolveEndpoint::resolve_endpoint(&streams::DefaultResolver::new(), &params)
-                .await
-        }
-    }
-    .map_err(|e| format!("cannot resolve the {service_id} endpoint: {e}"))?;
+    let params = Params::builder()
+        .region(region)
+        .use_fips(sdk.use_fips().unwrap_or(false))
+        .use_dual_stack(sdk.use_dual_stack().unwrap_or(false))
+        .set_endpoint(url)
+        .build()
+        .map_err(|e| format!("cannot build the endpoint parameters: {e}"))?;
+    let endpoint = DefaultResolver::new()
+        .resolve_endpoint(&params)
+        .await
+        .map_err(|e| format!("cannot resolve the DynamoDB endpoint: {e}"))?;
     Ok(endpoint.url().to_owned())
 }
 
@@ -162,8 +127,6 @@ pub async fn resolve_endpoint(
 /// the provider again.
 struct CredentialCache {
     provider: SharedCredentialsProvider,
-    /// Whose credentials, for messages ("the target", "the source stream").
-    what: &'static str,
     state: RwLock<CacheState>,
     refresh: tokio::sync::Mutex<()>,
 }
@@ -202,10 +165,9 @@ impl Cached {
 }
 
 impl CredentialCache {
-    fn new(provider: SharedCredentialsProvider, what: &'static str) -> CredentialCache {
+    fn new(provider: SharedCredentialsProvider) -> CredentialCache {
         CredentialCache {
             provider,
-            what,
             state: RwLock::new(CacheState::default()),
             refresh: tokio::sync::Mutex::new(()),
         }
@@ -236,7 +198,7 @@ impl CredentialCache {
             AwsFailure::synthetic(
                 ErrorClass::Retryable,
                 "credentials",
-                format!("cannot load credentials for {}: {why}", self.what),
+                format!("cannot load credentials for the target: {why}"),
             )
         };
         let (current, due, failure) = self.peek();
@@ -287,7 +249,7 @@ impl CredentialCache {
             }
             Ok(Err(error)) => {
                 let why = aws_sdk_dynamodb::error::DisplayErrorContext(&error).to_string();
-                tracing::warn!(error = %why, of = self.what, "Could not refresh credentials.");
+                tracing::warn!(error = %why, "Could not refresh the target's credentials.");
                 state.failed = Some((Instant::now(), why));
                 None
             }
@@ -295,7 +257,7 @@ impl CredentialCache {
                 let why = format!(
                     "the credential provider did not answer within {CREDENTIALS_TIMEOUT:?}"
                 );
-                tracing::warn!(error = %why, of = self.what, "Could not refresh credentials.");
+                tracing::warn!(error = %why, "Could not refresh the target's credentials.");
                 state.failed = Some((Instant::now(), why));
                 None
             }
@@ -303,60 +265,53 @@ impl CredentialCache {
     }
 }
 
-/// One DynamoDB-family endpoint (the target table's, or the source's stream) called directly: each
-/// call is one signed JSON request over a pooled connection, within one deadline. Shared by the
-/// direct writer and the direct stream reader ([`crate::stream::direct`]).
-pub(crate) struct DirectClient {
+/// The target on DynamoDB, written directly (see the module's documentation).
+pub struct DirectTarget {
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     uri: http::Uri,
     /// The URI as the signer reads it.
     uri_text: String,
     host: HeaderValue,
     credentials: CredentialCache,
-    /// The signing region.
-    region: String,
-    /// The deadline of one attempt (credentials, sending, the answer, and reading it).
-    attempt_timeout: Duration,
-    /// The largest answer read.
-    max_answer: usize,
-    /// What is called, for messages ("the target", "the source stream").
-    what: &'static str,
+    /// The table name as a JSON string, quotes included.
+    table_json: String,
+    config: DirectConfig,
 }
 
-impl std::fmt::Debug for DirectClient {
+impl std::fmt::Debug for DirectTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DirectClient")
+        f.debug_struct("DirectTarget")
             .field("endpoint", &self.uri_text)
-            .field("region", &self.region)
+            .field("table", &self.config.table)
             .finish_non_exhaustive()
     }
 }
 
-impl DirectClient {
-    /// A client of `endpoint` (as [`resolve_endpoint`] gives it), signing for `region` with
-    /// credentials from `provider`.
-    pub(crate) fn new(
-        what: &'static str,
-        region: &str,
-        endpoint: &str,
+impl DirectTarget {
+    /// A writer for `config.table`, with credentials from `provider`.
+    pub fn new(
+        config: DirectConfig,
         provider: SharedCredentialsProvider,
-        attempt_timeout: Duration,
-        max_answer: usize,
-    ) -> Result<DirectClient, String> {
-        let uri: http::Uri = endpoint
-            .parse()
-            .map_err(|e| format!("the endpoint {endpoint:?} of {what} is not a URL: {e}"))?;
+    ) -> Result<DirectTarget, String> {
+        let uri: http::Uri = config.endpoint.parse().map_err(|e| {
+            format!(
+                "the DynamoDB endpoint {:?} is not a URL: {e}",
+                config.endpoint
+            )
+        })?;
         let authority = uri
             .authority()
-            .ok_or_else(|| format!("the endpoint {endpoint:?} of {what} has no host"))?;
+            .ok_or_else(|| format!("the DynamoDB endpoint {:?} has no host", config.endpoint))?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) {
             return Err(format!(
-                "the endpoint {endpoint:?} of {what} must start with https:// (or http:// for a local one)"
+                "the DynamoDB endpoint {:?} must start with https:// (or http:// for a local one)",
+                config.endpoint
             ));
         }
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             return Err(format!(
-                "the endpoint {endpoint:?} of {what} must not have a path or query"
+                "the DynamoDB endpoint {:?} must not have a path or query",
+                config.endpoint
             ));
         }
         let host = HeaderValue::from_str(authority.as_str())
@@ -379,168 +334,14 @@ impl DirectClient {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .build(https);
-        Ok(DirectClient {
+        let table_json =
+            serde_json::to_string(&config.table).map_err(|e| format!("table name: {e}"))?;
+        Ok(DirectTarget {
             http,
             uri,
             uri_text,
             host,
-            credentials: CredentialCache::new(provider, what),
-            region: region.to_owned(),
-            attempt_timeout,
-            max_answer,
-            what,
-        })
-    }
-
-    /// The endpoint, as messages name it.
-    pub(crate) fn endpoint(&self) -> &str {
-        &self.uri_text
-    }
-
-    /// One call of `operation` (its `X-Amz-Target`) with `body`: the body of a 2xx answer; an error
-    /// answer as its classified failure; no answer within the deadline as a retryable failure.
-    pub(crate) async fn call(
-        &self,
-        operation: &'static str,
-        body: Vec<u8>,
-    ) -> Result<(http::StatusCode, Bytes), AwsFailure> {
-        let name = operation.rsplit('.').next().unwrap_or(operation);
-        // Within the attempt's deadline too, so a write never goes out long after the lease check
-        // that preceded it.
-        let cached = tokio::time::timeout(self.attempt_timeout, self.credentials.get())
-            .await
-            .map_err(|_| {
-                AwsFailure::synthetic(
-                    ErrorClass::Retryable,
-                    "credentials",
-                    format!(
-                        "no credentials for {} within {:?}",
-                        self.what, self.attempt_timeout
-                    ),
-                )
-            })??;
-        let signature = sigv4::sign(
-            &sigv4::Request {
-                region: &self.region,
-                service: "dynamodb",
-                host: self.host.to_str().unwrap_or_default(),
-                target: operation,
-                body: &body,
-            },
-            &cached.credentials,
-            &cached.keys,
-            SystemTime::now(),
-        );
-        let header = |value: &str| {
-            HeaderValue::from_str(value)
-                .map_err(|e| construction(format!("a signing header is not valid: {e}")))
-        };
-        let mut request = http::Request::builder()
-            .method(http::Method::POST)
-            .uri(self.uri.clone())
-            .header(HOST, self.host.clone())
-            .header(CONTENT_TYPE, HeaderValue::from_static(JSON_1_0))
-            .header("x-amz-target", HeaderValue::from_static(operation))
-            .header("x-amz-date", header(&signature.amz_date)?)
-            .header(AUTHORIZATION, header(&signature.authorization)?);
-        if let Some(token) = cached.credentials.session_token() {
-            request = request.header("x-amz-security-token", header(token)?);
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| construction(format!("request: {e}")))?;
-        let max_answer = self.max_answer;
-        let exchange = async {
-            let response = self.http.request(request).await.map_err(|e| {
-                AwsFailure::synthetic(
-                    ErrorClass::Retryable,
-                    "dispatch",
-                    format!(
-                        "{name} was not answered: {}",
-                        aws_sdk_dynamodb::error::DisplayErrorContext(&e)
-                    ),
-                )
-            })?;
-            let (parts, body) = response.into_parts();
-            let body = http_body_util::Limited::new(body, max_answer)
-                .collect()
-                .await
-                .map_err(|e| {
-                    AwsFailure::synthetic(
-                        ErrorClass::Retryable,
-                        "response",
-                        format!("the answer to {name} was cut off or over {max_answer} bytes: {e}"),
-                    )
-                })?;
-            Ok::<_, AwsFailure>((parts, body.to_bytes()))
-        };
-        let (parts, body) = tokio::time::timeout(self.attempt_timeout, exchange)
-            .await
-            .map_err(|_| {
-                AwsFailure::synthetic(
-                    ErrorClass::Retryable,
-                    "timeout",
-                    format!("{name} was not answered within {:?}", self.attempt_timeout),
-                )
-            })??;
-        if parts.status.is_success() {
-            return Ok((parts.status, body));
-        }
-        let failure = service_failure(parts.status.as_u16(), &parts.headers, &body);
-        if failure.kind == "access_denied"
-            && matches!(
-                failure.code.as_deref(),
-                Some(
-                    "ExpiredTokenException"
-                        | "UnrecognizedClientException"
-                        | "InvalidSignatureException"
-                )
-            )
-        {
-            // Load the credentials again before the next attempt (rotated keys, a revoked session).
-            cached
-                .refused
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        Err(failure)
-    }
-}
-
-/// The target on DynamoDB, written directly (see the module's documentation).
-pub struct DirectTarget {
-    client: DirectClient,
-    /// The table name as a JSON string, quotes included.
-    table_json: String,
-    config: DirectConfig,
-}
-
-impl std::fmt::Debug for DirectTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DirectTarget")
-            .field("endpoint", &self.client.endpoint())
-            .field("table", &self.config.table)
-            .finish_non_exhaustive()
-    }
-}
-
-impl DirectTarget {
-    /// A writer for `config.table`, with credentials from `provider`.
-    pub fn new(
-        config: DirectConfig,
-        provider: SharedCredentialsProvider,
-    ) -> Result<DirectTarget, String> {
-        let client = DirectClient::new(
-            "the target",
-            &config.region,
-            &config.endpoint,
-            provider,
-            config.attempt_timeout,
-            MAX_ANSWER_BYTES,
-        )?;
-        let table_json =
-            serde_json::to_string(&config.table).map_err(|e| format!("table name: {e}"))?;
-        Ok(DirectTarget {
-            client,
+            credentials: CredentialCache::new(provider),
             table_json,
             config,
         })
@@ -617,26 +418,122 @@ impl DirectTarget {
     }
 
     async fn send(&self, body: Vec<u8>, operation: &'static str) -> Result<Outcome, AwsFailure> {
-        match self.client.call(operation, body).await {
-            Ok((status, body)) => {
-                // DynamoDB answers a write with a JSON object (`{}` here). Anything else is not
-                // DynamoDB (a wrong endpoint, a proxy's page): never take it as applied.
-                match serde_json::from_slice::<serde_json::Value>(&body) {
-                    Ok(serde_json::Value::Object(_)) => Ok(Outcome::Applied),
-                    _ => Err(AwsFailure::synthetic(
+        // Within the attempt's deadline too, so a write never goes out long after the lease check
+        // that preceded it.
+        let cached = tokio::time::timeout(self.config.attempt_timeout, self.credentials.get())
+            .await
+            .map_err(|_| {
+                AwsFailure::synthetic(
+                    ErrorClass::Retryable,
+                    "credentials",
+                    format!(
+                        "no credentials for the target within {:?}",
+                        self.config.attempt_timeout
+                    ),
+                )
+            })??;
+        let signature = sigv4::sign(
+            &sigv4::Request {
+                region: &self.config.region,
+                service: "dynamodb",
+                host: self.host.to_str().unwrap_or_default(),
+                target: operation,
+                body: &body,
+            },
+            &cached.credentials,
+            &cached.keys,
+            SystemTime::now(),
+        );
+        let header = |value: &str| {
+            HeaderValue::from_str(value)
+                .map_err(|e| construction(format!("a signing header is not valid: {e}")))
+        };
+        let mut request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(self.uri.clone())
+            .header(HOST, self.host.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static(JSON_1_0))
+            .header("x-amz-target", HeaderValue::from_static(operation))
+            .header("x-amz-date", header(&signature.amz_date)?)
+            .header(AUTHORIZATION, header(&signature.authorization)?);
+        if let Some(token) = cached.credentials.session_token() {
+            request = request.header("x-amz-security-token", header(token)?);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| construction(format!("request: {e}")))?;
+        let exchange = async {
+            let response = self.http.request(request).await.map_err(|e| {
+                AwsFailure::synthetic(
+                    ErrorClass::Retryable,
+                    "dispatch",
+                    format!(
+                        "the write was not answered: {}",
+                        aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+                    ),
+                )
+            })?;
+            let (parts, body) = response.into_parts();
+            let body = http_body_util::Limited::new(body, MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| {
+                    AwsFailure::synthetic(
                         ErrorClass::Retryable,
                         "response",
                         format!(
-                            "HTTP {} from {} with an answer that is not DynamoDB's JSON: is the \
-                             endpoint a DynamoDB endpoint?",
-                            status.as_u16(),
-                            self.client.endpoint()
+                            "the write's answer was cut off or over {MAX_ANSWER_BYTES} bytes: {e}"
                         ),
-                    )),
-                }
-            }
-            Err(failure) => refused(failure),
+                    )
+                })?;
+            Ok::<_, AwsFailure>((parts, body.to_bytes()))
+        };
+        let (parts, body) = tokio::time::timeout(self.config.attempt_timeout, exchange)
+            .await
+            .map_err(|_| {
+                AwsFailure::synthetic(
+                    ErrorClass::Retryable,
+                    "timeout",
+                    format!(
+                        "the write was not answered within {:?}",
+                        self.config.attempt_timeout
+                    ),
+                )
+            })??;
+        if parts.status.is_success() {
+            // DynamoDB answers a write with a JSON object (`{}` here). Anything else is not DynamoDB
+            // (a wrong endpoint, a proxy's page): never take it as applied.
+            return match serde_json::from_slice::<serde_json::Value>(&body) {
+                Ok(serde_json::Value::Object(_)) => Ok(Outcome::Applied),
+                _ => Err(AwsFailure::synthetic(
+                    ErrorClass::Retryable,
+                    "response",
+                    format!(
+                        "HTTP {} from {} with an answer that is not DynamoDB's JSON: is the \
+                         endpoint a DynamoDB endpoint?",
+                        parts.status.as_u16(),
+                        self.uri_text
+                    ),
+                )),
+            };
         }
+        let failure = service_failure(parts.status.as_u16(), &parts.headers, &body);
+        if failure.kind == "access_denied"
+            && matches!(
+                failure.code.as_deref(),
+                Some(
+                    "ExpiredTokenException"
+                        | "UnrecognizedClientException"
+                        | "InvalidSignatureException"
+                )
+            )
+        {
+            // Load the credentials again before the next attempt (rotated keys, a revoked session).
+            cached
+                .refused
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        refused(failure)
     }
 }
 
@@ -647,7 +544,7 @@ impl TargetTable for DirectTarget {
     }
 }
 
-/// The target writer `replicator run` uses, as `--client` chose.
+/// The target writer `replicator run` uses, as `--write-client` chose.
 #[derive(Debug)]
 pub enum Writer {
     /// Through the SDK's client.
@@ -803,33 +700,6 @@ fn write_value(out: &mut Vec<u8>, value: &AttributeValue) -> Result<(), AwsFailu
         }
     }
     Ok(())
-}
-
-/// Answers the first request on a loopback port with the raw HTTP `answer`, then closes: the
-/// endpoint, for tests of the direct calls.
-#[cfg(test)]
-pub(crate) fn answer_once(answer: String) -> String {
-    answer_once_capturing(answer).0
-}
-
-/// [`answer_once`], and the request as it arrived (at most 64 KB, read once).
-#[cfg(test)]
-pub(crate) fn answer_once_capturing(
-    answer: String,
-) -> (String, std::sync::mpsc::Receiver<Vec<u8>>) {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-    let endpoint = format!("http://{}", listener.local_addr().expect("its address"));
-    let (sent, received) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        if let Ok((mut stream, _)) = listener.accept() {
-            let mut request = vec![0u8; 65_536];
-            let n = stream.read(&mut request).unwrap_or(0);
-            let _ = sent.send(request[..n].to_vec());
-            let _ = stream.write_all(answer.as_bytes());
-        }
-    });
-    (endpoint, received)
 }
 
 #[cfg(test)]
@@ -1094,10 +964,9 @@ mod tests {
     }
 
     fn cache(provider: &Arc<Provider>) -> CredentialCache {
-        CredentialCache::new(
-            SharedCredentialsProvider::new(ProviderRef(provider.clone())),
-            "the target",
-        )
+        CredentialCache::new(SharedCredentialsProvider::new(ProviderRef(
+            provider.clone(),
+        )))
     }
 
     #[derive(Debug)]
@@ -1218,6 +1087,21 @@ mod tests {
         assert_eq!(second.credentials.access_key_id(), "AKID2");
     }
 
+    /// Answers the first request on a loopback port with `answer`, then closes.
+    fn answer_once(answer: &'static str) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            if let Ok((mut stream, _)) = listener.accept() {
+                let mut request = vec![0u8; 65_536];
+                let _ = stream.read(&mut request);
+                let _ = stream.write_all(answer.as_bytes());
+            }
+        });
+        endpoint
+    }
+
     /// A writer for `table` at `endpoint`, with fixed credentials.
     fn target_at(endpoint: String, table: &str) -> DirectTarget {
         DirectTarget::new(
@@ -1236,7 +1120,7 @@ mod tests {
     }
 
     async fn answer_to_a_delete(answer: &'static str) -> Result<Outcome, AwsFailure> {
-        target_at(answer_once(answer.to_owned()), "t")
+        target_at(answer_once(answer), "t")
             .write(&Write::Delete {
                 key: [("pk".to_owned(), AttributeValue::S("k".into()))].into(),
                 condition: None,

@@ -5,7 +5,6 @@ use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodbstreams::Client;
 use aws_sdk_dynamodbstreams::types::{ShardFilter, ShardFilterType, ShardIteratorType};
 
-use super::direct::DirectReader;
 use super::{Page, SeqNo, Shard, StartAt, StreamError, StreamSource, record};
 use crate::error::AwsFailure;
 
@@ -14,26 +13,12 @@ use crate::error::AwsFailure;
 pub struct AwsStream {
     client: Client,
     arn: String,
-    /// GetRecords sent directly (`--client direct`) instead of through `client`.
-    direct: Option<std::sync::Arc<DirectReader>>,
 }
 
 impl AwsStream {
     /// A reader of the stream `arn` (the source table's `LatestStreamArn`).
     pub fn new(client: Client, arn: String) -> AwsStream {
-        AwsStream {
-            client,
-            arn,
-            direct: None,
-        }
-    }
-
-    /// The same, with its records read by `reader`.
-    pub fn with_direct_reads(self, reader: DirectReader) -> AwsStream {
-        AwsStream {
-            direct: Some(std::sync::Arc::new(reader)),
-            ..self
-        }
+        AwsStream { client, arn }
     }
 }
 
@@ -153,9 +138,6 @@ impl StreamSource for AwsStream {
     }
 
     async fn read(&self, iterator: &str, limit: i32) -> Result<Page, StreamError> {
-        if let Some(direct) = &self.direct {
-            return direct.read(iterator, limit).await;
-        }
         let out = self
             .client
             .get_records()

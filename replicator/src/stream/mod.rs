@@ -5,7 +5,6 @@
 //! - `memory`: an in-process stream with several shards, splits, trimming and iterator expiry, for tests.
 
 pub mod aws;
-pub mod direct;
 pub mod memory;
 pub mod record;
 

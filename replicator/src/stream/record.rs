@@ -27,9 +27,6 @@ pub enum DecodeError {
     /// An attribute value of a type this SDK version does not know.
     #[error("attribute {0:?} has a value type this replicator does not know")]
     UnknownValue(String),
-    /// A record whose JSON is not a stream record (read directly: [`super::direct`]).
-    #[error("the record cannot be read: {0}")]
-    Unreadable(String),
 }
 
 /// Converts one stream attribute value, moving its contents; `name` is used in the error.
@@ -66,23 +63,6 @@ pub fn into_image(
         .collect()
 }
 
-/// A record's `eventName`.
-pub(super) fn event_kind(name: Option<&str>) -> Result<EventKind, DecodeError> {
-    match name {
-        Some("INSERT") => Ok(EventKind::Insert),
-        Some("MODIFY") => Ok(EventKind::Modify),
-        Some("REMOVE") => Ok(EventKind::Remove),
-        Some(other) => Err(DecodeError::UnknownEvent(other.to_owned())),
-        None => Err(DecodeError::Missing("event name")),
-    }
-}
-
-/// A record's `SequenceNumber`.
-pub(super) fn sequence(text: Option<String>) -> Result<SeqNo, DecodeError> {
-    let text = text.ok_or(DecodeError::Missing("sequence number"))?;
-    SeqNo::parse(&text).ok_or(DecodeError::BadSequence(text))
-}
-
 /// Decodes one stream record (a copy; see [`decode_owned`]).
 pub fn decode(record: &Record) -> Result<Change, DecodeError> {
     decode_owned(record.clone())
@@ -94,11 +74,20 @@ pub fn decode_owned(record: Record) -> Result<Change, DecodeError> {
     let by_ttl = record.user_identity().is_some_and(|identity| {
         identity.r#type() == Some("Service") && identity.principal_id() == Some(TTL_PRINCIPAL)
     });
-    let kind = event_kind(record.event_name.as_ref().map(OperationType::as_str))?;
+    let kind = match record.event_name {
+        Some(OperationType::Insert) => EventKind::Insert,
+        Some(OperationType::Modify) => EventKind::Modify,
+        Some(OperationType::Remove) => EventKind::Remove,
+        Some(other) => return Err(DecodeError::UnknownEvent(other.as_str().to_owned())),
+        None => return Err(DecodeError::Missing("event name")),
+    };
     let body = record
         .dynamodb
         .ok_or(DecodeError::Missing("dynamodb section"))?;
-    let seq = sequence(body.sequence_number)?;
+    let seq_text = body
+        .sequence_number
+        .ok_or(DecodeError::Missing("sequence number"))?;
+    let seq = SeqNo::parse(&seq_text).ok_or(DecodeError::BadSequence(seq_text))?;
     let keys = into_image(body.keys.ok_or(DecodeError::Missing("keys"))?)?;
     if keys.is_empty() {
         return Err(DecodeError::Missing("keys"));
