@@ -19,6 +19,7 @@
 
 pub mod aws;
 pub mod duration;
+pub mod mix;
 pub mod number;
 pub mod shutdown;
 pub mod telemetry;

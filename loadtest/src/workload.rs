@@ -112,11 +112,7 @@ pub struct Workload {
 
 /// splitmix64: a small, fast generator (the mix needs no cryptographic quality).
 fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    tworegion_common::mix::splitmix64(state)
 }
 
 fn unit(state: &mut u64) -> f64 {

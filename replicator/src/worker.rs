@@ -74,12 +74,9 @@ pub fn stream_pause(failures: u32, max: Duration, seed: u64) -> Duration {
     let base = Duration::from_millis(200)
         .saturating_mul(1 << failures.saturating_sub(1).min(16))
         .min(max.max(Duration::from_millis(200)));
-    // splitmix64: a well-mixed fraction from the seed.
-    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    let thousandths = u32::try_from(z % 1_000).unwrap_or(0);
+    // A well-mixed fraction from the seed.
+    let thousandths =
+        u32::try_from(tworegion_common::mix::splitmix64(&mut { seed }) % 1_000).unwrap_or(0);
     base / 2 + base / 2 * thousandths / 1_000
 }
 
@@ -956,6 +953,16 @@ mod tests {
         assert_eq!(page_limit(&tuning, 10), 400);
         assert_eq!(page_limit(&tuning, 16), 250);
         assert_eq!(page_limit(&tuning, 64), 200, "never below MIN_PAGE");
+        let small = Tuning {
+            batch_size: 50,
+            ..Tuning::default()
+        };
+        assert_eq!(page_limit(&small, 1000), 50, "never above --batch-size");
+        let tight = Tuning {
+            max_buffered_records: 40,
+            ..Tuning::default()
+        };
+        assert_eq!(page_limit(&tight, 64), 40, "never above the whole bound");
     }
 
     #[test]
@@ -977,15 +984,5 @@ mod tests {
         let spread: std::collections::BTreeSet<_> =
             (0..50).map(|seed| stream_pause(3, max, seed)).collect();
         assert!(spread.len() > 40, "jittered: {spread:?}");
-        let small = Tuning {
-            batch_size: 50,
-            ..Tuning::default()
-        };
-        assert_eq!(page_limit(&small, 1000), 50, "never above --batch-size");
-        let tight = Tuning {
-            max_buffered_records: 40,
-            ..Tuning::default()
-        };
-        assert_eq!(page_limit(&tight, 64), 40, "never above the whole bound");
     }
 }

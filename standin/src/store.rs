@@ -286,11 +286,7 @@ pub fn hash(bytes: &[u8]) -> u64 {
     }
     // FNV's high bits barely move for short, similar keys; shards split the hash space by range, so
     // mix them in (the splitmix64 finalizer).
-    h ^= h >> 30;
-    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h ^= h >> 27;
-    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
+    tworegion_common::mix::mix64(h)
 }
 
 fn key_text(value: &Value) -> String {
