@@ -38,6 +38,56 @@ pub fn key_string(keys: &Item) -> String {
     out
 }
 
+/// A value in DynamoDB JSON (`{"S": "x"}`, `{"M": {...}}`; binary as base64), as the AWS CLI prints it.
+pub fn attribute_json(value: &AttributeValue) -> serde_json::Value {
+    use serde_json::json;
+    match value {
+        AttributeValue::S(s) => json!({ "S": s }),
+        AttributeValue::N(n) => json!({ "N": n }),
+        AttributeValue::B(b) => json!({ "B": base64(b.as_ref()) }),
+        AttributeValue::Bool(b) => json!({ "BOOL": b }),
+        AttributeValue::Null(_) => json!({ "NULL": true }),
+        AttributeValue::Ss(v) => json!({ "SS": v }),
+        AttributeValue::Ns(v) => json!({ "NS": v }),
+        AttributeValue::Bs(v) => {
+            json!({ "BS": v.iter().map(|b| base64(b.as_ref())).collect::<Vec<_>>() })
+        }
+        AttributeValue::L(v) => json!({ "L": v.iter().map(attribute_json).collect::<Vec<_>>() }),
+        AttributeValue::M(m) => json!({ "M": item_json(m) }),
+        other => json!({ "unsupported": format!("{other:?}") }),
+    }
+}
+
+/// An item in DynamoDB JSON, names sorted.
+pub fn item_json(item: &Item) -> serde_json::Value {
+    let mut names: Vec<&String> = item.keys().collect();
+    names.sort();
+    serde_json::Value::Object(
+        names
+            .into_iter()
+            .map(|name| (name.clone(), attribute_json(&item[name])))
+            .collect(),
+    )
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let mut b = [0u8; 3];
+        b[..chunk.len()].copy_from_slice(chunk);
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(TABLE[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// The attributes of `image` named in `key_names`, or `None` if one is missing.
 pub fn project_key(image: &Item, key_names: &[String]) -> Option<Item> {
     key_names
@@ -49,6 +99,43 @@ pub fn project_key(image: &Item, key_names: &[String]) -> Option<Item> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn items_in_dynamodb_json() {
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"f"), "Zg==");
+        let inner: Item = [("b".to_owned(), AttributeValue::Bool(true))].into();
+        let item: Item = [
+            ("s".to_owned(), AttributeValue::S("x".into())),
+            ("n".to_owned(), AttributeValue::N("1.5".into())),
+            ("bin".to_owned(), AttributeValue::B(b"fo".to_vec().into())),
+            ("z".to_owned(), AttributeValue::Null(true)),
+            (
+                "ss".to_owned(),
+                AttributeValue::Ss(vec!["a".into(), "b".into()]),
+            ),
+            ("ns".to_owned(), AttributeValue::Ns(vec!["2".into()])),
+            (
+                "bs".to_owned(),
+                AttributeValue::Bs(vec![b"foo".to_vec().into()]),
+            ),
+            (
+                "l".to_owned(),
+                AttributeValue::L(vec![AttributeValue::S("y".into())]),
+            ),
+            ("m".to_owned(), AttributeValue::M(inner)),
+        ]
+        .into();
+        assert_eq!(
+            item_json(&item),
+            serde_json::json!({
+                "s": {"S": "x"}, "n": {"N": "1.5"}, "bin": {"B": "Zm8="}, "z": {"NULL": true},
+                "ss": {"SS": ["a", "b"]}, "ns": {"NS": ["2"]}, "bs": {"BS": ["Zm9v"]},
+                "l": {"L": [{"S": "y"}]}, "m": {"M": {"b": {"BOOL": true}}}
+            })
+        );
+    }
 
     #[test]
     fn key_strings_are_canonical_and_typed() {

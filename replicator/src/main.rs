@@ -1,4 +1,4 @@
-//! `replicator run | healthcheck | leases | dlq`.
+//! `replicator run | healthcheck | leases | dlq | verify`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use replicator::admin::PathSpec;
 use replicator::admin::dlq::{DlqCommand, DlqError, DlqSpec};
 use replicator::admin::leases::LeasesCommand;
+use replicator::admin::verify::{VerifyArgs, VerifyError, VerifySpec};
 use replicator::config::RunArgs;
 use tworegion_common::aws::{AwsOptions, parse_region, sdk_config};
 use tworegion_common::telemetry::{LogFormat, init_logging};
@@ -56,6 +57,9 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Compare the source and target tables of a path (exit 4 if they differ); --repair writes the
+    /// winner of each difference by the mode's rule.
+    Verify(Box<VerifyArgs>),
 }
 
 fn default_worker_id() -> String {
@@ -110,6 +114,31 @@ async fn dlq(command: &DlqCommand, spec: &DlqSpec, aws: &AwsOptions) -> anyhow::
     };
     let mut stdout = std::io::stdout();
     let result = replicator::admin::dlq::run(command, spec, &clients, &mut stdout).await;
+    std::io::Write::flush(&mut stdout).context("writing the output")?;
+    Ok(result?)
+}
+
+/// `replicator verify ...` on the validated `spec`.
+async fn verify(spec: &VerifySpec, aws: &AwsOptions) -> anyhow::Result<()> {
+    let source_sdk = sdk_config(parse_region(&spec.path.source.region)?, aws).await;
+    let target_sdk = sdk_config(parse_region(&spec.path.target.region)?, aws).await;
+    let one_attempt = |sdk: &aws_config::SdkConfig| {
+        aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(sdk)
+                .retry_config(
+                    aws_sdk_dynamodb::config::retry::RetryConfig::standard().with_max_attempts(1),
+                )
+                .build(),
+        )
+    };
+    let clients = replicator::admin::verify::Clients {
+        source: aws_sdk_dynamodb::Client::new(&source_sdk),
+        target: aws_sdk_dynamodb::Client::new(&target_sdk),
+        source_writes: one_attempt(&source_sdk),
+        target_writes: one_attempt(&target_sdk),
+    };
+    let mut stdout = std::io::stdout();
+    let result = replicator::admin::verify::run(spec, &clients, &mut stdout).await;
     std::io::Write::flush(&mut stdout).context("writing the output")?;
     Ok(result?)
 }
@@ -175,6 +204,26 @@ async fn main() -> ExitCode {
                 Err(error) => {
                     eprintln!("error: {error:#}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Verify(args) => {
+            let spec = match args.validate() {
+                Ok(spec) => spec,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            match verify(&spec, &aws).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    ExitCode::from(
+                        error
+                            .downcast_ref::<VerifyError>()
+                            .map_or(1, VerifyError::exit_code),
+                    )
                 }
             }
         }

@@ -32,7 +32,7 @@ use crate::config::{ConfigError, Mode, TableRef};
 use crate::dead_letter::dynamo::DynamoDeadLetters;
 use crate::dead_letter::{DeadLetter, refused_for_good};
 use crate::error::AwsFailure;
-use crate::item::{Item, key_string};
+use crate::item::{Item, attribute_json, key_string};
 use crate::lease::dynamo::{FENCE_ROW, PATH, SHARD};
 use crate::stream::EventKind;
 
@@ -595,85 +595,95 @@ impl Replay<'_> {
         Ok(())
     }
 
-    /// One-way: copies the source's current item (or deletes the target's, if the source has none),
-    /// conditional on the target item being unchanged since it was read. The source is read again
-    /// after the write: if it changed in between, the replicator may already have applied that change
-    /// before the copy landed over it, so the copy is made again.
+    /// One-way: the source's current item copied ([`copy_one_way`]).
     async fn replay_one_way(&self, letter: &DeadLetter) -> Result<Replayed, AwsFailure> {
-        const ATTEMPTS: usize = 3;
-        let keys = &letter.change.keys;
-        for _ in 0..ATTEMPTS {
-            // The target first: a replicator write after this read fails the copy's condition.
-            let seen = get(&self.clients.target, &self.spec.path.target.table, keys).await?;
-            let current = get(&self.clients.source, &self.spec.path.source.table, keys).await?;
-            let target = &self.spec.path.target.table;
-            let (result, what) =
-                match copy_step(keys, seen.as_ref(), current.as_ref(), &self.attributes) {
-                    CopyStep::Nothing => {
-                        return Ok(Replayed::Superseded(
-                            if current.is_some() {
-                                "the target already holds the source's current item"
-                            } else {
-                                "neither table holds the item any more"
-                            }
-                            .to_owned(),
-                        ));
-                    }
-                    CopyStep::Put { item, seen_fence } => {
-                        let condition = unchanged_since(seen_fence.as_ref());
-                        let request = self
-                            .clients
-                            .target
-                            .put_item()
-                            .table_name(target)
-                            .set_item(Some(item))
-                            .condition_expression(condition.text)
-                            .set_expression_attribute_names(Some(condition.names))
-                            .set_expression_attribute_values(condition.values);
-                        (
-                            outcome(request.send().await),
-                            "copied the source's current item",
-                        )
-                    }
-                    CopyStep::Delete { key, seen_fence } => {
-                        let condition = unchanged_since(seen_fence.as_ref());
-                        let request = self
-                            .clients
-                            .target
-                            .delete_item()
-                            .table_name(target)
-                            .set_key(Some(key))
-                            .condition_expression(condition.text)
-                            .set_expression_attribute_names(Some(condition.names))
-                            .set_expression_attribute_values(condition.values);
-                        (
-                            outcome(request.send().await),
-                            "deleted the target item (the source no longer holds it)",
-                        )
-                    }
-                };
-            match result {
-                Ok(Outcome::Applied) => {}
-                Ok(Outcome::Conflict) => {
-                    return Ok(Replayed::Superseded(
-                        "the replicator wrote the key while the replay ran".to_owned(),
-                    ));
-                }
-                Err(failure) if refused_for_good(&failure) => {
-                    return Ok(Replayed::Kept(still_refused(&failure)));
-                }
-                Err(failure) => return Err(failure),
-            }
-            let after = get(&self.clients.source, &self.spec.path.source.table, keys).await?;
-            if after == current {
-                return Ok(Replayed::Applied(what.to_owned()));
-            }
-        }
-        Ok(Replayed::Kept(format!(
-            "the source item changed during each of {ATTEMPTS} copies; run the replay again when it is \
-             quieter"
-        )))
+        copy_one_way(
+            (&self.clients.source, &self.spec.path.source.table),
+            (&self.clients.target, &self.spec.path.target.table),
+            &letter.change.keys,
+            &self.attributes,
+        )
+        .await
     }
+}
+
+/// One-way: copies the source's current item at `keys` into the target (or deletes the target's, if
+/// the source has none), conditional on the target item being unchanged since it was read. The source
+/// is read again after the write: if it changed in between, the replicator may already have applied
+/// that change before the copy landed over it, so the copy is made again. `source` and `target` are a
+/// client and a table; the target's client should make one attempt per call.
+pub async fn copy_one_way(
+    (source, source_table): (&Client, &str),
+    (target, target_table): (&Client, &str),
+    keys: &Item,
+    attributes: &VersionAttributes,
+) -> Result<Replayed, AwsFailure> {
+    const ATTEMPTS: usize = 3;
+    for _ in 0..ATTEMPTS {
+        // The target first: a replicator write after this read fails the copy's condition.
+        let seen = get(target, target_table, keys).await?;
+        let current = get(source, source_table, keys).await?;
+        let (result, what) = match copy_step(keys, seen.as_ref(), current.as_ref(), attributes) {
+            CopyStep::Nothing => {
+                return Ok(Replayed::Superseded(
+                    if current.is_some() {
+                        "the target already holds the source's current item"
+                    } else {
+                        "neither table holds the item any more"
+                    }
+                    .to_owned(),
+                ));
+            }
+            CopyStep::Put { item, seen_fence } => {
+                let condition = unchanged_since(seen_fence.as_ref());
+                let request = target
+                    .put_item()
+                    .table_name(target_table)
+                    .set_item(Some(item))
+                    .condition_expression(condition.text)
+                    .set_expression_attribute_names(Some(condition.names))
+                    .set_expression_attribute_values(condition.values);
+                (
+                    outcome(request.send().await),
+                    "copied the source's current item",
+                )
+            }
+            CopyStep::Delete { key, seen_fence } => {
+                let condition = unchanged_since(seen_fence.as_ref());
+                let request = target
+                    .delete_item()
+                    .table_name(target_table)
+                    .set_key(Some(key))
+                    .condition_expression(condition.text)
+                    .set_expression_attribute_names(Some(condition.names))
+                    .set_expression_attribute_values(condition.values);
+                (
+                    outcome(request.send().await),
+                    "deleted the target item (the source no longer holds it)",
+                )
+            }
+        };
+        match result {
+            Ok(Outcome::Applied) => {}
+            Ok(Outcome::Conflict) => {
+                return Ok(Replayed::Superseded(
+                    "the replicator wrote the key meanwhile".to_owned(),
+                ));
+            }
+            Err(failure) if refused_for_good(&failure) => {
+                return Ok(Replayed::Kept(still_refused(&failure)));
+            }
+            Err(failure) => return Err(failure),
+        }
+        let after = get(source, source_table, keys).await?;
+        if after == current {
+            return Ok(Replayed::Applied(what.to_owned()));
+        }
+    }
+    Ok(Replayed::Kept(format!(
+        "the source item changed during each of {ATTEMPTS} copies; run the command again when it is \
+         quieter"
+    )))
 }
 
 /// lww: the record's own write, planned as the engine plans it and conditional on the version, so a
@@ -738,7 +748,11 @@ fn still_refused(failure: &AwsFailure) -> String {
 }
 
 /// The item at `keys` in `table` (consistent read).
-async fn get(client: &Client, table: &str, keys: &Item) -> Result<Option<Item>, AwsFailure> {
+pub(crate) async fn get(
+    client: &Client,
+    table: &str,
+    keys: &Item,
+) -> Result<Option<Item>, AwsFailure> {
     client
         .get_item()
         .table_name(table)
@@ -920,35 +934,6 @@ pub fn summary(letters: &[DeadLetter]) -> String {
     }
     text.push_str("; `replicator dlq replay` applies them, `replicator dlq purge` deletes them.");
     text
-}
-
-/// A key attribute in DynamoDB JSON (`{"S": "x"}`).
-fn attribute_json(value: &AttributeValue) -> serde_json::Value {
-    use serde_json::json;
-    match value {
-        AttributeValue::S(s) => json!({ "S": s }),
-        AttributeValue::N(n) => json!({ "N": n }),
-        AttributeValue::B(b) => json!({ "B": base64(b.as_ref()) }),
-        other => json!({ "unsupported": format!("{other:?}") }),
-    }
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let mut b = [0u8; 3];
-        b[..chunk.len()].copy_from_slice(chunk);
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(TABLE[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// One dead letter as a JSON object: `id`, `shard`, `seq`, `kind`, `key` (as in logs), `keys`
@@ -1229,8 +1214,6 @@ mod tests {
         assert_eq!(error_text(&l), "ValidationException: Item too big");
         l.error = "ValidationException: line\nbreak".into();
         assert_eq!(error_text(&l), "ValidationException: line break");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"fo"), "Zm8=");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Operator commands: look at and change the lease table safely, so nobody edits lease rows by hand.
 //!
 //! - `leases`: `replicator leases list | release | reset-checkpoint`.
+//! - `verify`: `replicator verify [--repair]`: compare both tables of a path, write the winners.
 //!
 //! Every command names its path with the same flags (and `REPLICATOR_*` variables) as
 //! `replicator run`, and finds the path key exactly as `run` does: the source table's latest stream
@@ -10,6 +11,7 @@
 
 pub mod dlq;
 pub mod leases;
+pub mod verify;
 
 use aws_sdk_dynamodb::Client;
 
