@@ -2,8 +2,8 @@
 //!
 //! 1. Both tables are read with a parallel segmented Scan (`--segments` each). The source's live items
 //!    are kept as key and digest (SHA-256 of the item's canonical form without the ignored
-//!    attributes): memory grows with the source's item count (about the key's size plus 100 bytes an
-//!    item), not with item sizes. The target's items are checked against them as they arrive.
+//!    attributes): memory grows with the source's item count (a few hundred bytes an item with short
+//!    keys), not with item sizes. The target's items are checked against them as they arrive.
 //! 2. Tombstones (`--deleted-attribute` = true) count as absent in both tables: a reader that follows
 //!    the convention sees none of them, and each region's TTL removes them on its own schedule.
 //! 3. The replicator's fencing token ([`FENCE_ATTRIBUTE`]) and every `--ignore-attribute` are left
