@@ -15,6 +15,16 @@ pub enum Mode {
     Lww,
 }
 
+impl Mode {
+    /// The flag's spelling: `one-way` or `lww`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::OneWay => "one-way",
+            Mode::Lww => "lww",
+        }
+    }
+}
+
 /// Where a shard that has no checkpoint yet starts (root shards only; children of a finished parent
 /// always start at the trim horizon).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -531,10 +531,7 @@ impl Replay<'_> {
             )?;
             return Ok(());
         }
-        let mode = match self.mode {
-            Mode::OneWay => "one-way",
-            Mode::Lww => "lww",
-        };
+        let mode = self.mode.label();
         writeln!(
             out,
             "Replaying {} of path {} ({mode}, target {}):",

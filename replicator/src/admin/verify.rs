@@ -106,6 +106,16 @@ pub struct VerifySpec {
     pub json: bool,
 }
 
+impl VerifySpec {
+    /// The comparison rules of this run.
+    pub fn rules(&self) -> Rules {
+        Rules {
+            deleted: self.attributes.deleted.clone(),
+            ignored: self.ignored.clone(),
+        }
+    }
+}
+
 impl VerifyArgs {
     /// Validates the flags; errors name the flag.
     pub fn validate(&self) -> Result<VerifySpec, ConfigError> {
@@ -505,10 +515,7 @@ pub async fn verify(spec: &VerifySpec, clients: &Clients) -> Result<Report, Veri
             target_keys,
         });
     }
-    let rules = Rules {
-        deleted: spec.attributes.deleted.clone(),
-        ignored: spec.ignored.clone(),
-    };
+    let rules = spec.rules();
     let mut report = Report::default();
     tracing::info!(source = %spec.path.source, target = %spec.path.target, segments = spec.segments, "Scanning the source.");
     // The source's live items: key string to (key, digest).
@@ -904,13 +911,6 @@ async fn put_newer(
     }
 }
 
-fn mode_label(mode: Mode) -> &'static str {
-    match mode {
-        Mode::OneWay => "one-way",
-        Mode::Lww => "lww",
-    }
-}
-
 fn counts(report: &Report) -> (usize, usize, usize) {
     let count = |kind| {
         report
@@ -927,10 +927,7 @@ fn counts(report: &Report) -> (usize, usize, usize) {
 }
 
 fn detail(spec: &VerifySpec, difference: &Difference) -> String {
-    let rules = Rules {
-        deleted: spec.attributes.deleted.clone(),
-        ignored: spec.ignored.clone(),
-    };
+    let rules = spec.rules();
     match (
         difference.kind,
         rules.live(difference.source.as_ref()),
@@ -967,7 +964,7 @@ pub fn write_text(spec: &VerifySpec, report: &Report, out: &mut dyn Write) -> st
          tombstones).",
         spec.path.source,
         spec.path.target,
-        mode_label(spec.mode),
+        spec.mode.label(),
         report.source.items,
         report.source.tombstones,
         report.target.items,
@@ -1017,10 +1014,7 @@ pub fn write_text(spec: &VerifySpec, report: &Report, out: &mut dyn Write) -> st
 /// `repair` (`outcome`, `what`) or null).
 pub fn report_json(spec: &VerifySpec, report: &Report) -> serde_json::Value {
     use serde_json::json;
-    let rules = Rules {
-        deleted: spec.attributes.deleted.clone(),
-        ignored: spec.ignored.clone(),
-    };
+    let rules = spec.rules();
     let (missing, extra, different) = counts(report);
     let differences: Vec<serde_json::Value> = report
         .differences
@@ -1042,7 +1036,7 @@ pub fn report_json(spec: &VerifySpec, report: &Report) -> serde_json::Value {
         })
         .collect();
     json!({
-        "mode": mode_label(spec.mode),
+        "mode": spec.mode.label(),
         "source": {"table": spec.path.source.to_string(), "items": report.source.items, "tombstones": report.source.tombstones},
         "target": {"table": spec.path.target.to_string(), "items": report.target.items, "tombstones": report.target.tombstones},
         "candidates": report.candidates,

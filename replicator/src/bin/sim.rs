@@ -55,13 +55,6 @@ struct Cli {
     sabotage: Option<String>,
 }
 
-fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::OneWay => "one-way",
-        Mode::Lww => "lww",
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let switches = Switches {
@@ -95,7 +88,7 @@ fn main() -> ExitCode {
     if let Some(s) = &cli.sabotage {
         flags.push_str(&format!(" --sabotage {s}"));
     }
-    let mode = mode_name(cli.mode);
+    let mode = cli.mode.label();
     if let Some(seed) = cli.seed {
         let result = run_seed(seed, cli.mode, switches, sabotage, true);
         for line in &result.trace {
