@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tworegion_common::aws::parse_region;
+use tworegion_common::aws::{
+    AssumeRole, parse_external_id, parse_region, parse_role_arn, session_name,
+};
 use tworegion_common::version::VersionAttributes;
 
 /// How changes are applied to the target.
@@ -82,6 +84,85 @@ pub struct PathArgs {
     /// Region of the lease table [default: the target region].
     #[arg(long, env = "REPLICATOR_LEASE_REGION")]
     pub lease_region: Option<String>,
+    /// A role to assume for the source table and its stream, when they are in another account
+    /// (arn:aws:iam::<account>:role/<name>); the process's own credentials must be allowed to assume it.
+    #[arg(long, env = "REPLICATOR_SOURCE_ROLE_ARN")]
+    pub source_role_arn: Option<String>,
+    /// The external ID the source role's trust policy asks for.
+    #[arg(long, env = "REPLICATOR_SOURCE_EXTERNAL_ID")]
+    pub source_external_id: Option<String>,
+    /// A role to assume for the target table (another account).
+    #[arg(long, env = "REPLICATOR_TARGET_ROLE_ARN")]
+    pub target_role_arn: Option<String>,
+    /// The external ID the target role's trust policy asks for.
+    #[arg(long, env = "REPLICATOR_TARGET_EXTERNAL_ID")]
+    pub target_external_id: Option<String>,
+    /// A role to assume for the lease table and the dead-letter table (another account).
+    #[arg(long, env = "REPLICATOR_LEASE_ROLE_ARN")]
+    pub lease_role_arn: Option<String>,
+    /// The external ID the lease role's trust policy asks for.
+    #[arg(long, env = "REPLICATOR_LEASE_EXTERNAL_ID")]
+    pub lease_external_id: Option<String>,
+}
+
+/// The roles the tables of a path are reached through; `None`: the process's own credentials.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Roles {
+    /// The source table and its stream.
+    pub source: Option<AssumeRole>,
+    /// The target table.
+    pub target: Option<AssumeRole>,
+    /// The lease table and the dead-letter table.
+    pub lease: Option<AssumeRole>,
+}
+
+impl Roles {
+    /// The same roles with `name` as every session's name.
+    pub fn with_session_name(mut self, name: &str) -> Roles {
+        for role in [&mut self.source, &mut self.target, &mut self.lease]
+            .into_iter()
+            .flatten()
+        {
+            role.session_name = session_name(name);
+        }
+        self
+    }
+}
+
+/// The SDK configuration for `table`, through `role` when one is given (logged, so the operator sees
+/// which account each table is reached in).
+pub async fn table_sdk_config(
+    what: &str,
+    table: &TableRef,
+    role: Option<&AssumeRole>,
+    aws: &tworegion_common::aws::AwsOptions,
+) -> Result<aws_config::SdkConfig, tworegion_common::aws::InvalidRegion> {
+    if let Some(role) = role {
+        tracing::info!(table = %table, role = %role.arn, external_id = role.external_id.is_some(), session = %role.session_name, "The {what} is reached through an assumed role.");
+    }
+    Ok(tworegion_common::aws::sdk_config_as(parse_region(&table.region)?, aws, role).await)
+}
+
+fn role(
+    arn_flag: &'static str,
+    arn: Option<&String>,
+    id_flag: &'static str,
+    external_id: Option<&String>,
+) -> Result<Option<AssumeRole>, ConfigError> {
+    match (arn, external_id) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(bad(
+            id_flag,
+            format!("an external ID is used only with --{arn_flag}; give the role too, or drop it"),
+        )),
+        (Some(arn), id) => Ok(Some(AssumeRole {
+            arn: parse_role_arn(arn).map_err(|e| bad(arn_flag, e.to_string()))?,
+            external_id: id
+                .map(|id| parse_external_id(id).map_err(|e| bad(id_flag, e)))
+                .transpose()?,
+            session_name: session_name("tworegion-replicator"),
+        })),
+    }
 }
 
 /// A validated [`PathArgs`].
@@ -93,6 +174,8 @@ pub struct PathSpec {
     pub target: TableRef,
     /// The lease table.
     pub lease: TableRef,
+    /// The roles the tables are reached through.
+    pub roles: Roles,
 }
 
 /// The convention's attribute names (`replicator run` and `dlq replay`).
@@ -328,6 +411,8 @@ pub struct Config {
     pub mode: Mode,
     /// The lease table.
     pub lease: TableRef,
+    /// The roles the tables are reached through (sessions named after the worker).
+    pub roles: Roles,
     /// Where refused records are parked (`None`: `--on-refused-record stop`).
     pub dead_letters: Option<TableRef>,
     /// This worker's name.
@@ -417,10 +502,31 @@ impl PathArgs {
             },
             table: table_name("lease-table", &self.lease_table)?,
         };
+        let roles = Roles {
+            source: role(
+                "source-role-arn",
+                self.source_role_arn.as_ref(),
+                "source-external-id",
+                self.source_external_id.as_ref(),
+            )?,
+            target: role(
+                "target-role-arn",
+                self.target_role_arn.as_ref(),
+                "target-external-id",
+                self.target_external_id.as_ref(),
+            )?,
+            lease: role(
+                "lease-role-arn",
+                self.lease_role_arn.as_ref(),
+                "lease-external-id",
+                self.lease_external_id.as_ref(),
+            )?,
+        };
         Ok(PathSpec {
             source,
             target,
             lease,
+            roles,
         })
     }
 }
@@ -461,6 +567,7 @@ impl RunArgs {
             source,
             target,
             lease,
+            roles,
         } = self.path.validate()?;
         let dead_letters = match self.on_refused_record {
             OnRefusedRecord::Stop => None,
@@ -596,6 +703,7 @@ impl RunArgs {
             target,
             mode: self.mode,
             lease,
+            roles: roles.with_session_name(&format!("tworegion-{worker_id}")),
             dead_letters,
             worker_id,
             metrics_addr,
@@ -670,6 +778,57 @@ mod tests {
         assert_eq!(c.tuning.shutdown_deadline, Duration::from_secs(20));
         assert_eq!(c.attributes, VersionAttributes::default());
         assert_eq!(c.start_position, StartPosition::TrimHorizon);
+    }
+
+    #[test]
+    fn roles_are_checked_and_sessions_named_after_the_worker() {
+        assert_eq!(args(&[]).unwrap().roles, Roles::default());
+        let c = args(&[
+            "--target-role-arn",
+            "arn:aws:iam::222222222222:role/writer",
+            "--target-external-id",
+            "ext-1",
+            "--lease-role-arn",
+            "arn:aws:iam::333333333333:role/leases",
+        ])
+        .unwrap();
+        assert_eq!(c.roles.source, None);
+        let target = c.roles.target.expect("target role");
+        assert_eq!(target.arn, "arn:aws:iam::222222222222:role/writer");
+        assert_eq!(target.external_id.as_deref(), Some("ext-1"));
+        assert_eq!(target.session_name, "tworegion-w1");
+        let lease = c.roles.lease.expect("lease role");
+        assert_eq!(
+            (lease.external_id, lease.session_name.as_str()),
+            (None, "tworegion-w1")
+        );
+        let cases: &[(&[&str], &str, &str)] = &[
+            (
+                &["--source-role-arn", "writer"],
+                "source-role-arn",
+                "not an IAM role ARN",
+            ),
+            (
+                &["--source-external-id", "ext-1"],
+                "source-external-id",
+                "--source-role-arn",
+            ),
+            (
+                &[
+                    "--lease-role-arn",
+                    "arn:aws:iam::333333333333:role/x",
+                    "--lease-external-id",
+                    "a b",
+                ],
+                "lease-external-id",
+                "letters, digits",
+            ),
+        ];
+        for (extra, flag, text) in cases {
+            let error = args(extra).expect_err(flag);
+            assert_eq!(error.flag, *flag);
+            assert!(error.problem.contains(text), "{error}");
+        }
     }
 
     #[test]

@@ -46,9 +46,10 @@ pub mod worker;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use crate::config::table_sdk_config;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tworegion_common::aws::{AwsOptions, parse_region, sdk_config};
+use tworegion_common::aws::AwsOptions;
 
 use crate::apply::direct::{DirectConfig, DirectTarget, Writer, resolve_endpoint};
 use crate::apply::plan::PlanContext;
@@ -98,9 +99,13 @@ pub async fn run(
     aws: AwsOptions,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let source_sdk = sdk_config(parse_region(&config.source.region)?, &aws).await;
-    let target_sdk = sdk_config(parse_region(&config.target.region)?, &aws).await;
-    let lease_sdk = sdk_config(parse_region(&config.lease.region)?, &aws).await;
+    let roles = &config.roles;
+    let source_sdk =
+        table_sdk_config("source", &config.source, roles.source.as_ref(), &aws).await?;
+    let target_sdk =
+        table_sdk_config("target", &config.target, roles.target.as_ref(), &aws).await?;
+    let lease_sdk =
+        table_sdk_config("lease table", &config.lease, roles.lease.as_ref(), &aws).await?;
     // Every call the replicator makes has a deadline, so a hung connection is a retried failure (or a
     // start-up error naming the call), never a silent stall.
     let deadline = aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()

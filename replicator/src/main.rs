@@ -10,7 +10,8 @@ use replicator::admin::dlq::{DlqCommand, DlqError, DlqSpec};
 use replicator::admin::leases::LeasesCommand;
 use replicator::admin::verify::{VerifyArgs, VerifyError, VerifySpec};
 use replicator::config::RunArgs;
-use tworegion_common::aws::{AwsOptions, parse_region, sdk_config};
+use replicator::config::table_sdk_config;
+use tworegion_common::aws::AwsOptions;
 use tworegion_common::telemetry::{LogFormat, init_logging};
 
 /// Replicates a DynamoDB table's stream into a table in another region, one-way (active-passive) or
@@ -73,8 +74,10 @@ fn default_worker_id() -> String {
 
 /// `replicator leases ...` on the validated path `spec`, with AWS clients made as `run` makes them.
 async fn leases(command: &LeasesCommand, spec: &PathSpec, aws: &AwsOptions) -> anyhow::Result<()> {
-    let source_sdk = sdk_config(parse_region(&spec.source.region)?, aws).await;
-    let lease_sdk = sdk_config(parse_region(&spec.lease.region)?, aws).await;
+    let source_sdk =
+        table_sdk_config("source", &spec.source, spec.roles.source.as_ref(), aws).await?;
+    let lease_sdk =
+        table_sdk_config("lease table", &spec.lease, spec.roles.lease.as_ref(), aws).await?;
     let source = aws_sdk_dynamodb::Client::new(&source_sdk);
     // Lease writes are conditional on the counter: an SDK retry of a write that DynamoDB applied but
     // whose answer was lost would fail its own condition and be reported as a lease that moved. One
@@ -94,10 +97,14 @@ async fn leases(command: &LeasesCommand, spec: &PathSpec, aws: &AwsOptions) -> a
 
 /// `replicator dlq ...` on the validated `spec`, with AWS clients made as `run` makes them.
 async fn dlq(command: &DlqCommand, spec: &DlqSpec, aws: &AwsOptions) -> anyhow::Result<()> {
-    let source_sdk = sdk_config(parse_region(&spec.path.source.region)?, aws).await;
-    let target_sdk = sdk_config(parse_region(&spec.path.target.region)?, aws).await;
-    // The dead-letter table is in the lease table's region.
-    let lease_sdk = sdk_config(parse_region(&spec.path.lease.region)?, aws).await;
+    let path = &spec.path;
+    let source_sdk =
+        table_sdk_config("source", &path.source, path.roles.source.as_ref(), aws).await?;
+    let target_sdk =
+        table_sdk_config("target", &path.target, path.roles.target.as_ref(), aws).await?;
+    // The dead-letter table is in the lease table's region (and account).
+    let lease_sdk =
+        table_sdk_config("lease table", &path.lease, path.roles.lease.as_ref(), aws).await?;
     let clients = replicator::admin::dlq::Clients {
         source: aws_sdk_dynamodb::Client::new(&source_sdk),
         // Replay writes are conditional on what was read: an SDK retry of a write that DynamoDB applied
@@ -120,8 +127,11 @@ async fn dlq(command: &DlqCommand, spec: &DlqSpec, aws: &AwsOptions) -> anyhow::
 
 /// `replicator verify ...` on the validated `spec`.
 async fn verify(spec: &VerifySpec, aws: &AwsOptions) -> anyhow::Result<()> {
-    let source_sdk = sdk_config(parse_region(&spec.path.source.region)?, aws).await;
-    let target_sdk = sdk_config(parse_region(&spec.path.target.region)?, aws).await;
+    let path = &spec.path;
+    let source_sdk =
+        table_sdk_config("source", &path.source, path.roles.source.as_ref(), aws).await?;
+    let target_sdk =
+        table_sdk_config("target", &path.target, path.roles.target.as_ref(), aws).await?;
     let one_attempt = |sdk: &aws_config::SdkConfig| {
         aws_sdk_dynamodb::Client::from_conf(
             aws_sdk_dynamodb::config::Builder::from(sdk)
