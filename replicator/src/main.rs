@@ -1,4 +1,4 @@
-//! `replicator run | healthcheck | leases | dlq | verify`.
+//! `replicator run | healthcheck | leases | dlq | verify | backfill`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use replicator::admin::PathSpec;
+use replicator::admin::backfill::{BackfillArgs, BackfillError, BackfillSpec};
 use replicator::admin::dlq::{DlqCommand, DlqError, DlqSpec};
 use replicator::admin::leases::LeasesCommand;
 use replicator::admin::verify::{VerifyArgs, VerifyError, VerifySpec};
@@ -61,6 +62,9 @@ enum Command {
     /// Compare the source and target tables of a path (exit 4 if they differ); --repair writes the
     /// winner of each difference by the mode's rule.
     Verify(Box<VerifyArgs>),
+    /// Copy a table that already holds data into the other region, beside `run` (which replays the
+    /// stream); resumable, rate-limited, every write conditional.
+    Backfill(Box<BackfillArgs>),
 }
 
 fn default_worker_id() -> String {
@@ -153,6 +157,26 @@ async fn verify(spec: &VerifySpec, aws: &AwsOptions) -> anyhow::Result<()> {
     Ok(result?)
 }
 
+/// `replicator backfill ...` on the validated `spec`.
+async fn backfill(spec: &BackfillSpec, aws: &AwsOptions) -> anyhow::Result<()> {
+    let path = &spec.path;
+    let source_sdk =
+        table_sdk_config("source", &path.source, path.roles.source.as_ref(), aws).await?;
+    let target_sdk =
+        table_sdk_config("target", &path.target, path.roles.target.as_ref(), aws).await?;
+    let lease_sdk =
+        table_sdk_config("lease table", &path.lease, path.roles.lease.as_ref(), aws).await?;
+    let clients = replicator::admin::backfill::Clients {
+        source: aws_sdk_dynamodb::Client::new(&source_sdk),
+        target: aws_sdk_dynamodb::Client::new(&target_sdk),
+        lease: aws_sdk_dynamodb::Client::new(&lease_sdk),
+    };
+    let mut stdout = std::io::stdout();
+    let result = replicator::admin::backfill::run(spec, &clients, &mut stdout).await;
+    std::io::Write::flush(&mut stdout).context("writing the output")?;
+    Ok(result?)
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -214,6 +238,26 @@ async fn main() -> ExitCode {
                 Err(error) => {
                     eprintln!("error: {error:#}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Backfill(args) => {
+            let spec = match args.validate() {
+                Ok(spec) => spec,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            match backfill(&spec, &aws).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    let refused = matches!(
+                        error.downcast_ref::<BackfillError>(),
+                        Some(BackfillError::Refused { .. })
+                    );
+                    ExitCode::from(if refused { 4 } else { 1 })
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! Operator commands: look at and change the lease table safely, so nobody edits lease rows by hand.
 //!
 //! - `leases`: `replicator leases list | release | reset-checkpoint`.
+//! - `backfill`: `replicator backfill`: copy a live table into the other region beside `run`.
 //! - `verify`: `replicator verify [--repair]`: compare both tables of a path, write the winners.
 //!
 //! Every command names its path with the same flags (and `REPLICATOR_*` variables) as
@@ -9,6 +10,7 @@
 //! command observed, so it never overwrites a change it did not see, and it bumps the counter, so the
 //! current owner's next renewal fails and it stops the shard (the lease fencing).
 
+pub mod backfill;
 pub mod dlq;
 pub mod leases;
 pub mod verify;

@@ -505,16 +505,8 @@ pub async fn run(
 
 /// Compares the tables of `spec` (and repairs them under `--repair`).
 pub async fn verify(spec: &VerifySpec, clients: &Clients) -> Result<Report, VerifyError> {
-    let source_keys = key_names(&clients.source, &spec.path.source, true).await?;
-    let target_keys = key_names(&clients.target, &spec.path.target, false).await?;
-    if source_keys != target_keys {
-        return Err(VerifyError::KeySchemas {
-            source_table: spec.path.source.to_string(),
-            source_keys,
-            target_table: spec.path.target.to_string(),
-            target_keys,
-        });
-    }
+    let keys = matching_keys(&clients.source, &clients.target, &spec.path).await?;
+    let (source_keys, target_keys) = (&keys, &keys);
     let rules = spec.rules();
     let mut report = Report::default();
     tracing::info!(source = %spec.path.source, target = %spec.path.target, segments = spec.segments, "Scanning the source.");
@@ -526,7 +518,7 @@ pub async fn verify(spec: &VerifySpec, clients: &Clients) -> Result<Report, Veri
             report.source.tombstones += 1;
             return Ok(());
         }
-        let keys = keys_of(&item, &source_keys, &spec.path.source)?;
+        let keys = keys_of(&item, source_keys, &spec.path.source)?;
         let digest = rules.digest(&item);
         index.insert(key_string(&keys), (keys, digest));
         Ok(())
@@ -540,7 +532,7 @@ pub async fn verify(spec: &VerifySpec, clients: &Clients) -> Result<Report, Veri
             report.target.tombstones += 1;
             return Ok(());
         }
-        let keys = keys_of(&item, &target_keys, &spec.path.target)?;
+        let keys = keys_of(&item, target_keys, &spec.path.target)?;
         match index.remove(&key_string(&keys)) {
             Some((_, digest)) if digest == rules.digest(&item) => {}
             _ => candidates.push(keys),
@@ -577,6 +569,25 @@ pub async fn verify(spec: &VerifySpec, clients: &Clients) -> Result<Report, Veri
         report.differences = differences.into_iter().map(|d| (d, None)).collect();
     }
     Ok(report)
+}
+
+/// The key attribute names both tables of `path` have (sorted), or why they cannot be compared.
+pub(super) async fn matching_keys(
+    source: &Client,
+    target: &Client,
+    path: &PathSpec,
+) -> Result<Vec<String>, VerifyError> {
+    let source_keys = key_names(source, &path.source, true).await?;
+    let target_keys = key_names(target, &path.target, false).await?;
+    if source_keys != target_keys {
+        return Err(VerifyError::KeySchemas {
+            source_table: path.source.to_string(),
+            source_keys,
+            target_table: path.target.to_string(),
+            target_keys,
+        });
+    }
+    Ok(source_keys)
 }
 
 /// The key attribute names of `table` (sorted), from DescribeTable.
@@ -732,7 +743,7 @@ async fn recheck(
 }
 
 /// The version and origin an item carries (`None`: no valid version).
-fn stamp(item: &Item, attributes: &VersionAttributes) -> Option<(Version, String)> {
+pub(super) fn stamp(item: &Item, attributes: &VersionAttributes) -> Option<(Version, String)> {
     let version = match item.get(&attributes.version) {
         Some(AttributeValue::N(n)) => Version::parse(n)?,
         _ => return None,
@@ -843,7 +854,8 @@ async fn repair(
                     what: "the winning item was not read".to_owned(),
                 });
             };
-            put_newer(client, table, item, &spec.attributes, into)
+            let key_name = difference.keys.keys().next().map_or("", String::as_str);
+            put_newer(client, table, key_name, item, &spec.attributes, into)
                 .await
                 .map_err(failed(table))?
         }
@@ -865,10 +877,12 @@ async fn repair(
 }
 
 /// Puts `item` into `table` on the replicator's lww condition (the stored item is not newer); an
-/// item without a version goes in only where the key holds no item.
-async fn put_newer(
+/// item without a version goes in only where the key (`key_name`, one of its attributes) holds no
+/// item.
+pub(super) async fn put_newer(
     client: &Client,
     table: &TableRef,
+    key_name: &str,
     item: &Item,
     attributes: &VersionAttributes,
     into: &str,
@@ -883,19 +897,7 @@ async fn put_newer(
                 })
                 .await
         }
-        None => {
-            let any = item.keys().next().cloned().unwrap_or_default();
-            crate::apply::target::outcome(
-                client
-                    .put_item()
-                    .table_name(&table.table)
-                    .set_item(Some(item.clone()))
-                    .condition_expression("attribute_not_exists(#k)")
-                    .expression_attribute_names("#k", any)
-                    .send()
-                    .await,
-            )
-        }
+        None => put_if_absent(client, &table.table, key_name, item).await,
     };
     match result {
         Ok(Outcome::Applied) => Ok(Replayed::Applied(into.to_owned())),
@@ -909,6 +911,26 @@ async fn put_newer(
         ))),
         Err(failure) => Err(failure),
     }
+}
+
+/// Puts `item` into `table` only where its key holds no item (`key_name` is one of the table's key
+/// attributes, which every item has): applied, or a conflict.
+pub(super) async fn put_if_absent(
+    client: &Client,
+    table: &str,
+    key_name: &str,
+    item: &Item,
+) -> Result<Outcome, AwsFailure> {
+    crate::apply::target::outcome(
+        client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(item.clone()))
+            .condition_expression("attribute_not_exists(#k)")
+            .expression_attribute_names("#k", key_name)
+            .send()
+            .await,
+    )
 }
 
 fn counts(report: &Report) -> (usize, usize, usize) {
