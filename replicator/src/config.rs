@@ -48,6 +48,26 @@ pub enum OnRefusedRecord {
     Stop,
 }
 
+/// Where metrics go besides `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MetricsFormat {
+    /// `/metrics` only (Prometheus text).
+    Prometheus,
+    /// Also CloudWatch Embedded Metric Format lines on stdout.
+    Emf,
+}
+
+/// EMF output (`--metrics-format emf`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmfConfig {
+    /// The namespace.
+    pub namespace: String,
+    /// Dimensions besides `Path`.
+    pub dimensions: Vec<(String, String)>,
+    /// How often a line is written.
+    pub interval: Duration,
+}
+
 /// How the target table's writes are sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum WriteClient {
@@ -262,6 +282,33 @@ pub struct RunArgs {
     /// The convention's attribute names.
     #[command(flatten)]
     pub attributes: AttributeArgs,
+    /// `prometheus`: metrics on /metrics only; `emf`: also CloudWatch Embedded Metric Format lines on
+    /// stdout, one per --emf-interval, for ECS tasks that nothing scrapes.
+    #[arg(
+        long,
+        env = "REPLICATOR_METRICS_FORMAT",
+        value_enum,
+        default_value = "prometheus"
+    )]
+    pub metrics_format: MetricsFormat,
+    /// The CloudWatch namespace of the EMF metrics.
+    #[arg(
+        long,
+        env = "REPLICATOR_EMF_NAMESPACE",
+        default_value = "tworegion/replicator"
+    )]
+    pub emf_namespace: String,
+    /// A dimension of every EMF metric besides Path, as NAME=VALUE (repeat the flag, or separate with
+    /// commas in REPLICATOR_EMF_DIMENSIONS).
+    #[arg(
+        long = "emf-dimension",
+        env = "REPLICATOR_EMF_DIMENSIONS",
+        value_delimiter = ','
+    )]
+    pub emf_dimensions: Vec<String>,
+    /// How often an EMF line is written (1s to 1h; CloudWatch's standard resolution is a minute).
+    #[arg(long, env = "REPLICATOR_EMF_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub emf_interval: Duration,
     /// Records per GetRecords call (1 to 1000).
     #[arg(long, env = "REPLICATOR_BATCH_SIZE", default_value_t = 1000)]
     pub batch_size: i32,
@@ -425,6 +472,8 @@ pub struct Config {
     pub write_client: WriteClient,
     /// The lww convention's attribute names.
     pub attributes: VersionAttributes,
+    /// EMF lines on stdout, when asked for.
+    pub emf: Option<EmfConfig>,
     /// Tuning knobs.
     pub tuning: Tuning,
 }
@@ -560,6 +609,69 @@ impl AttributeArgs {
     }
 }
 
+fn emf_config(
+    namespace: &str,
+    dimensions: &[String],
+    interval: Duration,
+) -> Result<EmfConfig, ConfigError> {
+    let namespace_ok = (1..=255).contains(&namespace.len())
+        && !namespace.starts_with("AWS/")
+        && namespace
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_/#: ".contains(&b));
+    if !namespace_ok {
+        return Err(bad(
+            "emf-namespace",
+            format!(
+                "{namespace:?} is not a CloudWatch namespace (1 to 255 characters: letters, digits and \
+                 . - _ / # : or space, not starting with AWS/)"
+            ),
+        ));
+    }
+    if dimensions.len() > 29 {
+        return Err(bad(
+            "emf-dimension",
+            "at most 29 dimensions besides Path (CloudWatch allows 30)",
+        ));
+    }
+    let mut pairs = Vec::new();
+    for dimension in dimensions {
+        let Some((name, value)) = dimension.split_once('=') else {
+            return Err(bad(
+                "emf-dimension",
+                format!("{dimension:?} is not NAME=VALUE (for example Service=todo)"),
+            ));
+        };
+        if !(1..=255).contains(&name.len()) || name.starts_with(':') || name == "Path" {
+            return Err(bad(
+                "emf-dimension",
+                format!(
+                    "{name:?} cannot be a dimension name (1 to 255 characters, not starting with ':', \
+                     not Path, which every metric has)"
+                ),
+            ));
+        }
+        if !(1..=1024).contains(&value.len()) {
+            return Err(bad(
+                "emf-dimension",
+                format!("the value of {name} must have 1 to 1024 characters"),
+            ));
+        }
+        if pairs.iter().any(|(n, _): &(String, String)| n == name) {
+            return Err(bad("emf-dimension", format!("{name} is given twice")));
+        }
+        pairs.push((name.to_owned(), value.to_owned()));
+    }
+    if interval < Duration::from_secs(1) || interval > Duration::from_secs(3600) {
+        return Err(bad("emf-interval", "give 1s to 1h"));
+    }
+    Ok(EmfConfig {
+        namespace: namespace.to_owned(),
+        dimensions: pairs,
+        interval,
+    })
+}
+
 impl RunArgs {
     /// Validates the flags into a [`Config`]. `default_worker_id` is used when `--worker-id` is absent.
     pub fn into_config(self, default_worker_id: String) -> Result<Config, ConfigError> {
@@ -602,6 +714,14 @@ impl RunArgs {
             )
         })?;
         let attributes = self.attributes.validate()?;
+        let emf = match self.metrics_format {
+            MetricsFormat::Prometheus => None,
+            MetricsFormat::Emf => Some(emf_config(
+                &self.emf_namespace,
+                &self.emf_dimensions,
+                self.emf_interval,
+            )?),
+        };
         if !(1..=1000).contains(&self.batch_size) {
             return Err(bad(
                 "batch-size",
@@ -710,6 +830,7 @@ impl RunArgs {
             start_position: self.start_position,
             write_client: self.write_client,
             attributes,
+            emf,
             tuning: Tuning {
                 batch_size: self.batch_size,
                 max_in_flight: self.max_in_flight,
@@ -778,6 +899,44 @@ mod tests {
         assert_eq!(c.tuning.shutdown_deadline, Duration::from_secs(20));
         assert_eq!(c.attributes, VersionAttributes::default());
         assert_eq!(c.start_position, StartPosition::TrimHorizon);
+    }
+
+    #[test]
+    fn emf_settings_are_checked() {
+        assert_eq!(args(&[]).unwrap().emf, None);
+        let c = args(&[
+            "--metrics-format",
+            "emf",
+            "--emf-dimension",
+            "Service=todo",
+            "--emf-dimension",
+            "Stage=prod",
+        ])
+        .unwrap();
+        let emf = c.emf.expect("emf");
+        assert_eq!(emf.namespace, "tworegion/replicator");
+        assert_eq!(emf.interval, Duration::from_secs(60));
+        assert_eq!(
+            emf.dimensions,
+            vec![
+                ("Service".to_owned(), "todo".to_owned()),
+                ("Stage".to_owned(), "prod".to_owned())
+            ]
+        );
+        for (extra, flag) in [
+            (&["--emf-namespace", "AWS/DynamoDB"][..], "emf-namespace"),
+            (&["--emf-dimension", "Service"][..], "emf-dimension"),
+            (&["--emf-dimension", "Path=x"][..], "emf-dimension"),
+            (
+                &["--emf-dimension", "A=1", "--emf-dimension", "A=2"][..],
+                "emf-dimension",
+            ),
+            (&["--emf-interval", "0s"][..], "emf-interval"),
+        ] {
+            let mut all = vec!["--metrics-format", "emf"];
+            all.extend_from_slice(extra);
+            assert_eq!(args(&all).unwrap_err().flag, flag, "{extra:?}");
+        }
     }
 
     #[test]

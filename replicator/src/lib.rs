@@ -34,6 +34,7 @@ pub mod apply;
 pub mod config;
 pub mod coordinator;
 pub mod dead_letter;
+pub mod emf;
 pub mod error;
 pub mod item;
 pub mod lease;
@@ -91,6 +92,49 @@ pub enum RunError {
     /// A region name was invalid.
     #[error(transparent)]
     Region(#[from] tworegion_common::aws::InvalidRegion),
+}
+
+/// Writes an EMF line ([`emf`]) to stdout every `settings.interval`, and one more when `stop` is
+/// cancelled.
+async fn emf_lines(
+    settings: config::EmfConfig,
+    path: String,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) {
+    let mut dimensions = vec![("Path".to_owned(), path)];
+    dimensions.extend(settings.dimensions);
+    let mut lines = emf::Emf::new(emf::EmfSettings {
+        namespace: settings.namespace,
+        dimensions,
+    });
+    let mut ticks = tokio::time::interval(settings.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        let last = tokio::select! {
+            () = stop.cancelled() => true,
+            _ = ticks.tick() => false,
+        };
+        health.publish(&metrics);
+        let mut line = lines.line(
+            &metrics.render(),
+            "replicator",
+            tworegion_common::version::system_millis(),
+        );
+        line.push('\n');
+        // One write per line, so lines never interleave with anything else on stdout.
+        let mut stdout = std::io::stdout().lock();
+        if let Err(error) = std::io::Write::write_all(&mut stdout, line.as_bytes())
+            .and_then(|()| std::io::Write::flush(&mut stdout))
+        {
+            tracing::warn!(error = %error, "Writing an EMF line to stdout failed.");
+        }
+        if last {
+            return;
+        }
+    }
 }
 
 /// Runs the replicator until `shutdown` is cancelled, then stops gracefully within the deadline.
@@ -230,6 +274,16 @@ pub async fn run(
         addr: config.metrics_addr,
         source,
     })?;
+    let emf_stop = CancellationToken::new();
+    let emf = config.emf.clone().map(|settings| {
+        tokio::spawn(emf_lines(
+            settings,
+            format!("{} > {}", config.source, config.target),
+            metrics.clone(),
+            health.clone(),
+            emf_stop.clone(),
+        ))
+    });
     let path = format!("{}>{}", checked.stream_arn, config.target);
     tracing::info!(
         source = %config.source, target = %config.target, mode = ?config.mode, worker_id = %config.worker_id,
@@ -278,8 +332,15 @@ pub async fn run(
         _ = shutdown.cancelled() => None,
         joined = &mut lease_loop => Some(joined),
     };
+    let stop_emf = || async {
+        emf_stop.cancel();
+        if let Some(task) = emf {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
+        }
+    };
     if let Some(joined) = ended_early {
         http_stop.cancel();
+        stop_emf().await;
         let detail = match joined {
             Ok(()) => "it returned".to_owned(),
             Err(error) => error.to_string(),
@@ -290,6 +351,8 @@ pub async fn run(
     tracing::info!(deadline = ?config.tuning.shutdown_deadline, "Stopping: finishing in-flight writes, checkpointing, releasing leases.");
     let finished = tokio::time::timeout(config.tuning.shutdown_deadline, &mut lease_loop).await;
     http_stop.cancel();
+    // The last line carries what happened since the one before.
+    stop_emf().await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), http).await;
     match finished {
         Ok(_) => {
