@@ -623,7 +623,11 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
                         "REPLICATOR_TARGET_REGION": r, "REPLICATOR_TARGET_TABLE": f.table.name,
                         "REPLICATOR_MODE": f.replicator.mode, "REPLICATOR_LEASE_TABLE": lease_table,
                         "REPLICATOR_DEAD_LETTER_TABLE": dead_letter_table,
-                        "REPLICATOR_METRICS_ADDR": "0.0.0.0:9464"
+                        "REPLICATOR_METRICS_ADDR": "0.0.0.0:9464",
+                        // Nothing scrapes /metrics in an ECS service: the metrics reach CloudWatch as
+                        // EMF lines through the task's log driver.
+                        "REPLICATOR_METRICS_FORMAT": "emf",
+                        "REPLICATOR_EMF_DIMENSIONS": format!("Deployment={prefix}")
                     },
                     "health_check": ["CMD", "/replicator", "healthcheck"],
                     "stop_timeout_seconds": 30,
@@ -1020,6 +1024,15 @@ image = "img"
         assert_eq!(
             task.props["environment"]["REPLICATOR_DEAD_LETTER_TABLE"],
             "todos-dev-replicator-dead-letters"
+        );
+        // Its metrics reach CloudWatch as EMF lines.
+        assert_eq!(
+            task.props["environment"]["REPLICATOR_METRICS_FORMAT"],
+            "emf"
+        );
+        assert_eq!(
+            task.props["environment"]["REPLICATOR_EMF_DIMENSIONS"],
+            "Deployment=todos-dev"
         );
     }
 
