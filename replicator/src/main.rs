@@ -76,23 +76,59 @@ fn default_worker_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// `replicator leases ...` on the validated path `spec`, with AWS clients made as `run` makes them.
-async fn leases(command: &LeasesCommand, spec: &PathSpec, aws: &AwsOptions) -> anyhow::Result<()> {
-    let source_sdk =
-        table_sdk_config("source", &spec.source, spec.roles.source.as_ref(), aws).await?;
-    let lease_sdk =
-        table_sdk_config("lease table", &spec.lease, spec.roles.lease.as_ref(), aws).await?;
-    let source = aws_sdk_dynamodb::Client::new(&source_sdk);
-    // Lease writes are conditional on the counter: an SDK retry of a write that DynamoDB applied but
-    // whose answer was lost would fail its own condition and be reported as a lease that moved. One
-    // attempt each, as in `run`; the operator repeats the command.
-    let lease = aws_sdk_dynamodb::Client::from_conf(
-        aws_sdk_dynamodb::config::Builder::from(&lease_sdk)
+/// One of a path's tables.
+#[derive(Debug, Clone, Copy)]
+enum Table {
+    Source,
+    Target,
+    /// The lease table, and the dead-letter table beside it (same region and account).
+    Lease,
+}
+
+/// The SDK configuration for one of `path`'s tables, through its role when it has one.
+async fn table_sdk(
+    path: &PathSpec,
+    table: Table,
+    aws: &AwsOptions,
+) -> anyhow::Result<aws_config::SdkConfig> {
+    let (what, table, role) = match table {
+        Table::Source => ("source", &path.source, path.roles.source.as_ref()),
+        Table::Target => ("target", &path.target, path.roles.target.as_ref()),
+        Table::Lease => ("lease table", &path.lease, path.roles.lease.as_ref()),
+    };
+    Ok(table_sdk_config(what, table, role, aws).await?)
+}
+
+/// A client that makes one attempt per call: for writes conditional on what was read, where an SDK
+/// retry of a write that DynamoDB applied but whose answer was lost would fail its own condition. The
+/// operator repeats the command.
+fn one_attempt(sdk: &aws_config::SdkConfig) -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(sdk)
             .retry_config(
                 aws_sdk_dynamodb::config::retry::RetryConfig::standard().with_max_attempts(1),
             )
             .build(),
-    );
+    )
+}
+
+/// The exit of an operator command: 0, or the error on stderr and `code(error)`.
+fn finish(result: anyhow::Result<()>, code: impl FnOnce(&anyhow::Error) -> u8) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(code(&error))
+        }
+    }
+}
+
+/// `replicator leases ...` on the validated path `spec`, with AWS clients made as `run` makes them.
+async fn leases(command: &LeasesCommand, spec: &PathSpec, aws: &AwsOptions) -> anyhow::Result<()> {
+    let source = aws_sdk_dynamodb::Client::new(&table_sdk(spec, Table::Source, aws).await?);
+    // Lease writes are conditional on the counter: a retried write that landed would be reported as
+    // a lease that moved. One attempt each, as in `run`.
+    let lease = one_attempt(&table_sdk(spec, Table::Lease, aws).await?);
     let mut stdout = std::io::stdout();
     let result = replicator::admin::leases::run(command, spec, &source, &lease, &mut stdout).await;
     std::io::Write::flush(&mut stdout).context("writing the output")?;
@@ -102,26 +138,11 @@ async fn leases(command: &LeasesCommand, spec: &PathSpec, aws: &AwsOptions) -> a
 /// `replicator dlq ...` on the validated `spec`, with AWS clients made as `run` makes them.
 async fn dlq(command: &DlqCommand, spec: &DlqSpec, aws: &AwsOptions) -> anyhow::Result<()> {
     let path = &spec.path;
-    let source_sdk =
-        table_sdk_config("source", &path.source, path.roles.source.as_ref(), aws).await?;
-    let target_sdk =
-        table_sdk_config("target", &path.target, path.roles.target.as_ref(), aws).await?;
-    // The dead-letter table is in the lease table's region (and account).
-    let lease_sdk =
-        table_sdk_config("lease table", &path.lease, path.roles.lease.as_ref(), aws).await?;
     let clients = replicator::admin::dlq::Clients {
-        source: aws_sdk_dynamodb::Client::new(&source_sdk),
-        // Replay writes are conditional on what was read: an SDK retry of a write that DynamoDB applied
-        // but whose answer was lost would fail its own condition. One attempt each; the operator
-        // repeats the command.
-        target: aws_sdk_dynamodb::Client::from_conf(
-            aws_sdk_dynamodb::config::Builder::from(&target_sdk)
-                .retry_config(
-                    aws_sdk_dynamodb::config::retry::RetryConfig::standard().with_max_attempts(1),
-                )
-                .build(),
-        ),
-        dead_letters: aws_sdk_dynamodb::Client::new(&lease_sdk),
+        source: aws_sdk_dynamodb::Client::new(&table_sdk(path, Table::Source, aws).await?),
+        // Replay writes are conditional on what was read.
+        target: one_attempt(&table_sdk(path, Table::Target, aws).await?),
+        dead_letters: aws_sdk_dynamodb::Client::new(&table_sdk(path, Table::Lease, aws).await?),
     };
     let mut stdout = std::io::stdout();
     let result = replicator::admin::dlq::run(command, spec, &clients, &mut stdout).await;
@@ -131,20 +152,9 @@ async fn dlq(command: &DlqCommand, spec: &DlqSpec, aws: &AwsOptions) -> anyhow::
 
 /// `replicator verify ...` on the validated `spec`.
 async fn verify(spec: &VerifySpec, aws: &AwsOptions) -> anyhow::Result<()> {
-    let path = &spec.path;
-    let source_sdk =
-        table_sdk_config("source", &path.source, path.roles.source.as_ref(), aws).await?;
-    let target_sdk =
-        table_sdk_config("target", &path.target, path.roles.target.as_ref(), aws).await?;
-    let one_attempt = |sdk: &aws_config::SdkConfig| {
-        aws_sdk_dynamodb::Client::from_conf(
-            aws_sdk_dynamodb::config::Builder::from(sdk)
-                .retry_config(
-                    aws_sdk_dynamodb::config::retry::RetryConfig::standard().with_max_attempts(1),
-                )
-                .build(),
-        )
-    };
+    let source_sdk = table_sdk(&spec.path, Table::Source, aws).await?;
+    let target_sdk = table_sdk(&spec.path, Table::Target, aws).await?;
+    // Repair writes are conditional on what was read.
     let clients = replicator::admin::verify::Clients {
         source: aws_sdk_dynamodb::Client::new(&source_sdk),
         target: aws_sdk_dynamodb::Client::new(&target_sdk),
@@ -160,16 +170,10 @@ async fn verify(spec: &VerifySpec, aws: &AwsOptions) -> anyhow::Result<()> {
 /// `replicator backfill ...` on the validated `spec`.
 async fn backfill(spec: &BackfillSpec, aws: &AwsOptions) -> anyhow::Result<()> {
     let path = &spec.path;
-    let source_sdk =
-        table_sdk_config("source", &path.source, path.roles.source.as_ref(), aws).await?;
-    let target_sdk =
-        table_sdk_config("target", &path.target, path.roles.target.as_ref(), aws).await?;
-    let lease_sdk =
-        table_sdk_config("lease table", &path.lease, path.roles.lease.as_ref(), aws).await?;
     let clients = replicator::admin::backfill::Clients {
-        source: aws_sdk_dynamodb::Client::new(&source_sdk),
-        target: aws_sdk_dynamodb::Client::new(&target_sdk),
-        lease: aws_sdk_dynamodb::Client::new(&lease_sdk),
+        source: aws_sdk_dynamodb::Client::new(&table_sdk(path, Table::Source, aws).await?),
+        target: aws_sdk_dynamodb::Client::new(&table_sdk(path, Table::Target, aws).await?),
+        lease: aws_sdk_dynamodb::Client::new(&table_sdk(path, Table::Lease, aws).await?),
     };
     let mut stdout = std::io::stdout();
     let result = replicator::admin::backfill::run(spec, &clients, &mut stdout).await;
@@ -233,13 +237,7 @@ async fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match leases(&command, &spec, &aws).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            finish(leases(&command, &spec, &aws).await, |_| 1)
         }
         Command::Backfill(args) => {
             let spec = match args.validate() {
@@ -249,17 +247,11 @@ async fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match backfill(&spec, &aws).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    let refused = matches!(
-                        error.downcast_ref::<BackfillError>(),
-                        Some(BackfillError::Refused { .. })
-                    );
-                    ExitCode::from(if refused { 4 } else { 1 })
-                }
-            }
+            finish(backfill(&spec, &aws).await, |error| {
+                error
+                    .downcast_ref::<BackfillError>()
+                    .map_or(1, BackfillError::exit_code)
+            })
         }
         Command::Verify(args) => {
             let spec = match args.validate() {
@@ -269,17 +261,11 @@ async fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match verify(&spec, &aws).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    ExitCode::from(
-                        error
-                            .downcast_ref::<VerifyError>()
-                            .map_or(1, VerifyError::exit_code),
-                    )
-                }
-            }
+            finish(verify(&spec, &aws).await, |error| {
+                error
+                    .downcast_ref::<VerifyError>()
+                    .map_or(1, VerifyError::exit_code)
+            })
         }
         Command::Dlq { command } => {
             let spec = match command.validate() {
@@ -289,17 +275,11 @@ async fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match dlq(&command, &spec, &aws).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("error: {error:#}");
-                    ExitCode::from(
-                        error
-                            .downcast_ref::<DlqError>()
-                            .map_or(1, DlqError::exit_code),
-                    )
-                }
-            }
+            finish(dlq(&command, &spec, &aws).await, |error| {
+                error
+                    .downcast_ref::<DlqError>()
+                    .map_or(1, DlqError::exit_code)
+            })
         }
     }
 }

@@ -191,6 +191,16 @@ pub enum BackfillError {
     },
 }
 
+impl BackfillError {
+    /// The process's exit code: 4 when items were refused (the rest is copied), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            BackfillError::Refused { .. } => 4,
+            _ => 1,
+        }
+    }
+}
+
 impl From<std::io::Error> for BackfillError {
     fn from(error: std::io::Error) -> Self {
         BackfillError::Admin(AdminError::Output(error))
