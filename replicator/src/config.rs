@@ -642,12 +642,16 @@ fn emf_config(
                 format!("{dimension:?} is not NAME=VALUE (for example Service=todo)"),
             ));
         };
-        if !(1..=255).contains(&name.len()) || name.starts_with(':') || name == "Path" {
+        if !(1..=255).contains(&name.len())
+            || name.starts_with(':')
+            || name == "Path"
+            || name == "_aws"
+        {
             return Err(bad(
                 "emf-dimension",
                 format!(
                     "{name:?} cannot be a dimension name (1 to 255 characters, not starting with ':', \
-                     not Path, which every metric has)"
+                     not Path, which every metric has, nor _aws)"
                 ),
             ));
         }
@@ -927,6 +931,7 @@ mod tests {
             (&["--emf-namespace", "AWS/DynamoDB"][..], "emf-namespace"),
             (&["--emf-dimension", "Service"][..], "emf-dimension"),
             (&["--emf-dimension", "Path=x"][..], "emf-dimension"),
+            (&["--emf-dimension", "_aws=x"][..], "emf-dimension"),
             (
                 &["--emf-dimension", "A=1", "--emf-dimension", "A=2"][..],
                 "emf-dimension",

@@ -368,6 +368,17 @@ async fn one_way_backfill_killed_half_way_resumes_and_ends_equal() {
     let out = text(&resumed);
     assert_eq!(resumed.status.code(), Some(0), "{out}");
     assert!(out.contains("items were copied before the resume"), "{out}");
+    // It went on where it was: fewer items read than the table holds.
+    let read: usize = out
+        .split(" items read")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no items-read figure: {out}"));
+    assert!(
+        read < ITEMS,
+        "the resumed run read {read} items, not the rest: {out}"
+    );
     assert!(written > 0, "the writers wrote during the backfill");
     // A third run finds nothing to do.
     let again = replicator(&local, "backfill", &a_to_b)

@@ -38,14 +38,15 @@ use tokio_util::sync::CancellationToken;
 use tworegion_common::duration::parse_duration;
 use tworegion_common::version::VersionAttributes;
 
-use super::dlq::Replayed;
-use super::verify::{VerifyError, matching_keys, put_if_absent, put_newer};
+use super::verify::{VerifyError, matching_keys, put_if_absent, put_lww};
 use super::{AdminError, PathArgs, PathSpec, bad};
+use crate::apply::retry::{GaveUp, RetryPolicy};
 use crate::apply::target::Outcome;
 use crate::config::{AttributeArgs, ConfigError, Mode, TableRef};
+use crate::dead_letter::refused_for_good;
 use crate::error::{AwsFailure, ErrorClass};
 use crate::item::{Item, key_string};
-use crate::lease::dynamo::{PATH, SHARD, ensure_table};
+use crate::lease::dynamo::{FENCE_ROW, PATH, SHARD, ensure_table, query_path};
 
 /// `replicator backfill` flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -181,8 +182,8 @@ pub enum BackfillError {
     },
     /// Items the target refused for good.
     #[error(
-        "{} the target refused for good (listed above); fix them (for example make them smaller) and \
-         run the command with --restart, or copy them with `replicator verify --repair`",
+        "{} the target refused for good (listed when they were met, and in the log); fix them in the \
+         source (for example make them smaller), then copy them with `replicator verify --repair`",
         if *count == 1 { "1 item".to_owned() } else { format!("{count} items") }
     )]
     Refused {
@@ -233,7 +234,8 @@ impl Limiter {
         let (available, at) = &mut *state;
         *available = (*available + now.saturating_duration_since(*at).as_secs_f64() * self.rate)
             .min(self.rate);
-        *at = now;
+        // Callers may pass instants out of order; time never steps back.
+        *at = (*at).max(now);
         *available -= units;
         if *available >= 0.0 {
             Duration::ZERO
@@ -258,6 +260,36 @@ struct Progress {
     done: bool,
     copied: u64,
     skipped: u64,
+    /// Items the target refused for good (listed in the run that met them).
+    refused: u64,
+    /// When the backfill of this segment first started (epoch ms; 0: not yet).
+    started_ms: u64,
+}
+
+/// How one copy ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Copied {
+    /// The target now holds the item.
+    Written,
+    /// The target kept its own (already there, or newer).
+    Kept,
+    /// The target refuses the item for good.
+    Refused,
+}
+
+/// `item` with version 0 and `region` as its origin if it has no valid version (lww).
+fn stamped(mut item: Item, attributes: &VersionAttributes, region: &str) -> Item {
+    if crate::apply::target::stored_version(&item, attributes).is_none() {
+        item.insert(
+            attributes.version.clone(),
+            AttributeValue::N("0".to_owned()),
+        );
+        item.insert(
+            attributes.origin.clone(),
+            AttributeValue::S(region.to_owned()),
+        );
+    }
+    item
 }
 
 /// Counters over all segments.
@@ -277,6 +309,10 @@ struct Run<'a> {
     writes: Limiter,
     totals: Totals,
     refused: Mutex<Vec<String>>,
+    /// Jitter seeds for the retries.
+    seed: AtomicU64,
+    /// Never cancelled: a backfill stops by being killed, and resumes from its saved progress.
+    never: CancellationToken,
 }
 
 /// The size DynamoDB bills an item at, roughly: names and values in bytes.
@@ -298,25 +334,18 @@ fn item_bytes(item: &Item) -> usize {
 }
 
 impl Run<'_> {
-    /// Whether any worker holds (or held) a lease of the path, so its stream replay is under way.
+    /// Whether the path has lease rows (a worker runs or ran it, so its stream replay is under way).
     async fn path_has_leases(&self) -> Result<bool, AdminError> {
         let path = super::path_key(&self.clients.source, &self.spec.path).await?;
-        let page = self
-            .clients
-            .lease
-            .query()
-            .table_name(&self.spec.path.lease.table)
-            .key_condition_expression("#p = :p")
-            .expression_attribute_names("#p", PATH)
-            .expression_attribute_values(":p", AttributeValue::S(path))
-            .limit(1)
-            .send()
+        let rows = query_path(&self.clients.lease, &self.spec.path.lease.table, &path)
             .await
-            .map_err(|e| AdminError::Aws {
+            .map_err(|source| AdminError::Aws {
                 what: format!("reading the path's leases in {}", self.spec.path.lease),
-                source: AwsFailure::from_sdk(&e),
+                source,
             })?;
-        Ok(page.count > 0)
+        Ok(rows
+            .iter()
+            .any(|row| !matches!(row.get(SHARD), Some(AttributeValue::S(s)) if s == FENCE_ROW)))
     }
 
     fn segment_key(&self, segment: u32) -> String {
@@ -324,65 +353,54 @@ impl Run<'_> {
     }
 
     async fn saved(&self) -> Result<Vec<(u32, u32, Progress)>, AdminError> {
-        let failed = |source| AdminError::Aws {
+        let rows = query_path(
+            &self.clients.lease,
+            &self.spec.path.lease.table,
+            &self.progress_key,
+        )
+        .await
+        .map_err(|source| AdminError::Aws {
             what: format!(
                 "reading the backfill's progress in {}",
                 self.spec.path.lease
             ),
             source,
-        };
-        let mut rows = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .clients
-                .lease
-                .query()
-                .table_name(&self.spec.path.lease.table)
-                .key_condition_expression("#p = :p")
-                .expression_attribute_names("#p", PATH)
-                .expression_attribute_values(":p", AttributeValue::S(self.progress_key.clone()))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| failed(AwsFailure::from_sdk(&e)))?;
-            for row in page.items.unwrap_or_default() {
-                let Some(AttributeValue::S(name)) = row.get(SHARD) else {
-                    continue;
-                };
-                let mut words = name.split(' ');
-                let (Some("segment"), Some(i), Some("of"), Some(n)) =
-                    (words.next(), words.next(), words.next(), words.next())
-                else {
-                    continue;
-                };
-                let (Ok(i), Ok(n)) = (i.parse(), n.parse()) else {
-                    continue;
-                };
-                let number = |name: &str| match row.get(name) {
-                    Some(AttributeValue::N(n)) => n.parse().unwrap_or(0),
-                    _ => 0,
-                };
-                rows.push((
-                    i,
-                    n,
-                    Progress {
-                        next: match row.get("next") {
-                            Some(AttributeValue::M(m)) => Some(m.clone()),
-                            _ => None,
-                        },
-                        done: matches!(row.get("done"), Some(AttributeValue::Bool(true))),
-                        copied: number("copied"),
-                        skipped: number("skipped"),
+        })?;
+        let mut saved = Vec::new();
+        for row in rows {
+            let Some(AttributeValue::S(name)) = row.get(SHARD) else {
+                continue;
+            };
+            let mut words = name.split(' ');
+            let (Some("segment"), Some(i), Some("of"), Some(n)) =
+                (words.next(), words.next(), words.next(), words.next())
+            else {
+                continue;
+            };
+            let (Ok(i), Ok(n)) = (i.parse(), n.parse()) else {
+                continue;
+            };
+            let number = |name: &str| match row.get(name) {
+                Some(AttributeValue::N(n)) => n.parse().unwrap_or(0),
+                _ => 0,
+            };
+            saved.push((
+                i,
+                n,
+                Progress {
+                    next: match row.get("next") {
+                        Some(AttributeValue::M(m)) => Some(m.clone()),
+                        _ => None,
                     },
-                ));
-            }
-            start = page.last_evaluated_key.filter(|k| !k.is_empty());
-            if start.is_none() {
-                return Ok(rows);
-            }
+                    done: matches!(row.get("done"), Some(AttributeValue::Bool(true))),
+                    copied: number("copied"),
+                    skipped: number("skipped"),
+                    refused: number("refused"),
+                    started_ms: number("started_ms"),
+                },
+            ));
         }
+        Ok(saved)
     }
 
     async fn forget(&self, rows: &[(u32, u32, Progress)]) -> Result<(), AdminError> {
@@ -436,7 +454,7 @@ impl Run<'_> {
         if let Some(next) = &progress.next {
             row.insert("next".to_owned(), AttributeValue::M(next.clone()));
         }
-        with_retries(|| async {
+        self.retried(|| async {
             self.clients
                 .lease
                 .put_item()
@@ -454,41 +472,76 @@ impl Run<'_> {
         })
     }
 
-    /// Copies one item; `Ok(true)` when written, `Ok(false)` when the target kept its own.
-    async fn copy(&self, item: Item) -> Result<bool, AdminError> {
+    /// Retries `op` through throttling and timeouts (100 ms doubling to 10 s, jittered) until it
+    /// succeeds or fails for good.
+    async fn retried<T, F, Fut>(&self, op: F) -> Result<T, AwsFailure>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, AwsFailure>>,
+    {
+        let policy = RetryPolicy {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        };
+        let seed = self.seed.fetch_add(1, Ordering::Relaxed);
+        let on_retry = |failure: &AwsFailure| {
+            tracing::warn!(error = %failure.message, "A backfill call failed; retrying.");
+        };
+        match policy.run(&self.never, seed, on_retry, op).await {
+            Ok(value) => Ok(value),
+            Err(GaveUp::Fatal(failure)) => Err(failure),
+            Err(GaveUp::Stopped) => Err(AwsFailure::synthetic(
+                ErrorClass::Fatal,
+                "stopped",
+                "stopped before the call succeeded",
+            )),
+        }
+    }
+
+    /// Copies one item.
+    async fn copy(&self, item: Item) -> Result<Copied, AdminError> {
         let units = (item_bytes(&item) as f64 / 1024.0).ceil().max(1.0);
         self.writes.take(units).await;
         let target = &self.spec.path.target;
-        let result = with_retries(|| async {
-            match self.spec.mode {
-                Mode::OneWay => {
-                    put_if_absent(&self.clients.target, &target.table, &self.key_name, &item)
+        let item = match self.spec.mode {
+            Mode::OneWay => item,
+            // An item without a version gets the lowest one, from the source's region, as the
+            // replicator stamps what it copies: the target's replicator then knows it for a copy
+            // (not a local write to send back), and any later write wins over it.
+            Mode::Lww => stamped(item, &self.spec.attributes, &self.spec.path.source.region),
+        };
+        let result = self
+            .retried(|| async {
+                match self.spec.mode {
+                    Mode::OneWay => {
+                        put_if_absent(&self.clients.target, &target.table, &self.key_name, &item)
+                            .await
+                    }
+                    Mode::Lww => {
+                        put_lww(
+                            &self.clients.target,
+                            &target.table,
+                            &self.key_name,
+                            &item,
+                            &self.spec.attributes,
+                            &self.spec.path.source.region,
+                        )
                         .await
-                        .map(|o| o == Outcome::Applied)
+                    }
                 }
-                Mode::Lww => put_newer(
-                    &self.clients.target,
-                    target,
-                    &self.key_name,
-                    &item,
-                    &self.spec.attributes,
-                    "copied",
-                )
-                .await
-                .map(|r| matches!(r, Replayed::Applied(_))),
-            }
-        })
-        .await;
+            })
+            .await;
         match result {
-            Ok(written) => Ok(written),
-            Err(failure) if failure.class == ErrorClass::Fatal && failure.kind == "validation" => {
+            Ok(Outcome::Applied) => Ok(Copied::Written),
+            Ok(Outcome::Conflict) => Ok(Copied::Kept),
+            Err(failure) if refused_for_good(&failure) => {
                 let line = format!("{}: {}", key_string(&item), failure.message);
                 tracing::error!(item = %key_string(&item), error = %failure.message, "The target refuses an item; it is not copied.");
                 self.refused
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push(line);
-                Ok(false)
+                Ok(Copied::Refused)
             }
             Err(source) => Err(AdminError::Aws {
                 what: format!("copying {} into {target}", key_string(&item)),
@@ -499,28 +552,34 @@ impl Run<'_> {
 
     async fn segment(&self, segment: u32, mut progress: Progress) -> Result<(), AdminError> {
         let source: &TableRef = &self.spec.path.source;
+        if progress.started_ms == 0 {
+            progress.started_ms = tworegion_common::version::system_millis();
+        }
+        // Each page's read units are taken before it, estimated from the page before (the first
+        // from a tenth of a unit an item), and settled from what DynamoDB reports after it.
+        let mut estimate = (f64::from(self.spec.page_size) / 10.0).max(1.0);
         while !progress.done {
-            // A page of 1 MB at most: up to 128 read units eventually consistent; the rest is
-            // settled from what DynamoDB reports it used.
-            let page = with_retries(|| async {
-                self.clients
-                    .source
-                    .scan()
-                    .table_name(&source.table)
-                    .segment(i32::try_from(segment).unwrap_or(0))
-                    .total_segments(i32::try_from(self.spec.segments).unwrap_or(1))
-                    .set_exclusive_start_key(progress.next.clone())
-                    .limit(self.spec.page_size)
-                    .return_consumed_capacity(ReturnConsumedCapacity::Total)
-                    .send()
-                    .await
-                    .map_err(|e| AwsFailure::from_sdk(&e))
-            })
-            .await
-            .map_err(|e| AdminError::Aws {
-                what: format!("scanning {source}"),
-                source: e,
-            })?;
+            self.reads.take(estimate).await;
+            let page = self
+                .retried(|| async {
+                    self.clients
+                        .source
+                        .scan()
+                        .table_name(&source.table)
+                        .segment(i32::try_from(segment).unwrap_or(0))
+                        .total_segments(i32::try_from(self.spec.segments).unwrap_or(1))
+                        .set_exclusive_start_key(progress.next.clone())
+                        .limit(self.spec.page_size)
+                        .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                        .send()
+                        .await
+                        .map_err(|e| AwsFailure::from_sdk(&e))
+                })
+                .await
+                .map_err(|e| AdminError::Aws {
+                    what: format!("scanning {source}"),
+                    source: e,
+                })?;
             let items = page.items.unwrap_or_default();
             let used = page
                 .consumed_capacity
@@ -530,20 +589,27 @@ impl Run<'_> {
                     let bytes: usize = items.iter().map(item_bytes).sum();
                     (bytes as f64 / 4096.0 / 2.0).max(0.5)
                 });
-            self.reads.take(used).await;
+            if used > estimate {
+                self.reads.take(used - estimate).await;
+            }
+            estimate = used;
             self.totals
                 .read
                 .fetch_add(items.len() as u64, Ordering::Relaxed);
             let mut copies = futures::stream::iter(items)
                 .map(|item| self.copy(item))
                 .buffer_unordered(self.spec.concurrency);
-            while let Some(written) = copies.next().await {
-                if written? {
-                    progress.copied += 1;
-                    self.totals.copied.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    progress.skipped += 1;
-                    self.totals.skipped.fetch_add(1, Ordering::Relaxed);
+            while let Some(copied) = copies.next().await {
+                match copied? {
+                    Copied::Written => {
+                        progress.copied += 1;
+                        self.totals.copied.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Copied::Kept => {
+                        progress.skipped += 1;
+                        self.totals.skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Copied::Refused => progress.refused += 1,
                 }
             }
             progress.next = page.last_evaluated_key.filter(|k| !k.is_empty());
@@ -551,28 +617,6 @@ impl Run<'_> {
             self.save(segment, &progress).await?;
         }
         Ok(())
-    }
-}
-
-/// Retries `call` while it fails with a retryable error (throttling, timeouts), backing off from
-/// 100 ms to 10 s, up to 10 attempts.
-async fn with_retries<T, F, Fut>(mut call: F) -> Result<T, AwsFailure>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, AwsFailure>>,
-{
-    let mut pause = Duration::from_millis(100);
-    let mut attempt = 1;
-    loop {
-        match call().await {
-            Err(failure) if failure.class == ErrorClass::Retryable && attempt < 10 => {
-                tracing::warn!(error = %failure.message, attempt, "A backfill call failed; retrying.");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(10));
-                attempt += 1;
-            }
-            other => return other,
-        }
     }
 }
 
@@ -598,6 +642,8 @@ pub async fn run(
         writes: Limiter::new(spec.write_units_per_second),
         totals: Totals::default(),
         refused: Mutex::new(Vec::new()),
+        seed: AtomicU64::new(tworegion_common::version::system_millis()),
+        never: CancellationToken::new(),
     };
     let mut saved = run.saved().await?;
     if spec.restart {
@@ -614,6 +660,13 @@ pub async fn run(
         segments.insert(i, progress);
     }
     let resumed: u64 = segments.values().map(|p| p.copied + p.skipped).sum();
+    let refused_before: u64 = segments.values().map(|p| p.refused).sum();
+    // The first start of any segment: what the stream must still hold when `run` starts.
+    let first_start = segments
+        .values()
+        .map(|p| p.started_ms)
+        .filter(|ms| *ms > 0)
+        .min();
     if segments.values().all(|p| p.done) {
         writeln!(
             out,
@@ -621,6 +674,11 @@ pub async fn run(
              everything again.",
             spec.path.source, spec.path.target
         )?;
+        if refused_before > 0 {
+            return Err(BackfillError::Refused {
+                count: usize::try_from(refused_before).unwrap_or(usize::MAX),
+            });
+        }
         return Ok(());
     }
     let estimate = clients
@@ -640,7 +698,9 @@ pub async fn run(
     if !streaming {
         tracing::warn!(path = %run.progress_key, "No worker holds leases for this path yet: start `replicator run` for it; the changes made during the backfill reach the target only through its stream replay.");
     }
-    let started_at = tworegion_common::time::rfc3339(tworegion_common::version::system_millis());
+    let started_at = tworegion_common::time::rfc3339(
+        first_start.unwrap_or_else(tworegion_common::version::system_millis),
+    );
     let started = Instant::now();
     let done = CancellationToken::new();
     let report = async {
@@ -713,10 +773,9 @@ pub async fn run(
     for line in &refused {
         writeln!(out, "refused  {line}")?;
     }
-    if !refused.is_empty() {
-        return Err(BackfillError::Refused {
-            count: refused.len(),
-        });
+    let count = refused.len() + usize::try_from(refused_before).unwrap_or(usize::MAX);
+    if count > 0 {
+        return Err(BackfillError::Refused { count });
     }
     Ok(())
 }
@@ -727,8 +786,8 @@ mod tests {
 
     #[test]
     fn the_limiter_spends_a_second_then_waits() {
-        let start = Instant::now();
         let limiter = Limiter::new(10);
+        let start = Instant::now();
         assert_eq!(
             limiter.reserve(10.0, start),
             Duration::ZERO,
@@ -743,6 +802,23 @@ mod tests {
             Duration::ZERO,
             "0: no limit"
         );
+    }
+
+    #[test]
+    fn lww_copies_of_unversioned_items_get_the_lowest_version() {
+        let a = VersionAttributes::default();
+        let plain: Item = [("id".to_owned(), AttributeValue::S("k".into()))].into();
+        let copy = stamped(plain, &a, "us-east-1");
+        assert_eq!(
+            copy.get("rep_version"),
+            Some(&AttributeValue::N("0".into()))
+        );
+        assert_eq!(
+            copy.get("rep_origin"),
+            Some(&AttributeValue::S("us-east-1".into()))
+        );
+        let versioned = stamped(copy.clone(), &a, "us-west-2");
+        assert_eq!(versioned, copy, "a versioned item is copied as it is");
     }
 
     #[test]

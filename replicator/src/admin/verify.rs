@@ -38,7 +38,7 @@ use tworegion_common::version::{Version, VersionAttributes, compare_writes};
 use super::dlq::{Replayed, copy_one_way, get};
 use super::{AdminError, PathArgs, PathSpec, bad};
 use crate::apply::target::{
-    AwsTarget, Condition, FENCE_ATTRIBUTE, Outcome, TargetTable, Write as Put,
+    AwsTarget, Condition, FENCE_ATTRIBUTE, Outcome, TargetTable, Write as Put, stored_version,
 };
 use crate::config::{AttributeArgs, ConfigError, Mode, TableRef};
 use crate::dead_letter::refused_for_good;
@@ -177,13 +177,19 @@ pub struct Clients {
 pub enum VerifyError {
     /// The tables differ.
     #[error(
-        "{remaining} {} between the tables; run again with --repair to write the winners, or look at \
-         the keys above",
-        if *remaining == 1 { "difference remains" } else { "differences remain" }
+        "{remaining} {} between the tables; {}",
+        if *remaining == 1 { "difference remains" } else { "differences remain" },
+        if *repaired {
+            "the report says why each was left (run again when writes have settled, or fix it by hand)"
+        } else {
+            "run again with --repair to write the winners"
+        }
     )]
     Differences {
         /// How many.
         remaining: usize,
+        /// Whether `--repair` ran.
+        repaired: bool,
     },
     /// The tables have different keys.
     #[error(
@@ -498,6 +504,7 @@ pub async fn run(
     if report.remaining > 0 {
         return Err(VerifyError::Differences {
             remaining: report.remaining,
+            repaired: spec.repair,
         });
     }
     Ok(())
@@ -587,10 +594,14 @@ pub(super) async fn matching_keys(
             target_keys,
         });
     }
-    Ok(source_keys)
+    Ok(source_keys
+        .into_iter()
+        .map(|k| k.split(' ').next().unwrap_or_default().to_owned())
+        .collect())
 }
 
-/// The key attribute names of `table` (sorted), from DescribeTable.
+/// The key attributes of `table` from DescribeTable, each as `name (HASH S)` (sorted), so that
+/// names, roles and types are compared.
 async fn key_names(
     client: &Client,
     table: &TableRef,
@@ -622,13 +633,23 @@ async fn key_names(
             });
         }
     };
-    let mut names: Vec<String> = described
-        .table
+    let description = described.table;
+    let types: HashMap<String, String> = description
+        .as_ref()
+        .and_then(|t| t.attribute_definitions.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| (d.attribute_name, d.attribute_type.as_str().to_owned()))
+        .collect();
+    let mut names: Vec<String> = description
         .and_then(|t| t.key_schema)
         .unwrap_or_default()
         .into_iter()
         .filter(|k| matches!(k.key_type, KeyType::Hash | KeyType::Range))
-        .map(|k| k.attribute_name)
+        .map(|k| {
+            let kind = types.get(&k.attribute_name).map_or("?", String::as_str);
+            format!("{} ({} {kind})", k.attribute_name, k.key_type.as_str())
+        })
         .collect();
     names.sort();
     Ok(names)
@@ -743,16 +764,11 @@ async fn recheck(
 }
 
 /// The version and origin an item carries (`None`: no valid version).
-pub(super) fn stamp(item: &Item, attributes: &VersionAttributes) -> Option<(Version, String)> {
-    let version = match item.get(&attributes.version) {
-        Some(AttributeValue::N(n)) => Version::parse(n)?,
-        _ => return None,
-    };
-    let origin = match item.get(&attributes.origin) {
-        Some(AttributeValue::S(s)) => s.clone(),
-        _ => String::new(),
-    };
-    Some((version, origin))
+/// The `(version, origin)` of an item, an absent origin read as `region` (the table's region, as the
+/// replicator reads a write without one).
+fn stamp(item: &Item, attributes: &VersionAttributes, region: &str) -> Option<(Version, String)> {
+    stored_version(item, attributes)
+        .map(|(version, origin)| (version, origin.unwrap_or_else(|| region.to_owned())))
 }
 
 /// Which side wins a lww difference.
@@ -766,16 +782,19 @@ pub enum Winner {
     Undecided(String),
 }
 
-/// lww: the side whose item the replicator's rule keeps. A missing item loses to any item; items are
-/// ordered by version, then origin; an item without a valid version loses to one with.
+/// lww: the side whose item the replicator's rule keeps. A missing item loses to any item (a hard
+/// delete, outside the convention, is not seen); items are ordered by version, then origin (an item
+/// without one has its table's region, as the replicator reads it); an item without a valid version
+/// loses to one with (which of the two was written last is not known; the rule picks the one that
+/// can be ordered).
 pub fn lww_winner(
-    source: Option<&Item>,
-    target: Option<&Item>,
+    (source, source_region): (Option<&Item>, &str),
+    (target, target_region): (Option<&Item>, &str),
     attributes: &VersionAttributes,
 ) -> Winner {
     let stamps = (
-        source.map(|i| stamp(i, attributes)),
-        target.map(|i| stamp(i, attributes)),
+        source.map(|i| stamp(i, attributes, source_region)),
+        target.map(|i| stamp(i, attributes, target_region)),
     );
     match stamps {
         (Some(_), None) => Winner::Source,
@@ -824,19 +843,21 @@ async fn repair(
         .map_err(failed(&spec.path.target))?,
         Mode::Lww => {
             let winner = lww_winner(
-                difference.source.as_ref(),
-                difference.target.as_ref(),
+                (difference.source.as_ref(), &spec.path.source.region),
+                (difference.target.as_ref(), &spec.path.target.region),
                 &spec.attributes,
             );
-            let (item, client, table, into) = match winner {
+            let (item, region, client, table, into) = match winner {
                 Winner::Source => (
                     difference.source.as_ref(),
+                    &spec.path.source.region,
                     &clients.target_writes,
                     &spec.path.target,
                     "the source's item put into the target",
                 ),
                 Winner::Target => (
                     difference.target.as_ref(),
+                    &spec.path.target.region,
                     &clients.source_writes,
                     &spec.path.source,
                     "the target's item put into the source",
@@ -855,9 +876,25 @@ async fn repair(
                 });
             };
             let key_name = difference.keys.keys().next().map_or("", String::as_str);
-            put_newer(client, table, key_name, item, &spec.attributes, into)
-                .await
-                .map_err(failed(table))?
+            match put_lww(
+                client,
+                &table.table,
+                key_name,
+                item,
+                &spec.attributes,
+                region,
+            )
+            .await
+            {
+                Ok(Outcome::Applied) => Replayed::Applied(into.to_owned()),
+                Ok(Outcome::Conflict) => Replayed::Superseded(format!(
+                    "{table} now holds a newer write of the key, which wins"
+                )),
+                Err(failure) if refused_for_good(&failure) => {
+                    Replayed::Kept(format!("{table} refuses the item: {}", failure.message))
+                }
+                Err(failure) => return Err(failed(table)(failure)),
+            }
         }
     };
     Ok(match replayed {
@@ -876,40 +913,27 @@ async fn repair(
     })
 }
 
-/// Puts `item` into `table` on the replicator's lww condition (the stored item is not newer); an
-/// item without a version goes in only where the key (`key_name`, one of its attributes) holds no
-/// item.
-pub(super) async fn put_newer(
+/// Puts `item` into `table` on the replicator's lww condition (the stored item is not newer; an item
+/// without an origin has `region`'s); an item without a version goes in only where the key
+/// (`key_name`, one of its attributes) holds no item.
+pub(super) async fn put_lww(
     client: &Client,
-    table: &TableRef,
+    table: &str,
     key_name: &str,
     item: &Item,
     attributes: &VersionAttributes,
-    into: &str,
-) -> Result<Replayed, AwsFailure> {
-    let result = match stamp(item, attributes) {
+    region: &str,
+) -> Result<Outcome, AwsFailure> {
+    match stamp(item, attributes, region) {
         Some((version, origin)) => {
-            let target = AwsTarget::new(client.clone(), table.table.clone(), attributes.clone());
-            target
+            AwsTarget::new(client.clone(), table.to_owned(), attributes.clone())
                 .write(&Put::Put {
                     item: item.clone(),
                     condition: Some(Condition::Newer { version, origin }),
                 })
                 .await
         }
-        None => put_if_absent(client, &table.table, key_name, item).await,
-    };
-    match result {
-        Ok(Outcome::Applied) => Ok(Replayed::Applied(into.to_owned())),
-        Ok(Outcome::Conflict) => Ok(Replayed::Superseded(format!(
-            "{} now holds a newer write of the key, which wins",
-            table
-        ))),
-        Err(failure) if refused_for_good(&failure) => Ok(Replayed::Kept(format!(
-            "{table} refuses the item: {}",
-            failure.message
-        ))),
-        Err(failure) => Err(failure),
+        None => put_if_absent(client, table, key_name, item).await,
     }
 }
 
@@ -1168,7 +1192,11 @@ mod tests {
 
     #[test]
     fn lww_winners_follow_the_replicators_order() {
-        let a = VersionAttributes::default();
+        let attributes = VersionAttributes::default();
+        let a = &attributes;
+        let lww_winner = |s: Option<&Item>, t: Option<&Item>, a: &VersionAttributes| {
+            super::lww_winner((s, "us-east-1"), (t, "us-west-2"), a)
+        };
         let v = |version: &str, origin: &str| {
             item(&[
                 ("id", s("k")),
@@ -1177,38 +1205,51 @@ mod tests {
             ])
         };
         assert_eq!(
-            lww_winner(Some(&v("5", "a")), Some(&v("4", "z")), &a),
+            lww_winner(Some(&v("5", "a")), Some(&v("4", "z")), a),
             Winner::Source
         );
         assert_eq!(
-            lww_winner(Some(&v("5", "a")), Some(&v("6", "a")), &a),
+            lww_winner(Some(&v("5", "a")), Some(&v("6", "a")), a),
             Winner::Target
         );
         assert_eq!(
-            lww_winner(Some(&v("5", "b")), Some(&v("5", "a")), &a),
+            lww_winner(Some(&v("5", "b")), Some(&v("5", "a")), a),
             Winner::Source
         );
         assert!(matches!(
-            lww_winner(Some(&v("5", "a")), Some(&v("5", "a")), &a),
+            lww_winner(Some(&v("5", "a")), Some(&v("5", "a")), a),
             Winner::Undecided(_)
         ));
-        assert_eq!(lww_winner(Some(&v("1", "a")), None, &a), Winner::Source);
-        assert_eq!(lww_winner(None, Some(&v("1", "a")), &a), Winner::Target);
+        assert_eq!(lww_winner(Some(&v("1", "a")), None, a), Winner::Source);
+        assert_eq!(lww_winner(None, Some(&v("1", "a")), a), Winner::Target);
         let unstamped = item(&[("id", s("k"))]);
         assert_eq!(
-            lww_winner(Some(&unstamped), Some(&v("1", "a")), &a),
+            lww_winner(Some(&unstamped), Some(&v("1", "a")), a),
             Winner::Target
         );
-        assert_eq!(lww_winner(Some(&unstamped), None, &a), Winner::Source);
+        assert_eq!(lww_winner(Some(&unstamped), None, a), Winner::Source);
         assert!(matches!(
-            lww_winner(Some(&unstamped), Some(&unstamped), &a),
+            lww_winner(Some(&unstamped), Some(&unstamped), a),
             Winner::Undecided(_)
+        ));
+        // An item without an origin has its table's region (the source is us-east-1 here).
+        let no_origin = item(&[("id", s("k")), ("rep_version", n("5"))]);
+        assert!(matches!(
+            lww_winner(Some(&no_origin), Some(&v("5", "us-east-1")), a),
+            Winner::Undecided(_)
+        ));
+        assert_eq!(
+            lww_winner(Some(&no_origin), Some(&v("5", "us-west-2")), a),
+            Winner::Target
+        );
+        assert_eq!(lww_winner(Some(&v("5", "us-west-2")), Some(&no_origin), a), Winner::Undecided(
+            "both items carry version 5 from \"us-west-2\" with different data, so the rule cannot order them; write the right data again through the application (which stamps a new version) and it replicates".to_owned()
         ));
         // A newer tombstone wins over an older live item.
         let mut tombstone = v("9", "b");
         tombstone.insert("rep_deleted".to_owned(), AttributeValue::Bool(true));
         assert_eq!(
-            lww_winner(Some(&v("5", "a")), Some(&tombstone), &a),
+            lww_winner(Some(&v("5", "a")), Some(&tombstone), a),
             Winner::Target
         );
     }
