@@ -495,6 +495,22 @@ pub(crate) fn bad(flag: &'static str, problem: impl Into<String>) -> ConfigError
     }
 }
 
+/// `value` if it is within `min..=max`, else an error naming `flag` and the range.
+pub(crate) fn within<T: PartialOrd + std::fmt::Display>(
+    flag: &'static str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    if value < min || value > max {
+        return Err(bad(
+            flag,
+            format!("{value} is out of range; give {min} to {max}"),
+        ));
+    }
+    Ok(value)
+}
+
 pub(crate) fn table_name(flag: &'static str, name: &str) -> Result<String, ConfigError> {
     let valid = (3..=255).contains(&name.len())
         && name

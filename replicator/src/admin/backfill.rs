@@ -38,10 +38,11 @@ use tokio_util::sync::CancellationToken;
 use tworegion_common::duration::parse_duration;
 use tworegion_common::version::VersionAttributes;
 
-use super::verify::{VerifyError, matching_keys, put_if_absent, put_lww};
+use super::verify::{VerifyError, matching_keys};
 use super::{AdminError, PathArgs, PathSpec, bad};
 use crate::apply::retry::{GaveUp, RetryPolicy};
-use crate::apply::target::Outcome;
+use crate::apply::target::{Outcome, put_if_absent, put_lww};
+use crate::config::within;
 use crate::config::{AttributeArgs, ConfigError, Mode, TableRef};
 use crate::dead_letter::refused_for_good;
 use crate::error::{AwsFailure, ErrorClass};
@@ -115,24 +116,9 @@ impl BackfillArgs {
     pub fn validate(&self) -> Result<BackfillSpec, ConfigError> {
         let path = self.path.validate()?;
         let attributes = self.attributes.validate()?;
-        if !(1..=1_000).contains(&self.segments) {
-            return Err(bad(
-                "segments",
-                format!("{} is out of range; give 1 to 1000", self.segments),
-            ));
-        }
-        if !(1..=100).contains(&self.concurrency) {
-            return Err(bad(
-                "concurrency",
-                format!("{} is out of range; give 1 to 100", self.concurrency),
-            ));
-        }
-        if !(1..=10_000).contains(&self.page_size) {
-            return Err(bad(
-                "page-size",
-                format!("{} is out of range; give 1 to 10000", self.page_size),
-            ));
-        }
+        within("segments", self.segments, 1, 1000)?;
+        within("concurrency", self.concurrency, 1, 100)?;
+        within("page-size", self.page_size, 1, 10_000)?;
         if self.progress_interval < Duration::from_secs(1) {
             return Err(bad("progress-interval", "give at least 1s"));
         }

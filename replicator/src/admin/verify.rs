@@ -33,13 +33,12 @@ use aws_sdk_dynamodb::types::{AttributeValue, KeyType};
 use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 use tworegion_common::duration::parse_duration;
-use tworegion_common::version::{Version, VersionAttributes, compare_writes};
+use tworegion_common::version::{VersionAttributes, compare_writes};
 
 use super::dlq::{Replayed, copy_one_way, get};
 use super::{AdminError, PathArgs, PathSpec, bad};
-use crate::apply::target::{
-    AwsTarget, Condition, FENCE_ATTRIBUTE, Outcome, TargetTable, Write as Put, stored_version,
-};
+use crate::apply::target::{FENCE_ATTRIBUTE, Outcome, put_lww, stamp};
+use crate::config::within;
 use crate::config::{AttributeArgs, ConfigError, Mode, TableRef};
 use crate::dead_letter::refused_for_good;
 use crate::error::AwsFailure;
@@ -121,18 +120,8 @@ impl VerifyArgs {
     pub fn validate(&self) -> Result<VerifySpec, ConfigError> {
         let path = self.path.validate()?;
         let attributes = self.attributes.validate()?;
-        if !(1..=1_000).contains(&self.segments) {
-            return Err(bad(
-                "segments",
-                format!("{} is out of range; give 1 to 1000", self.segments),
-            ));
-        }
-        if !(1..=100).contains(&self.rechecks) {
-            return Err(bad(
-                "rechecks",
-                format!("{} is out of range; give 1 to 100", self.rechecks),
-            ));
-        }
+        within("segments", self.segments, 1, 1000)?;
+        within("rechecks", self.rechecks, 1, 100)?;
         let mut ignored = BTreeSet::from([FENCE_ATTRIBUTE.to_owned()]);
         for name in &self.ignore_attributes {
             if name.is_empty() || name.len() > 255 {
@@ -764,13 +753,6 @@ async fn recheck(
 }
 
 /// The version and origin an item carries (`None`: no valid version).
-/// The `(version, origin)` of an item, an absent origin read as `region` (the table's region, as the
-/// replicator reads a write without one).
-fn stamp(item: &Item, attributes: &VersionAttributes, region: &str) -> Option<(Version, String)> {
-    stored_version(item, attributes)
-        .map(|(version, origin)| (version, origin.unwrap_or_else(|| region.to_owned())))
-}
-
 /// Which side wins a lww difference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Winner {
@@ -911,50 +893,6 @@ async fn repair(
             what,
         },
     })
-}
-
-/// Puts `item` into `table` on the replicator's lww condition (the stored item is not newer; an item
-/// without an origin has `region`'s); an item without a version goes in only where the key
-/// (`key_name`, one of its attributes) holds no item.
-pub(super) async fn put_lww(
-    client: &Client,
-    table: &str,
-    key_name: &str,
-    item: &Item,
-    attributes: &VersionAttributes,
-    region: &str,
-) -> Result<Outcome, AwsFailure> {
-    match stamp(item, attributes, region) {
-        Some((version, origin)) => {
-            AwsTarget::new(client.clone(), table.to_owned(), attributes.clone())
-                .write(&Put::Put {
-                    item: item.clone(),
-                    condition: Some(Condition::Newer { version, origin }),
-                })
-                .await
-        }
-        None => put_if_absent(client, table, key_name, item).await,
-    }
-}
-
-/// Puts `item` into `table` only where its key holds no item (`key_name` is one of the table's key
-/// attributes, which every item has): applied, or a conflict.
-pub(super) async fn put_if_absent(
-    client: &Client,
-    table: &str,
-    key_name: &str,
-    item: &Item,
-) -> Result<Outcome, AwsFailure> {
-    crate::apply::target::outcome(
-        client
-            .put_item()
-            .table_name(table)
-            .set_item(Some(item.clone()))
-            .condition_expression("attribute_not_exists(#k)")
-            .expression_attribute_names("#k", key_name)
-            .send()
-            .await,
-    )
 }
 
 fn counts(report: &Report) -> (usize, usize, usize) {
@@ -1262,19 +1200,9 @@ mod tests {
             #[command(flatten)]
             args: VerifyArgs,
         }
-        let base = [
-            "verify",
-            "--source-region",
-            "us-east-1",
-            "--source-table",
-            "todos",
-            "--target-region",
-            "us-west-2",
-            "--target-table",
-            "todos",
-            "--mode",
-            "lww",
-        ];
+        let mut base = vec!["verify"];
+        base.extend_from_slice(&crate::config::TEST_PATH_FLAGS);
+        base.extend_from_slice(&["--mode", "lww"]);
         let parse = |extra: &[&str]| {
             let all: Vec<&str> = base.iter().chain(extra).copied().collect();
             Cli::try_parse_from(all).expect("parses").args.validate()

@@ -257,6 +257,61 @@ impl MemoryTarget {
     }
 }
 
+/// Puts `item` into `table` on the replicator's lww condition (the stored item is not newer; an item
+/// without an origin has `region`'s); an item without a version goes in only where the key
+/// (`key_name`, one of its attributes) holds no item.
+pub async fn put_lww(
+    client: &Client,
+    table: &str,
+    key_name: &str,
+    item: &Item,
+    attributes: &VersionAttributes,
+    region: &str,
+) -> Result<Outcome, AwsFailure> {
+    match stamp(item, attributes, region) {
+        Some((version, origin)) => {
+            AwsTarget::new(client.clone(), table.to_owned(), attributes.clone())
+                .write(&Write::Put {
+                    item: item.clone(),
+                    condition: Some(Condition::Newer { version, origin }),
+                })
+                .await
+        }
+        None => put_if_absent(client, table, key_name, item).await,
+    }
+}
+
+/// Puts `item` into `table` only where its key holds no item (`key_name` is one of the table's key
+/// attributes, which every item has): applied, or a conflict.
+pub async fn put_if_absent(
+    client: &Client,
+    table: &str,
+    key_name: &str,
+    item: &Item,
+) -> Result<Outcome, AwsFailure> {
+    outcome(
+        client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(item.clone()))
+            .condition_expression("attribute_not_exists(#k)")
+            .expression_attribute_names("#k", key_name)
+            .send()
+            .await,
+    )
+}
+
+/// The `(version, origin)` of an item, an absent origin read as `region` (the table's region, as the
+/// replicator reads a write without one).
+pub fn stamp(
+    item: &Item,
+    attributes: &VersionAttributes,
+    region: &str,
+) -> Option<(Version, String)> {
+    stored_version(item, attributes)
+        .map(|(version, origin)| (version, origin.unwrap_or_else(|| region.to_owned())))
+}
+
 /// The `(version, origin)` stamped on a stored item, if it has a version.
 pub fn stored_version(
     item: &Item,
