@@ -229,6 +229,18 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
+        // A failed assertion leaves no state folder to read afterwards: show why the environment
+        // may have stopped (the supervisor's log names the part that exited and its last lines).
+        if std::thread::panicking() {
+            let log = self.state.join("local.log");
+            let text = std::fs::read_to_string(&log).unwrap_or_else(|e| format!("({e})"));
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!(
+                "--- the last lines of {} ---\n{}",
+                log.display(),
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            );
+        }
         let config = self.w.config.display().to_string();
         let state = self.state.display().to_string();
         let _ = run(

@@ -97,8 +97,9 @@ pub async fn find(dir: &Path) -> Result<LocalEnv, String> {
     .map_err(|e| {
         format!(
             "the local environment in {} does not answer ({e}); is it running? \
-             (`deployer local status`)",
-            dir.display()
+             (`deployer local status`; an environment started with --detach logs to {})",
+            dir.display(),
+            dir.join("local.log").display()
         )
     })?;
     if status != 200 {
