@@ -4,7 +4,8 @@
 //! # Layout
 //! - `admin/`: operator commands: `replicator leases list | release | reset-checkpoint` on the lease
 //!   table, `replicator dlq list | replay | purge` on the dead letters.
-//! - `config`: flags and their validation into a [`config::Config`].
+//! - `config`: flags and their validation into a [`config::Config`]; `config_file`: `run --config`,
+//!   several paths in one process ([`run_paths`]).
 //! - `startup`: checks of the source stream, the target's key schema and the lease table.
 //! - `stream/`: the [`stream::StreamSource`] seam (DynamoDB Streams, in-memory), record decoding.
 //! - `apply/`: write plans (skip rules, last change per key, conflict conditions), the target seam,
@@ -32,6 +33,7 @@
 pub mod admin;
 pub mod apply;
 pub mod config;
+pub mod config_file;
 pub mod coordinator;
 pub mod dead_letter;
 pub mod emf;
@@ -50,14 +52,14 @@ use std::sync::atomic::AtomicU64;
 use crate::config::table_sdk_config;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tworegion_common::aws::AwsOptions;
+use tworegion_common::aws::{AssumeRole, AwsOptions};
 
 use crate::apply::direct::{DirectConfig, DirectTarget, Writer, resolve_endpoint};
 use crate::apply::plan::PlanContext;
 use crate::apply::target::AwsTarget;
-use crate::config::{Config, WriteClient};
+use crate::config::{Config, TableRef, WriteClient};
 use crate::lease::dynamo::{DynamoLeases, LeaseTableError, ensure_table};
-use crate::metrics::{Health, Metrics};
+use crate::metrics::{Health, Metrics, Served};
 use crate::stream::aws::AwsStream;
 use crate::worker::Engine;
 
@@ -92,6 +94,14 @@ pub enum RunError {
     /// A region name was invalid.
     #[error(transparent)]
     Region(#[from] tworegion_common::aws::InvalidRegion),
+    /// One path of several failed.
+    #[error("path {path}: {source}")]
+    Path {
+        /// `<source> > <target>`.
+        path: String,
+        /// What failed.
+        source: Box<RunError>,
+    },
 }
 
 /// Writes an EMF line ([`emf`]) to stdout every `settings.interval`, and one more when `stop` is
@@ -137,19 +147,64 @@ async fn emf_lines(
     }
 }
 
-/// Runs the replicator until `shutdown` is cancelled, then stops gracefully within the deadline.
+/// Runs the replicator for one path until `shutdown` is cancelled, then stops gracefully within the
+/// deadline (the flag form: metrics without a `path` label).
 pub async fn run(
     config: Config,
     aws: AwsOptions,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    run_paths(vec![config], false, aws, shutdown).await
+}
+
+/// The SDK configurations of a process's tables, one per region and role: paths that reach a region
+/// the same way share its HTTP connections and its credentials (and their refreshes).
+#[derive(Default)]
+struct SdkConfigs(Vec<((String, Option<AssumeRole>), aws_config::SdkConfig)>);
+
+impl SdkConfigs {
+    async fn get(
+        &mut self,
+        what: &str,
+        table: &TableRef,
+        role: Option<&AssumeRole>,
+        aws: &AwsOptions,
+    ) -> Result<aws_config::SdkConfig, RunError> {
+        let key = (table.region.clone(), role.cloned());
+        if let Some((_, sdk)) = self.0.iter().find(|(k, _)| *k == key) {
+            return Ok(sdk.clone());
+        }
+        let sdk = table_sdk_config(what, table, role, aws).await?;
+        self.0.push((key, sdk.clone()));
+        Ok(sdk)
+    }
+}
+
+/// One path, checked and ready to run.
+struct PathRun {
+    config: Config,
+    /// `<source> > <target>`: the `path` label and the EMF `Path` dimension.
+    name: String,
+    stream_arn: String,
+    engine: Arc<Engine<AwsStream, Writer, DynamoLeases>>,
+}
+
+/// Makes `config`'s clients (from the shared `sdks`), runs its start-up checks and builds its engine.
+async fn prepare(
+    config: Config,
+    sdks: &mut SdkConfigs,
+    aws: &AwsOptions,
+) -> Result<PathRun, RunError> {
     let roles = &config.roles;
-    let source_sdk =
-        table_sdk_config("source", &config.source, roles.source.as_ref(), &aws).await?;
-    let target_sdk =
-        table_sdk_config("target", &config.target, roles.target.as_ref(), &aws).await?;
-    let lease_sdk =
-        table_sdk_config("lease table", &config.lease, roles.lease.as_ref(), &aws).await?;
+    let source_sdk = sdks
+        .get("source", &config.source, roles.source.as_ref(), aws)
+        .await?;
+    let target_sdk = sdks
+        .get("target", &config.target, roles.target.as_ref(), aws)
+        .await?;
+    let lease_sdk = sdks
+        .get("lease table", &config.lease, roles.lease.as_ref(), aws)
+        .await?;
     // Every call the replicator makes has a deadline, so a hung connection is a retried failure (or a
     // start-up error naming the call), never a silent stall.
     let deadline = aws_sdk_dynamodb::config::timeout::TimeoutConfig::builder()
@@ -200,16 +255,8 @@ pub async fn run(
             .build(),
     );
 
-    let checks = async {
-        let checked = startup::check(&config, &source_ddb, &streams, &target_ddb).await?;
-        ensure_table(&lease_ddb, &config.lease.table).await?;
-        Ok::<_, RunError>(checked)
-    };
-    let checked = tokio::select! {
-        biased;
-        _ = shutdown.cancelled() => return Ok(()), // stopped during start-up: nothing to release
-        checked = checks => checked?,
-    };
+    let checked = startup::check(&config, &source_ddb, &streams, &target_ddb).await?;
+    ensure_table(&lease_ddb, &config.lease.table).await?;
     // Writes get one attempt each with a timeout well inside the lease's safety margin (the engine
     // retries with backoff and checks the lease before every attempt), so a write cannot land long
     // after the lease stopped being valid.
@@ -256,40 +303,7 @@ pub async fn run(
             ))
         }
     };
-
-    let metrics = Arc::new(Metrics::default());
-    let health = Arc::new(Health::new(
-        config.tuning.lease_interval(),
-        config.tuning.stall_timeout,
-    ));
-    let http_stop = CancellationToken::new();
-    let (bound, http) = metrics::serve(
-        config.metrics_addr,
-        metrics.clone(),
-        health.clone(),
-        http_stop.clone(),
-    )
-    .await
-    .map_err(|source| RunError::Metrics {
-        addr: config.metrics_addr,
-        source,
-    })?;
-    let emf_stop = CancellationToken::new();
-    let emf = config.emf.clone().map(|settings| {
-        tokio::spawn(emf_lines(
-            settings,
-            format!("{} > {}", config.source, config.target),
-            metrics.clone(),
-            health.clone(),
-            emf_stop.clone(),
-        ))
-    });
     let path = format!("{}>{}", checked.stream_arn, config.target);
-    tracing::info!(
-        source = %config.source, target = %config.target, mode = ?config.mode, worker_id = %config.worker_id,
-        lease_table = %config.lease, stream_arn = %checked.stream_arn, metrics_addr = %bound,
-        "Replicator started."
-    );
     let dead_letters: Option<Arc<dyn dead_letter::DeadLetterSink>> =
         config.dead_letters.as_ref().map(|table| {
             Arc::new(dead_letter::dynamo::DynamoDeadLetters::new(
@@ -317,8 +331,11 @@ pub async fn run(
         worker_id: config.worker_id.clone(),
         start_position: config.start_position,
         tuning: config.tuning.clone(),
-        metrics,
-        health: health.clone(),
+        metrics: Arc::new(Metrics::default()),
+        health: Arc::new(Health::new(
+            config.tuning.lease_interval(),
+            config.tuning.stall_timeout,
+        )),
         in_flight: Arc::new(Semaphore::new(config.tuning.max_in_flight)),
         buffered: Arc::new(Semaphore::new(config.tuning.max_buffered_records)),
         // Different workers back off on different schedules.
@@ -326,39 +343,152 @@ pub async fn run(
             tworegion_common::version::system_millis() ^ u64::from(std::process::id()),
         ),
     });
-    let mut lease_loop = tokio::spawn(coordinator::run(engine, shutdown.clone()));
+    Ok(PathRun {
+        name: format!("{} > {}", config.source, config.target),
+        stream_arn: checked.stream_arn,
+        config,
+        engine,
+    })
+}
+
+/// Runs every path of `configs` in this process until `shutdown` is cancelled, then stops them all
+/// gracefully within the deadline. The paths share the SDK configurations (connections and
+/// credentials per region and role), the metrics endpoint (each path's metrics labelled
+/// `path="<source> > <target>"` when `labelled`; `/healthz` and `/readyz` fail while any path fails
+/// them) and the process settings, which are taken from the first path (`--config` gives every path
+/// the same: worker ID, metrics address, EMF settings, shutdown deadline). Each path keeps its own
+/// engine: its own leases, checkpoints, dead letters, tuning and bounds. A path that fails its
+/// start-up checks stops the process before any path starts; a path whose lease loop ends stops
+/// them all.
+pub async fn run_paths(
+    configs: Vec<Config>,
+    labelled: bool,
+    aws: AwsOptions,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let Some(first) = configs.first() else {
+        return Ok(());
+    };
+    let (metrics_addr, emf_settings, shutdown_deadline) = (
+        first.metrics_addr,
+        first.emf.clone(),
+        first.tuning.shutdown_deadline,
+    );
+    let name_errors = |name: String, error: RunError| {
+        if labelled {
+            RunError::Path {
+                path: name,
+                source: Box::new(error),
+            }
+        } else {
+            error
+        }
+    };
+    let prepare_all = async {
+        let mut sdks = SdkConfigs::default();
+        let mut paths = Vec::new();
+        for config in configs {
+            let name = format!("{} > {}", config.source, config.target);
+            paths.push(
+                prepare(config, &mut sdks, &aws)
+                    .await
+                    .map_err(|e| name_errors(name, e))?,
+            );
+        }
+        Ok::<_, RunError>(paths)
+    };
+    let paths = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => return Ok(()), // stopped during start-up: nothing to release
+        paths = prepare_all => paths?,
+    };
+
+    let served: Vec<Served> = paths
+        .iter()
+        .map(|p| Served {
+            label: labelled.then(|| p.name.clone()),
+            metrics: p.engine.metrics.clone(),
+            health: p.engine.health.clone(),
+        })
+        .collect();
+    let http_stop = CancellationToken::new();
+    let (bound, http) = metrics::serve(metrics_addr, served, http_stop.clone())
+        .await
+        .map_err(|source| RunError::Metrics {
+            addr: metrics_addr,
+            source,
+        })?;
+    let emf_stop = CancellationToken::new();
+    let mut emf = tokio::task::JoinSet::new();
+    if let Some(settings) = emf_settings {
+        for p in &paths {
+            emf.spawn(emf_lines(
+                settings.clone(),
+                p.name.clone(),
+                p.engine.metrics.clone(),
+                p.engine.health.clone(),
+                emf_stop.clone(),
+            ));
+        }
+    }
+    // The lease loops stop on shutdown, or when one of them ended on its own (the others then stop
+    // gracefully, releasing their leases, before the error is returned).
+    let stop = shutdown.child_token();
+    let mut loops = tokio::task::JoinSet::new();
+    for (i, p) in paths.iter().enumerate() {
+        let config = &p.config;
+        tracing::info!(
+            source = %config.source, target = %config.target, mode = ?config.mode, worker_id = %config.worker_id,
+            lease_table = %config.lease, stream_arn = %p.stream_arn, metrics_addr = %bound,
+            "Replicator started."
+        );
+        loops.spawn({
+            let (engine, stop) = (p.engine.clone(), stop.clone());
+            async move {
+                coordinator::run(engine, stop).await;
+                i
+            }
+        });
+    }
     let ended_early = tokio::select! {
         biased;
         _ = shutdown.cancelled() => None,
-        joined = &mut lease_loop => Some(joined),
+        joined = loops.join_next() => joined,
     };
-    let stop_emf = || async {
-        emf_stop.cancel();
-        if let Some(task) = emf {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
-        }
-    };
-    if let Some(joined) = ended_early {
-        http_stop.cancel();
-        stop_emf().await;
-        let detail = match joined {
-            Ok(()) => "it returned".to_owned(),
-            Err(error) => error.to_string(),
-        };
-        return Err(RunError::LeaseLoop(detail));
+    for p in &paths {
+        p.engine.health.stopping();
     }
-    health.stopping();
-    tracing::info!(deadline = ?config.tuning.shutdown_deadline, "Stopping: finishing in-flight writes, checkpointing, releasing leases.");
-    let finished = tokio::time::timeout(config.tuning.shutdown_deadline, &mut lease_loop).await;
+    stop.cancel();
+    let early = ended_early.map(|joined| match joined {
+        Ok(i) => name_errors(
+            paths[i].name.clone(),
+            RunError::LeaseLoop("it returned".to_owned()),
+        ),
+        Err(error) => RunError::LeaseLoop(error.to_string()),
+    });
+    if early.is_none() {
+        tracing::info!(deadline = ?shutdown_deadline, "Stopping: finishing in-flight writes, checkpointing, releasing leases.");
+    }
+    let finished = tokio::time::timeout(shutdown_deadline, async {
+        while loops.join_next().await.is_some() {}
+    })
+    .await;
     http_stop.cancel();
-    // The last line carries what happened since the one before.
-    stop_emf().await;
+    // The last line of each path carries what happened since the one before.
+    emf_stop.cancel();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while emf.join_next().await.is_some() {}
+    })
+    .await;
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), http).await;
+    if let Some(error) = early {
+        return Err(error);
+    }
     match finished {
-        Ok(_) => {
+        Ok(()) => {
             tracing::info!("Replicator stopped.");
             Ok(())
         }
-        Err(_) => Err(RunError::ShutdownDeadline(config.tuning.shutdown_deadline)),
+        Err(_) => Err(RunError::ShutdownDeadline(shutdown_deadline)),
     }
 }

@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use replicator::admin::PathSpec;
 use replicator::admin::backfill::{BackfillArgs, BackfillError, BackfillSpec};
 use replicator::admin::dlq::{DlqCommand, DlqError, DlqSpec};
@@ -22,6 +24,13 @@ use tworegion_common::telemetry::{LogFormat, init_logging};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    globals: Globals,
+}
+
+/// Flags every command takes.
+#[derive(Debug, clap::Args)]
+struct Globals {
     /// Log filter: a level (info, debug) or directives like "info,replicator=debug".
     #[arg(long, global = true, env = "REPLICATOR_LOG", default_value = "info")]
     log: String,
@@ -38,9 +47,37 @@ struct Cli {
     profile: Option<String>,
 }
 
+/// The command line: [`Cli`] with `run --config FILE`, which replaces `run`'s other flags (so they
+/// are not required with it, and cannot be given beside it).
+fn cli() -> clap::Command {
+    Cli::command().mut_subcommand("run", |run| {
+        let flags: Vec<clap::Id> = run.get_arguments().map(|a| a.get_id().clone()).collect();
+        run.mut_args(|arg| {
+            if arg.is_required_set() {
+                arg.required(false).required_unless_present("config")
+            } else {
+                arg
+            }
+        })
+        .arg(
+            clap::Arg::new("config")
+                .long("config")
+                .env("REPLICATOR_CONFIG")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .conflicts_with_all(flags)
+                .help(
+                    "Run every [[path]] of this TOML file in one process instead of the one path \
+                     the flags give: its keys are these flags without dashes (docs/replicator.md, \
+                     \"Several paths in one process\")",
+                ),
+        )
+    })
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Replicate until SIGTERM or SIGINT.
+    /// Replicate until SIGTERM or SIGINT: the path the flags give, or every [[path]] of --config FILE.
     Run(Box<RunArgs>),
     /// Exit 0 if the local /healthz answers (for container health checks).
     Healthcheck {
@@ -181,18 +218,60 @@ async fn backfill(spec: &BackfillSpec, aws: &AwsOptions) -> anyhow::Result<()> {
     Ok(result?)
 }
 
+/// `replicator run`: the paths until SIGTERM or SIGINT (a second signal exits at once).
+async fn run(
+    configs: Vec<replicator::config::Config>,
+    labelled: bool,
+    aws: AwsOptions,
+) -> ExitCode {
+    let (shutdown, forced) = match tworegion_common::shutdown::listen() {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("error: cannot handle signals: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::select! {
+        result = replicator::run_paths(configs, labelled, aws, shutdown) => match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(error = %error, "Replicator failed.");
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+        signal = forced => ExitCode::from(u8::try_from(signal.exit_code()).unwrap_or(1)),
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    if let Err(error) = init_logging(cli.log_format, &cli.log) {
+    let matches = cli().get_matches();
+    let exit = |error: clap::Error| -> ! { error.format(&mut cli()).exit() };
+    let globals = Globals::from_arg_matches(&matches).unwrap_or_else(|e| exit(e));
+    // With `run --config`, the derived `run` lacks its required flags: the file gives them.
+    let config_file = matches
+        .subcommand_matches("run")
+        .and_then(|run| run.get_one::<PathBuf>("config"))
+        .cloned();
+    if let Err(error) = init_logging(globals.log_format, &globals.log) {
         eprintln!("error: --log: {error}");
         return ExitCode::from(2);
     }
     let aws = AwsOptions {
-        profile: cli.profile,
+        profile: globals.profile,
         ..AwsOptions::default()
     };
-    match cli.command {
+    if let Some(file) = config_file {
+        return match replicator::config_file::load(&file, &default_worker_id()) {
+            Ok(configs) => run(configs, true, aws).await,
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    match Command::from_arg_matches(&matches).unwrap_or_else(|e| exit(e)) {
         Command::Healthcheck { metrics_addr } => {
             match replicator::metrics::check_health(metrics_addr).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -202,33 +281,13 @@ async fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run(args) => {
-            let config = match args.into_config(default_worker_id()) {
-                Ok(config) => config,
-                Err(error) => {
-                    eprintln!("error: {error}");
-                    return ExitCode::from(2);
-                }
-            };
-            let (shutdown, forced) = match tworegion_common::shutdown::listen() {
-                Ok(signals) => signals,
-                Err(error) => {
-                    eprintln!("error: cannot handle signals: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            tokio::select! {
-                result = replicator::run(config, aws, shutdown) => match result {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(error) => {
-                        tracing::error!(error = %error, "Replicator failed.");
-                        eprintln!("error: {error:#}");
-                        ExitCode::FAILURE
-                    }
-                },
-                signal = forced => ExitCode::from(u8::try_from(signal.exit_code()).unwrap_or(1)),
+        Command::Run(args) => match args.into_config(default_worker_id()) {
+            Ok(config) => run(vec![config], false, aws).await,
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::from(2)
             }
-        }
+        },
         Command::Leases { command } => {
             let spec = match command.path().validate() {
                 Ok(spec) => spec,

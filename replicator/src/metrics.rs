@@ -442,25 +442,130 @@ impl Health {
     }
 }
 
+/// One path's metrics and health, served on the process's endpoints.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The `path` label of its metrics (`None`: unlabelled, the flag form's single path).
+    pub label: Option<String>,
+    /// Its metrics.
+    pub metrics: Arc<Metrics>,
+    /// Its health.
+    pub health: Arc<Health>,
+}
+
 #[derive(Clone)]
 struct AppState {
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
+    paths: Arc<Vec<Served>>,
+}
+
+/// The exposition of every path's metrics as one: each family's help and type once, then every
+/// path's samples of it with a `path` label (Prometheus refuses a family declared twice).
+pub fn render_all(paths: &[Served]) -> String {
+    if let [only] = paths
+        && only.label.is_none()
+    {
+        return only.metrics.render();
+    }
+    // Families in first-seen order: (name, header lines, sample lines).
+    let mut families: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+    for served in paths {
+        let label = served.label.as_deref().map(|l| {
+            let escaped = l
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            format!("path=\"{escaped}\"")
+        });
+        let mut current: Option<usize> = None;
+        for line in served.metrics.render().lines() {
+            if line == "# EOF" || line.is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# ") {
+                let mut words = rest.splitn(3, ' ');
+                let (_kind, name) = (words.next(), words.next().unwrap_or_default());
+                let at = match families.iter().position(|(n, _, _)| n == name) {
+                    Some(at) => at,
+                    None => {
+                        families.push((name.to_owned(), Vec::new(), Vec::new()));
+                        families.len() - 1
+                    }
+                };
+                let headers = &mut families[at].1;
+                if !headers.iter().any(|h| h == line) {
+                    headers.push(line.to_owned());
+                }
+                current = Some(at);
+                continue;
+            }
+            let sample = match &label {
+                None => line.to_owned(),
+                Some(label) => match line.find(['{', ' ']) {
+                    Some(at) if line.as_bytes()[at] == b'{' => {
+                        let close = if line.as_bytes().get(at + 1) == Some(&b'}') {
+                            ""
+                        } else {
+                            ","
+                        };
+                        format!("{}{{{label}{close}{}", &line[..at], &line[at + 1..])
+                    }
+                    Some(at) => format!("{}{{{label}}}{}", &line[..at], &line[at..]),
+                    None => line.to_owned(),
+                },
+            };
+            match current {
+                Some(at) => families[at].2.push(sample),
+                None => families.push((String::new(), Vec::new(), vec![sample])),
+            }
+        }
+    }
+    let mut out = String::new();
+    for (_, headers, samples) in families {
+        for line in headers.iter().chain(&samples) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+/// Every path's result of `check`, or the failures, each named by its path.
+fn all_paths(
+    paths: &[Served],
+    check: impl Fn(&Health) -> Result<(), String>,
+) -> Result<(), String> {
+    let failures: Vec<String> = paths
+        .iter()
+        .filter_map(|p| {
+            check(&p.health).err().map(|why| match &p.label {
+                Some(label) => format!("{label}: {why}"),
+                None => why,
+            })
+        })
+        .collect();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    }
 }
 
 async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
-    state.health.publish(&state.metrics);
+    for p in state.paths.iter() {
+        p.health.publish(&p.metrics);
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        render_all(&state.paths),
     )
 }
 
 async fn healthz(State(state): State<AppState>) -> (StatusCode, String) {
-    match state.health.live() {
+    match all_paths(&state.paths, Health::live) {
         Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -470,7 +575,7 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, String) {
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
-    match state.health.ready() {
+    match all_paths(&state.paths, Health::ready) {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -479,12 +584,12 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, String) {
     }
 }
 
-/// Binds `addr` and serves the endpoints until `stop` is cancelled. Returns the bound address (useful
-/// with port 0) and the server task.
+/// Binds `addr` and serves the endpoints for `paths` until `stop` is cancelled: `/metrics` with every
+/// path's metrics, `/healthz` and `/readyz` failing while any path fails them. Returns the bound
+/// address (useful with port 0) and the server task.
 pub async fn serve(
     addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
+    paths: Vec<Served>,
     stop: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -493,7 +598,9 @@ pub async fn serve(
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, health });
+        .with_state(AppState {
+            paths: Arc::new(paths),
+        });
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
@@ -556,6 +663,67 @@ mod tests {
         );
     }
 
+    #[test]
+    fn several_paths_render_as_one_exposition_labelled_by_path() {
+        let path = |label: &str, read: u64| {
+            let metrics = Arc::new(Metrics::default());
+            metrics.records_read.inc_by(read);
+            metrics.error("throttled");
+            metrics
+                .lag
+                .get_or_create(&[("source", "stream")])
+                .observe(0.2);
+            Served {
+                label: Some(label.to_owned()),
+                metrics,
+                health: Arc::new(Health::new(Duration::from_secs(1), Duration::from_secs(60))),
+            }
+        };
+        let text = render_all(&[path("us-east-1/a > us-west-2/a", 3), path("x\"y", 5)]);
+        // Each family is declared once, however many paths report it, and the text ends once.
+        for header in text
+            .lines()
+            .filter(|l| l.starts_with("# ") && *l != "# EOF")
+        {
+            assert_eq!(
+                text.lines().filter(|l| l == &header).count(),
+                1,
+                "{header} twice in:\n{text}"
+            );
+        }
+        assert!(text.ends_with("# EOF\n") && text.matches("# EOF").count() == 1);
+        for line in [
+            "replicator_records_read_total{path=\"us-east-1/a > us-west-2/a\"} 3",
+            "replicator_records_read_total{path=\"x\\\"y\"} 5",
+            "replicator_errors_total{path=\"x\\\"y\",kind=\"throttled\"} 1",
+            "replicator_replication_lag_seconds_bucket{path=\"us-east-1/a > us-west-2/a\",le=\"0.25\",source=\"stream\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+        // The samples of a family follow its declaration, both paths' together.
+        let declared = text
+            .lines()
+            .position(|l| l.starts_with("# TYPE replicator_records_read "))
+            .unwrap();
+        let samples: Vec<usize> = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.starts_with("replicator_records_read_total{"))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(samples, vec![declared + 1, declared + 2], "{text}");
+        // One unlabelled path renders as before.
+        let one = path("ignored", 1);
+        let plain = Served { label: None, ..one };
+        assert_eq!(
+            render_all(std::slice::from_ref(&plain)),
+            plain.metrics.render()
+        );
+    }
+
     #[tokio::test]
     async fn endpoints_answer_and_readiness_follows_health() {
         let metrics = Arc::new(Metrics::default());
@@ -563,8 +731,11 @@ mod tests {
         let stop = CancellationToken::new();
         let (addr, task) = serve(
             "127.0.0.1:0".parse().unwrap(),
-            metrics,
-            health.clone(),
+            vec![Served {
+                label: None,
+                metrics,
+                health: health.clone(),
+            }],
             stop.clone(),
         )
         .await
