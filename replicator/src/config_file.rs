@@ -155,6 +155,11 @@ fn argv(keys: &toml::Table, here: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     for (key, value) in keys {
         let values = match value {
+            toml::Value::Array(values) if values.is_empty() => {
+                return Err(format!(
+                    "{here}: `{key}` is an empty array; give its values, or leave the key out"
+                ));
+            }
             toml::Value::Array(values) => values.iter().collect(),
             value => vec![value],
         };
@@ -164,14 +169,14 @@ fn argv(keys: &toml::Table, here: &str) -> Result<Vec<String>, String> {
                 toml::Value::Integer(n) => n.to_string(),
                 other => {
                     return Err(format!(
-                        "{here}: `{key}` is a {}; give a string (\"30s\", \"lww\") or a whole \
+                        "{here}: `{key}` is of type {}; give a string (\"30s\", \"lww\") or a whole \
                          number",
                         other.type_str()
                     ));
                 }
             };
-            out.push(format!("--{key}"));
-            out.push(text);
+            // One argument, so a value that starts with '-' stays a value.
+            out.push(format!("--{key}={text}"));
         }
     }
     Ok(out)
@@ -314,7 +319,7 @@ lease-region = "us-east-1"
             ),
             (
                 one("", "mode = \"lww\"\nidle-poll = 1.5"),
-                "[[path]] 1: `idle-poll` is a float; give a string",
+                "[[path]] 1: `idle-poll` is of type float; give a string",
             ),
             (
                 one(
@@ -329,6 +334,7 @@ lease-region = "us-east-1"
                 "`path` must be written as [[path]] tables",
             ),
             ("[[path]\n".to_owned(), "not valid TOML"),
+            (one("", "mode = []"), "[[path]] 1: `mode` is an empty array"),
         ];
         for (text, expected) in cases {
             let error = parse(&text, "w").unwrap_err();
@@ -337,6 +343,21 @@ lease-region = "us-east-1"
                 "{expected:?} not in {error:?} for:\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn values_that_start_with_a_dash_stay_values() {
+        let text = "worker-id = \"-w1\"\n[[path]]\nsource-region = \"us-east-1\"\n\
+                    source-table = \"-todos\"\ntarget-region = \"us-west-2\"\n\
+                    target-table = \"todos\"\nmode = \"lww\"\n";
+        let configs = parse(text, "w").unwrap();
+        assert_eq!(configs[0].worker_id, "-w1");
+        assert_eq!(configs[0].source.table, "-todos");
+        let error = parse(&text.replace("\"lww\"", "\"lww\"\nbatch-size = -5"), "w").unwrap_err();
+        assert!(
+            error.contains("`batch-size`: -5 is outside 1..=1000"),
+            "{error}"
+        );
     }
 
     #[test]

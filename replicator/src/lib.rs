@@ -95,12 +95,12 @@ pub enum RunError {
     #[error(transparent)]
     Region(#[from] tworegion_common::aws::InvalidRegion),
     /// One path of several failed.
-    #[error("path {path}: {source}")]
+    #[error("path {path}: {error}")]
     Path {
         /// `<source> > <target>`.
         path: String,
         /// What failed.
-        source: Box<RunError>,
+        error: Box<RunError>,
     },
 }
 
@@ -158,7 +158,8 @@ pub async fn run(
 }
 
 /// The SDK configurations of a process's tables, one per region and role: paths that reach a region
-/// the same way share its HTTP connections and its credentials (and their refreshes).
+/// the same way share its credentials provider and their cache (one set of credentials, refreshed
+/// once). Each client keeps its own HTTP connections.
 #[derive(Default)]
 struct SdkConfigs(Vec<((String, Option<AssumeRole>), aws_config::SdkConfig)>);
 
@@ -192,6 +193,7 @@ struct PathRun {
 /// Makes `config`'s clients (from the shared `sdks`), runs its start-up checks and builds its engine.
 async fn prepare(
     config: Config,
+    index: usize,
     sdks: &mut SdkConfigs,
     aws: &AwsOptions,
 ) -> Result<PathRun, RunError> {
@@ -338,9 +340,11 @@ async fn prepare(
         )),
         in_flight: Arc::new(Semaphore::new(config.tuning.max_in_flight)),
         buffered: Arc::new(Semaphore::new(config.tuning.max_buffered_records)),
-        // Different workers back off on different schedules.
+        // Different workers (and a worker's paths) back off on different schedules.
         jitter_seed: AtomicU64::new(
-            tworegion_common::version::system_millis() ^ u64::from(std::process::id()),
+            tworegion_common::version::system_millis()
+                ^ u64::from(std::process::id())
+                ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         ),
     });
     Ok(PathRun {
@@ -369,6 +373,8 @@ pub async fn run_paths(
     let Some(first) = configs.first() else {
         return Ok(());
     };
+    // Several paths' metrics without labels would be one series reported several times.
+    let labelled = labelled || configs.len() > 1;
     let (metrics_addr, emf_settings, shutdown_deadline) = (
         first.metrics_addr,
         first.emf.clone(),
@@ -378,7 +384,7 @@ pub async fn run_paths(
         if labelled {
             RunError::Path {
                 path: name,
-                source: Box::new(error),
+                error: Box::new(error),
             }
         } else {
             error
@@ -387,10 +393,10 @@ pub async fn run_paths(
     let prepare_all = async {
         let mut sdks = SdkConfigs::default();
         let mut paths = Vec::new();
-        for config in configs {
+        for (i, config) in configs.into_iter().enumerate() {
             let name = format!("{} > {}", config.source, config.target);
             paths.push(
-                prepare(config, &mut sdks, &aws)
+                prepare(config, i, &mut sdks, &aws)
                     .await
                     .map_err(|e| name_errors(name, e))?,
             );
@@ -435,6 +441,7 @@ pub async fn run_paths(
     // gracefully, releasing their leases, before the error is returned).
     let stop = shutdown.child_token();
     let mut loops = tokio::task::JoinSet::new();
+    let mut task_paths = std::collections::HashMap::new();
     for (i, p) in paths.iter().enumerate() {
         let config = &p.config;
         tracing::info!(
@@ -442,13 +449,14 @@ pub async fn run_paths(
             lease_table = %config.lease, stream_arn = %p.stream_arn, metrics_addr = %bound,
             "Replicator started."
         );
-        loops.spawn({
+        let task = loops.spawn({
             let (engine, stop) = (p.engine.clone(), stop.clone());
             async move {
                 coordinator::run(engine, stop).await;
                 i
             }
         });
+        task_paths.insert(task.id(), i);
     }
     let ended_early = tokio::select! {
         biased;
@@ -459,15 +467,25 @@ pub async fn run_paths(
         p.engine.health.stopping();
     }
     stop.cancel();
-    let early = ended_early.map(|joined| match joined {
-        Ok(i) => name_errors(
-            paths[i].name.clone(),
-            RunError::LeaseLoop("it returned".to_owned()),
-        ),
-        Err(error) => RunError::LeaseLoop(error.to_string()),
+    let early = ended_early.map(|joined| {
+        let (i, detail) = match joined {
+            Ok(i) => (Some(i), "it returned".to_owned()),
+            Err(error) => (task_paths.get(&error.id()).copied(), error.to_string()),
+        };
+        let error = RunError::LeaseLoop(detail);
+        match i {
+            Some(i) => name_errors(paths[i].name.clone(), error),
+            None => error,
+        }
     });
-    if early.is_none() {
-        tracing::info!(deadline = ?shutdown_deadline, "Stopping: finishing in-flight writes, checkpointing, releasing leases.");
+    match &early {
+        None => {
+            tracing::info!(deadline = ?shutdown_deadline, "Stopping: finishing in-flight writes, checkpointing, releasing leases.")
+        }
+        Some(error) if paths.len() > 1 => {
+            tracing::error!(error = %error, deadline = ?shutdown_deadline, "A lease loop ended on its own: stopping the other paths, releasing their leases.")
+        }
+        Some(_) => {}
     }
     let finished = tokio::time::timeout(shutdown_deadline, async {
         while loops.join_next().await.is_some() {}

@@ -48,10 +48,9 @@ struct Globals {
 }
 
 /// The command line: [`Cli`] with `run --config FILE`, which replaces `run`'s other flags (so they
-/// are not required with it, and cannot be given beside it).
+/// are not required with it, and cannot be given beside it: [`config_conflict`]).
 fn cli() -> clap::Command {
     Cli::command().mut_subcommand("run", |run| {
-        let flags: Vec<clap::Id> = run.get_arguments().map(|a| a.get_id().clone()).collect();
         run.mut_args(|arg| {
             if arg.is_required_set() {
                 arg.required(false).required_unless_present("config")
@@ -59,13 +58,16 @@ fn cli() -> clap::Command {
                 arg
             }
         })
+        .override_usage(
+            "replicator run --source-region <REGION> --source-table <TABLE> --target-region <REGION> \
+             --target-table <TABLE> --mode <MODE> [OPTIONS]\n       replicator run --config <FILE>",
+        )
         .arg(
             clap::Arg::new("config")
                 .long("config")
                 .env("REPLICATOR_CONFIG")
                 .value_name("FILE")
                 .value_parser(clap::value_parser!(PathBuf))
-                .conflicts_with_all(flags)
                 .help(
                     "Run every [[path]] of this TOML file in one process instead of the one path \
                      the flags give: its keys are these flags without dashes (docs/replicator.md, \
@@ -244,6 +246,43 @@ async fn run(
     }
 }
 
+/// A flag or `REPLICATOR_*` variable of `run` given beside `--config` (or `REPLICATOR_CONFIG`),
+/// said with where each came from: with a file, every setting comes from the file.
+fn config_conflict(run: &clap::ArgMatches) -> Option<String> {
+    use clap::parser::ValueSource;
+    let config = run.value_source("config")?;
+    let command = cli();
+    let flags = command.find_subcommand("run")?.get_arguments();
+    for arg in flags.filter(|a| a.get_id() != "config") {
+        let long = arg.get_long().unwrap_or_default();
+        let env = arg
+            .get_env()
+            .map(|e| e.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match (run.value_source(arg.get_id().as_str()), config) {
+            (Some(ValueSource::CommandLine), ValueSource::EnvVariable) => {
+                return Some(format!(
+                    "REPLICATOR_CONFIG is set, so `run` takes its paths from that file and not from \
+                     --{long}: unset REPLICATOR_CONFIG to give the path with flags"
+                ));
+            }
+            (Some(ValueSource::CommandLine), _) => {
+                return Some(format!(
+                    "--{long} cannot be given with --config: set `{long}` in the file"
+                ));
+            }
+            (Some(ValueSource::EnvVariable), _) => {
+                return Some(format!(
+                    "{env} is set, but with --config every setting comes from the file: set \
+                     `{long}` there and unset {env}"
+                ));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let matches = cli().get_matches();
@@ -263,6 +302,10 @@ async fn main() -> ExitCode {
         ..AwsOptions::default()
     };
     if let Some(file) = config_file {
+        if let Some(conflict) = matches.subcommand_matches("run").and_then(config_conflict) {
+            eprintln!("error: {conflict}");
+            return ExitCode::from(2);
+        }
         return match replicator::config_file::load(&file, &default_worker_id()) {
             Ok(configs) => run(configs, true, aws).await,
             Err(error) => {
@@ -340,5 +383,60 @@ async fn main() -> ExitCode {
                     .map_or(1, DlqError::exit_code)
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<clap::ArgMatches, clap::Error> {
+        cli().try_get_matches_from(std::iter::once("replicator").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn run_takes_either_a_config_file_or_the_path_flags() {
+        cli().debug_assert();
+        // The flag form still requires its flags.
+        let missing = parse(&["run", "--mode", "lww"]).unwrap_err();
+        assert_eq!(
+            missing.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
+        assert!(missing.to_string().contains("--source-region"), "{missing}");
+        assert!(
+            missing
+                .to_string()
+                .contains("replicator run --config <FILE>"),
+            "the usage shows both forms: {missing}"
+        );
+        // The file form needs none of them, and takes none beside it.
+        let file = parse(&["run", "--config", "paths.toml"]).unwrap();
+        let run = file.subcommand_matches("run").unwrap();
+        assert_eq!(config_conflict(run), None);
+        let both = parse(&["run", "--config", "paths.toml", "--batch-size", "5"]).unwrap();
+        assert_eq!(
+            config_conflict(both.subcommand_matches("run").unwrap()).as_deref(),
+            Some("--batch-size cannot be given with --config: set `batch-size` in the file")
+        );
+        // The flag form parses into the derived command as before.
+        let flags = parse(&[
+            "run",
+            "--source-region",
+            "us-east-1",
+            "--source-table",
+            "a",
+            "--target-region",
+            "us-west-2",
+            "--target-table",
+            "a",
+            "--mode",
+            "lww",
+        ])
+        .unwrap();
+        assert!(matches!(
+            Command::from_arg_matches(&flags).unwrap(),
+            Command::Run(_)
+        ));
     }
 }

@@ -715,12 +715,12 @@ mod tests {
             .map(|(i, _)| i)
             .collect();
         assert_eq!(samples, vec![declared + 1, declared + 2], "{text}");
-        // One unlabelled path renders as before.
-        let one = path("ignored", 1);
-        let plain = Served { label: None, ..one };
-        assert_eq!(
-            render_all(std::slice::from_ref(&plain)),
-            plain.metrics.render()
+        // A single path from a file is labelled too (the flag form's one path is not).
+        let one = render_all(&[path("p", 1)]);
+        assert!(
+            one.lines()
+                .any(|l| l == "replicator_records_read_total{path=\"p\"} 1"),
+            "{one}"
         );
     }
 

@@ -343,3 +343,51 @@ async fn a_path_that_fails_its_checks_stops_the_process_before_any_starts() {
     );
     let _ = std::fs::remove_file(&config);
 }
+
+/// What clap's environment variables would do to a file: nothing. A `REPLICATOR_*` variable or a
+/// flag beside `--config` is refused, said with where it came from (no local AWS needed).
+#[test]
+fn the_file_and_the_flags_or_their_variables_do_not_mix() {
+    let config = write_config(&path_table((REGION_A, "todos"), (REGION_B, "todos"), "lww"));
+    let file = config.display().to_string();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_replicator"))
+            .args(args)
+            .env_remove("REPLICATOR_CONFIG")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run replicator");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(
+        &["run", "--config", &file],
+        &[("REPLICATOR_MODE", "one-way")],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "REPLICATOR_MODE is set, but with --config every setting comes from the file"
+        ),
+        "{stderr}"
+    );
+    let (code, stderr) = run(
+        &["run", "--source-region", REGION_A],
+        &[("REPLICATOR_CONFIG", &file)],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("REPLICATOR_CONFIG is set, so `run` takes its paths from that file and not from --source-region"),
+        "{stderr}"
+    );
+    let (code, stderr) = run(&["run", "--config", &file, "--batch-size", "5"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--batch-size cannot be given with --config"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_file(&config);
+}
