@@ -403,6 +403,44 @@ pub struct ReplicatorFile {
     /// Subnets and security groups per region; the default VPC's when a region is not given.
     #[serde(default)]
     pub network: BTreeMap<String, NetworkFile>,
+    /// The CloudWatch alarms on the replicator's metrics.
+    #[serde(default)]
+    pub alarms: AlarmsFile,
+}
+
+/// `[replicator.alarms]`: CloudWatch alarms on the metrics each replicator task writes (EMF), in the
+/// region where it runs.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmsFile {
+    /// Whether `up` creates them (false: `up` removes those it made).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The lag alarm fires when the oldest record read but not applied is older than this for 3
+    /// minutes in a row (or no task reports for 3 minutes), in seconds.
+    #[serde(default = "default_lag_seconds")]
+    pub lag_seconds: u32,
+    /// SNS topics notified when an alarm fires and when it clears, per region (a topic must be in
+    /// the alarm's region).
+    #[serde(default)]
+    pub actions: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for AlarmsFile {
+    fn default() -> Self {
+        AlarmsFile {
+            enabled: true,
+            lag_seconds: default_lag_seconds(),
+            actions: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_lag_seconds() -> u32 {
+    300
 }
 
 fn default_cpu() -> i32 {
@@ -866,6 +904,30 @@ impl ConfigFile {
                 "must be 5 to 3600 (seconds `up` waits for the tasks to run)",
             ));
         }
+        if !(60..=86_400).contains(&r.alarms.lag_seconds) {
+            return Err(bad(
+                "replicator.alarms.lag_seconds",
+                format!(
+                    "{} is outside 60 to 86400 (seconds of lag before the alarm fires)",
+                    r.alarms.lag_seconds
+                ),
+            ));
+        }
+        for (region, topics) in &r.alarms.actions {
+            let field = format!("replicator.alarms.actions.{region}");
+            if !regions.contains(region) {
+                return Err(bad(&field, "not one of the two regions"));
+            }
+            if topics.len() > 5 {
+                return Err(bad(
+                    &field,
+                    "at most 5 topics (CloudWatch allows 5 actions per alarm state)",
+                ));
+            }
+            for topic in topics {
+                sns_topic_in(topic, region).map_err(|problem| bad(&field, problem))?;
+            }
+        }
         for (region, net) in &r.network {
             if !regions.contains(region) {
                 return Err(bad(
@@ -889,8 +951,60 @@ impl ConfigFile {
     }
 }
 
+/// Checks that `arn` is an SNS topic ARN in `region` (an alarm's actions must be in its region).
+fn sns_topic_in(arn: &str, region: &str) -> Result<(), String> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let valid = parts.len() == 6
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[2] == "sns"
+        && parts[4].len() == 12
+        && parts[4].bytes().all(|b| b.is_ascii_digit())
+        && !parts[5].is_empty();
+    if !valid {
+        return Err(format!(
+            "{arn:?} is not an SNS topic ARN (arn:aws:sns:<region>:<12-digit account>:<topic>)"
+        ));
+    }
+    if parts[3] != region {
+        return Err(format!(
+            "{arn:?} is in {}, not {region}: an alarm can only notify a topic in its own region",
+            parts[3]
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn alarm_topics_must_be_sns_topics_in_their_region() {
+        use super::sns_topic_in;
+        assert_eq!(
+            sns_topic_in("arn:aws:sns:us-east-1:123456789012:ops", "us-east-1"),
+            Ok(())
+        );
+        let wrong_region =
+            sns_topic_in("arn:aws:sns:us-west-2:123456789012:ops", "us-east-1").unwrap_err();
+        assert!(
+            wrong_region.contains("in us-west-2, not us-east-1"),
+            "{wrong_region}"
+        );
+        for bad in [
+            "arn:aws:sqs:us-east-1:123456789012:ops",
+            "arn:aws:sns:us-east-1:1234:ops",
+            "arn:aws:sns:us-east-1:123456789012:",
+            "ops",
+        ] {
+            assert!(
+                sns_topic_in(bad, "us-east-1")
+                    .unwrap_err()
+                    .contains("not an SNS topic ARN"),
+                "{bad}"
+            );
+        }
+    }
+
     #[test]
     fn a_quota_spent_in_under_a_month_is_warned_about() {
         let mut p = UsagePlanFile::default();

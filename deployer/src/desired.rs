@@ -56,13 +56,15 @@ pub enum Kind {
     TaskDefinition,
     /// The replicator's ECS service.
     EcsService,
+    /// A CloudWatch alarm on the replicator's metrics.
+    Alarm,
     /// The Route 53 records of the public name (failover or latency).
     DnsRecord,
 }
 
 impl Kind {
     /// Every kind, in dependency order.
-    pub const ALL: [Kind; 21] = [
+    pub const ALL: [Kind; 22] = [
         Kind::HostedZone,
         Kind::Table,
         Kind::LambdaRole,
@@ -83,6 +85,7 @@ impl Kind {
         Kind::ExecutionRole,
         Kind::TaskDefinition,
         Kind::EcsService,
+        Kind::Alarm,
         Kind::DnsRecord,
     ];
 
@@ -223,6 +226,77 @@ pub fn ecr_repository(image: &str) -> Option<(String, String, String)> {
 
 /// The replicator's execution role: pull its image (ECR read actions on that repository alone,
 /// none for another registry) and write its log group.
+/// The metrics the replicator's EMF lines carry that its alarms watch (replicator/src/emf.rs names
+/// them from `/metrics`; its tests check these names).
+pub const ALARM_METRICS: [&str; 4] = [
+    "OldestUnappliedAgeSeconds",
+    "DeadLetters",
+    "ShardsStalled",
+    "ShardsStopped",
+];
+
+/// The CloudWatch alarms on the replicator from `other` into `r` (named after its task family), on
+/// the metrics its tasks write as EMF (namespace `tworegion/replicator`, dimensions `Path` and
+/// `Deployment`, as the task definition sets them):
+/// - `-lag`: the oldest record read but not applied is older than `lag_seconds` for 3 minutes in a
+///   row, or no task reports for 3 minutes (a replicator that does not run is lagging);
+/// - `-dead-letters`: a record was parked as a dead letter within a minute;
+/// - `-stalled`: a shard held made no progress for the stall timeout;
+/// - `-stopped`: a shard is stopped until an operator acts (a gap, a refused record under the stop
+///   policy).
+fn replicator_alarms(
+    f: &crate::config::ConfigFile,
+    prefix: &str,
+    other: &str,
+    r: &str,
+    family: &str,
+    tags: &Value,
+) -> Vec<Resource> {
+    let path = format!("{other}/{} > {r}/{}", f.table.name, f.table.name);
+    let actions = f
+        .replicator
+        .alarms
+        .actions
+        .get(r)
+        .cloned()
+        .unwrap_or_default();
+    let lag = f64::from(f.replicator.alarms.lag_seconds);
+    [
+        ("lag", ALARM_METRICS[0], "Maximum", lag, 3, "breaching",
+         format!("The replicator {other} to {r} is more than {lag} s behind, or no task reports (3 minutes)")),
+        ("dead-letters", ALARM_METRICS[1], "Sum", 0.0, 1, "notBreaching",
+         format!("The replicator {other} to {r} parked records it could not apply: `replicator dlq list`")),
+        ("stalled", ALARM_METRICS[2], "Maximum", 0.0, 1, "notBreaching",
+         format!("A shard of the replicator {other} to {r} makes no progress (see the task's ERROR log)")),
+        ("stopped", ALARM_METRICS[3], "Maximum", 0.0, 1, "notBreaching",
+         format!("A shard of the replicator {other} to {r} is stopped until an operator acts (see the ERROR log)")),
+    ]
+    .into_iter()
+    .map(|(suffix, metric, statistic, threshold, periods, missing, description)| {
+        Resource::new(
+            Kind::Alarm,
+            Some(r),
+            format!("{family}-{suffix}"),
+            json!({
+                "namespace": "tworegion/replicator",
+                "metric": metric,
+                "dimensions": { "Path": path, "Deployment": prefix },
+                "statistic": statistic,
+                "period": 60,
+                "evaluation_periods": periods,
+                "datapoints_to_alarm": periods,
+                "threshold": threshold,
+                "comparison": "GreaterThanThreshold",
+                "treat_missing_data": missing,
+                "actions": actions,
+                "description": description,
+                "tags": tags,
+            }),
+        )
+    })
+    .collect()
+}
+
 fn execution_statements(image: &str, region: &str, log_group: &str) -> Value {
     let arn = partition(region);
     let mut statements = Vec::new();
@@ -634,6 +708,9 @@ pub fn desired(d: &Deployment, artifact_sha256: &str) -> Vec<Resource> {
                     "tags": tags,
                 }),
             ));
+            if f.replicator.alarms.enabled {
+                out.extend(replicator_alarms(f, &prefix, other, r, &family, &tags));
+            }
             out.push(Resource::new(
                 Kind::EcsService,
                 Some(r),
@@ -802,6 +879,52 @@ image = "img"
 
     fn count(resources: &[Resource], kind: Kind) -> usize {
         resources.iter().filter(|r| r.kind == kind).count()
+    }
+
+    #[test]
+    fn alarms_watch_each_replicator_where_it_runs() {
+        let alarms = |mode: &str| -> Vec<(String, String)> {
+            desired(&deployment(mode, "failover"), "sha")
+                .into_iter()
+                .filter(|r| r.kind == Kind::Alarm)
+                .map(|r| (r.region.unwrap(), r.name))
+                .collect()
+        };
+        // One-way: the replicator runs in the secondary only; lww: in both.
+        let one_way = alarms("one-way");
+        assert_eq!(one_way.len(), 4);
+        assert!(one_way.iter().all(|(r, n)| r == "us-west-2"
+            && n.starts_with("todos-dev-replicator-us-east-1-to-us-west-2-")));
+        assert_eq!(alarms("lww").len(), 8);
+        let all = desired(&deployment("lww", "failover"), "sha");
+        let task = all
+            .iter()
+            .find(|r| r.kind == Kind::TaskDefinition && r.region.as_deref() == Some("us-east-1"))
+            .unwrap();
+        for alarm in all
+            .iter()
+            .filter(|r| r.kind == Kind::Alarm && r.region.as_deref() == Some("us-east-1"))
+        {
+            let p = &alarm.props;
+            // The metric, namespace and dimensions the task's EMF lines carry.
+            assert!(ALARM_METRICS.contains(&p["metric"].as_str().unwrap()));
+            assert_eq!(p["namespace"], "tworegion/replicator");
+            assert_eq!(
+                p["dimensions"]["Deployment"],
+                task.props["environment"]["REPLICATOR_EMF_DIMENSIONS"]
+                    .as_str()
+                    .unwrap()
+                    .strip_prefix("Deployment=")
+                    .unwrap()
+            );
+            assert_eq!(
+                p["dimensions"]["Path"], "us-west-2/todos > us-east-1/todos",
+                "the replicator's path into this region"
+            );
+            assert_eq!(p["tags"]["tworegion:app"], "todos");
+            // Thresholds are floats, as CloudWatch reports them (so a second plan is empty).
+            assert!(p["threshold"].is_f64());
+        }
     }
 
     #[test]

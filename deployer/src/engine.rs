@@ -20,8 +20,8 @@ use crate::desired::{
 use crate::names::CheckRole;
 use crate::plan::{Action, Change, Plan, plan};
 use crate::resources::{
-    DeployError, Scope, alias, api_key, certificate, cluster, dns_record, domain_name, function,
-    health_check, hosted_zone, log_group, permission, rest_api, role, service, table,
+    DeployError, Scope, alarm, alias, api_key, certificate, cluster, dns_record, domain_name,
+    function, health_check, hosted_zone, log_group, permission, rest_api, role, service, table,
     task_definition, usage_plan,
 };
 use crate::rollout::Rollout;
@@ -43,6 +43,8 @@ pub struct RegionClients {
     pub acm: aws_sdk_acm::Client,
     /// CloudWatch Logs.
     pub logs: aws_sdk_cloudwatchlogs::Client,
+    /// CloudWatch (alarms).
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
     /// ECS.
     pub ecs: aws_sdk_ecs::Client,
     /// EC2 (the default VPC's network).
@@ -84,6 +86,7 @@ impl Clients {
                     ),
                     acm: aws_sdk_acm::Client::new(&config),
                     logs: aws_sdk_cloudwatchlogs::Client::new(&config),
+                    cloudwatch: aws_sdk_cloudwatch::Client::new(&config),
                     ecs: aws_sdk_ecs::Client::new(&config),
                     ec2: aws_sdk_ec2::Client::new(&config),
                 },
@@ -656,6 +659,12 @@ impl Engine {
                     );
                 }
             }
+            Kind::Alarm => {
+                let c = &self.clients.region(region)?.cloudwatch;
+                let f = &self.deployment.file;
+                let prefix = format!("{}-replicator-", crate::names::prefix(&f.app, &f.stage));
+                found = alarm::observe(c, region.unwrap_or_default(), &prefix).await?;
+            }
             Kind::DnsRecord => {
                 let f = &self.deployment.file;
                 let zone_missing =
@@ -929,6 +938,9 @@ impl Engine {
                     self.deployment.file.replicator.start_timeout_seconds,
                 );
                 service::apply(&c.ecs, &c.ec2, change, want, have, start).await
+            }
+            Kind::Alarm => {
+                alarm::apply(&global.region(region)?.cloudwatch, change, want, have).await
             }
             Kind::DnsRecord => dns_record::apply(&global.route53, change, want, have).await,
         }

@@ -316,6 +316,31 @@ async fn up_plan_change_status_failover_down() {
             .unwrap();
         assert_eq!(services.services().len(), 1, "{family}");
         assert_eq!(services.services()[0].desired_count(), 1);
+        // Its four alarms, in its region, on its path.
+        let cw = aws_sdk_cloudwatch::Client::new(&local.sdk_config(target));
+        let alarms = cw
+            .describe_alarms()
+            .alarm_name_prefix(&family)
+            .send()
+            .await
+            .unwrap();
+        let names: Vec<&str> = alarms
+            .metric_alarms()
+            .iter()
+            .filter_map(|a| a.alarm_name())
+            .collect();
+        assert_eq!(
+            names,
+            ["dead-letters", "lag", "stalled", "stopped"].map(|s| format!("{family}-{s}")),
+            "{family}"
+        );
+        for alarm in alarms.metric_alarms() {
+            assert!(
+                alarm.dimensions().iter().any(|d| d.name() == Some("Path")
+                    && d.value() == Some(&format!("{source}/{table} > {target}/{table}"))),
+                "{alarm:?}"
+            );
+        }
     }
 
     // --- A second up and plan change nothing ---
@@ -592,6 +617,16 @@ async fn up_plan_change_status_failover_down() {
         );
     }
     assert!(health_checks(&r53, &app).await.is_empty());
+    for region in [REGION_A, REGION_B] {
+        let cw = aws_sdk_cloudwatch::Client::new(&local.sdk_config(region));
+        let left = cw
+            .describe_alarms()
+            .alarm_name_prefix(format!("{app}-local-"))
+            .send()
+            .await
+            .unwrap();
+        assert!(left.metric_alarms().is_empty(), "{region}: {left:?}");
+    }
     assert!(
         zone_id(&r53, &format!("{app}.test")).await.is_none(),
         "the zone is still there"

@@ -348,6 +348,25 @@ mod tests {
     }
 
     #[test]
+    fn every_line_carries_the_metrics_the_deployers_alarms_watch() {
+        // deployer/src/desired.rs (ALARM_METRICS) creates alarms on these names: a rename here
+        // must rename them there.
+        let metrics = Metrics::default();
+        let line = valid_emf(&Emf::new(settings()).line(&metrics.render(), "replicator", 0));
+        for name in [
+            "OldestUnappliedAgeSeconds",
+            "DeadLetters",
+            "ShardsStalled",
+            "ShardsStopped",
+        ] {
+            assert!(
+                line.get(name).is_some_and(serde_json::Value::is_number),
+                "{name} in {line}"
+            );
+        }
+    }
+
+    #[test]
     fn names_are_pascal_case_and_samples_parse() {
         assert_eq!(pascal("records_read"), "RecordsRead");
         assert_eq!(

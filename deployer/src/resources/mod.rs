@@ -2,6 +2,7 @@
 //! desired names, so that untagged resources are adopted, and by the app/stage tags, so that resources
 //! no longer wanted are found) into the same plain form as `desired`, and applies one planned change.
 
+pub mod alarm;
 pub mod alias;
 pub mod api_key;
 pub mod certificate;
