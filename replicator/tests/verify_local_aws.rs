@@ -382,3 +382,97 @@ async fn tables_with_different_keys_are_refused() {
         "{out}"
     );
 }
+
+/// Repair writes that fail (here: the target's writes go to a port where nothing listens) are
+/// reported key by key with their error, the run goes on to the end and exits 4, and nothing is
+/// lost: a later `--repair` fixes every key.
+#[tokio::test]
+async fn failed_repair_writes_are_reported_and_the_run_goes_on() {
+    use clap::Parser;
+    use replicator::admin::verify::{Clients, VerifyArgs, VerifyError, run};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: VerifyArgs,
+    }
+    let t = Tables::new("id").await;
+    put(&t.a, &t.src, todo("one", "only in A", 1, REGION_A)).await;
+    put(&t.a, &t.src, todo("two", "only in A", 2, REGION_A)).await;
+    let spec = Cli::try_parse_from([
+        "verify",
+        "--source-region",
+        REGION_A,
+        "--source-table",
+        &t.src,
+        "--target-region",
+        REGION_B,
+        "--target-table",
+        &t.dst,
+        "--mode",
+        "one-way",
+        "--repair",
+        "--json",
+        "--recheck-after",
+        "0s",
+    ])
+    .expect("flags")
+    .args
+    .validate()
+    .expect("valid");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let nowhere = format!("http://{}", dead.local_addr().expect("addr"));
+    drop(dead);
+    let clients = Clients {
+        source: t.a.clone(),
+        target: t.b.clone(),
+        source_writes: t.a.clone(),
+        target_writes: Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&t.local.sdk_config(REGION_B))
+                .endpoint_url(nowhere)
+                .retry_config(
+                    aws_sdk_dynamodb::config::retry::RetryConfig::standard().with_max_attempts(1),
+                )
+                .build(),
+        ),
+    };
+    let mut out = Vec::new();
+    let result = run(&spec, &clients, &mut out).await;
+    assert!(
+        matches!(
+            result,
+            Err(VerifyError::Differences {
+                remaining: 2,
+                repaired: true
+            })
+        ),
+        "{result:?}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out).expect("the whole report");
+    let repairs: Vec<(&str, &str)> = report["differences"]
+        .as_array()
+        .expect("differences")
+        .iter()
+        .map(|d| {
+            (
+                d["key"].as_str().expect("key"),
+                d["repair"]["outcome"].as_str().expect("outcome"),
+            )
+        })
+        .collect();
+    assert_eq!(repairs.len(), 2, "{report}");
+    assert!(repairs.iter().all(|(_, o)| *o == "failed"), "{report}");
+    assert!(
+        report["differences"][0]["repair"]["what"]
+            .as_str()
+            .expect("why")
+            .contains("repairing"),
+        "{report}"
+    );
+    assert_eq!(report["remaining"], 2);
+    // Nothing was lost: the next repair, with a target that answers, fixes both.
+    let repaired = t.verify("one-way", &["--repair"]);
+    assert_eq!(repaired.status.code(), Some(0), "{}", text(&repaired));
+    assert!(get(&t.b, &t.dst, "one").await.is_some());
+    assert!(get(&t.b, &t.dst, "two").await.is_some());
+}

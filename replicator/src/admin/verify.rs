@@ -455,7 +455,7 @@ pub struct Scanned {
 /// What a repair did at one key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Repair {
-    /// `applied`, `superseded` or `kept`.
+    /// `applied`, `superseded`, `kept` or `failed` (the write failed: the error).
     pub outcome: &'static str,
     /// What was written, or why nothing was.
     pub what: String,
@@ -551,7 +551,19 @@ pub async fn verify(spec: &VerifySpec, clients: &Clients) -> Result<Report, Veri
     }
     if spec.repair {
         for difference in differences {
-            let repair = repair(spec, clients, &difference).await?;
+            // A write that fails (throttled, a lost connection: repair writes get one attempt, as
+            // they are conditional on what was read) is reported with the others, and the key
+            // stays a difference (the re-read below finds it): one failure does not lose the report
+            // of the rest. Run again to repair what is left.
+            let repair = repair(spec, clients, &difference)
+                .await
+                .unwrap_or_else(|error| {
+                    tracing::warn!(key = %key_string(&difference.keys), error = %error, "A repair write failed; the key stays a difference.");
+                    Repair {
+                        outcome: "failed",
+                        what: error.to_string(),
+                    }
+                });
             report.differences.push((difference, Some(repair)));
         }
         let keys: Vec<Item> = report
