@@ -86,6 +86,13 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::local::LocalCommand,
     },
+    /// The replicator's container image, built without a container engine (docs/deployer.md, "The
+    /// replicator's image").
+    Image {
+        /// What to do.
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Delete everything this app and stage created (tagged with them), and nothing else. Tables
     /// are deleted only with --allow-data-loss; adopted tables are released (untagged), not deleted.
     Down {
@@ -103,6 +110,71 @@ pub enum Command {
         #[arg(long, requires = "allow_data_loss")]
         delete_adopted: bool,
     },
+}
+
+/// `deployer image ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Write the image of a static replicator binary as an OCI image layout (for skopeo, crane or
+    /// oras to push, or to inspect) and print its digest.
+    Build {
+        /// The replicator binary: a static Linux executable (x86-64 or aarch64).
+        #[arg(long)]
+        binary: PathBuf,
+        /// The folder to write the layout into (created; blobs already there are kept).
+        #[arg(long)]
+        out: PathBuf,
+        /// The name the layout's index gives the image.
+        #[arg(long, default_value = "latest")]
+        tag: String,
+        /// The CA certificates to put in the image.
+        #[arg(long, default_value = crate::image::HOST_CA_BUNDLE)]
+        ca_bundle: PathBuf,
+    },
+}
+
+/// `deployer image build`: builds, writes the layout, prints the digest (or JSON).
+fn image(command: &ImageCommand, json: bool, out: &mut dyn Write) -> Result<u8, Failure> {
+    let ImageCommand::Build {
+        binary,
+        out: dir,
+        tag,
+        ca_bundle,
+    } = command;
+    let read = |path: &Path, what: &str| {
+        std::fs::read(path).map_err(|e| fail(format!("{what} {}: {e}", path.display())))
+    };
+    let image = crate::image::build(
+        &read(binary, "--binary")?,
+        &read(ca_bundle, "--ca-bundle")?,
+        env!("CARGO_PKG_VERSION"),
+    )
+    .map_err(|e| fail(format!("--binary {}: {e}", binary.display())))?;
+    crate::image::write_layout(&image, dir, tag)
+        .map_err(|e| fail(format!("--out {}: {e}", dir.display())))?;
+    if json {
+        writeln!(
+            out,
+            "{}",
+            json!({
+                "digest": image.digest(),
+                "layout": dir.display().to_string(),
+                "tag": tag,
+                "architecture": image.architecture,
+                "layer_bytes": image.layer.len(),
+            })
+        )?;
+    } else {
+        writeln!(
+            out,
+            "Wrote the {} image {} to {} (tag {tag}; layer {} bytes).",
+            image.architecture,
+            image.digest(),
+            dir.display(),
+            image.layer.len()
+        )?;
+    }
+    Ok(0)
 }
 
 /// A failure: what to tell the user (the exit code is always 1; 2 means "changes" for `plan`).
@@ -163,6 +235,9 @@ fn read_artifact(config: &Path, d: &Deployment) -> Result<Vec<u8>, Failure> {
 
 /// Runs one command, writing human or JSON output to `out`. Returns the exit code.
 pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<u8, Failure> {
+    if let Command::Image { command } = &cli.command {
+        return image(command, cli.json, out);
+    }
     if let Command::Local { state_dir, command } = &cli.command {
         return crate::local::run(command, &cli.config, state_dir, cli.json, out)
             .await
@@ -304,7 +379,7 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<u8, Failure> {
             report_failover(None, &report, cli.json, out)?;
             Ok(0)
         }
-        Command::Local { .. } => Err(fail("unreachable: handled above")),
+        Command::Local { .. } | Command::Image { .. } => Err(fail("unreachable: handled above")),
         Command::Down {
             allow_data_loss,
             keep_data,

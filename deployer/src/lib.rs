@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod desired;
 pub mod engine;
+pub mod image;
 pub mod local;
 pub mod names;
 pub mod plan;
