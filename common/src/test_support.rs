@@ -115,6 +115,31 @@ fn aws_credential_provider() -> aws_sdk_dynamodb::config::SharedCredentialsProvi
     ))
 }
 
+/// A free loopback port (bound, then released for the caller to bind).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// `GET path` on `127.0.0.1:port` over HTTP/1.0: the status and the whole response (headers and
+/// body), or `None` when nothing answers (the replicator's `/metrics`, `/healthz`, `/readyz`).
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, response))
+}
+
 /// A name no other test in this run, or in an earlier run against the same server, has used:
 /// `prefix-<pid>-<counter>-<millis>`, within DynamoDB's 255-character limit.
 pub fn unique_name(prefix: &str) -> String {

@@ -17,7 +17,7 @@ use replicator::dead_letter::dynamo::DynamoDeadLetters;
 use replicator::dead_letter::{DeadLetter, DeadLetterSink};
 use replicator::stream::{Change, EventKind, SeqNo};
 use tworegion_common::test_support::{
-    LocalAws, REGION_A, REGION_B, TablesCleanup, create_table, unique_name,
+    LocalAws, REGION_A, REGION_B, TablesCleanup, create_table, free_port, unique_name,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -28,14 +28,6 @@ fn s(v: &str) -> AttributeValue {
 
 fn n(v: u64) -> AttributeValue {
     AttributeValue::N(v.to_string())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// Polls `check` every 250 ms until it is true or `limit` passes.
@@ -337,18 +329,7 @@ impl Replicator {
     }
 
     async fn get(&self, path: &str) -> Option<(u16, String)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .ok()?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body).await.ok()?;
-        let status = body.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, body))
+        tworegion_common::test_support::http_get(self.port, path).await
     }
 
     async fn ready(&self) -> Option<u16> {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, StreamViewType};
 use tworegion_common::test_support::{
-    LocalAws, REGION_A, REGION_B, TablesCleanup, create_table, unique_name,
+    LocalAws, REGION_A, REGION_B, TablesCleanup, create_table, free_port, unique_name,
 };
 use tworegion_common::version::{HybridClock, Version};
 
@@ -57,14 +57,6 @@ async fn live_scan(client: &Client, table: &str) -> Items {
         .collect()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 struct Replicator {
     child: Child,
     port: u16,
@@ -95,18 +87,7 @@ impl Replicator {
     }
 
     async fn get(&self, path: &str) -> Option<(u16, String)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .ok()?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body).await.ok()?;
-        let status = body.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, body))
+        tworegion_common::test_support::http_get(self.port, path).await
     }
 
     /// The value of an unlabelled counter, 0 if absent.

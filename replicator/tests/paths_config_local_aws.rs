@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, StreamViewType};
 use tworegion_common::test_support::{
-    LocalAws, REGION_A, REGION_B, TablesCleanup, create_table, unique_name,
+    LocalAws, REGION_A, REGION_B, TablesCleanup, create_table, free_port, http_get, unique_name,
 };
 use tworegion_common::version::{HybridClock, Version};
 
@@ -63,29 +63,6 @@ async fn stamped_put(
         .await
         .ok()
         .map(|_| version)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.ok()?;
-    let status = body.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body))
 }
 
 fn path_table(source: (&str, &str), target: (&str, &str), mode: &str) -> String {
@@ -222,7 +199,7 @@ async fn one_process_runs_three_paths_with_per_path_metrics() {
     }
 
     // One exposition: each family declared once, every path's samples under its label.
-    let (status, body) = get(port, "/metrics").await.expect("/metrics answers");
+    let (status, body) = http_get(port, "/metrics").await.expect("/metrics answers");
     assert_eq!(status, 200, "{body}");
     let text = &body[body.find("\r\n\r\n").expect("headers") + 4..];
     for header in text.lines().filter(|l| l.starts_with("# TYPE ")) {
@@ -265,7 +242,7 @@ async fn one_process_runs_three_paths_with_per_path_metrics() {
             .any(|l| l.starts_with("replicator_records_read_total ")),
         "every sample carries its path:\n{text}"
     );
-    let ready = get(port, "/readyz").await.expect("/readyz answers");
+    let ready = http_get(port, "/readyz").await.expect("/readyz answers");
     assert_eq!(ready.0, 200, "{}", ready.1);
     assert_eq!(read_log().matches("Replicator started.").count(), 3);
 

@@ -12,7 +12,7 @@ use aws_sdk_cloudwatch::types::{
 };
 use serde_json::{Value, json};
 
-use super::{DeployError, Scope, strings, tag_pairs, text};
+use super::{DeployError, Scope, pairs, strings, tag_pairs, text};
 use crate::desired::{Kind, Resource};
 use crate::plan::{Action, Change};
 
@@ -133,20 +133,10 @@ async fn put(
         want.region.as_deref().unwrap_or_default()
     );
     let p = &want.props;
-    let dimensions: Vec<Dimension> = p
-        .get("dimensions")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| {
-                    Dimension::builder()
-                        .name(k)
-                        .value(v.as_str().unwrap_or_default())
-                        .build()
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let dimensions: Vec<Dimension> = pairs(p, "dimensions")
+        .into_iter()
+        .map(|(k, v)| Dimension::builder().name(k).value(v).build())
+        .collect();
     let actions = strings(p, "actions");
     client
         .put_metric_alarm()

@@ -64,8 +64,13 @@ impl Scope {
 
 /// The `tags` property of a desired resource as key-value pairs (each service has its own tag type).
 pub fn tag_pairs(props: &BTreeMap<String, Value>) -> Vec<(String, String)> {
+    pairs(props, "tags")
+}
+
+/// A property that is an object of strings (tags, an environment, dimensions) as key-value pairs.
+pub fn pairs(props: &BTreeMap<String, Value>, field: &str) -> Vec<(String, String)> {
     props
-        .get("tags")
+        .get(field)
         .and_then(Value::as_object)
         .map(|m| {
             m.iter()

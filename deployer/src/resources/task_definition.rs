@@ -103,20 +103,10 @@ async fn register(
     id: &str,
 ) -> Result<(), DeployError> {
     let refuse = |m: String| DeployError::refused("ecs:RegisterTaskDefinition", id, m);
-    let environment: Vec<KeyValuePair> = props
-        .get("environment")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| {
-                    KeyValuePair::builder()
-                        .name(k)
-                        .value(v.as_str().unwrap_or_default())
-                        .build()
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let environment: Vec<KeyValuePair> = super::pairs(props, "environment")
+        .into_iter()
+        .map(|(k, v)| KeyValuePair::builder().name(k).value(v).build())
+        .collect();
     let health = HealthCheck::builder()
         .set_command(Some(strings(props, "health_check")))
         .interval(30)
