@@ -121,7 +121,8 @@ pub enum ImageCommand {
         /// The replicator binary: a static Linux executable (x86-64 or aarch64).
         #[arg(long)]
         binary: PathBuf,
-        /// The folder to write the layout into (created; blobs already there are kept).
+        /// The folder to write the layout into (created; blobs already there are kept, and its
+        /// index then names this image only).
         #[arg(long)]
         out: PathBuf,
         /// The name the layout's index gives the image.
@@ -144,12 +145,8 @@ fn image(command: &ImageCommand, json: bool, out: &mut dyn Write) -> Result<u8, 
     let read = |path: &Path, what: &str| {
         std::fs::read(path).map_err(|e| fail(format!("{what} {}: {e}", path.display())))
     };
-    let image = crate::image::build(
-        &read(binary, "--binary")?,
-        &read(ca_bundle, "--ca-bundle")?,
-        env!("CARGO_PKG_VERSION"),
-    )
-    .map_err(|e| fail(format!("--binary {}: {e}", binary.display())))?;
+    let image = crate::image::build(&read(binary, "--binary")?, &read(ca_bundle, "--ca-bundle")?)
+        .map_err(|e| fail(format!("--binary {}: {e}", binary.display())))?;
     crate::image::write_layout(&image, dir, tag)
         .map_err(|e| fail(format!("--out {}: {e}", dir.display())))?;
     if json {

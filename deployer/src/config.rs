@@ -924,8 +924,11 @@ impl ConfigFile {
                     "at most 5 topics (CloudWatch allows 5 actions per alarm state)",
                 ));
             }
-            for topic in topics {
+            for (i, topic) in topics.iter().enumerate() {
                 sns_topic_in(topic, region).map_err(|problem| bad(&field, problem))?;
+                if topics[..i].contains(topic) {
+                    return Err(bad(&field, format!("{topic:?} is given twice")));
+                }
             }
         }
         for (region, net) in &r.network {

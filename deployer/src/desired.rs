@@ -224,8 +224,6 @@ pub fn ecr_repository(image: &str) -> Option<(String, String, String)> {
     valid.then(|| (account.to_owned(), region.to_owned(), repository.to_owned()))
 }
 
-/// The replicator's execution role: pull its image (ECR read actions on that repository alone,
-/// none for another registry) and write its log group.
 /// The metrics the replicator's EMF lines carry that its alarms watch (replicator/src/emf.rs names
 /// them from `/metrics`; its tests check these names).
 pub const ALARM_METRICS: [&str; 4] = [
@@ -239,7 +237,8 @@ pub const ALARM_METRICS: [&str; 4] = [
 /// the metrics its tasks write as EMF (namespace `tworegion/replicator`, dimensions `Path` and
 /// `Deployment`, as the task definition sets them):
 /// - `-lag`: the oldest record read but not applied is older than `lag_seconds` for 3 minutes in a
-///   row, or no task reports for 3 minutes (a replicator that does not run is lagging);
+///   row, or no task reports for 3 minutes (a replicator that does not run is lagging; not when the
+///   service is scaled to 0 tasks);
 /// - `-dead-letters`: a record was parked as a dead letter within a minute;
 /// - `-stalled`: a shard held made no progress for the stall timeout;
 /// - `-stopped`: a shard is stopped until an operator acts (a gap, a refused record under the stop
@@ -253,16 +252,24 @@ fn replicator_alarms(
     tags: &Value,
 ) -> Vec<Resource> {
     let path = format!("{other}/{} > {r}/{}", f.table.name, f.table.name);
-    let actions = f
+    // Sorted, as CloudWatch lists them (the config refuses a topic given twice).
+    let mut actions = f
         .replicator
         .alarms
         .actions
         .get(r)
         .cloned()
         .unwrap_or_default();
+    actions.sort();
+    // A replicator scaled to no tasks reports nothing, by choice: then no data is not lag.
+    let no_lag_data = if f.replicator.desired_count == 0 {
+        "notBreaching"
+    } else {
+        "breaching"
+    };
     let lag = f64::from(f.replicator.alarms.lag_seconds);
     [
-        ("lag", ALARM_METRICS[0], "Maximum", lag, 3, "breaching",
+        ("lag", ALARM_METRICS[0], "Maximum", lag, 3, no_lag_data,
          format!("The replicator {other} to {r} is more than {lag} s behind, or no task reports (3 minutes)")),
         ("dead-letters", ALARM_METRICS[1], "Sum", 0.0, 1, "notBreaching",
          format!("The replicator {other} to {r} parked records it could not apply: `replicator dlq list`")),
@@ -297,6 +304,8 @@ fn replicator_alarms(
     .collect()
 }
 
+/// The replicator's execution role: pull its image (ECR read actions on that repository alone,
+/// none for another registry) and write its log group.
 fn execution_statements(image: &str, region: &str, log_group: &str) -> Value {
     let arn = partition(region);
     let mut statements = Vec::new();
@@ -925,6 +934,19 @@ image = "img"
             // Thresholds are floats, as CloudWatch reports them (so a second plan is empty).
             assert!(p["threshold"].is_f64());
         }
+        // No task reporting is lag, unless the service runs no tasks on purpose.
+        let lag_missing = |count: i32| {
+            let mut d = deployment("lww", "failover");
+            d.file.replicator.desired_count = count;
+            desired(&d, "sha")
+                .into_iter()
+                .find(|r| r.kind == Kind::Alarm && r.name.ends_with("-lag"))
+                .unwrap()
+                .props["treat_missing_data"]
+                .clone()
+        };
+        assert_eq!(lag_missing(1), "breaching");
+        assert_eq!(lag_missing(0), "notBreaching");
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! static binary as `/replicator`, CA certificates, a non-root user), an image config and an OCI
 //! manifest, as an OCI image layout on disk (`deployer image build`).
 //!
-//! The build is deterministic: the same binary and CA bundle give the same bytes and so the same
-//! digest (file times are 0, owners numeric, entries in a fixed order, the gzip header without a
-//! time or name), so the manifest's digest identifies the image: pushing it again is a no-op.
+//! The build is deterministic: with the same deployer build, the same binary and CA bundle give the
+//! same bytes and so the same digest (file times are 0, owners numeric, entries in a fixed order, the
+//! gzip header without a time or name), so the manifest's digest identifies the image: pushing it
+//! again is a no-op.
 
 use std::path::Path;
 
@@ -99,9 +100,21 @@ pub fn static_executable(binary: &[u8]) -> Result<&'static str, ImageError> {
                 .to_owned(),
         ));
     }
-    let architecture = match u16_at(0x12) {
-        Some(0x3e) => "amd64",
-        Some(0xb7) => "arm64",
+    // ET_EXEC, or ET_DYN for a static PIE (a shared library has PT_DYNAMIC but no PT_INTERP
+    // either; it is told apart by having no entry point).
+    let executable = match (u16_at(0x10), u64_at(0x18)) {
+        (Some(2), _) => true,
+        (Some(3), Some(entry)) => entry != 0,
+        _ => false,
+    };
+    if !executable {
+        return Err(ImageError(
+            "an ELF file that is not an executable (a library or an object file?)".to_owned(),
+        ));
+    }
+    let (architecture, target) = match u16_at(0x12) {
+        Some(0x3e) => ("amd64", "x86_64-unknown-linux-gnu"),
+        Some(0xb7) => ("arm64", "aarch64-unknown-linux-gnu"),
         other => {
             return Err(ImageError(format!(
                 "an ELF executable for machine {other:?}, neither x86-64 nor aarch64 (what Fargate runs)"
@@ -119,13 +132,12 @@ pub fn static_executable(binary: &[u8]) -> Result<&'static str, ImageError> {
         match u32_at(at) {
             None => return Err(ImageError("truncated ELF program headers".to_owned())),
             Some(3) => {
-                return Err(ImageError(
+                return Err(ImageError(format!(
                     "linked dynamically (it needs a loader and shared libraries, and the image \
                      holds only the binary): build it static, e.g. RUSTFLAGS='-C \
-                     target-feature=+crt-static' cargo build --release --target \
-                     x86_64-unknown-linux-gnu -p replicator"
-                        .to_owned(),
-                ));
+                     target-feature=+crt-static' cargo build --release --target {target} -p \
+                     replicator"
+                )));
             }
             Some(_) => {}
         }
@@ -186,8 +198,7 @@ fn layer_tar(binary: &[u8], ca_bundle: &[u8]) -> Vec<u8> {
 }
 
 /// Builds the image of `binary` (a static Linux executable) with `ca_bundle` as its CA certificates.
-/// `version` goes into the config's labels.
-pub fn build(binary: &[u8], ca_bundle: &[u8], version: &str) -> Result<Image, ImageError> {
+pub fn build(binary: &[u8], ca_bundle: &[u8]) -> Result<Image, ImageError> {
     use std::io::Write;
     let architecture = static_executable(binary)?;
     if ca_bundle.is_empty() {
@@ -224,10 +235,7 @@ pub fn build(binary: &[u8], ca_bundle: &[u8], version: &str) -> Result<Image, Im
                 "Timeout": 5_000_000_000_u64,
                 "Retries": 3,
             },
-            "Labels": {
-                "org.opencontainers.image.title": "tworegion-replicator",
-                "org.opencontainers.image.version": version,
-            },
+            "Labels": { "org.opencontainers.image.title": "tworegion-replicator" },
         },
         "rootfs": { "type": "layers", "diff_ids": [diff_id] },
         "history": [{ "created_by": "deployer image build" }],
@@ -283,7 +291,9 @@ mod tests {
         b[..4].copy_from_slice(b"\x7fELF");
         b[4] = 2;
         b[5] = 1;
+        b[0x10..0x12].copy_from_slice(&3u16.to_le_bytes());
         b[0x12..0x14].copy_from_slice(&machine.to_le_bytes());
+        b[0x18..0x20].copy_from_slice(&0x1000u64.to_le_bytes());
         b[0x20..0x28].copy_from_slice(&0x40u64.to_le_bytes());
         b[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
         b[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
@@ -312,6 +322,20 @@ mod tests {
                 .0
                 .contains("not a 64-bit")
         );
+        let mut library = elf(0x3e, 1);
+        library[0x18..0x20].copy_from_slice(&0u64.to_le_bytes());
+        assert!(
+            static_executable(&library)
+                .unwrap_err()
+                .0
+                .contains("not an executable")
+        );
+        assert!(
+            static_executable(&elf(0xb7, 3))
+                .unwrap_err()
+                .0
+                .contains("aarch64-unknown-linux-gnu")
+        );
         let mut truncated = elf(0x3e, 1);
         truncated.truncate(0x41);
         assert!(
@@ -325,10 +349,10 @@ mod tests {
     #[test]
     fn the_same_inputs_give_the_same_digest_and_the_blobs_match_it() {
         let binary = elf(0x3e, 1);
-        let a = build(&binary, b"CA", "1.0").unwrap();
-        let b = build(&binary, b"CA", "1.0").unwrap();
+        let a = build(&binary, b"CA").unwrap();
+        let b = build(&binary, b"CA").unwrap();
         assert_eq!(a.digest(), b.digest(), "deterministic");
-        assert_ne!(a.digest(), build(&binary, b"CA2", "1.0").unwrap().digest());
+        assert_ne!(a.digest(), build(&binary, b"CA2").unwrap().digest());
         let manifest: Value = serde_json::from_slice(&a.manifest).unwrap();
         assert_eq!(manifest["config"]["digest"], digest(&a.config));
         assert_eq!(manifest["config"]["size"], a.config.len());
@@ -338,8 +362,8 @@ mod tests {
         assert_eq!(config["rootfs"]["diff_ids"][0], a.diff_id);
         assert_eq!(config["config"]["User"], "65532:65532");
         assert_eq!(config["architecture"], "amd64");
-        assert!(build(&binary, b"", "1.0").is_err());
-        assert!(build(&elf(0x3e, 3), b"CA", "1.0").is_err());
+        assert!(build(&binary, b"").is_err());
+        assert!(build(&elf(0x3e, 3), b"CA").is_err());
     }
 
     #[test]

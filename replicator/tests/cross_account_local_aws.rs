@@ -212,3 +212,89 @@ async fn tables_in_other_accounts_are_reached_through_assumed_roles() {
     let _ = target.delete_table().table_name(&dst).send().await;
     let _ = own_b.delete_table().table_name(&leases).send().await;
 }
+
+/// `--lease-role-arn`: the lease table (created at start when missing) lives in the lease role's
+/// account, while the source and target are the process's own; the replicator replicates and keeps
+/// its leases there.
+#[tokio::test]
+async fn the_lease_table_is_reached_through_its_role() {
+    const LEASE_ROLE: &str = "arn:aws:iam::333333333333:role/tworegion-leases";
+    let local = LocalAws::from_env();
+    let (own_a, own_b) = (local.dynamodb(REGION_A), local.dynamodb(REGION_B));
+    let leases_account =
+        Client::new(&as_role(&local, REGION_B, LEASE_ROLE, Some("lease-ext")).await);
+    let (src, dst, leases) = (
+        unique_name("xlease-src"),
+        unique_name("xlease-dst"),
+        unique_name("xlease-leases"),
+    );
+    create_table(&own_a, &src, "id", Some(StreamViewType::NewAndOldImages)).await;
+    create_table(&own_b, &dst, "id", None).await;
+    let log = std::env::temp_dir().join(format!("{}.log", unique_name("xlease")));
+    let file = std::fs::File::create(&log).expect("log file");
+    let running = Running(
+        Command::new(env!("CARGO_BIN_EXE_replicator"))
+            .args(["run", "--mode", "one-way", "--metrics-addr", "127.0.0.1:0"])
+            .args(["--source-region", REGION_A, "--source-table", &src])
+            .args(["--target-region", REGION_B, "--target-table", &dst])
+            .args(["--lease-table", &leases, "--lease-role-arn", LEASE_ROLE])
+            .args(["--lease-external-id", "lease-ext"])
+            .envs(local.child_env())
+            .env("REPLICATOR_LOG_FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("start replicator"),
+    );
+    own_a
+        .put_item()
+        .table_name(&src)
+        .item("id", AttributeValue::S("todo-1".to_owned()))
+        .send()
+        .await
+        .expect("put");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(&own_b, &dst, "todo-1").await.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "not replicated; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let rows = leases_account
+        .scan()
+        .table_name(&leases)
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("the lease table is in the lease role's account");
+    assert!(rows.count > 0, "leases and checkpoints are kept there");
+    assert!(
+        own_b
+            .describe_table()
+            .table_name(&leases)
+            .send()
+            .await
+            .is_err(),
+        "and not in the process's own account"
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.lines().any(
+            |l| l.contains("The lease table is reached through an assumed role.")
+                && l.contains(LEASE_ROLE)
+        ),
+        "{text}"
+    );
+    drop(running);
+    let _ = own_a.delete_table().table_name(&src).send().await;
+    let _ = own_b.delete_table().table_name(&dst).send().await;
+    let _ = leases_account
+        .delete_table()
+        .table_name(&leases)
+        .send()
+        .await;
+    let _ = std::fs::remove_file(&log);
+}

@@ -470,6 +470,26 @@ async fn failed_repair_writes_are_reported_and_the_run_goes_on() {
         "{report}"
     );
     assert_eq!(report["remaining"], 2);
+    // A failure that retrying will not fix (the target table is not where the writes go) stops the
+    // repair at the first key: the report is still printed, the rest are not attempted, exit 1.
+    let mut wrong_region = clients;
+    wrong_region.target_writes = t.local.dynamodb(REGION_A);
+    let mut out = Vec::new();
+    let result = run(&spec, &wrong_region, &mut out).await;
+    assert!(
+        matches!(result, Err(VerifyError::RepairStopped(_))),
+        "{result:?}"
+    );
+    assert_eq!(result.as_ref().unwrap_err().exit_code(), 1);
+    let report: serde_json::Value = serde_json::from_slice(&out).expect("the whole report");
+    let outcomes: Vec<&str> = report["differences"]
+        .as_array()
+        .expect("differences")
+        .iter()
+        .map(|d| d["repair"]["outcome"].as_str().expect("outcome"))
+        .collect();
+    assert_eq!(outcomes, ["failed", "not attempted"], "{report}");
+    assert!(report["repair_stopped"].is_string(), "{report}");
     // Nothing was lost: the next repair, with a target that answers, fixes both.
     let repaired = t.verify("one-way", &["--repair"]);
     assert_eq!(repaired.status.code(), Some(0), "{}", text(&repaired));

@@ -48,18 +48,29 @@ pub async fn observe(
             continue;
         };
         let arn = alarm.alarm_arn().unwrap_or_default().to_owned();
-        let tags: BTreeMap<String, String> = client
+        let listed = match client
             .list_tags_for_resource()
             .resource_arn(&arn)
             .send()
             .await
-            .map_err(|e| {
-                DeployError::aws(
+        {
+            Ok(listed) => listed,
+            // Deleted between the two calls: it no longer exists.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                return Err(DeployError::aws(
                     "cloudwatch:ListTagsForResource",
                     &format!("Alarm/{region}/{name}"),
                     &e,
-                )
-            })?
+                ));
+            }
+        };
+        let tags: BTreeMap<String, String> = listed
             .tags()
             .iter()
             .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
@@ -85,10 +96,16 @@ fn observed_props(alarm: &MetricAlarm) -> Value {
         .iter()
         .filter_map(|d| Some((d.name()?.to_owned(), json!(d.value()?))))
         .collect();
-    let actions = if alarm.ok_actions() == alarm.alarm_actions() {
-        json!(alarm.alarm_actions())
+    let sorted = |list: &[String]| {
+        let mut list = list.to_vec();
+        list.sort();
+        list
+    };
+    let (alarm_actions, ok_actions) = (sorted(alarm.alarm_actions()), sorted(alarm.ok_actions()));
+    let actions = if ok_actions == alarm_actions {
+        json!(alarm_actions)
     } else {
-        json!({ "alarm": alarm.alarm_actions(), "ok": alarm.ok_actions() })
+        json!({ "alarm": alarm_actions, "ok": ok_actions })
     };
     json!({
         "namespace": alarm.namespace(),

@@ -41,7 +41,7 @@ use crate::apply::target::{FENCE_ATTRIBUTE, Outcome, put_lww, stamp};
 use crate::config::within;
 use crate::config::{AttributeArgs, ConfigError, Mode, TableRef};
 use crate::dead_letter::refused_for_good;
-use crate::error::AwsFailure;
+use crate::error::{AwsFailure, ErrorClass};
 use crate::item::{Item, item_json, key_string, project_key};
 
 /// The exit code when differences remain.
@@ -180,6 +180,12 @@ pub enum VerifyError {
         /// Whether `--repair` ran.
         repaired: bool,
     },
+    /// `--repair` met a failure that retrying will not fix (the report is printed first).
+    #[error(
+        "--repair stopped: {0}; the report lists what was repaired before it (check the credentials' \
+         permissions and the tables, then run it again)"
+    )]
+    RepairStopped(String),
     /// The tables have different keys.
     #[error(
         "the tables have different keys (source {source_table}: {source_keys:?}, target {target_table}: \
@@ -474,6 +480,8 @@ pub struct Report {
     pub differences: Vec<(Difference, Option<Repair>)>,
     /// Differences left at the end (after the repair's re-read).
     pub remaining: usize,
+    /// The failure that stopped `--repair` (one retrying will not fix), if one did.
+    pub repair_stopped: Option<String>,
 }
 
 /// Runs `verify` with `spec` and writes the report to `out`.
@@ -489,6 +497,9 @@ pub async fn run(
         writeln!(out, "{text}")?;
     } else {
         write_text(spec, &report, out)?;
+    }
+    if let Some(failure) = report.repair_stopped {
+        return Err(VerifyError::RepairStopped(failure));
     }
     if report.remaining > 0 {
         return Err(VerifyError::Differences {
@@ -551,19 +562,35 @@ pub async fn verify(spec: &VerifySpec, clients: &Clients) -> Result<Report, Veri
     }
     if spec.repair {
         for difference in differences {
-            // A write that fails (throttled, a lost connection: repair writes get one attempt, as
-            // they are conditional on what was read) is reported with the others, and the key
-            // stays a difference (the re-read below finds it): one failure does not lose the report
-            // of the rest. Run again to repair what is left.
-            let repair = repair(spec, clients, &difference)
-                .await
-                .unwrap_or_else(|error| {
-                    tracing::warn!(key = %key_string(&difference.keys), error = %error, "A repair write failed; the key stays a difference.");
+            if report.repair_stopped.is_some() {
+                report.differences.push((
+                    difference,
+                    Some(Repair {
+                        outcome: "not attempted",
+                        what: "the repair stopped at an earlier failure".to_owned(),
+                    }),
+                ));
+                continue;
+            }
+            // A write that fails for a while (throttled, a lost connection: repair writes get one
+            // attempt, as they are conditional on what was read) is reported with the others and
+            // the key stays a difference (the re-read below finds it): one failure does not lose
+            // the report of the rest. A failure that retrying will not fix (access denied, a
+            // missing table) stops the repair: the report still says what was done before it.
+            let repair = match repair(spec, clients, &difference).await {
+                Ok(repair) => repair,
+                Err(error) => {
+                    let transient = matches!(&error, AdminError::Aws { source, .. } if source.class == ErrorClass::Retryable);
+                    tracing::warn!(key = %key_string(&difference.keys), error = %error, transient, "A repair write failed; the key stays a difference.");
+                    if !transient {
+                        report.repair_stopped = Some(error.to_string());
+                    }
                     Repair {
                         outcome: "failed",
                         what: error.to_string(),
                     }
-                });
+                }
+            };
             report.differences.push((difference, Some(repair)));
         }
         let keys: Vec<Item> = report
@@ -1040,6 +1067,7 @@ pub fn report_json(spec: &VerifySpec, report: &Report) -> serde_json::Value {
         "extra": extra,
         "different": different,
         "remaining": report.remaining,
+        "repair_stopped": report.repair_stopped,
         "differences": differences,
     })
 }
