@@ -190,9 +190,11 @@ struct PathRun {
     engine: Arc<Engine<AwsStream, Writer, DynamoLeases>>,
 }
 
-/// Makes `config`'s clients (from the shared `sdks`), runs its start-up checks and builds its engine.
+/// Makes `config`'s clients (from the shared `sdks`), runs its start-up checks and builds its engine;
+/// `name` is the path's `<source> > <target>`.
 async fn prepare(
     config: Config,
+    name: String,
     index: usize,
     sdks: &mut SdkConfigs,
     aws: &AwsOptions,
@@ -348,7 +350,7 @@ async fn prepare(
         ),
     });
     Ok(PathRun {
-        name: format!("{} > {}", config.source, config.target),
+        name,
         stream_arn: checked.stream_arn,
         config,
         engine,
@@ -396,7 +398,7 @@ pub async fn run_paths(
         for (i, config) in configs.into_iter().enumerate() {
             let name = format!("{} > {}", config.source, config.target);
             paths.push(
-                prepare(config, i, &mut sdks, &aws)
+                prepare(config, name.clone(), i, &mut sdks, &aws)
                     .await
                     .map_err(|e| name_errors(name, e))?,
             );

@@ -63,6 +63,24 @@ async fn get(client: &Client, table: &str, id: &str) -> Option<HashMap<String, A
 
 struct Running(Child);
 
+impl Running {
+    /// `replicator run --mode one-way` with `args` against the local AWS, logging JSON to `log`.
+    fn start(local: &LocalAws, args: &[&str], log: std::fs::File) -> Running {
+        Running(
+            Command::new(env!("CARGO_BIN_EXE_replicator"))
+                .args(["run", "--mode", "one-way", "--metrics-addr", "127.0.0.1:0"])
+                .args(args)
+                .envs(local.child_env())
+                .env("REPLICATOR_LOG_FORMAT", "json")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log file"))
+                .stderr(log)
+                .spawn()
+                .expect("start replicator"),
+        )
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -114,19 +132,10 @@ async fn tables_in_other_accounts_are_reached_through_assumed_roles() {
     ];
     let log = std::env::temp_dir().join(format!("{}.log", unique_name("xacct")));
     let file = std::fs::File::create(&log).expect("log file");
-    let mut running = Running(
-        Command::new(env!("CARGO_BIN_EXE_replicator"))
-            .arg("run")
-            .args(path)
-            .args(["--mode", "one-way", "--metrics-addr", "127.0.0.1:0"])
-            .args(["--start-position", "trim-horizon"])
-            .envs(local.child_env())
-            .env("REPLICATOR_LOG_FORMAT", "json")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
-            .spawn()
-            .expect("start replicator"),
+    let mut running = Running::start(
+        &local,
+        &[&path[..], &["--start-position", "trim-horizon"]].concat(),
+        file,
     );
     for i in 0..10 {
         source
@@ -232,20 +241,25 @@ async fn the_lease_table_is_reached_through_its_role() {
     create_table(&own_b, &dst, "id", None).await;
     let log = std::env::temp_dir().join(format!("{}.log", unique_name("xlease")));
     let file = std::fs::File::create(&log).expect("log file");
-    let running = Running(
-        Command::new(env!("CARGO_BIN_EXE_replicator"))
-            .args(["run", "--mode", "one-way", "--metrics-addr", "127.0.0.1:0"])
-            .args(["--source-region", REGION_A, "--source-table", &src])
-            .args(["--target-region", REGION_B, "--target-table", &dst])
-            .args(["--lease-table", &leases, "--lease-role-arn", LEASE_ROLE])
-            .args(["--lease-external-id", "lease-ext"])
-            .envs(local.child_env())
-            .env("REPLICATOR_LOG_FORMAT", "json")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
-            .spawn()
-            .expect("start replicator"),
+    let running = Running::start(
+        &local,
+        &[
+            "--source-region",
+            REGION_A,
+            "--source-table",
+            &src,
+            "--target-region",
+            REGION_B,
+            "--target-table",
+            &dst,
+            "--lease-table",
+            &leases,
+            "--lease-role-arn",
+            LEASE_ROLE,
+            "--lease-external-id",
+            "lease-ext",
+        ],
+        file,
     );
     own_a
         .put_item()

@@ -12,7 +12,7 @@ use aws_sdk_cloudwatch::types::{
 };
 use serde_json::{Value, json};
 
-use super::{DeployError, Scope, pairs, strings, tag_pairs, text};
+use super::{DeployError, Scope, int, pairs, strings, tag_pairs, text};
 use crate::desired::{Kind, Resource};
 use crate::plan::{Action, Change};
 
@@ -128,13 +128,6 @@ fn tags(props: &BTreeMap<String, Value>) -> Vec<Tag> {
         .into_iter()
         .map(|(k, v)| Tag::builder().key(k).value(v).build())
         .collect()
-}
-
-fn int(props: &BTreeMap<String, Value>, field: &str) -> Option<i32> {
-    props
-        .get(field)
-        .and_then(Value::as_i64)
-        .and_then(|v| i32::try_from(v).ok())
 }
 
 /// PutMetricAlarm with every managed property of `want` (it creates the alarm or replaces its

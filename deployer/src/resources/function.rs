@@ -16,7 +16,7 @@ use aws_sdk_lambda::types::{
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{DeployError, Scope, text};
+use super::{DeployError, Scope, int, text};
 use crate::desired::{Kind, Resource};
 use crate::plan::{Action, Change};
 
@@ -103,13 +103,6 @@ pub fn code_props(config: &FunctionConfiguration) -> Value {
         "role": config.role(),
         "environment": environment,
     })
-}
-
-fn int(props: &BTreeMap<String, Value>, field: &str) -> Option<i32> {
-    props
-        .get(field)
-        .and_then(Value::as_i64)
-        .and_then(|v| i32::try_from(v).ok())
 }
 
 fn environment(props: &BTreeMap<String, Value>) -> Environment {

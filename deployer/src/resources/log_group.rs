@@ -59,10 +59,7 @@ pub async fn observe(
 }
 
 fn retention(props: &BTreeMap<String, Value>) -> Option<i32> {
-    props
-        .get("retention_days")
-        .and_then(Value::as_i64)
-        .and_then(|v| i32::try_from(v).ok())
+    super::int(props, "retention_days")
 }
 
 /// Applies one planned change to the log group.

@@ -125,6 +125,14 @@ pub fn strings(props: &BTreeMap<String, Value>, field: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// An integer property that fits an `i32` (the SDKs' integer fields), if it is one.
+pub fn int(props: &BTreeMap<String, Value>, field: &str) -> Option<i32> {
+    props
+        .get(field)
+        .and_then(Value::as_i64)
+        .and_then(|v| i32::try_from(v).ok())
+}
+
 /// A string property, if it is one.
 pub fn text<'a>(props: &'a BTreeMap<String, Value>, field: &str) -> Option<&'a str> {
     props.get(field).and_then(Value::as_str)
